@@ -1,0 +1,34 @@
+# Two commands do all set-up: `make demo` and `make test`. Both are idempotent: the venv is
+# rebuilt only when pyproject.toml or constraints.txt change.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,onnx,llm,peers]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/netchisel demo
+
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src/netchisel
+
+pytest: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/pytest
+
+bench: $(STAMP)
+	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info

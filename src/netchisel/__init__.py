@@ -1,0 +1,58 @@
+"""netchisel: make neural networks smaller, faster and cheaper, and prove it with measurements.
+
+Example:
+    >>> import torch, netchisel as nc
+    >>> nc.profile(torch.nn.Linear(4, 2), torch.zeros(1, 4), latency=False, on_disk=False).flops
+    18
+"""
+
+from __future__ import annotations
+
+# The subpackage is imported first so that the name `profile` ends up bound to the function.
+import netchisel.profile as _profile_package  # noqa: F401
+from netchisel.core.config import StageConfig
+from netchisel.core.context import Context
+from netchisel.core.errors import ArtifactError, ConfigError, ModelError, NetChiselError
+from netchisel.core.registry import get_stage, register, stage_names
+from netchisel.core.task import (
+    Task,
+    classification_task,
+    custom_task,
+    embedding_task,
+    language_model_task,
+)
+from netchisel.core.train import TrainSettings, fit
+from netchisel.pipeline.artifact import load, save
+from netchisel.pipeline.recipe import load_recipe
+from netchisel.pipeline.runner import RunResult, run_recipe
+from netchisel.profile import Profile, count_flops, measure_latency, profile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError",
+    "ConfigError",
+    "Context",
+    "ModelError",
+    "NetChiselError",
+    "Profile",
+    "RunResult",
+    "StageConfig",
+    "Task",
+    "TrainSettings",
+    "classification_task",
+    "count_flops",
+    "custom_task",
+    "embedding_task",
+    "fit",
+    "get_stage",
+    "language_model_task",
+    "load",
+    "load_recipe",
+    "measure_latency",
+    "profile",
+    "register",
+    "run_recipe",
+    "save",
+    "stage_names",
+]

@@ -1,0 +1,219 @@
+"""The `netchisel` command: a thin layer over the public API.
+
+Every NetChiselError is printed as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from netchisel.core.errors import ConfigError, NetChiselError
+
+app = typer.Typer(
+    help="Make neural networks smaller, faster and cheaper, and prove it with measurements.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe file.")],
+    output: Annotated[Path | None, typer.Option(help="Output directory (overrides the recipe).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run a recipe: profile and evaluate before and after each stage, write artifact and report."""
+    from netchisel.pipeline.runner import run_recipe
+
+    result = run_recipe(recipe, output=output, quiet=quiet)
+    _print_summary(result.report, result.directory)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
+    quiet: Quiet = False,
+) -> None:
+    """Run the demo recipe on the reference CNN (trained on first use) and show the report."""
+    from netchisel.pipeline.recipe import parse_recipe
+    from netchisel.pipeline.runner import run_recipe
+
+    import yaml
+
+    text = resources.files("netchisel").joinpath("recipes/demo.yaml").read_text()
+    result = run_recipe(parse_recipe(yaml.safe_load(text), "demo"), output=output, quiet=quiet)
+    _print_summary(result.report, result.directory)
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Argument(help="Zoo name, artifact directory, or package.module:function.")],
+    input_shape: Annotated[
+        str | None, typer.Option(help="Input shape, e.g. 1,1,32,32 (needed for a builder).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="Input dtype with --input-shape.")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Batch size of the example input.")] = 64,
+    latency: Annotated[bool, typer.Option(help="Measure latency.")] = True,
+    backend: Annotated[str, typer.Option(help="eager, compile or onnxruntime.")] = "eager",
+    threads: Annotated[int, typer.Option(help="Intra-op threads while timing.")] = 1,
+    repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Exact FLOPs/MACs per module, params, bytes (memory and disk), latency, peak memory, energy."""
+    from netchisel.profile import profile as measure
+
+    net, inputs, disk = _model_and_inputs(model, input_shape, dtype, batch_size)
+    result = measure(
+        net, inputs, latency=latency, backend=backend, threads=threads, repeats=repeats,
+        on_disk=disk is None,
+    )
+    if disk is not None:
+        import dataclasses
+
+        result = dataclasses.replace(result, bytes_on_disk=disk)
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=1))
+        return
+    table = Table(title=f"{model}: per module (inclusive)")
+    for col in ("module", "params", "MACs", "FLOPs", "% FLOPs"):
+        table.add_column(col, justify="left" if col == "module" else "right")
+    for name, flops in result.flops_by_module.items():
+        depth = name.count(".") + 1 if name else 0
+        if depth > 2:
+            continue
+        share = 100 * flops / result.flops if result.flops else 0.0
+        table.add_row(
+            "  " * depth + (name or "(model)"),
+            f"{result.params_by_module.get(name, 0):,}",
+            f"{result.macs_by_module.get(name, 0):,}",
+            f"{flops:,}",
+            f"{share:.1f}",
+        )
+    console.print(table)
+    totals = Table(title="totals", show_header=False)
+    for key, value in _totals(result).items():
+        totals.add_row(key, value)
+    console.print(totals)
+
+
+@app.command()
+def report(directory: Annotated[Path, typer.Argument(help="A run's output directory.")]) -> None:
+    """Re-render a run's report.md and report.html from its report.json and show the table."""
+    from netchisel.report.render import read_report, write_reports
+
+    data = read_report(directory)
+    write_reports(data, directory)
+    _print_summary(data, directory)
+
+
+@app.command()
+def info() -> None:
+    """Versions, threads, CPU features, the registered stages."""
+    from netchisel.core.registry import stage_names
+    from netchisel.profile.machine import machine_info
+
+    data = {**machine_info(), "stages": stage_names()}
+    print(json.dumps(data, indent=1))
+
+
+def _model_and_inputs(
+    ref: str, input_shape: str | None, dtype: str, batch_size: int
+) -> tuple[Any, tuple[Any, ...], int | None]:
+    import torch
+
+    from netchisel.core.modules import build
+    from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest
+    from netchisel.pipeline.runner import inputs_from_specs
+    from netchisel.zoo import data, models
+
+    disk = None
+    specs: list[dict[str, Any]] | None = None
+    if ref in models.MODEL_NAMES:
+        net = models.build(ref)
+        if input_shape is None:
+            task = data.task(data.default_task(ref), **({"reference": net} if ref == "minilm" else {}))
+            return net, task.example_inputs(batch_size), None
+    elif ":" in ref and not Path(ref).exists():
+        net = build(ref, {})
+    elif Path(ref).exists():
+        net = load(ref)
+        disk = artifact_bytes(ref)
+        specs = read_manifest(Path(ref)).get("metadata", {}).get("inputs")
+    else:
+        raise ConfigError(
+            f"model {ref!r} is not a zoo name ({', '.join(models.MODEL_NAMES)}), an artifact "
+            "directory, or package.module:function"
+        )
+    if input_shape is not None:
+        try:
+            shape = [int(s) for s in input_shape.replace("x", ",").split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--input-shape {input_shape!r}: expected numbers like 1,3,32,32") from None
+        if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+            raise ConfigError(f"--dtype {dtype!r} is not a torch dtype")
+        specs = [{"shape": shape, "dtype": dtype}]
+        batch_size = shape[0]
+    if not specs:
+        raise ConfigError(f"model {ref!r}: give --input-shape (e.g. 1,3,32,32)")
+    return net, inputs_from_specs(specs, batch_size), disk
+
+
+def _totals(p: Any) -> dict[str, str]:
+    from netchisel.report.render import human_bytes
+
+    lat = p.latency
+    return {
+        "batch size": str(p.batch_size),
+        "params (nonzero)": f"{p.params:,} ({p.params_nonzero:,})",
+        "MACs": f"{p.macs:,}",
+        "FLOPs": f"{p.flops:,}",
+        "bytes in memory": f"{p.bytes_in_memory:,} ({human_bytes(p.bytes_in_memory)})",
+        "bytes on disk (artifact)": f"{p.bytes_on_disk:,} ({human_bytes(p.bytes_on_disk)})"
+        if p.bytes_on_disk is not None
+        else "-",
+        "peak forward memory": human_bytes(p.peak_memory_bytes),
+        "latency ms median (p10-p90)": f"{lat.median_ms:.3f} ({lat.p10_ms:.3f}-{lat.p90_ms:.3f}), "
+        f"{lat.backend}, {lat.threads} thread(s)"
+        if lat
+        else "-",
+        "energy per sample (estimate)": f"{p.energy.total_uj:.4g} µJ",
+        "uncounted ops": ", ".join(p.uncounted_ops) or "none",
+    }
+
+
+def _print_summary(report: dict[str, Any], directory: Path) -> None:
+    from netchisel.report.render import COLUMNS, table_rows
+
+    table = Table(title=f"netchisel: {report['recipe'].get('name')}")
+    for _, title in COLUMNS:
+        table.add_column(title, justify="right")
+    for row in table_rows(report):
+        table.add_row(*(row[k] for k, _ in COLUMNS))
+    console.print(table)
+    console.print(f"report: {directory / 'report.html'} (also report.md, report.json)")
+    console.print(f"model:  {directory / 'model'}")
+
+
+def main() -> None:
+    """Entry point of the console script: one line and exit 2 on a NetChiselError."""
+    try:
+        app()
+    except NetChiselError as e:
+        print(f"netchisel: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

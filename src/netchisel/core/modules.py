@@ -1,0 +1,108 @@
+"""Find modules by name, pattern or type, replace them, and remember how a model was built."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+from netchisel.core.errors import ConfigError, ModelError
+
+_BUILDER_ATTR = "_netchisel_builder"
+
+
+def mark_builder(model: nn.Module, ref: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Record that `model` came from `ref(**kwargs)` ("package.module:function").
+
+    Artifacts store this so `netchisel.load` can rebuild the module tree without pickle.
+
+    Example:
+        >>> m = mark_builder(nn.Linear(2, 2), "torch.nn:Linear", {"in_features": 2, "out_features": 2})
+        >>> builder_of(m)
+        ('torch.nn:Linear', {'in_features': 2, 'out_features': 2})
+    """
+    object.__setattr__(model, _BUILDER_ATTR, (ref, dict(kwargs)))
+    return model
+
+
+def builder_of(model: nn.Module) -> tuple[str, dict[str, Any]] | None:
+    """The (ref, kwargs) recorded by `mark_builder`, or None."""
+    found: tuple[str, dict[str, Any]] | None = getattr(model, _BUILDER_ATTR, None)
+    return found
+
+
+def resolve_builder(ref: str) -> Callable[..., nn.Module]:
+    """Import "package.module:function"; a clear error when it does not exist."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"builder {ref!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"builder {ref!r}: cannot import {module_name!r} ({e})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"builder {ref!r}: {module_name!r} has no callable {attr!r}")
+    return fn  # type: ignore[no-any-return]
+
+
+def build(ref: str, kwargs: dict[str, Any]) -> nn.Module:
+    """Call a builder and mark the result with it."""
+    model = resolve_builder(ref)(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"builder {ref!r} returned {type(model).__name__}, not an nn.Module")
+    if builder_of(model) is None:
+        mark_builder(model, ref, kwargs)
+    return model
+
+
+def select_modules(
+    model: nn.Module,
+    types: tuple[type[nn.Module], ...] = (nn.Module,),
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] = (),
+) -> dict[str, nn.Module]:
+    """Named submodules of the given types whose names match `include` (regexes, full match).
+
+    Every pattern in `include` and `exclude` must match at least one module of those types,
+    so a typo is an error rather than a silent no-op.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> list(select_modules(net, (nn.Linear,), include=["0"]))
+        ['0']
+    """
+    candidates = {n: m for n, m in model.named_modules() if n and isinstance(m, types)}
+    chosen = dict(candidates)
+    if include is not None:
+        chosen = _matching(candidates, list(include), "include")
+    for name in _matching(candidates, list(exclude), "exclude"):
+        chosen.pop(name, None)
+    return chosen
+
+
+def _matching(candidates: dict[str, nn.Module], patterns: list[str], what: str) -> dict[str, nn.Module]:
+    out: dict[str, nn.Module] = {}
+    for pattern in patterns:
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"{what} pattern {pattern!r} is not a valid regex ({e})") from None
+        hits = {n: m for n, m in candidates.items() if regex.fullmatch(n)}
+        if not hits:
+            sample = ", ".join(list(candidates)[:8]) + (", ..." if len(candidates) > 8 else "")
+            raise ConfigError(f"{what} pattern {pattern!r} matches no layer (layers: {sample})")
+        out.update(hits)
+    return out
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put `new` at the dotted path `name` in `model`; returns the module it replaced."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = parent.get_submodule(child)
+    setattr(parent, child, new)
+    return old

@@ -1,0 +1,347 @@
+"""Artifacts: a directory with `model.safetensors` and `manifest.json`, loaded with no pickle.
+
+The manifest says how to rebuild the module tree: the builder ("package.module:function" and
+its kwargs), then structural edits against what the builder makes (changed widths, replaced or
+removed modules), then the codec of every tensor. See docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from netchisel.core.errors import ArtifactError, ModelError
+from netchisel.core.modules import build, builder_of, mark_builder
+from netchisel.pipeline.codecs import get_codec
+from netchisel.pipeline.describe import (
+    JSON,
+    apply_tensor_specs,
+    attributes,
+    decode_value,
+    describe,
+    encode_value,
+    rebuild,
+    tensor_specs,
+)
+
+FORMAT = "netchisel-artifact"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+_CODEC_ATTR = "_netchisel_codecs"
+
+
+def set_codec(model: nn.Module, tensor_name: str, codec: str) -> None:
+    """Ask `save` to store one state-dict tensor with a codec other than `raw`."""
+    get_codec(codec)
+    codecs: dict[str, str] = getattr(model, _CODEC_ATTR, {})
+    codecs[tensor_name] = codec
+    object.__setattr__(model, _CODEC_ATTR, codecs)
+
+
+def save(
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    metadata: dict[str, Any] | None = None,
+    export: Iterable[str] = (),
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+) -> Path:
+    """Write `model` as an artifact directory, atomically (a temp dir renamed into place).
+
+    `export` may name "pt2" (torch.export) and "onnx" (needs the onnx extra); both need
+    `example_inputs`.
+
+    Example:
+        >>> import tempfile
+        >>> d = save(nn.Sequential(nn.Linear(4, 2)), tempfile.mkdtemp() + "/m")
+        >>> sorted(p.name for p in d.iterdir())
+        ['manifest.json', 'model.safetensors']
+    """
+    target = Path(directory)
+    if target.exists() and not (target / MANIFEST).exists() and any(target.iterdir()):
+        raise ArtifactError(f"{target} exists and is not an artifact; choose another directory")
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "torch_version": torch.__version__.split("+")[0],
+        **_structure(model),
+        "metadata": metadata or {},
+    }
+    stored, manifest["tensors"], manifest["aliases"] = _encode_state(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_file(stored, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        manifest["files"] = {WEIGHTS: _file_info(tmp / WEIGHTS)}
+        for kind in export:
+            name = _export(model, kind, example_inputs, tmp)
+            manifest["files"][name] = _file_info(tmp / name)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load(directory: str | Path) -> nn.Module:
+    """Rebuild the saved model (in eval mode) from an artifact directory.
+
+    Example:
+        >>> import tempfile
+        >>> net = nn.Sequential(nn.Linear(4, 2))
+        >>> d = save(net, tempfile.mkdtemp() + "/m")
+        >>> bool(torch.equal(load(d)[0].weight, net[0].weight))
+        True
+    """
+    root = Path(directory)
+    manifest = read_manifest(root)
+    weights = root / WEIGHTS
+    expected = manifest["files"].get(WEIGHTS, {})
+    if not weights.is_file():
+        raise ArtifactError(f"{root}: {WEIGHTS} is missing")
+    if _file_info(weights) != expected:
+        raise ArtifactError(f"{weights} is corrupt: its size or checksum differs from the manifest")
+    try:
+        stored = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"{weights} cannot be read: {e}") from None
+    model = _rebuild_structure(manifest)
+    state = _decode_state(stored, manifest["tensors"], manifest["aliases"])
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ArtifactError(f"{root}: the weights do not fit the rebuilt model: {detail}") from None
+    return model.eval()
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """The parsed manifest, or an ArtifactError saying why the directory is not an artifact."""
+    if not root.exists():
+        raise ArtifactError(f"{root} does not exist")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{root} is not a netchisel artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is corrupt: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a netchisel manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has format version {manifest['format_version']}; this netchisel reads up to "
+            f"{FORMAT_VERSION}: upgrade netchisel"
+        )
+    return manifest
+
+
+def artifact_bytes(directory: str | Path) -> int:
+    """Bytes on disk of what `load` reads: the weights file plus the manifest."""
+    root = Path(directory)
+    return sum((root / name).stat().st_size for name in (WEIGHTS, MANIFEST))
+
+
+# -- structure ---------------------------------------------------------------------------
+
+
+def _structure(model: nn.Module) -> dict[str, Any]:
+    builder = builder_of(model)
+    if builder is None:
+        return {"builder": None, "edits": [{"op": "replace", "path": "", "module": describe(model)}]}
+    ref, kwargs = builder
+    try:
+        json.dumps(kwargs)
+    except TypeError:
+        raise ModelError(f"builder {ref!r} kwargs are not JSON data: {kwargs!r}") from None
+    fresh = build(ref, kwargs)
+    edits: list[JSON] = []
+    _diff(model, fresh, "", edits)
+    return {"builder": {"ref": ref, "kwargs": kwargs}, "edits": edits}
+
+
+def _diff(cur: nn.Module, fresh: nn.Module, path: str, edits: list[JSON]) -> None:
+    """Append the edits that turn `fresh` (what the builder makes) into `cur`."""
+    if type(cur) is not type(fresh):
+        edits.append({"op": "replace", "path": path, "module": describe(cur, path)})
+        return
+    ours, theirs = attributes(cur), attributes(fresh)
+    changed = {k: v for k, v in ours.items() if k not in theirs or not _same(v, theirs[k])}
+    attrs: dict[str, JSON] = {}
+    for key, value in changed.items():
+        try:
+            attrs[key] = encode_value(value)
+        except TypeError:
+            raise ModelError(
+                f"module {path or '<root>'} attribute {key!r} changed to a value that cannot be "
+                "saved"
+            ) from None
+    ours_t, theirs_t = tensor_specs(cur), tensor_specs(fresh)
+    tensors = {k: v for k, v in ours_t.items() if theirs_t.get(k) != v}
+    dropped = sorted(set(theirs_t) - set(ours_t))
+    if attrs or tensors or dropped:
+        edits.append(
+            {"op": "patch", "path": path, "attrs": attrs, "tensors": tensors, "drop": dropped}
+        )
+    for name, child in cur._modules.items():
+        child_path = f"{path}.{name}" if path else name
+        other = fresh._modules.get(name)
+        if child is None or other is None:
+            if child is not other:
+                module = describe(child, child_path) if child is not None else None
+                edits.append({"op": "replace", "path": child_path, "module": module})
+            continue
+        _diff(child, other, child_path, edits)
+    for name in fresh._modules:
+        if name not in cur._modules:
+            edits.append({"op": "remove", "path": f"{path}.{name}" if path else name})
+    kept = [n for n in fresh._modules if n in cur._modules]
+    added = [n for n in cur._modules if n not in fresh._modules]
+    if list(cur._modules) != kept + added:
+        edits.append({"op": "order", "path": path, "order": list(cur._modules)})
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:  # some objects refuse comparison; treat as unchanged only if identical
+        return a is b
+
+
+def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
+    builder = manifest.get("builder")
+    model: nn.Module | None = None
+    if builder is not None:
+        model = build(builder["ref"], dict(builder["kwargs"]))
+    for edit in manifest.get("edits", []):
+        op, path = edit["op"], edit["path"]
+        if op == "replace" and path == "":
+            model = rebuild(edit["module"])
+            continue
+        if model is None:
+            raise ArtifactError("manifest has edits but no builder and no root module")
+        parent_path, _, name = path.rpartition(".")
+        try:
+            target = model.get_submodule(path) if op in ("patch", "order") else None
+            parent = model.get_submodule(parent_path)
+        except AttributeError:
+            raise ArtifactError(f"manifest edit {op} names {path!r}, which the model lacks") from None
+        if op == "replace":
+            parent._modules[name] = rebuild(edit["module"]) if edit["module"] else None
+        elif op == "remove":
+            parent._modules.pop(name, None)
+        elif op == "patch" and target is not None:
+            for key, value in edit["attrs"].items():
+                object.__setattr__(target, key, decode_value(value))
+            apply_tensor_specs(target, edit["tensors"])
+            for key in edit["drop"]:
+                target._parameters.pop(key, None)
+                target._buffers.pop(key, None)
+        elif op == "order" and target is not None:
+            target._modules = {k: target._modules[k] for k in edit["order"]}  # type: ignore[assignment]
+        else:
+            raise ArtifactError(f"manifest has an unknown edit {op!r}")
+    if model is None:
+        raise ArtifactError("manifest has neither a builder nor a root module")
+    if builder is not None:
+        mark_builder(model, builder["ref"], builder["kwargs"])
+    return model
+
+
+# -- tensors -----------------------------------------------------------------------------
+
+
+def _encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], JSON, dict[str, str]]:
+    codecs: dict[str, str] = getattr(model, _CODEC_ATTR, {})
+    stored: dict[str, torch.Tensor] = {}
+    tensors: dict[str, JSON] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        if tensor.numel() and key in seen:  # tied weights are stored once
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        codec = codecs.get(name, "raw")
+        parts, meta = get_codec(codec).encode(tensor)
+        for suffix, part in parts.items():
+            stored[name + (f"::{suffix}" if suffix else "")] = part.contiguous()
+        tensors[name] = {"codec": codec, "meta": meta, "parts": sorted(parts)}
+    return stored, tensors, aliases
+
+
+def _decode_state(
+    stored: dict[str, torch.Tensor], tensors: JSON, aliases: dict[str, str]
+) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for name, info in tensors.items():
+        try:
+            parts = {s: stored[name + (f"::{s}" if s else "")] for s in info["parts"]}
+        except KeyError as e:
+            raise ArtifactError(f"{WEIGHTS} lacks tensor {e.args[0]!r} named in the manifest") from None
+        state[name] = get_codec(info["codec"]).decode(parts, info["meta"])
+    for name, canonical in aliases.items():
+        state[name] = state[canonical]
+    return state
+
+
+# -- files -------------------------------------------------------------------------------
+
+
+def _file_info(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _export(
+    model: nn.Module, kind: str, example_inputs: tuple[torch.Tensor, ...] | None, out: Path
+) -> str:
+    if example_inputs is None:
+        raise ArtifactError(f"export {kind!r} needs example inputs")
+    was_training = model.training
+    model.eval()
+    try:
+        if kind == "pt2":
+            program = torch.export.export(model, example_inputs)
+            torch.export.save(program, str(out / "model.pt2"))
+            return "model.pt2"
+        if kind == "onnx":
+            try:
+                import onnxscript  # noqa: F401
+            except ImportError:
+                raise ArtifactError("ONNX export needs the onnx extra: pip install 'netchisel[onnx]'") from None
+            torch.onnx.export(model, example_inputs, str(out / "model.onnx"), dynamo=True, external_data=False)
+            return "model.onnx"
+    finally:
+        model.train(was_training)
+    raise ArtifactError(f"unknown export {kind!r} (known: pt2, onnx)")

@@ -1,0 +1,185 @@
+"""Describe a module's structure as JSON and rebuild it, with no pickle.
+
+A module is its class (imported by name, and only accepted if it is an `nn.Module`), its plain
+attributes (numbers, strings, tuples, dtypes, importable functions), the shapes and dtypes of
+its own parameters and buffers, and its children. That is enough to rebuild every torch.nn
+layer and most user modules after pruning changed their widths or a rewrite changed their type,
+without calling their constructors. Values come from the state dict afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from netchisel.core.errors import ArtifactError, ModelError
+
+# Attributes every nn.Module has; they are rebuilt by nn.Module.__init__, not stored.
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__) - {"training"}
+_PRIMITIVES = (bool, int, float, str, type(None))
+
+JSON = Any
+
+
+def encode_value(value: Any) -> JSON:
+    """A JSON form of an attribute value; raises TypeError when there is none."""
+    if isinstance(value, float) and value != value:
+        return {"__float__": "nan"}
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return {"__float__": str(value)}
+    if isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode_value(v) for v in value]}
+    if isinstance(value, list):
+        return [encode_value(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"__dict__": {k: encode_value(v) for k, v in value.items()}}
+    if isinstance(value, torch.dtype):
+        return {"__dtype__": str(value).removeprefix("torch.")}
+    if isinstance(value, (set, frozenset)):
+        return {"__set__": sorted(encode_value(v) for v in value)}
+    if callable(value) and _import_ref(_ref(value)) is value:
+        return {"__callable__": _ref(value)}
+    raise TypeError(f"{type(value).__name__} value cannot be stored")
+
+
+def decode_value(data: JSON) -> Any:
+    if isinstance(data, list):
+        return [decode_value(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    (tag, inner), *_ = data.items()
+    if tag == "__tuple__":
+        return tuple(decode_value(v) for v in inner)
+    if tag == "__dict__":
+        return {k: decode_value(v) for k, v in inner.items()}
+    if tag == "__dtype__":
+        return getattr(torch, inner)
+    if tag == "__set__":
+        return set(decode_value(v) for v in inner)
+    if tag == "__float__":
+        return float(inner)
+    if tag == "__callable__":
+        return _import_ref(inner)
+    raise ArtifactError(f"manifest has an unknown value tag {tag!r}")
+
+
+def _ref(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
+
+
+def _import_ref(ref: str) -> Any:
+    module_name, _, qualname = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    return obj
+
+
+def attributes(module: nn.Module) -> dict[str, Any]:
+    """The module's own attributes that are not parameters, buffers or children."""
+    return {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
+
+
+def tensor_specs(module: nn.Module) -> dict[str, JSON]:
+    """Shape, dtype and kind of the module's own (non-recursive) parameters and buffers."""
+    specs: dict[str, JSON] = {}
+    for kind, table in (("param", module._parameters), ("buffer", module._buffers)):
+        for name, t in table.items():
+            if t is None:
+                specs[name] = {"kind": kind, "none": True}
+                continue
+            spec = {"kind": kind, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            if kind == "param":
+                spec["requires_grad"] = t.requires_grad
+            if kind == "buffer" and name in module._non_persistent_buffers_set:
+                spec["persistent"] = False
+            specs[name] = spec
+    return specs
+
+
+def describe(module: nn.Module, path: str = "") -> JSON:
+    """The whole JSON description of a module and its children.
+
+    Example:
+        >>> d = describe(nn.Linear(3, 2))
+        >>> d["class"], d["tensors"]["weight"]["shape"]
+        ('torch.nn.modules.linear:Linear', [2, 3])
+    """
+    cls = type(module)
+    ref = _ref(cls)
+    if _import_ref(ref) is not cls:
+        raise ModelError(
+            f"module {path or '<root>'} is a {cls.__name__} that cannot be imported by name "
+            f"({ref}); define it in an importable module (not __main__ or a function body) "
+            "or remove its parametrizations before saving"
+        )
+    attrs = {}
+    for key, value in attributes(module).items():
+        try:
+            attrs[key] = encode_value(value)
+        except TypeError as e:
+            raise ModelError(
+                f"module {path or '<root>'} ({cls.__name__}) has attribute {key!r} that cannot "
+                f"be saved: {e}"
+            ) from None
+    for name, spec in tensor_specs(module).items():
+        if spec.get("persistent") is False:
+            raise ModelError(
+                f"module {path or '<root>'} ({cls.__name__}) has non-persistent buffer {name!r}: "
+                "it is not in the state dict, so a rebuilt copy would lose it; give the model a "
+                "builder (netchisel.core.modules.mark_builder) so it is built, not described"
+            )
+    return {
+        "class": ref,
+        "attrs": attrs,
+        "tensors": tensor_specs(module),
+        "children": {
+            name: (describe(child, _join(path, name)) if child is not None else None)
+            for name, child in module._modules.items()
+        },
+    }
+
+
+def rebuild(data: JSON) -> nn.Module:
+    """Make a module from `describe`'s output; tensors are allocated, not filled."""
+    cls = _import_ref(data["class"])
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ArtifactError(f"manifest names {data['class']!r}, which is not an importable nn.Module")
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    for key, value in data["attrs"].items():
+        object.__setattr__(module, key, decode_value(value))
+    apply_tensor_specs(module, data["tensors"])
+    for name, child in data["children"].items():
+        module._modules[name] = rebuild(child) if child is not None else None
+    return module
+
+
+def apply_tensor_specs(module: nn.Module, specs: dict[str, JSON]) -> None:
+    """Give the module empty parameters/buffers of the described shapes and dtypes."""
+    for name, spec in specs.items():
+        module._parameters.pop(name, None)
+        module._buffers.pop(name, None)
+        if spec.get("none"):
+            table = module._parameters if spec["kind"] == "param" else module._buffers
+            table[name] = None
+            continue
+        t = torch.empty(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+        if spec["kind"] == "param":
+            module._parameters[name] = nn.Parameter(t, requires_grad=spec.get("requires_grad", True))
+        else:
+            module._buffers[name] = t
+            if spec.get("persistent") is False:
+                module._non_persistent_buffers_set.add(name)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name

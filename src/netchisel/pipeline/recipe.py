@@ -1,0 +1,176 @@
+"""Recipes: a YAML file naming a model, a task, ordered stages, and where to write results.
+
+```yaml
+model: cnn                  # a zoo name (its trained reference), or one of:
+                            #   {zoo: cnn, pretrained: false, kwargs: {width: 16}}
+                            #   {builder: "package.module:function", kwargs: {...}}
+                            #   {artifact: runs/previous/model}
+task: digits32              # a zoo task, {zoo: digits32, batch_size: 64}, or {builder: ..., kwargs}
+stages:
+  - finetune: {epochs: 1, lr: 0.001}
+  - evaluate: {split: test}
+output: runs/demo
+profile: {batch_size: 64, latency: true, backend: eager, threads: 1, repeats: 30}
+seed: 0
+```
+Every unknown key is an error that names it and lists the known ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from netchisel.core.config import StageConfig
+from netchisel.core.errors import ConfigError
+from netchisel.core.registry import get_stage
+
+
+@dataclass(frozen=True)
+class ProfileSettings(StageConfig):
+    """How the runner profiles the model before and after each stage."""
+
+    batch_size: int = 64
+    latency: bool = True
+    backend: Literal["eager", "compile", "onnxruntime"] = "eager"
+    threads: int = 1
+    repeats: int = 30
+    warmup: int = 5
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.threads < 1 or self.repeats < 1 or self.warmup < 0:
+            raise ConfigError(
+                "profile: batch_size, threads and repeats must be >= 1 and warmup >= 0"
+            )
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where a model or task comes from: `zoo`, `builder` or `artifact`, plus kwargs."""
+
+    kind: Literal["zoo", "builder", "artifact"]
+    ref: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A parsed, validated recipe."""
+
+    model: SourceSpec
+    task: SourceSpec | None
+    stages: tuple[tuple[str, StageConfig], ...]
+    output: Path
+    profile: ProfileSettings
+    seed: int = 0
+    device: str = "cpu"
+    name: str = "recipe"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPE_KEYS = ("name", "model", "task", "stages", "output", "profile", "seed", "device")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.yaml"
+        >>> _ = f.write_text("model: mlp\\nstages: [evaluate]\\n")
+        >>> load_recipe(f).stages[0][0]
+        'evaluate'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
+    return parse_recipe(data, default_name=path.stem)
+
+
+def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
+    """Validate recipe data (already parsed from YAML)."""
+    if not isinstance(data, dict):
+        raise ConfigError("recipe: expected a mapping with 'model' and 'stages'")
+    _reject_unknown("recipe", data, RECIPE_KEYS)
+    if "model" not in data:
+        raise ConfigError("recipe: 'model' is required (a zoo name, {builder: ...} or {artifact: ...})")
+    model = _source("recipe.model", data["model"], ("zoo", "builder", "artifact"))
+    task = _source("recipe.task", data["task"], ("zoo", "builder")) if data.get("task") else None
+    stages = tuple(_stage(i, s) for i, s in enumerate(_list("recipe.stages", data.get("stages", []))))
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"recipe.seed: expected an integer, got {seed!r}")
+    name = str(data.get("name", default_name))
+    return Recipe(
+        model=model,
+        task=task,
+        stages=stages,
+        output=Path(str(data.get("output", f"runs/{name}"))),
+        profile=ProfileSettings.from_dict(data.get("profile"), "recipe.profile"),
+        seed=seed,
+        device=str(data.get("device", "cpu")),
+        name=name,
+        raw=data,
+    )
+
+
+def _source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
+    if isinstance(value, str):
+        return SourceSpec("zoo", value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a name or a mapping with one of {', '.join(kinds)}")
+    found = [k for k in kinds if k in value]
+    if len(found) != 1:
+        raise ConfigError(f"{where}: give exactly one of {', '.join(kinds)}")
+    kind = found[0]
+    allowed = {"zoo": ("zoo", "kwargs", "pretrained"), "builder": ("builder", "kwargs"),
+               "artifact": ("artifact",)}[kind]
+    extra = {k: v for k, v in value.items() if k not in allowed}
+    if kind == "zoo" and where == "recipe.task":
+        # Zoo tasks take their options inline: {zoo: digits32, batch_size: 128}.
+        return SourceSpec("zoo", str(value["zoo"]), {**value.get("kwargs", {}), **extra})
+    _reject_unknown(where, value, allowed)
+    kwargs = value.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}.kwargs: expected a mapping, got {kwargs!r}")
+    pretrained = value.get("pretrained", True)
+    if not isinstance(pretrained, bool):
+        raise ConfigError(f"{where}.pretrained: expected true or false, got {pretrained!r}")
+    return SourceSpec(kind, str(value[kind]), dict(kwargs), pretrained)  # type: ignore[arg-type]
+
+
+def _stage(index: int, entry: Any) -> tuple[str, StageConfig]:
+    where = f"recipe.stages[{index}]"
+    if isinstance(entry, str):
+        name, options = entry, {}
+    elif isinstance(entry, dict) and len(entry) == 1:
+        ((name, options),) = entry.items()
+        options = options or {}
+    else:
+        raise ConfigError(f"{where}: expected a stage name or {{name: {{options}}}}, got {entry!r}")
+    stage = get_stage(str(name))
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}.{name}: options must be a mapping, got {options!r}")
+    return stage.name, stage.config_class.from_dict(options, f"{where}.{name}")
+
+
+def _list(where: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    return value
+
+
+def _reject_unknown(where: str, data: dict[str, Any], known: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")

@@ -1,0 +1,191 @@
+"""The runner: build the model and task, then profile and evaluate before and after each stage.
+
+It writes the final model as an artifact (`model/`), and report.json, report.md and
+report.html in the output directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.modules import build
+from netchisel.core.registry import get_stage
+from netchisel.core.task import Task
+from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest, save
+from netchisel.pipeline.recipe import Recipe, SourceSpec, load_recipe
+from netchisel.profile import Profile, profile
+from netchisel.profile.machine import machine_info
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `run_recipe` made: the output directory, the report data and the final model."""
+
+    directory: Path
+    report: dict[str, Any]
+    model: nn.Module
+
+
+def run_recipe(
+    recipe: str | Path | Recipe, *, output: str | Path | None = None, quiet: bool = False
+) -> RunResult:
+    """Run a recipe end to end and write the artifact and the reports.
+
+    Example:
+        >>> result = run_recipe("examples/recipes/digits_cnn.yaml", quiet=True)  # doctest: +SKIP
+        >>> result.report["steps"][-1]["metrics"]["accuracy"]  # doctest: +SKIP
+        98.9
+    """
+    from netchisel.report.render import write_reports
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    out = Path(output) if output is not None else recipe.output
+    torch.manual_seed(recipe.seed)
+    model = load_model(recipe.model).to(recipe.device)
+    teacher = copy.deepcopy(model).eval()
+    task = load_task(recipe.task, recipe.model, teacher)
+    ctx = Context(task, teacher, recipe.device, recipe.seed, out, quiet)
+    inputs = _example_inputs(model, task, recipe)
+    metadata = {"inputs": [_input_spec(t) for t in inputs], "task": task.name if task else None}
+
+    steps = [_step("original", {}, model, task, inputs, recipe, metadata, 0.0, {})]
+    for name, config in recipe.stages:
+        ctx.records = {}
+        started = time.perf_counter()
+        model = get_stage(name)(model, config, ctx)
+        seconds = time.perf_counter() - started
+        steps.append(
+            _step(name, config.to_dict(), model, task, inputs, recipe, metadata, seconds, ctx.records)
+        )
+    artifact = save(model, out / "model", metadata=metadata)
+    steps[-1]["profile"]["bytes_on_disk"] = artifact_bytes(artifact)
+    report = {
+        "recipe": {"name": recipe.name, **recipe.raw},
+        "machine": machine_info(),
+        "task": _task_info(task),
+        "steps": steps,
+        "artifact": {"path": "model", "bytes": artifact_bytes(artifact)},
+    }
+    write_reports(report, out)
+    return RunResult(out, report, model)
+
+
+def load_model(spec: SourceSpec) -> nn.Module:
+    """The recipe's model: a zoo model (trained reference or fresh), a builder, or an artifact."""
+    if spec.kind == "artifact":
+        return load(spec.ref)
+    if spec.kind == "builder":
+        return build(spec.ref, spec.kwargs)
+    from netchisel.zoo import models, train
+
+    if spec.pretrained:
+        return train.pretrained(spec.ref, **spec.kwargs)
+    return models.build(spec.ref, **spec.kwargs)
+
+
+def load_task(spec: SourceSpec | None, model_spec: SourceSpec, teacher: nn.Module) -> Task | None:
+    """The recipe's task; a zoo model without one gets the task it was trained on."""
+    from netchisel.zoo import data
+
+    if spec is None:
+        if model_spec.kind != "zoo":
+            return None
+        spec = SourceSpec("zoo", data.default_task(model_spec.ref))
+    if spec.kind == "builder":
+        from netchisel.core.modules import resolve_builder
+
+        task = resolve_builder(spec.ref)(**spec.kwargs)
+        if not isinstance(task, Task):
+            raise ConfigError(f"task builder {spec.ref!r} returned {type(task).__name__}, not a Task")
+        return task
+    kwargs = dict(spec.kwargs)
+    if spec.ref == "sentences":
+        kwargs.setdefault("reference", teacher)
+    return data.task(spec.ref, **kwargs)
+
+
+def _example_inputs(model: nn.Module, task: Task | None, recipe: Recipe) -> tuple[torch.Tensor, ...]:
+    if task is not None:
+        return task.example_inputs(recipe.profile.batch_size)
+    if recipe.model.kind == "artifact":
+        specs = read_manifest(Path(recipe.model.ref)).get("metadata", {}).get("inputs")
+        if specs:
+            return inputs_from_specs(specs, recipe.profile.batch_size)
+    raise ConfigError("recipe: add 'task:' so the model can be profiled and evaluated")
+
+
+def inputs_from_specs(specs: list[dict[str, Any]], batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Zero tensors of the recorded shapes (batch dimension replaced) and dtypes."""
+    return tuple(
+        torch.zeros([batch_size, *s["shape"][1:]], dtype=getattr(torch, s["dtype"])) for s in specs
+    )
+
+
+def _input_spec(t: torch.Tensor) -> dict[str, Any]:
+    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+
+
+def _step(
+    name: str,
+    config: dict[str, Any],
+    model: nn.Module,
+    task: Task | None,
+    inputs: tuple[torch.Tensor, ...],
+    recipe: Recipe,
+    metadata: dict[str, Any],
+    seconds: float,
+    records: dict[str, Any],
+) -> dict[str, Any]:
+    settings = recipe.profile
+    measured: Profile = profile(
+        model,
+        inputs,
+        latency=settings.latency,
+        backend=settings.backend,
+        threads=settings.threads,
+        repeats=settings.repeats,
+        warmup=settings.warmup,
+        on_disk=False,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = dataclasses.replace(
+            measured, bytes_on_disk=artifact_bytes(save(model, f"{tmp}/m", metadata=metadata))
+        )
+    return {
+        "name": name,
+        "config": config,
+        "seconds": seconds,
+        "metrics": task.evaluate(model) if task is not None else {},
+        "records": records,
+        "profile": measured.summary(),
+        "latency": measured.latency.to_dict() if measured.latency else None,
+        "per_module": {
+            "params": measured.params_by_module,
+            "flops": measured.flops_by_module,
+            "macs": measured.macs_by_module,
+        },
+        "uncounted_ops": list(measured.uncounted_ops),
+    }
+
+
+def _task_info(task: Task | None) -> dict[str, Any] | None:
+    if task is None:
+        return None
+    return {
+        "name": task.name,
+        "primary_metric": task.primary_metric,
+        "higher_is_better": task.higher_is_better,
+        "eval_split": task.eval_split,
+    }

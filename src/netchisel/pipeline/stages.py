@@ -1,0 +1,78 @@
+"""The stages every recipe can use: `finetune` and `evaluate`.
+
+Other families register their own stages in their own packages; importing this module
+imports them all so the registry is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+from netchisel.core.config import StageConfig
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.registry import register
+from netchisel.core.train import TrainSettings, fit
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(StageConfig):
+    """Train through the task for `epochs` (or exactly `steps` when given).
+
+    Example:
+        >>> FinetuneConfig.from_dict({"epochs": 2, "lr": 0.01}).lr
+        0.01
+    """
+
+    epochs: float = 1.0
+    steps: int | None = None
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    batch_size: int | None = None
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"finetune.lr: must be > 0, got {self.lr}")
+        if self.epochs <= 0:
+            raise ConfigError(f"finetune.epochs: must be > 0, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"finetune.steps: must be >= 1, got {self.steps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"finetune.batch_size: must be >= 1, got {self.batch_size}")
+
+
+@register("finetune", FinetuneConfig)
+def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Module:
+    """Train the model in place on the task's train split."""
+    settings = TrainSettings(
+        epochs=config.epochs,
+        steps=config.steps,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        schedule=config.schedule,
+        batch_size=config.batch_size,
+    )
+    losses = fit(model, ctx.require_task("finetune"), settings, ctx)
+    ctx.record(steps=len(losses), final_train_loss=losses[-1])
+    return model
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(StageConfig):
+    """Evaluate on a named split (the runner already evaluates `eval_split` after each stage)."""
+
+    split: str = "test"
+
+
+@register("evaluate", EvaluateConfig)
+def evaluate(model: nn.Module, config: EvaluateConfig, ctx: Context) -> nn.Module:
+    """Record the task's metrics on `config.split`; the model is unchanged."""
+    metrics = ctx.require_task("evaluate").evaluate(model, config.split)
+    ctx.record(**{f"{config.split}_{k}": v for k, v in metrics.items()})
+    return model

@@ -1,0 +1,201 @@
+"""Latency: warm-up, many timed repeats, median and p10/p90, at a fixed thread count.
+
+Backends: `eager` (the module as it is), `compile` (torch.compile, inductor) and `onnxruntime`
+(exported to ONNX and run by ONNX Runtime; needs the onnx extra). `compare_latency` is the A/B
+harness: it alternates A and B so drift on a noisy machine hits both, and reports the ratio of
+medians.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from netchisel.core.errors import ConfigError
+from netchisel.profile.memory import run_model
+
+Backend = Literal["eager", "compile", "onnxruntime"]
+BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds per call of one batch; `repeats` timed calls after `warmup` untimed ones."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    repeats: int
+    warmup: int
+    batch_size: int
+    threads: int
+    backend: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Result of `compare_latency`: both timings and `speedup` = median A / median B."""
+
+    a: Latency
+    b: Latency
+    speedup: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a.to_dict(), "b": self.b.to_dict(), "speedup": self.speedup}
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int | None) -> Iterator[int]:
+    """Run with `threads` intra-op threads (default: what torch uses now), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def make_runner(model: nn.Module, example_inputs: Any, backend: str = "eager", threads: int = 1) -> Callable[[], Any]:
+    """A no-argument function that runs one forward on `backend` (built once, reused)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown latency backend {backend!r} (known: {', '.join(BACKENDS)})")
+    model.eval()
+    if backend == "onnxruntime":
+        return _onnxruntime_runner(model, example_inputs, threads)
+    fn: Any = torch.compile(model) if backend == "compile" else model
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return run_model(fn, example_inputs)
+
+    return run
+
+
+def time_calls(run: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall-clock milliseconds of `repeats` calls (CUDA is synchronised around each)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    out = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        run()
+        sync()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def summarise(samples: list[float], warmup: int, batch_size: int, threads: int, backend: str) -> Latency:
+    ordered = sorted(samples)
+
+    def pct(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
+
+    return Latency(
+        median_ms=statistics.median(ordered),
+        p10_ms=pct(0.1),
+        p90_ms=pct(0.9),
+        mean_ms=statistics.fmean(ordered),
+        repeats=len(ordered),
+        warmup=warmup,
+        batch_size=batch_size,
+        threads=threads,
+        backend=backend,
+    )
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    backend: str = "eager",
+    threads: int | None = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+) -> Latency:
+    """Latency of one forward of `example_inputs` on `backend`.
+
+    Example:
+        >>> lat = measure_latency(nn.Linear(8, 8), torch.zeros(4, 8), repeats=5)
+        >>> lat.batch_size, lat.repeats
+        (4, 5)
+    """
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"latency needs repeats >= 1 and warmup >= 0 (got {repeats}, {warmup})")
+    with fixed_threads(threads) as n:
+        run = make_runner(model, example_inputs, backend, n)
+        time_calls(run, warmup)
+        samples = time_calls(run, repeats)
+    return summarise(samples, warmup, batch_size_of(example_inputs), n, backend)
+
+
+def compare_latency(
+    a: Callable[[], Any],
+    b: Callable[[], Any],
+    *,
+    batch_size: int,
+    threads: int | None = 1,
+    rounds: int = 20,
+    calls_per_round: int = 5,
+    warmup: int = 5,
+    labels: tuple[str, str] = ("a", "b"),
+) -> Comparison:
+    """Time A and B alternately (A's block, then B's, `rounds` times); ratio of medians.
+
+    Example:
+        >>> net = nn.Linear(64, 64)
+        >>> x = torch.zeros(8, 64)
+        >>> cmp = compare_latency(lambda: net(x), lambda: net(x), batch_size=8, rounds=3)
+        >>> cmp.a.repeats
+        15
+    """
+    with fixed_threads(threads) as n:
+        time_calls(a, warmup)
+        time_calls(b, warmup)
+        samples_a: list[float] = []
+        samples_b: list[float] = []
+        for i in range(rounds):
+            # Swap who goes first every round so neither always runs on a warmer cache.
+            first, second = (a, b) if i % 2 == 0 else (b, a)
+            t1 = time_calls(first, calls_per_round)
+            t2 = time_calls(second, calls_per_round)
+            samples_a += t1 if i % 2 == 0 else t2
+            samples_b += t2 if i % 2 == 0 else t1
+    la = summarise(samples_a, warmup, batch_size, n, labels[0])
+    lb = summarise(samples_b, warmup, batch_size, n, labels[1])
+    return Comparison(la, lb, la.median_ms / lb.median_ms)
+
+
+def batch_size_of(example_inputs: Any) -> int:
+    tensors = [t for t in tree_flatten(example_inputs)[0] if isinstance(t, torch.Tensor)]
+    return int(tensors[0].shape[0]) if tensors and tensors[0].dim() else 1
+
+
+def _onnxruntime_runner(model: nn.Module, example_inputs: Any, threads: int) -> Callable[[], Any]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("the onnxruntime backend needs the onnx extra: pip install 'netchisel[onnx]'") from None
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model.onnx"
+        torch.onnx.export(model, inputs, path, dynamo=True, external_data=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs, strict=False)}
+    return lambda: session.run(None, feed)

@@ -1,0 +1,79 @@
+"""Parameter counts and bytes: in memory by dtype, and on disk as the saved artifact."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SizeStats:
+    """Counts of one model. `bytes_on_disk` is the real size of its saved artifact."""
+
+    params: int
+    params_nonzero: int
+    params_by_module: dict[str, int]
+    bytes_in_memory: int
+    bytes_by_dtype: dict[str, int]
+    bytes_on_disk: int | None
+
+
+def count_params(model: nn.Module) -> tuple[int, int, dict[str, int]]:
+    """(total, nonzero, inclusive per-module totals); tied parameters count once.
+
+    Example:
+        >>> count_params(nn.Linear(3, 2))[0]
+        8
+    """
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in unique.values())
+    nonzero = sum(int(torch.count_nonzero(p.detach())) for p in unique.values())
+    by_module = {
+        name: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
+        for name, m in model.named_modules()
+    }
+    return total, nonzero, by_module
+
+
+def memory_bytes(model: nn.Module) -> dict[str, int]:
+    """Bytes of parameters and buffers held in memory, by dtype; shared storage counts once."""
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        dtype = str(t.dtype).removeprefix("torch.")
+        out[dtype] = out.get(dtype, 0) + storage.nbytes()
+    return out
+
+
+def disk_bytes(model: nn.Module) -> int:
+    """Save the model as an artifact in a temp dir and return the bytes `load` would read."""
+    from netchisel.pipeline.artifact import artifact_bytes, save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return artifact_bytes(save(model, f"{tmp}/model"))
+
+
+def size_stats(model: nn.Module, on_disk: bool = True) -> SizeStats:
+    """All size numbers of `model`.
+
+    Example:
+        >>> size_stats(nn.Linear(3, 2), on_disk=False).bytes_in_memory
+        32
+    """
+    total, nonzero, by_module = count_params(model)
+    by_dtype = memory_bytes(model)
+    return SizeStats(
+        params=total,
+        params_nonzero=nonzero,
+        params_by_module=by_module,
+        bytes_in_memory=sum(by_dtype.values()),
+        bytes_by_dtype=by_dtype,
+        bytes_on_disk=disk_bytes(model) if on_disk else None,
+    )

@@ -1,0 +1,242 @@
+"""Reports of a run: report.json (all data), report.md (tables) and report.html (tables and
+plots, self-contained: inline SVG, no scripts or external files)."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from netchisel.core.errors import ArtifactError
+
+REPORT_FILES = ("report.json", "report.md", "report.html")
+
+
+def write_reports(report: dict[str, Any], directory: str | Path) -> list[Path]:
+    """Write the three report files into `directory`, each atomically."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "report.json": json.dumps(report, indent=1, default=str),
+        "report.md": render_markdown(report),
+        "report.html": render_html(report),
+    }
+    paths = []
+    for name, text in texts.items():
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, out / name)
+        paths.append(out / name)
+    return paths
+
+
+def read_report(directory: str | Path) -> dict[str, Any]:
+    """The report.json of a run directory, or an error saying what is wrong."""
+    path = Path(directory) / "report.json"
+    if not path.is_file():
+        raise ArtifactError(f"{directory} has no report.json: run a recipe with 'netchisel run' first")
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path} is corrupt: {e}") from None
+    if "steps" not in data:
+        raise ArtifactError(f"{path} is not a netchisel report (no 'steps')")
+    return data
+
+
+# -- tables --------------------------------------------------------------------------------
+
+COLUMNS = (
+    ("step", "Step"),
+    ("metric", "Metric"),
+    ("params", "Params"),
+    ("params_nonzero", "Nonzero"),
+    ("flops", "FLOPs"),
+    ("bytes_on_disk", "Bytes on disk"),
+    ("latency", "Latency ms (p10-p90)"),
+    ("peak_memory_bytes", "Peak memory"),
+    ("energy_uj", "Energy µJ (estimate)"),
+    ("seconds", "Stage s"),
+)
+
+
+def table_rows(report: dict[str, Any]) -> list[dict[str, str]]:
+    """One row of formatted cells per step."""
+    task = report.get("task") or {}
+    primary = task.get("primary_metric")
+    rows = []
+    for step in report["steps"]:
+        p = step["profile"]
+        metrics = step["metrics"]
+        metric = f"{primary} {metrics[primary]:.4g}" if primary in metrics else "-"
+        latency = "-"
+        if p.get("latency_ms") is not None:
+            lat = step.get("latency") or {}
+            latency = f"{p['latency_ms']:.3f}"
+            if lat:
+                latency += f" ({lat['p10_ms']:.3f}-{lat['p90_ms']:.3f})"
+        rows.append(
+            {
+                "step": step["name"],
+                "metric": metric,
+                "params": f"{p['params']:,}",
+                "params_nonzero": f"{p['params_nonzero']:,}",
+                "flops": human(p["flops"]),
+                "bytes_on_disk": human_bytes(p["bytes_on_disk"]),
+                "latency": latency,
+                "peak_memory_bytes": human_bytes(p["peak_memory_bytes"]),
+                "energy_uj": f"{p['energy_uj']:.3g}",
+                "seconds": f"{step['seconds']:.1f}",
+            }
+        )
+    return rows
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:g}"
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: the stage table, all metrics, and where it ran."""
+    rows = table_rows(report)
+    lines = [f"# netchisel report: {report['recipe'].get('name', 'recipe')}", ""]
+    batch = report["steps"][0]["profile"]["batch_size"]
+    lines += [
+        f"Profiled at batch size {batch}; FLOPs are per batch, energy per sample and an "
+        "estimate; bytes on disk are the saved artifact's size.",
+        "",
+        "| " + " | ".join(title for _, title in COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(row[key] for key, _ in COLUMNS) + " |" for row in rows]
+    lines += ["", "## Metrics", ""]
+    for step in report["steps"]:
+        extra = {**step["metrics"], **step.get("records", {})}
+        cells = ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items())
+        lines.append(f"- **{step['name']}**: {cells or '-'}")
+    uncounted = sorted({op for s in report["steps"] for op in s.get("uncounted_ops", [])})
+    if uncounted:
+        lines += ["", f"FLOPs do not include these ops (no formula): {', '.join(uncounted)}"]
+    machine = report.get("machine", {})
+    lines += [
+        "",
+        "## Machine",
+        "",
+        f"{machine.get('cpu')}, {machine.get('cpu_count')} cores, torch {machine.get('torch')}, "
+        f"netchisel {machine.get('netchisel')}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# -- html --------------------------------------------------------------------------------
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page: the table, plots of metric vs size and latency, per-layer bars."""
+    rows = table_rows(report)
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows
+    )
+    markdown_metrics = render_markdown(report).split("## Metrics", 1)[1].split("## Machine")[0]
+    metric_items = "".join(
+        f"<li>{html.escape(line[2:]).replace('**', '')}</li>"
+        for line in markdown_metrics.splitlines()
+        if line.startswith("- ")
+    )
+    plots = "".join(f"<figure>{svg}</figure>" for svg in _plots(report))
+    title = html.escape(f"netchisel report: {report['recipe'].get('name', 'recipe')}")
+    machine = html.escape(json.dumps(report.get("machine", {}), indent=1))
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;max-width:70em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:right}}
+th{{background:#f3f3f3}}figure{{display:inline-block;margin:.5em}}pre{{background:#f7f7f7;padding:1em}}
+</style></head><body>
+<h1>{title}</h1>
+<p>FLOPs are per batch of {rows and report["steps"][0]["profile"]["batch_size"]}; energy is per
+sample and an <b>estimate</b> from op counts (Horowitz, ISSCC 2014); bytes on disk are the saved
+artifact's size; latency is measured.</p>
+<table><tr>{head}</tr>{body}</table>
+<h2>Metrics</h2><ul>{metric_items}</ul>
+<h2>Plots</h2>{plots}
+<h2>Machine</h2><pre>{machine}</pre>
+</body></html>
+"""
+
+
+def _plots(report: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    task = report.get("task") or {}
+    primary = task.get("primary_metric")
+    steps = report["steps"]
+    figures = []
+    for key, label in (("bytes_on_disk", "bytes on disk"), ("latency_ms", "latency (ms)")):
+        points = [
+            (s["profile"].get(key), s["metrics"].get(primary), s["name"])
+            for s in steps
+            if s["profile"].get(key) is not None and primary in s["metrics"]
+        ]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-")
+        for x, y, name in points:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel(str(primary))
+        ax.set_title(f"{primary} vs {label}")
+        figures.append(_svg(fig))
+    for key, label in (("params", "parameters"), ("flops", "FLOPs")):
+        first, last = steps[0]["per_module"][key], steps[-1]["per_module"][key]
+        names = [n for n in last if n and not any(o.startswith(n + ".") for o in last)]
+        names = sorted(names, key=lambda n: -max(last.get(n, 0), first.get(n, 0)))[:20]
+        if not names:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 0.25 * len(names) + 1.2))
+        ys = range(len(names))
+        ax.barh([y + 0.2 for y in ys], [first.get(n, 0) for n in names], 0.4, label=steps[0]["name"])
+        ax.barh([y - 0.2 for y in ys], [last.get(n, 0) for n in names], 0.4, label=steps[-1]["name"])
+        ax.set_yticks(list(ys), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{label} per layer (leaf modules)")
+        ax.legend(fontsize=7)
+        figures.append(_svg(fig))
+    plt.close("all")
+    return figures
+
+
+def _svg(fig: Any) -> str:
+    buffer = io.StringIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="svg")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]

@@ -32,6 +32,7 @@ from netchisel.pipeline.describe import (
     describe,
     encode_value,
     rebuild,
+    refresh_caches,
     tensor_specs,
 )
 
@@ -251,6 +252,7 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
             for key in edit["drop"]:
                 target._parameters.pop(key, None)
                 target._buffers.pop(key, None)
+            refresh_caches(target)
         elif op == "order" and target is not None:
             target._modules = {k: target._modules[k] for k in edit["order"]}  # type: ignore[assignment]
         else:

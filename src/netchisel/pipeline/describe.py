@@ -10,6 +10,7 @@ without calling their constructors. Values come from the state dict afterwards.
 from __future__ import annotations
 
 import importlib
+import weakref
 from typing import Any
 
 import torch
@@ -84,8 +85,29 @@ def _import_ref(ref: str) -> Any:
 
 
 def attributes(module: nn.Module) -> dict[str, Any]:
-    """The module's own attributes that are not parameters, buffers or children."""
-    return {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS}
+    """The module's own attributes that are not parameters, buffers, children or caches.
+
+    Tensors and weak references held as plain attributes are caches of the parameters (an
+    RNN's flat weights); they are rebuilt from the parameters, not stored.
+    """
+    return {
+        k: v
+        for k, v in vars(module).items()
+        if k not in _MODULE_INTERNALS and not _is_cache(v)
+    }
+
+
+def refresh_caches(module: nn.Module) -> None:
+    """Rebuild what `attributes` left out (today: RNN flat weights) after tensors changed."""
+    init = getattr(module, "_init_flat_weights", None)
+    if callable(init):
+        init()
+
+
+def _is_cache(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_cache(v) for v in value)
+    return isinstance(value, (torch.Tensor, weakref.ref))
 
 
 def tensor_specs(module: nn.Module) -> dict[str, JSON]:
@@ -160,6 +182,7 @@ def rebuild(data: JSON) -> nn.Module:
     apply_tensor_specs(module, data["tensors"])
     for name, child in data["children"].items():
         module._modules[name] = rebuild(child) if child is not None else None
+    refresh_caches(module)
     return module
 
 

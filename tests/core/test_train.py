@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.task import classification_task
+from netchisel.core.train import TrainSettings, fit
+
+
+def _task() -> object:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 2, generator=g)
+    y = (x[:, 0] > 0).long()
+    return classification_task({"train": TensorDataset(x, y), "val": TensorDataset(x, y)}, 32)
+
+
+def test_fit_learns_a_separable_problem() -> None:
+    task = _task()
+    model = nn.Linear(2, 2)
+    before = task.evaluate(model)["accuracy"]  # type: ignore[attr-defined]
+    losses = fit(model, task, TrainSettings(epochs=5, lr=0.1), Context(task, quiet=True))  # type: ignore[arg-type]
+    assert len(losses) == 5 * 8
+    assert task.evaluate(model)["accuracy"] >= 97.0 > before  # type: ignore[attr-defined]
+
+
+def test_fit_is_deterministic() -> None:
+    task = _task()
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        model = nn.Linear(2, 2)
+        fit(model, task, TrainSettings(steps=7), Context(task, quiet=True, seed=4))  # type: ignore[arg-type]
+        weights.append(model.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_divergence_is_a_clear_error() -> None:
+    task = _task()
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(float("inf"))
+    with pytest.raises(ConfigError, match="diverged at step 0 .*lower the learning rate"):
+        fit(model, task, TrainSettings(steps=5), Context(task, quiet=True))  # type: ignore[arg-type]

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from netchisel.core.errors import ArtifactError, ModelError
+from netchisel.core.modules import mark_builder
+from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest, save
+
+
+class Block(nn.Module):
+    """A custom module with a plain attribute its forward depends on."""
+
+    def __init__(self, width: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.proj = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+        self.scale = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x).reshape(*x.shape[:-1], self.heads, -1).relu().flatten(-2)
+        return self.norm(y * self.scale + x)
+
+
+def net(width: int = 8) -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, width), Block(width), nn.Linear(width, 3))
+    return mark_builder(model, "tests.pipeline.test_artifact:net", {"width": width})
+
+
+def _same_outputs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> bool:
+    a.eval()
+    b.eval()
+    with torch.no_grad():
+        return torch.equal(a(x), b(x))
+
+
+def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    model = net()
+    loaded = load(save(model, tmp_path / "a"))
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2) and v.dtype == v2.dtype
+    assert _same_outputs(model, loaded, torch.randn(5, 4))
+
+
+def test_narrowed_widths_are_rebuilt(tmp_path: Path) -> None:
+    model = net(8)
+    # Prune by hand: keep 5 of 8 hidden units everywhere the width appears.
+    keep = torch.tensor([0, 2, 3, 5, 7])
+    first, block, last = model[0], model[1], model[2]
+    first.weight = nn.Parameter(first.weight[keep])
+    first.bias = nn.Parameter(first.bias[keep])
+    first.out_features = 5
+    block.proj = nn.Linear(5, 5)
+    block.heads = 1
+    block.norm = nn.LayerNorm(5)
+    block.scale = nn.Parameter(torch.rand(5))
+    last.weight = nn.Parameter(last.weight[:, keep])
+    last.in_features = 5
+    directory = save(model, tmp_path / "p")
+    manifest = read_manifest(directory)
+    assert manifest["builder"] == {"ref": "tests.pipeline.test_artifact:net", "kwargs": {"width": 8}}
+    ops = {(e["op"], e["path"]) for e in manifest["edits"]}
+    assert ("patch", "0") in ops and ("patch", "1") in ops and ("patch", "1.proj") in ops
+    loaded = load(directory)
+    assert loaded[1].heads == 1 and loaded[0].out_features == 5
+    assert _same_outputs(model, loaded, torch.randn(3, 4))
+
+
+def test_replaced_and_removed_modules(tmp_path: Path) -> None:
+    model = net()
+    model[1] = nn.Sequential(nn.Linear(8, 2), nn.Linear(2, 8))  # factorized
+    del model[2]
+    model.append(nn.Linear(8, 2))
+    loaded = load(save(model, tmp_path / "r"))
+    assert [type(m).__name__ for m in loaded] == ["Linear", "Sequential", "Linear"]
+    assert _same_outputs(model, loaded, torch.randn(2, 4))
+
+
+def test_model_without_builder_is_described(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, groups=1, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    model(torch.randn(4, 1, 5, 5))  # move BN running stats away from their init
+    loaded = load(save(model, tmp_path / "d"))
+    assert torch.equal(loaded[1].running_mean, model[1].running_mean)
+    assert _same_outputs(model, loaded, torch.randn(2, 1, 5, 5))
+
+
+def test_tied_weights_are_stored_once(tmp_path: Path) -> None:
+    emb = nn.Embedding(100, 64)
+    head = nn.Linear(64, 100, bias=False)
+    head.weight = emb.weight
+    model = nn.Sequential(emb, head)
+    directory = save(model, tmp_path / "t")
+    assert read_manifest(directory)["aliases"] == {"1.weight": "0.weight"}
+    assert artifact_bytes(directory) < 100 * 64 * 4 * 1.5
+    loaded = load(directory)
+    assert torch.equal(loaded[1].weight, model[1].weight)
+
+
+def test_artifact_bytes_are_the_files(tmp_path: Path) -> None:
+    directory = save(nn.Linear(256, 256), tmp_path / "s")
+    files = sum(p.stat().st_size for p in directory.iterdir())
+    assert artifact_bytes(directory) == files
+    assert 256 * 257 * 4 <= files < 256 * 257 * 4 + 4096
+
+
+def test_missing_corrupt_and_foreign(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load(tmp_path / "nope")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ArtifactError, match="not a netchisel artifact"):
+        load(tmp_path / "foreign")
+    directory = save(nn.Linear(4, 4), tmp_path / "c")
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="is corrupt"):
+        load(directory)
+    (directory / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="manifest.json is corrupt"):
+        load(directory)
+    (directory / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(ArtifactError, match="is not a netchisel manifest"):
+        load(directory)
+
+
+def test_save_refuses_a_foreign_directory_and_leaves_nothing_half_written(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="is not an artifact"):
+        save(nn.Linear(2, 2), tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+    class Local(nn.Module):  # defined in a function body: cannot be imported by name
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    first = save(nn.Linear(2, 2), tmp_path / "m")
+    before = (first / "model.safetensors").read_bytes()
+    with pytest.raises(ModelError, match="cannot be imported by name"):
+        save(nn.Sequential(Local()), tmp_path / "m")
+    assert (first / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "mine"]
+
+
+def test_overwrite_replaces_the_artifact(tmp_path: Path) -> None:
+    save(nn.Linear(2, 2), tmp_path / "o")
+    save(nn.Linear(3, 3), tmp_path / "o")
+    assert load(tmp_path / "o").weight.shape == (3, 3)

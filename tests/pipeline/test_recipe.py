@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from netchisel.core.errors import ConfigError
+from netchisel.pipeline.recipe import load_recipe, parse_recipe
+from netchisel.pipeline.stages import FinetuneConfig
+
+
+def test_full_recipe_parses() -> None:
+    r = parse_recipe(
+        {
+            "name": "x",
+            "model": {"zoo": "cnn", "pretrained": False, "kwargs": {"width": 8}},
+            "task": {"zoo": "digits32", "batch_size": 32},
+            "stages": ["evaluate", {"finetune": {"epochs": 2, "lr": 0.01}}],
+            "output": "out/x",
+            "profile": {"batch_size": 8, "latency": False},
+            "seed": 3,
+        }
+    )
+    assert r.model.kwargs == {"width": 8} and r.model.pretrained is False
+    assert r.task is not None and r.task.kwargs == {"batch_size": 32}
+    assert r.stages[1] == ("finetune", FinetuneConfig(epochs=2.0, lr=0.01))
+    assert r.profile.batch_size == 8 and r.seed == 3 and str(r.output) == "out/x"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"model": "cnn", "stagse": []}, r"recipe: unknown key 'stagse' \(known: name, model, task, stages"),
+        ({"stages": []}, "'model' is required"),
+        ({"model": "cnn", "stages": ["prune.nope"]}, r"unknown stage 'prune.nope' \(known: "),
+        ({"model": "cnn", "stages": [{"finetune": {"epoch": 1}}]},
+         r"recipe.stages\[0\].finetune: unknown key 'epoch' \(known: version, epochs, steps"),
+        ({"model": "cnn", "stages": [{"finetune": {"lr": -1}}]}, "finetune.lr: must be > 0"),
+        ({"model": {"zoo": "cnn", "artifact": "x"}}, "give exactly one of zoo, builder, artifact"),
+        ({"model": {"zoo": "cnn", "widht": 3}}, r"recipe.model: unknown key 'widht'"),
+        ({"model": "cnn", "profile": {"batch_size": 0}}, "batch_size, threads and repeats must be >= 1"),
+        ({"model": "cnn", "stages": "evaluate"}, "recipe.stages: expected a list"),
+        ([1, 2], "expected a mapping"),
+    ],
+)
+def test_bad_recipes_name_the_key(data: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(data)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_recipe(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: cnn\nstages: [evaluate\n")
+    with pytest.raises(ConfigError, match="is not valid YAML at line"):
+        load_recipe(bad)

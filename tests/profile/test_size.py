@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from netchisel.profile.size import size_stats
+
+
+def test_counts_and_bytes() -> None:
+    net = nn.Sequential(nn.Linear(10, 20), nn.Linear(20, 5).to(torch.float16))
+    with torch.no_grad():
+        net[0].weight[:5] = 0
+    s = size_stats(net)
+    assert s.params == 220 + 105
+    assert s.params_nonzero == 325 - 50 - int((net[0].bias == 0).sum())
+    assert s.params_by_module == {"": 325, "0": 220, "1": 105}
+    assert s.bytes_by_dtype == {"float32": 880, "float16": 210}
+    assert s.bytes_in_memory == 1090
+    assert s.bytes_on_disk is not None and 1090 < s.bytes_on_disk < 1090 + 3000
+
+
+def test_tied_parameters_count_once() -> None:
+    emb = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    s = size_stats(nn.Sequential(emb, head), on_disk=False)
+    assert s.params == 40 and s.bytes_in_memory == 160

@@ -31,7 +31,9 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="YAML recipe file.")],
-    output: Annotated[Path | None, typer.Option(help="Output directory (overrides the recipe).")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Output directory (overrides the recipe).")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run a recipe: profile and evaluate before and after each stage, write artifact and report."""
@@ -47,10 +49,10 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Run the demo recipe on the reference CNN (trained on first use) and show the report."""
+    import yaml
+
     from netchisel.pipeline.recipe import parse_recipe
     from netchisel.pipeline.runner import run_recipe
-
-    import yaml
 
     text = resources.files("netchisel").joinpath("recipes/demo.yaml").read_text()
     result = run_recipe(parse_recipe(yaml.safe_load(text), "demo"), output=output, quiet=quiet)
@@ -59,7 +61,9 @@ def demo(
 
 @app.command()
 def profile(
-    model: Annotated[str, typer.Argument(help="Zoo name, artifact directory, or package.module:function.")],
+    model: Annotated[
+        str, typer.Argument(help="Zoo name, artifact directory, or package.module:function.")
+    ],
     input_shape: Annotated[
         str | None, typer.Option(help="Input shape, e.g. 1,1,32,32 (needed for a builder).")
     ] = None,
@@ -71,12 +75,17 @@ def profile(
     repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """Exact FLOPs/MACs per module, params, bytes (memory and disk), latency, peak memory, energy."""
+    """Exact FLOPs/MACs per module, params, bytes in memory and on disk, latency, energy."""
     from netchisel.profile import profile as measure
 
     net, inputs, disk = _model_and_inputs(model, input_shape, dtype, batch_size)
     result = measure(
-        net, inputs, latency=latency, backend=backend, threads=threads, repeats=repeats,
+        net,
+        inputs,
+        latency=latency,
+        backend=backend,
+        threads=threads,
+        repeats=repeats,
         on_disk=disk is None,
     )
     if disk is not None:
@@ -143,7 +152,9 @@ def _model_and_inputs(
     if ref in models.MODEL_NAMES:
         net = models.build(ref)
         if input_shape is None:
-            task = data.task(data.default_task(ref), **({"reference": net} if ref == "minilm" else {}))
+            task = data.task(
+                data.default_task(ref), **({"reference": net} if ref == "minilm" else {})
+            )
             return net, task.example_inputs(batch_size), None
     elif ":" in ref and not Path(ref).exists():
         net = build(ref, {})
@@ -160,7 +171,9 @@ def _model_and_inputs(
         try:
             shape = [int(s) for s in input_shape.replace("x", ",").split(",") if s.strip()]
         except ValueError:
-            raise ConfigError(f"--input-shape {input_shape!r}: expected numbers like 1,3,32,32") from None
+            raise ConfigError(
+                f"--input-shape {input_shape!r}: expected numbers like 1,3,32,32"
+            ) from None
         if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
             raise ConfigError(f"--dtype {dtype!r} is not a torch dtype")
         specs = [{"shape": shape, "dtype": dtype}]

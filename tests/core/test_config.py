@@ -25,11 +25,20 @@ def test_from_dict_coerces_and_keeps_defaults() -> None:
     cfg = DemoConfig.from_dict({"ratio": 0, "layers": ["x", "y"]})
     assert cfg == DemoConfig(ratio=0.0, layers=("x", "y"))
     assert isinstance(cfg.ratio, float)
-    assert cfg.to_dict() == {"version": 1, "ratio": 0.0, "mode": "a", "layers": ("x", "y"), "steps": None}
+    assert cfg.to_dict() == {
+        "version": 1,
+        "ratio": 0.0,
+        "mode": "a",
+        "layers": ("x", "y"),
+        "steps": None,
+    }
 
 
 def test_unknown_key_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"demo: unknown key 'ratoi' \(known: version, ratio, mode, layers, steps\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"demo: unknown key 'ratoi' \(known: version, ratio, mode, layers, steps\)",
+    ):
         DemoConfig.from_dict({"ratoi": 0.1}, "demo")
 
 

@@ -4,11 +4,19 @@ import pytest
 from torch import nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.core.modules import build, builder_of, replace_module, resolve_builder, select_modules
+from netchisel.core.modules import (
+    build,
+    builder_of,
+    replace_module,
+    resolve_builder,
+    select_modules,
+)
 
 
 def _net() -> nn.Module:
-    return nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)))
+    return nn.Sequential(
+        nn.Linear(2, 3), nn.ReLU(), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    )
 
 
 def test_select_by_type_include_exclude() -> None:
@@ -18,7 +26,9 @@ def test_select_by_type_include_exclude() -> None:
 
 
 def test_pattern_matching_nothing_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"include pattern 'fc\.\*' matches no layer \(layers: 0, 2.0, 2.1\)"):
+    with pytest.raises(
+        ConfigError, match=r"include pattern 'fc\.\*' matches no layer \(layers: 0, 2.0, 2.1\)"
+    ):
         select_modules(_net(), (nn.Linear,), include=[r"fc.*"])
 
 

@@ -13,7 +13,9 @@ def test_builtin_stages_are_registered() -> None:
 
 
 def test_unknown_stage_lists_known() -> None:
-    with pytest.raises(ConfigError, match=r"unknown stage 'prune.magic' \(known: .*evaluate.*finetune"):
+    with pytest.raises(
+        ConfigError, match=r"unknown stage 'prune.magic' \(known: .*evaluate.*finetune"
+    ):
         get_stage("prune.magic")
 
 

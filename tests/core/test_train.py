@@ -43,5 +43,5 @@ def test_divergence_is_a_clear_error() -> None:
     model = nn.Linear(2, 2)
     with torch.no_grad():
         model.weight.fill_(float("inf"))
-    with pytest.raises(ConfigError, match="diverged at step 0 .*lower the learning rate"):
+    with pytest.raises(ConfigError, match=r"diverged at step 0 .*lower the learning rate"):
         fit(model, task, TrainSettings(steps=5), Context(task, quiet=True))  # type: ignore[arg-type]

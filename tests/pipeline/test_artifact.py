@@ -42,7 +42,9 @@ def _same_outputs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> bool:
 def test_round_trip_is_bit_exact(tmp_path: Path) -> None:
     model = net()
     loaded = load(save(model, tmp_path / "a"))
-    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+    for (k, v), (k2, v2) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         assert k == k2 and torch.equal(v, v2) and v.dtype == v2.dtype
     assert _same_outputs(model, loaded, torch.randn(5, 4))
 
@@ -63,7 +65,10 @@ def test_narrowed_widths_are_rebuilt(tmp_path: Path) -> None:
     last.in_features = 5
     directory = save(model, tmp_path / "p")
     manifest = read_manifest(directory)
-    assert manifest["builder"] == {"ref": "tests.pipeline.test_artifact:net", "kwargs": {"width": 8}}
+    assert manifest["builder"] == {
+        "ref": "tests.pipeline.test_artifact:net",
+        "kwargs": {"width": 8},
+    }
     ops = {(e["op"], e["path"]) for e in manifest["edits"]}
     assert ("patch", "0") in ops and ("patch", "1") in ops and ("patch", "1.proj") in ops
     loaded = load(directory)
@@ -82,8 +87,14 @@ def test_replaced_and_removed_modules(tmp_path: Path) -> None:
 
 
 def test_model_without_builder_is_described(tmp_path: Path) -> None:
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, groups=1, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, groups=1, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     model(torch.randn(4, 1, 5, 5))  # move BN running stats away from their init
     loaded = load(save(model, tmp_path / "d"))
     assert torch.equal(loaded[1].running_mean, model[1].running_mean)
@@ -124,7 +135,7 @@ def test_missing_corrupt_and_foreign(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="is corrupt"):
         load(directory)
     (directory / "manifest.json").write_text("{not json")
-    with pytest.raises(ArtifactError, match="manifest.json is corrupt"):
+    with pytest.raises(ArtifactError, match=r"manifest\.json is corrupt"):
         load(directory)
     (directory / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ArtifactError, match="is not a netchisel manifest"):
@@ -154,3 +165,34 @@ def test_overwrite_replaces_the_artifact(tmp_path: Path) -> None:
     save(nn.Linear(2, 2), tmp_path / "o")
     save(nn.Linear(3, 3), tmp_path / "o")
     assert load(tmp_path / "o").weight.shape == (3, 3)
+
+
+def test_exports_beside_the_artifact(tmp_path: Path) -> None:
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    ).eval()
+    x = torch.randn(2, 1, 8, 8)
+    directory = save(model, tmp_path / "e", export=["pt2", "onnx"], example_inputs=(x,))
+    files = read_manifest(directory)["files"]
+    assert set(files) == {"model.safetensors", "model.pt2", "model.onnx"}
+    assert files["model.onnx"]["bytes"] == (directory / "model.onnx").stat().st_size
+    program = torch.export.load(str(directory / "model.pt2"))
+    assert torch.allclose(program.module()(x), model(x), atol=1e-6)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(
+        str(directory / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-5)
+
+
+def test_export_needs_inputs_and_a_known_kind(tmp_path: Path) -> None:
+    from netchisel.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs example inputs"):
+        save(nn.Linear(2, 2), tmp_path / "x", export=["onnx"])
+    with pytest.raises(ConfigError, match=r"unknown export 'tflite' \(known: pt2, onnx\)"):
+        save(
+            nn.Linear(2, 2), tmp_path / "x", export=["tflite"], example_inputs=(torch.zeros(1, 2),)
+        )
+    assert not (tmp_path / "x").exists()

@@ -9,8 +9,20 @@ from netchisel.pipeline.describe import decode_value, describe, encode_value, re
 
 @pytest.mark.parametrize(
     "value",
-    [1, 2.5, "x", None, True, (1, 2), [1, (2, 3)], {"a": (1,)}, torch.bfloat16, float("inf"),
-     nn.functional.relu, {1, 2}],
+    [
+        1,
+        2.5,
+        "x",
+        None,
+        True,
+        (1, 2),
+        [1, (2, 3)],
+        {"a": (1,)},
+        torch.bfloat16,
+        float("inf"),
+        nn.functional.relu,
+        {1, 2},
+    ],
 )
 def test_values_round_trip(value: object) -> None:
     assert decode_value(encode_value(value)) == value

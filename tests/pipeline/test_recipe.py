@@ -30,15 +30,23 @@ def test_full_recipe_parses() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"model": "cnn", "stagse": []}, r"recipe: unknown key 'stagse' \(known: name, model, task, stages"),
+        (
+            {"model": "cnn", "stagse": []},
+            r"recipe: unknown key 'stagse' \(known: name, model, task, stages",
+        ),
         ({"stages": []}, "'model' is required"),
         ({"model": "cnn", "stages": ["prune.nope"]}, r"unknown stage 'prune.nope' \(known: "),
-        ({"model": "cnn", "stages": [{"finetune": {"epoch": 1}}]},
-         r"recipe.stages\[0\].finetune: unknown key 'epoch' \(known: version, epochs, steps"),
+        (
+            {"model": "cnn", "stages": [{"finetune": {"epoch": 1}}]},
+            r"recipe.stages\[0\].finetune: unknown key 'epoch' \(known: version, epochs, steps",
+        ),
         ({"model": "cnn", "stages": [{"finetune": {"lr": -1}}]}, "finetune.lr: must be > 0"),
         ({"model": {"zoo": "cnn", "artifact": "x"}}, "give exactly one of zoo, builder, artifact"),
         ({"model": {"zoo": "cnn", "widht": 3}}, r"recipe.model: unknown key 'widht'"),
-        ({"model": "cnn", "profile": {"batch_size": 0}}, "batch_size, threads and repeats must be >= 1"),
+        (
+            {"model": "cnn", "profile": {"batch_size": 0}},
+            "batch_size, threads and repeats must be >= 1",
+        ),
         ({"model": "cnn", "stages": "evaluate"}, "recipe.stages: expected a list"),
         ([1, 2], "expected a mapping"),
     ],

@@ -51,9 +51,7 @@ class StageConfig:
         known = cls.field_names()
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ConfigError(
-                f"{prefix}unknown key {unknown[0]!r} (known: {', '.join(known)})"
-            )
+            raise ConfigError(f"{prefix}unknown key {unknown[0]!r} (known: {', '.join(known)})")
         hints = typing.get_type_hints(cls)
         values = {k: _coerce(prefix + k, v, hints[k]) for k, v in data.items()}
         try:

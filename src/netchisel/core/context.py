@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,10 @@ class Context:
         return self.task
 
     @contextlib.contextmanager
-    def progress(self, description: str, total: int) -> Iterator[ProgressStep]:
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
         """A rich progress bar (nothing when quiet); yields a function that advances it."""
         if self.quiet:
-            yield lambda n=1: None
+            yield lambda n: None
             return
         columns = (
             TextColumn("{task.description}"),
@@ -59,11 +59,7 @@ class Context:
         )
         with Progress(*columns, transient=True) as bar:
             handle = bar.add_task(description, total=total)
-            yield lambda n=1: bar.advance(handle, n)
+            yield lambda n: bar.advance(handle, n)
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
-
-
-class ProgressStep:  # pragma: no cover - typing protocol only
-    def __call__(self, n: int = 1) -> None: ...

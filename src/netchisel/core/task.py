@@ -202,9 +202,7 @@ def embedding_task(
             "topk_agreement": topk_agreement(a, b, top_k),
         }
 
-    return Task(
-        name, splits, loss_fn, metrics, "cosine", True, batch_size, inputs_of=lambda b: b
-    )
+    return Task(name, splits, loss_fn, metrics, "cosine", True, batch_size, inputs_of=lambda b: b)
 
 
 def topk_agreement(ours: Tensor, reference: Tensor, k: int) -> float:

@@ -47,7 +47,9 @@ def fit(model: nn.Module, task: Task, settings: TrainSettings, ctx: Context) -> 
     loader = task.loader("train", shuffle=True, batch_size=settings.batch_size, seed=ctx.seed)
     if len(loader) == 0:
         raise ConfigError(f"task {task.name!r}: the train split is empty")
-    total = settings.steps if settings.steps is not None else math.ceil(settings.epochs * len(loader))
+    total = (
+        settings.steps if settings.steps is not None else math.ceil(settings.epochs * len(loader))
+    )
     if total <= 0:
         raise ConfigError(f"training needs at least one step (epochs/steps gave {total})")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from netchisel.core.errors import ArtifactError, ModelError
+from netchisel.core.errors import ArtifactError, ConfigError, ModelError
 from netchisel.core.modules import build, builder_of, mark_builder
 from netchisel.pipeline.codecs import get_codec
 from netchisel.pipeline.describe import (
@@ -35,6 +35,7 @@ from netchisel.pipeline.describe import (
     refresh_caches,
     tensor_specs,
 )
+from netchisel.pipeline.export import EXPORTS, export_onnx, export_pt2
 
 FORMAT = "netchisel-artifact"
 FORMAT_VERSION = 1
@@ -163,7 +164,10 @@ def artifact_bytes(directory: str | Path) -> int:
 def _structure(model: nn.Module) -> dict[str, Any]:
     builder = builder_of(model)
     if builder is None:
-        return {"builder": None, "edits": [{"op": "replace", "path": "", "module": describe(model)}]}
+        return {
+            "builder": None,
+            "edits": [{"op": "replace", "path": "", "module": describe(model)}],
+        }
     ref, kwargs = builder
     try:
         json.dumps(kwargs)
@@ -240,7 +244,9 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
             target = model.get_submodule(path) if op in ("patch", "order") else None
             parent = model.get_submodule(parent_path)
         except AttributeError:
-            raise ArtifactError(f"manifest edit {op} names {path!r}, which the model lacks") from None
+            raise ArtifactError(
+                f"manifest edit {op} names {path!r}, which the model lacks"
+            ) from None
         if op == "replace":
             parent._modules[name] = rebuild(edit["module"]) if edit["module"] else None
         elif op == "remove":
@@ -254,7 +260,7 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
                 target._buffers.pop(key, None)
             refresh_caches(target)
         elif op == "order" and target is not None:
-            target._modules = {k: target._modules[k] for k in edit["order"]}  # type: ignore[assignment]
+            target._modules = {k: target._modules[k] for k in edit["order"]}
         else:
             raise ArtifactError(f"manifest has an unknown edit {op!r}")
     if model is None:
@@ -275,7 +281,12 @@ def _encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], JSON, dict
     seen: dict[tuple[int, int, tuple[int, ...], torch.dtype], str] = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
+        key = (
+            tensor.untyped_storage().data_ptr(),
+            tensor.storage_offset(),
+            tuple(tensor.shape),
+            tensor.dtype,
+        )
         if tensor.numel() and key in seen:  # tied weights are stored once
             aliases[name] = seen[key]
             continue
@@ -296,7 +307,9 @@ def _decode_state(
         try:
             parts = {s: stored[name + (f"::{s}" if s else "")] for s in info["parts"]}
         except KeyError as e:
-            raise ArtifactError(f"{WEIGHTS} lacks tensor {e.args[0]!r} named in the manifest") from None
+            raise ArtifactError(
+                f"{WEIGHTS} lacks tensor {e.args[0]!r} named in the manifest"
+            ) from None
         state[name] = get_codec(info["codec"]).decode(parts, info["meta"])
     for name, canonical in aliases.items():
         state[name] = state[canonical]
@@ -328,22 +341,10 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 def _export(
     model: nn.Module, kind: str, example_inputs: tuple[torch.Tensor, ...] | None, out: Path
 ) -> str:
+    if kind not in EXPORTS:
+        raise ConfigError(f"unknown export {kind!r} (known: {', '.join(EXPORTS)})")
     if example_inputs is None:
-        raise ArtifactError(f"export {kind!r} needs example inputs")
-    was_training = model.training
-    model.eval()
-    try:
-        if kind == "pt2":
-            program = torch.export.export(model, example_inputs)
-            torch.export.save(program, str(out / "model.pt2"))
-            return "model.pt2"
-        if kind == "onnx":
-            try:
-                import onnxscript  # noqa: F401
-            except ImportError:
-                raise ArtifactError("ONNX export needs the onnx extra: pip install 'netchisel[onnx]'") from None
-            torch.onnx.export(model, example_inputs, str(out / "model.onnx"), dynamo=True, external_data=False)
-            return "model.onnx"
-    finally:
-        model.train(was_training)
-    raise ArtifactError(f"unknown export {kind!r} (known: pt2, onnx)")
+        raise ConfigError(f"export {kind!r} needs example inputs")
+    name = f"model.{kind}"
+    (export_pt2 if kind == "pt2" else export_onnx)(model, example_inputs, out / name)
+    return name

@@ -91,9 +91,7 @@ def attributes(module: nn.Module) -> dict[str, Any]:
     RNN's flat weights); they are rebuilt from the parameters, not stored.
     """
     return {
-        k: v
-        for k, v in vars(module).items()
-        if k not in _MODULE_INTERNALS and not _is_cache(v)
+        k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS and not _is_cache(v)
     }
 
 
@@ -118,7 +116,11 @@ def tensor_specs(module: nn.Module) -> dict[str, JSON]:
             if t is None:
                 specs[name] = {"kind": kind, "none": True}
                 continue
-            spec = {"kind": kind, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+            spec: dict[str, Any] = {
+                "kind": kind,
+                "shape": list(t.shape),
+                "dtype": str(t.dtype).removeprefix("torch."),
+            }
             if kind == "param":
                 spec["requires_grad"] = t.requires_grad
             if kind == "buffer" and name in module._non_persistent_buffers_set:
@@ -174,7 +176,9 @@ def rebuild(data: JSON) -> nn.Module:
     """Make a module from `describe`'s output; tensors are allocated, not filled."""
     cls = _import_ref(data["class"])
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ArtifactError(f"manifest names {data['class']!r}, which is not an importable nn.Module")
+        raise ArtifactError(
+            f"manifest names {data['class']!r}, which is not an importable nn.Module"
+        )
     module = cls.__new__(cls)
     nn.Module.__init__(module)
     for key, value in data["attrs"].items():
@@ -197,7 +201,9 @@ def apply_tensor_specs(module: nn.Module, specs: dict[str, JSON]) -> None:
             continue
         t = torch.empty(spec["shape"], dtype=getattr(torch, spec["dtype"]))
         if spec["kind"] == "param":
-            module._parameters[name] = nn.Parameter(t, requires_grad=spec.get("requires_grad", True))
+            module._parameters[name] = nn.Parameter(
+                t, requires_grad=spec.get("requires_grad", True)
+            )
         else:
             module._buffers[name] = t
             if spec.get("persistent") is False:

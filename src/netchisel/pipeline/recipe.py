@@ -10,6 +10,7 @@ stages:
   - finetune: {epochs: 1, lr: 0.001}
   - evaluate: {split: test}
 output: runs/demo
+export: [onnx]              # optional: also write model.pt2 / model.onnx beside the artifact
 profile: {batch_size: 64, latency: true, backend: eager, threads: 1, repeats: 30}
 seed: 0
 ```
@@ -27,6 +28,7 @@ import yaml
 from netchisel.core.config import StageConfig
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import get_stage
+from netchisel.pipeline.export import EXPORTS
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,11 @@ class Recipe:
     seed: int = 0
     device: str = "cpu"
     name: str = "recipe"
+    export: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-RECIPE_KEYS = ("name", "model", "task", "stages", "output", "profile", "seed", "device")
+RECIPE_KEYS = ("name", "model", "task", "stages", "output", "profile", "export", "seed", "device")
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -103,14 +106,24 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
         raise ConfigError("recipe: expected a mapping with 'model' and 'stages'")
     _reject_unknown("recipe", data, RECIPE_KEYS)
     if "model" not in data:
-        raise ConfigError("recipe: 'model' is required (a zoo name, {builder: ...} or {artifact: ...})")
+        raise ConfigError(
+            "recipe: 'model' is required (a zoo name, {builder: ...} or {artifact: ...})"
+        )
     model = _source("recipe.model", data["model"], ("zoo", "builder", "artifact"))
     task = _source("recipe.task", data["task"], ("zoo", "builder")) if data.get("task") else None
-    stages = tuple(_stage(i, s) for i, s in enumerate(_list("recipe.stages", data.get("stages", []))))
+    stages = tuple(
+        _stage(i, s) for i, s in enumerate(_list("recipe.stages", data.get("stages", [])))
+    )
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"recipe.seed: expected an integer, got {seed!r}")
     name = str(data.get("name", default_name))
+    export = tuple(str(e) for e in _list("recipe.export", data.get("export", [])))
+    for kind in export:
+        if kind not in EXPORTS:
+            raise ConfigError(
+                f"recipe.export: unknown export {kind!r} (known: {', '.join(EXPORTS)})"
+            )
     return Recipe(
         model=model,
         task=task,
@@ -120,6 +133,7 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
         seed=seed,
         device=str(data.get("device", "cpu")),
         name=name,
+        export=export,
         raw=data,
     )
 
@@ -133,8 +147,11 @@ def _source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
     if len(found) != 1:
         raise ConfigError(f"{where}: give exactly one of {', '.join(kinds)}")
     kind = found[0]
-    allowed = {"zoo": ("zoo", "kwargs", "pretrained"), "builder": ("builder", "kwargs"),
-               "artifact": ("artifact",)}[kind]
+    allowed = {
+        "zoo": ("zoo", "kwargs", "pretrained"),
+        "builder": ("builder", "kwargs"),
+        "artifact": ("artifact",),
+    }[kind]
     extra = {k: v for k, v in value.items() if k not in allowed}
     if kind == "zoo" and where == "recipe.task":
         # Zoo tasks take their options inline: {zoo: digits32, batch_size: 128}.
@@ -151,6 +168,7 @@ def _source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
 
 def _stage(index: int, entry: Any) -> tuple[str, StageConfig]:
     where = f"recipe.stages[{index}]"
+    options: Any
     if isinstance(entry, str):
         name, options = entry, {}
     elif isinstance(entry, dict) and len(entry) == 1:

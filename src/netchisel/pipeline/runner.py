@@ -67,16 +67,26 @@ def run_recipe(
         model = get_stage(name)(model, config, ctx)
         seconds = time.perf_counter() - started
         steps.append(
-            _step(name, config.to_dict(), model, task, inputs, recipe, metadata, seconds, ctx.records)
+            _step(
+                name, config.to_dict(), model, task, inputs, recipe, metadata, seconds, ctx.records
+            )
         )
-    artifact = save(model, out / "model", metadata=metadata)
+    artifact = save(
+        model, out / "model", metadata=metadata, export=recipe.export, example_inputs=inputs
+    )
     steps[-1]["profile"]["bytes_on_disk"] = artifact_bytes(artifact)
     report = {
         "recipe": {"name": recipe.name, **recipe.raw},
         "machine": machine_info(),
         "task": _task_info(task),
         "steps": steps,
-        "artifact": {"path": "model", "bytes": artifact_bytes(artifact)},
+        "artifact": {
+            "path": "model",
+            "bytes": artifact_bytes(artifact),
+            "exports": {
+                kind: (artifact / f"model.{kind}").stat().st_size for kind in recipe.export
+            },
+        },
     }
     write_reports(report, out)
     return RunResult(out, report, model)
@@ -108,7 +118,9 @@ def load_task(spec: SourceSpec | None, model_spec: SourceSpec, teacher: nn.Modul
 
         task = resolve_builder(spec.ref)(**spec.kwargs)
         if not isinstance(task, Task):
-            raise ConfigError(f"task builder {spec.ref!r} returned {type(task).__name__}, not a Task")
+            raise ConfigError(
+                f"task builder {spec.ref!r} returned {type(task).__name__}, not a Task"
+            )
         return task
     kwargs = dict(spec.kwargs)
     if spec.ref == "sentences":
@@ -116,7 +128,9 @@ def load_task(spec: SourceSpec | None, model_spec: SourceSpec, teacher: nn.Modul
     return data.task(spec.ref, **kwargs)
 
 
-def _example_inputs(model: nn.Module, task: Task | None, recipe: Recipe) -> tuple[torch.Tensor, ...]:
+def _example_inputs(
+    model: nn.Module, task: Task | None, recipe: Recipe
+) -> tuple[torch.Tensor, ...]:
     if task is not None:
         return task.example_inputs(recipe.profile.batch_size)
     if recipe.model.kind == "artifact":

@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -68,7 +69,9 @@ def fixed_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def make_runner(model: nn.Module, example_inputs: Any, backend: str = "eager", threads: int = 1) -> Callable[[], Any]:
+def make_runner(
+    model: nn.Module, example_inputs: Any, backend: str = "eager", threads: int = 1
+) -> Callable[[], Any]:
     """A no-argument function that runs one forward on `backend` (built once, reused)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown latency backend {backend!r} (known: {', '.join(BACKENDS)})")
@@ -86,7 +89,12 @@ def make_runner(model: nn.Module, example_inputs: Any, backend: str = "eager", t
 
 def time_calls(run: Callable[[], Any], repeats: int) -> list[float]:
     """Wall-clock milliseconds of `repeats` calls (CUDA is synchronised around each)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    cuda = torch.cuda.is_available()
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
     out = []
     for _ in range(repeats):
         sync()
@@ -97,7 +105,9 @@ def time_calls(run: Callable[[], Any], repeats: int) -> list[float]:
     return out
 
 
-def summarise(samples: list[float], warmup: int, batch_size: int, threads: int, backend: str) -> Latency:
+def summarise(
+    samples: list[float], warmup: int, batch_size: int, threads: int, backend: str
+) -> Latency:
     ordered = sorted(samples)
 
     def pct(q: float) -> float:
@@ -187,11 +197,15 @@ def _onnxruntime_runner(model: nn.Module, example_inputs: Any, threads: int) -> 
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ConfigError("the onnxruntime backend needs the onnx extra: pip install 'netchisel[onnx]'") from None
+        raise ConfigError(
+            "the onnxruntime backend needs the onnx extra: pip install 'netchisel[onnx]'"
+        ) from None
+    from netchisel.pipeline.export import export_onnx
+
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model.onnx"
-        torch.onnx.export(model, inputs, path, dynamo=True, external_data=False)
+        export_onnx(model, inputs, Path(path))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

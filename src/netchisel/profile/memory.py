@@ -20,15 +20,13 @@ from netchisel.profile.size import memory_bytes
 
 class _AllocationTracker(TorchDispatchMode):
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.live = 0
         self.peak = 0
         self.total_allocated = 0
         self._alive: dict[int, int] = {}
 
-    def __torch_dispatch__(
-        self, func: Any, types: Any, args: Any = (), kwargs: Any = None
-    ) -> Any:
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         inputs = {
             t.untyped_storage().data_ptr()
@@ -77,7 +75,9 @@ def peak_forward_bytes(model: nn.Module, example_inputs: Any) -> tuple[int, int]
     was_training = model.training
     model.eval()
     fixed = sum(memory_bytes(model).values()) + sum(
-        t.untyped_storage().nbytes() for t in tree_flatten(example_inputs)[0] if isinstance(t, Tensor)
+        t.untyped_storage().nbytes()
+        for t in tree_flatten(example_inputs)[0]
+        if isinstance(t, Tensor)
     )
     tracker = _AllocationTracker()
     try:

@@ -39,7 +39,9 @@ def read_report(directory: str | Path) -> dict[str, Any]:
     """The report.json of a run directory, or an error saying what is wrong."""
     path = Path(directory) / "report.json"
     if not path.is_file():
-        raise ArtifactError(f"{directory} has no report.json: run a recipe with 'netchisel run' first")
+        raise ArtifactError(
+            f"{directory} has no report.json: run a recipe with 'netchisel run' first"
+        )
     try:
         data: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -155,11 +157,12 @@ def _fmt(v: Any) -> str:
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """A self-contained HTML page: the table, plots of metric vs size and latency, per-layer bars."""
+    """A self-contained HTML page: the table, metric vs size and latency, per-layer bars."""
     rows = table_rows(report)
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows
+        "<tr>" + "".join(f"<td>{html.escape(r[k])}</td>" for k, _ in COLUMNS) + "</tr>"
+        for r in rows
     )
     markdown_metrics = render_markdown(report).split("## Metrics", 1)[1].split("## Machine")[0]
     metric_items = "".join(
@@ -223,8 +226,12 @@ def _plots(report: dict[str, Any]) -> list[str]:
             continue
         fig, ax = plt.subplots(figsize=(6, 0.25 * len(names) + 1.2))
         ys = range(len(names))
-        ax.barh([y + 0.2 for y in ys], [first.get(n, 0) for n in names], 0.4, label=steps[0]["name"])
-        ax.barh([y - 0.2 for y in ys], [last.get(n, 0) for n in names], 0.4, label=steps[-1]["name"])
+        ax.barh(
+            [y + 0.2 for y in ys], [first.get(n, 0) for n in names], 0.4, label=steps[0]["name"]
+        )
+        ax.barh(
+            [y - 0.2 for y in ys], [last.get(n, 0) for n in names], 0.4, label=steps[-1]["name"]
+        )
         ax.set_yticks(list(ys), names, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(f"{label} per layer (leaf modules)")

@@ -1,0 +1,150 @@
+"""The CLI as a user meets it: run a recipe, profile its artifact, re-render, break things."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from netchisel.cli import main
+from netchisel.pipeline.artifact import artifact_bytes, load
+from netchisel.profile import count_flops
+
+RECIPE = {
+    "name": "tiny",
+    "model": {"zoo": "mlp", "pretrained": False, "kwargs": {"hidden": [32, 16]}},
+    "task": {"zoo": "digits", "batch_size": 64},
+    "stages": [{"finetune": {"epochs": 3, "lr": 0.01}}, {"evaluate": {"split": "test"}}],
+    "profile": {"batch_size": 16, "repeats": 3, "warmup": 1},
+}
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `netchisel ARGS` in-process through the console-script entry point."""
+    argv = sys.argv
+    sys.argv = ["netchisel", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    from netchisel.pipeline.runner import run_recipe
+
+    run_recipe(recipe, output=root / "out", quiet=True)
+    return root / "out"
+
+
+def test_run_writes_artifact_and_reports(run_dir: Path) -> None:
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "model",
+        "report.html",
+        "report.json",
+        "report.md",
+    ]
+    report = json.loads((run_dir / "report.json").read_text())
+    names = [s["name"] for s in report["steps"]]
+    assert names == ["original", "finetune", "evaluate"]
+    trained = report["steps"][1]["metrics"]["accuracy"]
+    assert trained > report["steps"][0]["metrics"]["accuracy"] + 50  # from chance to trained
+    assert report["steps"][2]["records"]["test_accuracy"] > 85.0
+    # The size in the report is the size of the files on disk.
+    files = sum(p.stat().st_size for p in (run_dir / "model").iterdir())
+    assert (
+        report["steps"][-1]["profile"]["bytes_on_disk"]
+        == files
+        == artifact_bytes(run_dir / "model")
+    )
+    html = (run_dir / "report.html").read_text()
+    assert html.count("<svg") >= 3 and "<script" not in html and "http" not in html.split("<svg")[0]
+
+
+def test_report_flops_equal_a_fresh_count_of_the_artifact(run_dir: Path) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    model = load(run_dir / "model")
+    flops = count_flops(model, torch.zeros(16, 1, 8, 8)).flops
+    # mlp 64-32-16-10: 2*MACs + biases + 2 ReLUs, for a batch of 16.
+    macs = 64 * 32 + 32 * 16 + 16 * 10
+    assert flops == 16 * (2 * macs + (32 + 16 + 10) + (32 + 16))
+    assert report["steps"][-1]["profile"]["flops"] == flops
+
+
+def test_profile_cli_agrees_with_the_report(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = cli(
+        capsys, "profile", str(run_dir / "model"), "--batch-size", "16", "--json", "--repeats", "3"
+    )
+    assert code == 0
+    measured = json.loads(out)
+    final = json.loads((run_dir / "report.json").read_text())["steps"][-1]["profile"]
+    for key in ("params", "params_nonzero", "flops", "macs", "bytes_on_disk", "bytes_in_memory"):
+        assert measured[key] == final[key], key
+
+
+def test_profile_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "profile", "cnn", "--batch-size", "2", "--no-latency")
+    assert code == 0
+    assert "FLOPs" in out and "energy per sample (estimate)" in out and "uncounted ops" in out
+
+
+def test_report_command_rerenders(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (run_dir / "report.md").unlink()
+    code, out, _ = cli(capsys, "report", str(run_dir))
+    assert code == 0 and (run_dir / "report.md").exists() and "report.html" in out
+
+
+def test_info(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "info")
+    data = json.loads(out)
+    assert code == 0 and data["torch"].startswith("2.") and "finetune" in data["stages"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.yaml"], "recipe missing.yaml does not exist"),
+        (["profile", "no/such/dir"], "is not a zoo name"),
+        (["profile", "cnn", "--input-shape", "1,a"], "--input-shape '1,a'"),
+        (["report", "."], "has no report.json"),
+    ],
+)
+def test_errors_are_one_line(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, _, err = cli(capsys, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("netchisel: error: ") and message in err
+
+
+def test_bad_recipe_and_corrupt_artifact(
+    tmp_path: Path, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**RECIPE, "stages": [{"finetune": {"epoch": 2}}]}))
+    code, _, err = cli(capsys, "run", str(bad))
+    assert code == 2 and "unknown key 'epoch'" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in (run_dir / "model").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    code, _, err = cli(capsys, "profile", str(broken))
+    assert code == 2 and "is corrupt" in err and err.count("\n") == 1

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from netchisel.core.errors import ArtifactError
+from netchisel.report.render import human, human_bytes, read_report, render_markdown, write_reports
+
+
+def _report() -> dict[str, object]:
+    def step(name: str, acc: float, flops: int, size: int) -> dict[str, object]:
+        profile = {
+            "params": 1000,
+            "params_nonzero": 900,
+            "flops": flops,
+            "macs": flops // 2,
+            "bytes_in_memory": 4000,
+            "bytes_on_disk": size,
+            "peak_memory_bytes": 9000,
+            "energy_uj": 0.5,
+            "latency_ms": 1.25,
+            "batch_size": 8,
+        }
+        return {
+            "name": name,
+            "config": {},
+            "seconds": 0.0,
+            "metrics": {"accuracy": acc},
+            "records": {},
+            "profile": profile,
+            "latency": {"p10_ms": 1.0, "p90_ms": 1.5},
+            "per_module": {"params": {"": 1000, "fc": 1000}, "flops": {"": flops, "fc": flops}},
+        }
+
+    return {
+        "recipe": {"name": "t"},
+        "task": {"primary_metric": "accuracy"},
+        "machine": {"cpu": "x"},
+        "steps": [step("original", 98.0, 2_000_000, 5000), step("finetune", 98.5, 1_000_000, 3000)],
+    }
+
+
+def test_markdown_table_has_every_step_and_number() -> None:
+    md = render_markdown(_report())
+    assert "| original | accuracy 98 | 1,000 | 900 | 2M | 4.88 KiB | 1.250 (1.000-1.500) |" in md
+    assert "| finetune | accuracy 98.5 |" in md
+    assert "estimate" in md
+
+
+def test_write_and_read(tmp_path: Path) -> None:
+    paths = write_reports(_report(), tmp_path)
+    assert [p.name for p in paths] == ["report.json", "report.md", "report.html"]
+    assert read_report(tmp_path)["steps"][1]["name"] == "finetune"
+    assert (tmp_path / "report.html").read_text().count("<svg") == 4
+    (tmp_path / "report.json").write_text(json.dumps({"x": 1}))
+    with pytest.raises(ArtifactError, match="not a netchisel report"):
+        read_report(tmp_path)
+
+
+def test_human_units() -> None:
+    assert (human(1234567), human(999), human_bytes(2048), human_bytes(None)) == (
+        "1.23M",
+        "999",
+        "2 KiB",
+        "-",
+    )

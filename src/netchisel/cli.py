@@ -145,16 +145,15 @@ def _model_and_inputs(
     from netchisel.core.modules import build
     from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest
     from netchisel.pipeline.runner import inputs_from_specs
-    from netchisel.zoo import data, models
+    from netchisel.zoo import data, models, train
 
     disk = None
     specs: list[dict[str, Any]] | None = None
     if ref in models.MODEL_NAMES:
         net = models.build(ref)
         if input_shape is None:
-            task = data.task(
-                data.default_task(ref), **({"reference": net} if ref == "minilm" else {})
-            )
+            name, kwargs = train.default_task(ref)
+            task = data.task(name, **({"reference": net} if ref == "minilm" else kwargs))
             return net, task.example_inputs(batch_size), None
     elif ":" in ref and not Path(ref).exists():
         net = build(ref, {})

@@ -7,7 +7,9 @@ from netchisel.profile.energy import estimate_energy
 
 def test_fp32_and_int8_costs_follow_the_table() -> None:
     # 1000 fp32 MACs and 500 extra fp32 adds, 400 int8 MACs, 4000 weight bytes, 800 act bytes.
-    e = estimate_energy({"float32": 2500, "int8": 800}, {"float32": 1000, "int8": 400}, 4000, 800, 2)
+    e = estimate_energy(
+        {"float32": 2500, "int8": 800}, {"float32": 1000, "int8": 400}, 4000, 800, 2
+    )
     compute = 1000 * (3.7 + 0.9) + 500 * 0.9 + 400 * (0.2 + 0.03)
     weights = 1000 * 640.0
     activations = 200 * 2 * 5.0

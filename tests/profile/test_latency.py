@@ -17,7 +17,13 @@ def test_summary_percentiles() -> None:
 
 def test_measure_reports_batch_threads_backend() -> None:
     lat = measure_latency(nn.Linear(16, 16), torch.zeros(8, 16), threads=1, repeats=7, warmup=2)
-    assert (lat.batch_size, lat.threads, lat.backend, lat.repeats, lat.warmup) == (8, 1, "eager", 7, 2)
+    assert (lat.batch_size, lat.threads, lat.backend, lat.repeats, lat.warmup) == (
+        8,
+        1,
+        "eager",
+        7,
+        2,
+    )
     assert 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms
 
 
@@ -29,7 +35,12 @@ def test_threads_are_restored() -> None:
 
 def test_compare_sees_a_known_ratio() -> None:
     cmp = compare_latency(
-        lambda: time.sleep(0.004), lambda: time.sleep(0.001), batch_size=1, rounds=4, calls_per_round=3, warmup=1
+        lambda: time.sleep(0.004),
+        lambda: time.sleep(0.001),
+        batch_size=1,
+        rounds=4,
+        calls_per_round=3,
+        warmup=1,
     )
     assert cmp.a.repeats == cmp.b.repeats == 12
     assert 2.0 < cmp.speedup < 5.0

@@ -75,7 +75,7 @@ def fit(model: nn.Module, task: Task, settings: TrainSettings, ctx: Context) -> 
                     loss = task.loss(model, batch)
                     if not torch.isfinite(loss):
                         raise ConfigError(
-                            f"training diverged at step {len(losses)} (loss {float(loss)}): "
+                            f"training diverged at step {len(losses)} (loss {loss.item()}): "
                             "lower the learning rate"
                         )
                     opt.zero_grad(set_to_none=True)
@@ -84,7 +84,7 @@ def fit(model: nn.Module, task: Task, settings: TrainSettings, ctx: Context) -> 
                         nn.utils.clip_grad_norm_(params, settings.grad_clip)
                     opt.step()
                     schedule.step()
-                    losses.append(float(loss))
+                    losses.append(loss.item())
                     advance(1)
                     if len(losses) >= total:
                         break

@@ -107,12 +107,13 @@ def load_model(spec: SourceSpec) -> nn.Module:
 
 def load_task(spec: SourceSpec | None, model_spec: SourceSpec, teacher: nn.Module) -> Task | None:
     """The recipe's task; a zoo model without one gets the task it was trained on."""
-    from netchisel.zoo import data
+    from netchisel.zoo import data, train
 
     if spec is None:
         if model_spec.kind != "zoo":
             return None
-        spec = SourceSpec("zoo", data.default_task(model_spec.ref))
+        name, kwargs = train.default_task(model_spec.ref, **model_spec.kwargs)
+        spec = SourceSpec("zoo", name, kwargs)
     if spec.kind == "builder":
         from netchisel.core.modules import resolve_builder
 

@@ -206,13 +206,26 @@ def _totals(p: Any) -> dict[str, str]:
 
 
 def _print_summary(report: dict[str, Any], directory: Path) -> None:
-    from netchisel.report.render import COLUMNS, table_rows
+    from netchisel.report.render import table_rows
 
-    table = Table(title=f"netchisel: {report['recipe'].get('name')}")
-    for _, title in COLUMNS:
-        table.add_column(title, justify="right")
+    # The terminal gets the headline columns; report.md/html have them all.
+    task = report.get("task") or {}
+    columns = {
+        "step": "step",
+        "metric": f"{task.get('primary_metric', 'metric')} ({task.get('eval_split', '-')})",
+        "params": "params",
+        "flops": "FLOPs",
+        "bytes_on_disk": "disk",
+        "latency": "ms",
+        "energy_uj": "µJ est.",
+    }
+    batch = report["steps"][0]["profile"]["batch_size"]
+    table = Table(title=f"netchisel: {report['recipe'].get('name')} (batch {batch})")
+    for title in columns.values():
+        table.add_column(title, justify="right", no_wrap=True)
     for row in table_rows(report):
-        table.add_row(*(row[k] for k, _ in COLUMNS))
+        row["metric"] = row["metric"].rpartition(" ")[2]
+        table.add_row(*(row[k].split(" (")[0] for k in columns))
     console.print(table)
     console.print(f"report: {directory / 'report.html'} (also report.md, report.json)")
     console.print(f"model:  {directory / 'model'}")

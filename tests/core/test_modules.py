@@ -47,3 +47,8 @@ def test_build_marks_and_resolves() -> None:
         resolve_builder("nope_pkg:f")
     with pytest.raises(ConfigError, match="has no callable 'Nope'"):
         resolve_builder("torch.nn:Nope")
+
+
+def test_wrong_builder_kwargs_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"builder 'torch\.nn:Linear': .*'widht'"):
+        build("torch.nn:Linear", {"in_features": 2, "out_features": 2, "widht": 3})

@@ -51,3 +51,12 @@ def test_bad_backend_and_repeats() -> None:
         measure_latency(nn.Linear(4, 4), torch.zeros(1, 4), backend="tensorrt")
     with pytest.raises(ConfigError, match="repeats >= 1"):
         measure_latency(nn.Linear(4, 4), torch.zeros(1, 4), repeats=0)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "compile"])
+def test_other_backends_run_the_same_model(backend: str) -> None:
+    pytest.importorskip("onnxruntime")
+    lat = measure_latency(
+        nn.Linear(16, 4), torch.zeros(2, 16), backend=backend, repeats=3, warmup=1
+    )
+    assert lat.backend == backend and lat.repeats == 3 and lat.median_ms > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,8 +51,15 @@ def resolve_builder(ref: str) -> Callable[..., nn.Module]:
 
 
 def build(ref: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Call a builder and mark the result with it."""
-    model = resolve_builder(ref)(**kwargs)
+    """Call a builder and mark the result with it; wrong kwargs are a ConfigError."""
+    fn = resolve_builder(ref)
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"builder {ref!r}: {e}") from None
+    except ValueError:  # no signature to check (a builtin); let the call say
+        pass
+    model = fn(**kwargs)
     if not isinstance(model, nn.Module):
         raise ModelError(f"builder {ref!r} returned {type(model).__name__}, not an nn.Module")
     if builder_of(model) is None:

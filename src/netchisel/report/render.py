@@ -221,6 +221,7 @@ def _plots(report: dict[str, Any]) -> list[str]:
     for key, label in (("params", "parameters"), ("flops", "FLOPs")):
         first, last = steps[0]["per_module"][key], steps[-1]["per_module"][key]
         names = [n for n in last if n and not any(o.startswith(n + ".") for o in last)]
+        names = [n for n in names if max(last.get(n, 0), first.get(n, 0)) > 0]
         names = sorted(names, key=lambda n: -max(last.get(n, 0), first.get(n, 0)))[:20]
         if not names:
             continue

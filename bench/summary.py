@@ -73,8 +73,8 @@ def zoo_section(d: dict[str, Any]) -> list[str]:
             )
             continue
         if "perplexity" in m["val"]:
-            val = f"ppl {m['val']['perplexity']:.2f}, {m['val']['bits_per_byte']:.3f} bits/byte"
-            test = f"ppl {m['test']['perplexity']:.2f}, {m['test']['bits_per_byte']:.3f} bits/byte"
+            val = f"ppl {m['val']['perplexity']:.2f}, {m['val']['bits_per_char']:.3f} bits/char"
+            test = f"ppl {m['test']['perplexity']:.2f}, {m['test']['bits_per_char']:.3f} bits/char"
         else:
             val = f"{m['val']['accuracy']:.2f}%"
             test = f"{m['test']['accuracy']:.2f}%"

@@ -148,3 +148,25 @@ def test_bad_recipe_and_corrupt_artifact(
     weights.write_bytes(weights.read_bytes()[:-10])
     code, _, err = cli(capsys, "profile", str(broken))
     assert code == 2 and "is corrupt" in err and err.count("\n") == 1
+
+
+def test_an_artifact_is_a_model_source(run_dir: Path, tmp_path: Path) -> None:
+    from netchisel.pipeline.recipe import parse_recipe
+    from netchisel.pipeline.runner import run_recipe
+
+    recipe = parse_recipe(
+        {
+            "model": {"artifact": str(run_dir / "model")},
+            "stages": [],
+            "profile": {"batch_size": 4, "latency": False},
+        }
+    )
+    result = run_recipe(recipe, output=tmp_path / "again", quiet=True)
+    (step,) = result.report["steps"]
+    assert step["metrics"] == {} and result.report["task"] is None
+    macs = 64 * 32 + 32 * 16 + 16 * 10
+    assert step["profile"]["flops"] == 4 * (2 * macs + (32 + 16 + 10) + (32 + 16))
+    same = load(tmp_path / "again" / "model")
+    original = load(run_dir / "model")
+    for a, b in zip(same.state_dict().values(), original.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -64,6 +64,15 @@ def get_stage(name: str) -> Stage:
     return _STAGES[name]
 
 
+def stage_for_config(config_class: type[StageConfig]) -> Stage:
+    """The stage whose config class is `config_class` (for `prune_`, `quantize_`, ...)."""
+    _load_builtin_stages()
+    for stage in _STAGES.values():
+        if stage.config_class is config_class:
+            return stage
+    raise ConfigError(f"{config_class.__name__} is not the config of any registered stage")
+
+
 def stage_names() -> list[str]:
     """All registered stage names, sorted."""
     _load_builtin_stages()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,7 +12,8 @@ from torch import nn
 
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.task import Task
+from netchisel.core.masks import apply_masks_
+from netchisel.core.task import Batch, Task
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,23 @@ class TrainSettings:
     batch_size: int | None = None
 
 
-def fit(model: nn.Module, task: Task, settings: TrainSettings, ctx: Context) -> list[float]:
+def fit(
+    model: nn.Module,
+    task: Task,
+    settings: TrainSettings,
+    ctx: Context,
+    *,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None,
+    before_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> list[float]:
     """Train `model` in place on the task's train split; returns the loss of every step.
 
     Seeded by `ctx.seed` (shuffling and dropout), so the same call gives the same weights.
+    Masks set on the model (`netchisel.core.masks`) are re-applied after every step, so pruned
+    weights stay pruned. `loss_fn` replaces the task's loss (distillation, penalties);
+    `before_step(step)` runs after the backward pass and before the optimizer step (gradient
+    surgery), `after_step(step)` after it (schedules, regrowth).
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -72,7 +87,7 @@ def fit(model: nn.Module, task: Task, settings: TrainSettings, ctx: Context) -> 
             while len(losses) < total:
                 for batch in loader:
                     batch = tuple(t.to(device) for t in batch)
-                    loss = task.loss(model, batch)
+                    loss = (loss_fn or task.loss)(model, batch)
                     if not torch.isfinite(loss):
                         raise ConfigError(
                             f"training diverged at step {len(losses)} (loss {loss.item()}): "
@@ -82,8 +97,13 @@ def fit(model: nn.Module, task: Task, settings: TrainSettings, ctx: Context) -> 
                     loss.backward()
                     if settings.grad_clip is not None:
                         nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                    if before_step is not None:
+                        before_step(len(losses))
                     opt.step()
                     schedule.step()
+                    apply_masks_(model)
+                    if after_step is not None:
+                        after_step(len(losses))
                     losses.append(loss.item())
                     advance(1)
                     if len(losses) >= total:

@@ -22,8 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from netchisel.core.errors import ArtifactError, ConfigError, ModelError
+from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import build, builder_of, mark_builder
-from netchisel.pipeline.codecs import get_codec
+from netchisel.pipeline.codecs import get_codec, smallest_codec
 from netchisel.pipeline.describe import (
     JSON,
     apply_tensor_specs,
@@ -47,7 +48,11 @@ _CODEC_ATTR = "_netchisel_codecs"
 def set_codec(model: nn.Module, tensor_name: str, codec: str) -> None:
     """Ask `save` to store one state-dict tensor with a codec other than `raw`."""
     get_codec(codec)
-    codecs: dict[str, str] = getattr(model, _CODEC_ATTR, {})
+    codecs: dict[str, str] = dict(getattr(model, _CODEC_ATTR, {}))
+    for name, mask in masks_of(model).items():
+        # Pruned weights are stored sparsely when that is smaller; frozen ones are dense.
+        if mask.fill is None and name not in codecs:
+            codecs[name] = smallest_codec(model.get_parameter(name).detach().cpu())
     codecs[tensor_name] = codec
     object.__setattr__(model, _CODEC_ATTR, codecs)
 
@@ -128,6 +133,10 @@ def load(directory: str | Path) -> nn.Module:
         first = str(e).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         raise ArtifactError(f"{root}: the weights do not fit the rebuilt model: {detail}") from None
+    params = dict(model.named_parameters())
+    for name, info in manifest["tensors"].items():
+        if info["codec"] == "bitmask" and name in params:
+            set_mask(model, name, state[name] != 0)  # pruned entries stay pruned in fine-tuning
     return model.eval()
 
 
@@ -274,7 +283,11 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
 
 
 def _encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], JSON, dict[str, str]]:
-    codecs: dict[str, str] = getattr(model, _CODEC_ATTR, {})
+    codecs: dict[str, str] = dict(getattr(model, _CODEC_ATTR, {}))
+    for name, mask in masks_of(model).items():
+        # Pruned weights are stored sparsely when that is smaller; frozen ones are dense.
+        if mask.fill is None and name not in codecs:
+            codecs[name] = smallest_codec(model.get_parameter(name).detach().cpu())
     stored: dict[str, torch.Tensor] = {}
     tensors: dict[str, JSON] = {}
     aliases: dict[str, str] = {}

@@ -11,6 +11,9 @@ from typing import Literal
 
 from torch import nn
 
+import netchisel.prune.unstructured  # noqa: F401  (other families register their stages on import)
+
+# The other families' stages register themselves when imported.
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError

@@ -1,0 +1,30 @@
+"""Pruning: `prune.*` stages of the registry and `netchisel.prune_` in Python.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> _ = prune_(net, UnstructuredConfig(sparsity=0.5))
+    >>> int((net[0].weight == 0).sum())
+    32
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from netchisel.core.config import StageConfig
+from netchisel.core.context import Context
+from netchisel.core.registry import stage_for_config
+from netchisel.core.task import Task
+from netchisel.prune.unstructured import UnstructuredConfig
+
+__all__ = ["UnstructuredConfig", "prune_"]
+
+
+def prune_(
+    model: nn.Module, config: StageConfig, task: Task | None = None, *, seed: int = 0
+) -> nn.Module:
+    """Apply a pruning config to `model` in place (through its registered stage)."""
+    stage = stage_for_config(type(config))
+    return stage(model, config, Context(task, quiet=True, seed=seed))

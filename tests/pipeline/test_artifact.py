@@ -72,6 +72,7 @@ def test_narrowed_widths_are_rebuilt(tmp_path: Path) -> None:
     ops = {(e["op"], e["path"]) for e in manifest["edits"]}
     assert ("patch", "0") in ops and ("patch", "1") in ops and ("patch", "1.proj") in ops
     loaded = load(directory)
+    assert list(loaded.state_dict()) == list(model.state_dict())
     assert loaded[1].heads == 1 and loaded[0].out_features == 5
     assert _same_outputs(model, loaded, torch.randn(3, 4))
 
@@ -97,6 +98,7 @@ def test_model_without_builder_is_described(tmp_path: Path) -> None:
     )
     model(torch.randn(4, 1, 5, 5))  # move BN running stats away from their init
     loaded = load(save(model, tmp_path / "d"))
+    assert list(loaded.state_dict()) == list(model.state_dict())
     assert torch.equal(loaded[1].running_mean, model[1].running_mean)
     assert _same_outputs(model, loaded, torch.randn(2, 1, 5, 5))
 

@@ -95,7 +95,8 @@ def save(
         for kind in export:
             name = _export(model, kind, example_inputs, tmp)
             manifest["files"][name] = _file_info(tmp / name)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        # Key order is kept: it is the order of parameters in the rebuilt modules.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -21,6 +21,7 @@ from netchisel.core.errors import ArtifactError, ModelError
 # Attributes every nn.Module has; they are rebuilt by nn.Module.__init__, not stored.
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__) - {"training"}
 _PRIMITIVES = (bool, int, float, str, type(None))
+_OURS = "_netchisel_"  # netchisel's own markers (builder, masks, codecs): not module state
 
 JSON = Any
 
@@ -85,13 +86,15 @@ def _import_ref(ref: str) -> Any:
 
 
 def attributes(module: nn.Module) -> dict[str, Any]:
-    """The module's own attributes that are not parameters, buffers, children or caches.
+    """The module's own attributes: not parameters, buffers, children, caches or our markers.
 
     Tensors and weak references held as plain attributes are caches of the parameters (an
     RNN's flat weights); they are rebuilt from the parameters, not stored.
     """
     return {
-        k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS and not _is_cache(v)
+        k: v
+        for k, v in vars(module).items()
+        if k not in _MODULE_INTERNALS and not k.startswith(_OURS) and not _is_cache(v)
     }
 
 
@@ -193,8 +196,9 @@ def rebuild(data: JSON) -> nn.Module:
 def apply_tensor_specs(module: nn.Module, specs: dict[str, JSON]) -> None:
     """Give the module empty parameters/buffers of the described shapes and dtypes."""
     for name, spec in specs.items():
-        module._parameters.pop(name, None)
-        module._buffers.pop(name, None)
+        # Replace in place where the name exists, so parameter order (and state-dict order,
+        # which optimizers and users see) stays the builder's.
+        (module._buffers if spec["kind"] == "param" else module._parameters).pop(name, None)
         if spec.get("none"):
             table = module._parameters if spec["kind"] == "param" else module._buffers
             table[name] = None

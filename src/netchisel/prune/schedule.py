@@ -1,0 +1,466 @@
+"""Pruning schedules: `prune.iterative` (train, prune, fine-tune, with a rising ratio) and
+`prune.gradual` (AGP: the cubic schedule of Zhu & Gupta 2017, pruning while training).
+
+Both reuse `prune.unstructured`'s pieces: the importance criteria, the keep-mask selection
+(`compute_keep_masks`: local / per row / global with a per-layer floor) and the one training
+loop (`netchisel.core.train.fit`, which holds masks through every optimizer step). What this
+file adds is only *when* to prune and to *what* ratio, plus two helpers the other
+training-time stages (`lottery.py`, `sparse_training.py`, `penalty.py`) share:
+
+- `prune_to_`: mask the chosen layers to a sparsity without ever reviving a weight that an
+  earlier step pruned, so sparsity only rises;
+- `restored_on_error`: a failure (or an interrupt) in the middle of a stage puts the model's
+  weights and masks back as they were.
+
+Masked weights stay dense tensors with zeros: the artifact stores them sparsely (the `bitmask`
+codec), but latency on dense kernels does not improve, and the records say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from netchisel.core.config import StageConfig
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.masks import clear_masks, masks_of, set_mask
+from netchisel.core.modules import select_modules
+from netchisel.core.registry import register
+from netchisel.core.train import TrainSettings, fit
+from netchisel.prune.importance import CRITERIA
+from netchisel.prune.unstructured import PRUNABLE, UnstructuredConfig, compute_keep_masks
+
+DENSE_KERNEL_NOTE = "masked zeros run on dense kernels: latency does not improve (measured)"
+
+# -- pure schedule functions ------------------------------------------------------------------
+
+
+def rising_sparsities(
+    final: float, rounds: int, spacing: Literal["geometric", "linear"] = "geometric"
+) -> list[float]:
+    """The sparsity after each of `rounds` pruning rounds, ending exactly at `final`.
+
+    "geometric" prunes the same fraction of the *remaining* weights every round (Han et al.
+    2015; Frankle & Carbin 2019), so late rounds remove fewer weights, which is when the
+    network is most fragile; "linear" adds the same amount of sparsity every round.
+
+    Example:
+        >>> rising_sparsities(0.875, 3)
+        [0.5, 0.75, 0.875]
+        >>> rising_sparsities(0.9, 3, "linear")
+        [0.3, 0.6, 0.9]
+    """
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    if spacing == "linear":
+        out = [round(final * k / rounds, 12) for k in range(1, rounds + 1)]
+    else:
+        out = [1.0 - (1.0 - final) ** (k / rounds) for k in range(1, rounds + 1)]
+    out[-1] = final  # no float drift on the ratio the user asked for
+    return out
+
+
+def agp_sparsity(step: int, *, initial: float, final: float, start: int, end: int) -> float:
+    """Target sparsity at `step` of AGP: s_f + (s_i - s_f) * (1 - (t - t0) / (t_end - t0))^3.
+
+    Zhu & Gupta 2017, eq. 1: fast pruning while there are many redundant weights, slow near the
+    end. Before `start` it is `initial`, after `end` it is `final`.
+
+    Example:
+        >>> agp_sparsity(50, initial=0.0, final=0.8, start=0, end=100)
+        0.7
+    """
+    progress = min(1.0, max(0.0, (step - start) / (end - start)))
+    return round(final + (initial - final) * (1.0 - progress) ** 3, 12)
+
+
+def agp_steps(start: int, end: int, frequency: int) -> list[int]:
+    """The training steps at which AGP prunes: every `frequency` steps from `start`, and `end`.
+
+    Example:
+        >>> agp_steps(0, 10, 4)
+        [0, 4, 8, 10]
+    """
+    points = list(range(start, end + 1, frequency))
+    if points[-1] != end:
+        points.append(end)  # the last point reaches the final sparsity exactly
+    return points
+
+
+# -- helpers shared by the training-time stages -----------------------------------------------
+
+
+def select_prunable(
+    model: nn.Module, stage: str, layers: tuple[str, ...] | None, exclude: tuple[str, ...]
+) -> dict[str, nn.Module]:
+    """The Linear/Conv layers a stage prunes, or a ConfigError naming the stage."""
+    chosen = select_modules(model, PRUNABLE, layers, exclude)
+    if not chosen:
+        raise ConfigError(f"{stage}: the model has no Linear or Conv layer to prune")
+    return chosen
+
+
+def check_global_budget(
+    stage: str, layers: dict[str, nn.Module], sparsity: float, min_keep: float
+) -> None:
+    """Fail before any training when the per-layer floor makes the final sparsity impossible."""
+    sizes = [m.get_parameter("weight").numel() for m in layers.values()]
+    total = sum(sizes)
+    floor = sum(min(n, math.ceil(min_keep * n)) for n in sizes)
+    if floor > total - round(sparsity * total):
+        raise ConfigError(
+            f"{stage}: sparsity {sparsity} with min_keep {min_keep} is impossible (every layer "
+            "keeps at least min_keep of its weights): lower min_keep or sparsity"
+        )
+
+
+def prune_to_(
+    model: nn.Module, layers: dict[str, nn.Module], config: UnstructuredConfig, ctx: Context
+) -> float:
+    """Mask the layers' weights to `config.sparsity`; a weight pruned before stays pruned.
+
+    For criteria that score a zero weight lowest (every one but `random`) the previous zeros
+    are pruned first anyway, so the sparsity reached is exactly what `compute_keep_masks`
+    chose; with `random` the intersection with the old mask can overshoot a little. Returns
+    the fraction of the layers' weights now masked.
+    """
+    keep = compute_keep_masks(model, layers, config, ctx)
+    masks = masks_of(model)
+    for name, new in keep.items():
+        weight = f"{name}.weight"
+        old = masks.get(weight)
+        set_mask(model, weight, new if old is None else new & old.keep)
+    return masked_fraction(model, layers)
+
+
+def masked_fraction(model: nn.Module, layers: dict[str, nn.Module]) -> float:
+    """Fraction of the layers' weight entries held by a mask.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> set_mask(net, "0.weight", torch.tensor([[True, False], [True, True]]))
+        >>> masked_fraction(net, {"0": net[0]})
+        0.25
+    """
+    masks = masks_of(model)
+    pruned, total = 0, 0
+    for name, layer in layers.items():
+        weight = layer.get_parameter("weight")
+        total += weight.numel()
+        mask = masks.get(f"{name}.weight")
+        if mask is not None:
+            pruned += int((~mask.keep).sum())
+    return pruned / total if total else 0.0
+
+
+def keep_counts(model: nn.Module) -> dict[str, int]:
+    """Kept entries of every masked parameter (how SET/RigL show their budget is constant)."""
+    return {name: int(mask.keep.sum()) for name, mask in masks_of(model).items()}
+
+
+def clone_state(model: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of the state dict (rewind points, snapshots)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def restored_on_error(model: nn.Module) -> Iterator[None]:
+    """Run a block that changes `model`; if it raises, put weights, masks and mode back.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> before = net.weight.detach().clone()
+        >>> try:
+        ...     with restored_on_error(net):
+        ...         _ = net.weight.data.zero_()
+        ...         raise RuntimeError("midway")
+        ... except RuntimeError:
+        ...     pass
+        >>> torch.equal(net.weight, before)
+        True
+    """
+    state = clone_state(model)
+    masks = dict(masks_of(model))
+    was_training = model.training
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            model.load_state_dict(state)
+        clear_masks(model)
+        for name, mask in masks.items():
+            set_mask(model, name, mask.keep, mask.fill)
+        model.train(was_training)
+        raise
+
+
+class TrainingFields(Protocol):
+    """The training fields every stage that trains has (so one helper builds its settings)."""
+
+    @property
+    def lr(self) -> float: ...
+    @property
+    def optimizer(self) -> Literal["adamw", "sgd"]: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def lr_schedule(self) -> Literal["cosine", "constant"]: ...
+    @property
+    def batch_size(self) -> int | None: ...
+
+
+def train_settings(config: TrainingFields, steps: int) -> TrainSettings:
+    """`fit`'s settings for `steps` steps of a stage's training fields."""
+    return TrainSettings(
+        steps=steps,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        schedule=config.lr_schedule,
+        batch_size=config.batch_size,
+    )
+
+
+def check_training(stage: str, lr: float, batch_size: int | None) -> None:
+    """The checks every stage that trains shares, naming the stage and the field."""
+    if not lr > 0:
+        raise ConfigError(f"{stage}: lr must be > 0, got {lr}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"{stage}: batch_size must be >= 1, got {batch_size}")
+
+
+def check_selection(stage: str, importance: str, min_keep: float, calibration_samples: int) -> None:
+    """The checks of the fields a stage hands to `compute_keep_masks`."""
+    if importance not in CRITERIA:
+        raise ConfigError(
+            f"{stage}: unknown importance {importance!r} (known: {', '.join(CRITERIA)})"
+        )
+    if not 0.0 <= min_keep <= 1.0:
+        raise ConfigError(f"{stage}: min_keep {min_keep} is not in [0, 1]")
+    if calibration_samples < 1:
+        raise ConfigError(f"{stage}: calibration_samples must be >= 1, got {calibration_samples}")
+
+
+def check_sparsity(stage: str, field: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{stage}: {field} {value} is not in [0, 1)")
+
+
+# -- prune.iterative --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IterativeConfig(StageConfig):
+    """Train, then `rounds` times: prune to a rising ratio and fine-tune.
+
+    - `sparsity`: the fraction of the chosen layers' weights pruned after the last round.
+    - `rounds` / `spacing`: how many prune+fine-tune rounds and how the ratio rises
+      ("geometric": the same fraction of the remaining weights each round; "linear").
+    - `train_steps`: training before the first round (0 for an already trained model);
+      `finetune_steps`: training after every round.
+    - `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples`:
+      as in `prune.unstructured` (the criterion is re-measured every round).
+    - `lr`, `optimizer`, `weight_decay`, `lr_schedule`, `batch_size`: every training run.
+
+    Example:
+        >>> IterativeConfig(sparsity=0.875, rounds=3).round_sparsities()
+        [0.5, 0.75, 0.875]
+    """
+
+    sparsity: float = 0.9
+    rounds: int = 5
+    spacing: Literal["geometric", "linear"] = "geometric"
+    train_steps: int = 0
+    finetune_steps: int = 200
+    importance: str = "l1"
+    scope: Literal["local", "global"] = "local"
+    group: Literal["layer", "row"] = "layer"
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    min_keep: float = 0.01
+    calibration_samples: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    batch_size: int | None = None
+
+    def validate(self) -> None:
+        stage = "prune.iterative"
+        check_sparsity(stage, "sparsity", self.sparsity)
+        if self.rounds < 1:
+            raise ConfigError(f"{stage}: rounds must be >= 1, got {self.rounds}")
+        if self.train_steps < 0:
+            raise ConfigError(f"{stage}: train_steps must be >= 0, got {self.train_steps}")
+        if self.finetune_steps < 0:
+            raise ConfigError(f"{stage}: finetune_steps must be >= 0, got {self.finetune_steps}")
+        check_selection(stage, self.importance, self.min_keep, self.calibration_samples)
+        check_training(stage, self.lr, self.batch_size)
+
+    def round_sparsities(self) -> list[float]:
+        return rising_sparsities(self.sparsity, self.rounds, self.spacing)
+
+
+@register("prune.iterative", IterativeConfig)
+def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> nn.Module:
+    """Train, then prune to a rising ratio and fine-tune, round after round (Han et al. 2015).
+
+    Records the sparsity reached and the task's metrics after every round.
+    """
+    stage = "prune.iterative"
+    task = ctx.require_task(stage)
+    layers = select_prunable(model, stage, config.layers, config.exclude)
+    if config.scope == "global":
+        check_global_budget(stage, layers, config.sparsity, config.min_keep)
+    rounds: list[dict[str, Any]] = []
+    with restored_on_error(model):
+        if config.train_steps:
+            fit(model, task, train_settings(config, config.train_steps), ctx)
+        rounds.append(
+            {"round": 0, "sparsity": masked_fraction(model, layers), **task.evaluate(model)}
+        )
+        for k, target in enumerate(config.round_sparsities(), start=1):
+            reached = prune_to_(model, layers, _selection(config, target), ctx)
+            if config.finetune_steps:
+                fit(model, task, train_settings(config, config.finetune_steps), ctx)
+            rounds.append({"round": k, "sparsity": reached, **task.evaluate(model)})
+    ctx.record(
+        sparsity=rounds[-1]["sparsity"],
+        rounds=rounds,
+        train_steps=config.train_steps + config.rounds * config.finetune_steps,
+        note=DENSE_KERNEL_NOTE,
+    )
+    return model
+
+
+# -- prune.gradual (AGP) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GradualConfig(StageConfig):
+    """Train for `steps`, pruning every `frequency` steps along AGP's cubic schedule.
+
+    - `sparsity` / `initial_sparsity`: s_f and s_i of Zhu & Gupta (2017).
+    - `steps`: training steps in all; pruning happens at steps `start_step`,
+      `start_step + frequency`, ... and `end_step` (default: 3/4 of `steps`, leaving the last
+      quarter to recover at the final sparsity).
+    - `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples`:
+      as in `prune.unstructured`.
+    - `lr`, `optimizer`, `weight_decay`, `lr_schedule`, `batch_size`: the training run.
+
+    Example:
+        >>> GradualConfig(steps=100, frequency=25).pruning_steps()
+        [0, 25, 50, 75]
+    """
+
+    sparsity: float = 0.9
+    initial_sparsity: float = 0.0
+    steps: int = 1000
+    start_step: int = 0
+    end_step: int | None = None
+    frequency: int = 50
+    importance: str = "l1"
+    scope: Literal["local", "global"] = "local"
+    group: Literal["layer", "row"] = "layer"
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    min_keep: float = 0.01
+    calibration_samples: int = 128
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    batch_size: int | None = None
+
+    def validate(self) -> None:
+        stage = "prune.gradual"
+        check_sparsity(stage, "sparsity", self.sparsity)
+        check_sparsity(stage, "initial_sparsity", self.initial_sparsity)
+        if self.initial_sparsity > self.sparsity:
+            raise ConfigError(
+                f"{stage}: initial_sparsity {self.initial_sparsity} is above sparsity "
+                f"{self.sparsity} (AGP only prunes more)"
+            )
+        if self.steps < 1:
+            raise ConfigError(f"{stage}: steps must be >= 1, got {self.steps}")
+        if self.frequency < 1:
+            raise ConfigError(f"{stage}: frequency must be >= 1, got {self.frequency}")
+        if self.start_step < 0:
+            raise ConfigError(f"{stage}: start_step must be >= 0, got {self.start_step}")
+        end = self.pruning_end()
+        if not self.start_step < end < self.steps:
+            raise ConfigError(
+                f"{stage}: end_step {end} must be after start_step {self.start_step} and "
+                f"before steps {self.steps}"
+            )
+        check_selection(stage, self.importance, self.min_keep, self.calibration_samples)
+        check_training(stage, self.lr, self.batch_size)
+
+    def pruning_end(self) -> int:
+        return self.end_step if self.end_step is not None else (3 * self.steps) // 4
+
+    def pruning_steps(self) -> list[int]:
+        return agp_steps(self.start_step, self.pruning_end(), self.frequency)
+
+    def target(self, step: int) -> float:
+        return agp_sparsity(
+            step,
+            initial=self.initial_sparsity,
+            final=self.sparsity,
+            start=self.start_step,
+            end=self.pruning_end(),
+        )
+
+
+@register("prune.gradual", GradualConfig)
+def prune_gradual(model: nn.Module, config: GradualConfig, ctx: Context) -> nn.Module:
+    """Prune while training, along the cubic AGP schedule (Zhu & Gupta 2017).
+
+    Step t counts optimizer steps from 0; at each pruning step the mask is recomputed after
+    that step's update. Records every pruning step's target and reached sparsity.
+    """
+    stage = "prune.gradual"
+    task = ctx.require_task(stage)
+    layers = select_prunable(model, stage, config.layers, config.exclude)
+    if config.scope == "global":
+        check_global_budget(stage, layers, config.sparsity, config.min_keep)
+    when = set(config.pruning_steps())
+    schedule: list[dict[str, float]] = []
+
+    def after_step(step: int) -> None:
+        if step not in when:
+            return
+        target = config.target(step)
+        reached = prune_to_(model, layers, _selection(config, target), ctx)
+        schedule.append({"step": step, "target": target, "sparsity": reached})
+
+    with restored_on_error(model):
+        losses = fit(model, task, train_settings(config, config.steps), ctx, after_step=after_step)
+    ctx.record(
+        sparsity=masked_fraction(model, layers),
+        schedule=schedule,
+        final_train_loss=losses[-1],
+        note=DENSE_KERNEL_NOTE,
+    )
+    return model
+
+
+def _selection(config: IterativeConfig | GradualConfig, sparsity: float) -> UnstructuredConfig:
+    """One pruning step's selection, exactly as `prune.unstructured` would make it."""
+    return UnstructuredConfig(
+        sparsity=sparsity,
+        importance=config.importance,
+        scope=config.scope,
+        group=config.group,
+        layers=config.layers,
+        exclude=config.exclude,
+        min_keep=config.min_keep,
+        calibration_samples=config.calibration_samples,
+    )

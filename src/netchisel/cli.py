@@ -23,7 +23,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output has no terminal width; 120 columns keep the summary table readable in logs.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 

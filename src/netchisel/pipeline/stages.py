@@ -11,7 +11,7 @@ from typing import Literal
 
 from torch import nn
 
-import netchisel.prune.unstructured  # noqa: F401  (other families register their stages on import)
+import netchisel.prune  # noqa: F401  (each family registers its stages when imported)
 
 # The other families' stages register themselves when imported.
 from netchisel.core.config import StageConfig

@@ -17,9 +17,21 @@ from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.registry import stage_for_config
 from netchisel.core.task import Task
+from netchisel.prune.lottery import LotteryConfig
+from netchisel.prune.penalty import PenaltyConfig
+from netchisel.prune.schedule import GradualConfig, IterativeConfig
+from netchisel.prune.sparse_training import SparseTrainingConfig
 from netchisel.prune.unstructured import UnstructuredConfig
 
-__all__ = ["UnstructuredConfig", "prune_"]
+__all__ = [
+    "GradualConfig",
+    "IterativeConfig",
+    "LotteryConfig",
+    "PenaltyConfig",
+    "SparseTrainingConfig",
+    "UnstructuredConfig",
+    "prune_",
+]
 
 
 def prune_(

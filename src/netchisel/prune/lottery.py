@@ -29,7 +29,6 @@ from netchisel.core.train import fit
 from netchisel.prune.schedule import (
     DENSE_KERNEL_NOTE,
     check_global_budget,
-    check_selection,
     check_sparsity,
     check_training,
     clone_state,
@@ -96,7 +95,8 @@ class LotteryConfig(StageConfig):
             raise ConfigError(
                 f"{stage}: rewind_step {self.rewind_step} must be in [0, steps={self.steps})"
             )
-        check_selection(stage, "l1", self.min_keep, 1)
+        if not 0.0 <= self.min_keep <= 1.0:
+            raise ConfigError(f"{stage}: min_keep {self.min_keep} is not in [0, 1]")
         check_training(stage, self.lr, self.batch_size)
 
     def round_sparsities(self) -> list[float]:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.masks import set_mask
+from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.registry import register
 from netchisel.core.task import Batch
 from netchisel.core.train import fit
@@ -86,7 +86,8 @@ def group_rms(weight: Tensor, bias: Tensor | None) -> Tensor:
         >>> group_rms(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), None).tolist()
         [3.535533905029297, 0.0]
     """
-    return (group_sq_norms(weight.detach(), bias) / group_size(weight, bias)).sqrt()
+    detached = None if bias is None else bias.detach()
+    return (group_sq_norms(weight.detach(), detached) / group_size(weight, bias)).sqrt()
 
 
 def growing_strength(step: int, increment: float, every: int, ceiling: float) -> float:
@@ -249,6 +250,12 @@ def _choose(rms: dict[str, Tensor], config: PenaltyConfig) -> dict[str, Tensor]:
 def _zero_groups(model: nn.Module, name: str, module: nn.Module, keep: Tensor) -> None:
     weight, bias = _weight_bias(module)
     shape = (-1,) + (1,) * (weight.dim() - 1)
-    set_mask(model, f"{name}.weight", keep.reshape(shape).expand_as(weight).clone())
+    targets = {f"{name}.weight": keep.reshape(shape).expand_as(weight)}
     if bias is not None:
-        set_mask(model, f"{name}.bias", keep.clone())
+        targets[f"{name}.bias"] = keep
+    masks = masks_of(model)
+    for param, group_keep in targets.items():
+        # Entries an earlier stage pruned stay pruned: the masks are intersected.
+        old = masks.get(param)
+        new = group_keep.to(weight.device) if old is None else group_keep & old.keep
+        set_mask(model, param, new.clone())

@@ -181,9 +181,9 @@ class SparseTrainingConfig(StageConfig):
         return round(self.update_until * self.steps)
 
     def update_steps(self) -> list[int]:
-        """Step counts (steps done) after which the masks are updated."""
-        last = min(self.update_end(), self.steps - 1)
-        return list(range(self.update_every, last + 1, self.update_every))
+        """Step counts (steps done) after which the masks are updated: every `update_every`,
+        strictly before `update_end()` (where the drop fraction reaches 0) and the last step."""
+        return list(range(self.update_every, min(self.update_end(), self.steps), self.update_every))
 
 
 @register("prune.sparse_training", SparseTrainingConfig)

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.masks import masks_of, set_mask
+from netchisel.core.registry import get_stage
+from netchisel.core.task import Task, classification_task
+from netchisel.prune import schedule
+from netchisel.prune.schedule import (
+    GradualConfig,
+    IterativeConfig,
+    agp_sparsity,
+    agp_steps,
+    prune_gradual,
+    prune_iterative,
+    rising_sparsities,
+)
+
+WEIGHTS = ("0.weight", "2.weight", "4.weight")
+
+
+def tiny_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)
+    )
+
+
+def tiny_task() -> Task:
+    """A learnable 4-class problem: the class is the largest of the first four features."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 16, generator=g)
+    y = x[:, :4].argmax(dim=1)
+    return classification_task({"train": TensorDataset(x, y), "val": TensorDataset(x, y)}, 64)
+
+
+def total_weights(net: nn.Module) -> int:
+    return sum(net.get_parameter(w).numel() for w in WEIGHTS)
+
+
+def zeros(net: nn.Module) -> int:
+    return sum(int((net.get_parameter(w) == 0).sum()) for w in WEIGHTS)
+
+
+# -- pure schedules ---------------------------------------------------------------------------
+
+
+def test_geometric_rounds_prune_the_same_fraction_of_what_remains() -> None:
+    s = rising_sparsities(0.9, 4)
+    assert s[-1] == 0.9 and s == sorted(s)
+    remaining = [1.0] + [1.0 - x for x in s]
+    ratios = [b / a for a, b in itertools.pairwise(remaining)]
+    assert ratios == pytest.approx([0.1**0.25] * 4)
+    assert rising_sparsities(0.8, 4, "linear") == [0.2, 0.4, 0.6, 0.8]
+    with pytest.raises(ConfigError, match="rounds"):
+        rising_sparsities(0.5, 0)
+
+
+def test_agp_follows_the_cubic_formula() -> None:
+    for t, expected in [(0, 0.1), (10, 0.1), (35, 0.9 - 0.8 * 0.5**3), (60, 0.9), (99, 0.9)]:
+        got = agp_sparsity(t, initial=0.1, final=0.9, start=10, end=60)
+        assert got == pytest.approx(expected, abs=1e-12)
+    assert agp_steps(10, 60, 20) == [10, 30, 50, 60]
+    assert agp_steps(0, 40, 10) == [0, 10, 20, 30, 40]
+
+
+# -- prune.gradual ----------------------------------------------------------------------------
+
+
+def test_gradual_reaches_the_exact_cubic_sparsity_at_every_pruning_step() -> None:
+    net, task = tiny_net(), tiny_task()
+    ctx = Context(task, quiet=True)
+    config = GradualConfig(
+        sparsity=0.8,
+        initial_sparsity=0.1,
+        steps=48,
+        start_step=4,
+        end_step=36,
+        frequency=8,
+        scope="global",
+        lr=3e-3,
+    )
+    prune_gradual(net, config, ctx)
+    n = total_weights(net)
+    schedule = ctx.records["schedule"]
+    assert [p["step"] for p in schedule] == [4, 12, 20, 28, 36]
+    for point in schedule:
+        progress = (point["step"] - 4) / 32
+        cubic = 0.8 + (0.1 - 0.8) * (1 - progress) ** 3
+        assert point["target"] == pytest.approx(cubic, abs=1e-12)
+        assert point["sparsity"] == round(cubic * n) / n  # exactly the cubic count of zeros
+    assert ctx.records["sparsity"] == round(0.8 * n) / n
+    assert zeros(net) == round(0.8 * n)
+
+
+def test_gradual_local_scope_prunes_every_layer_to_the_target() -> None:
+    net, task = tiny_net(), tiny_task()
+    prune_gradual(
+        net, GradualConfig(sparsity=0.5, steps=20, frequency=5), Context(task, quiet=True)
+    )
+    for w in WEIGHTS:
+        weight = net.get_parameter(w)
+        assert int((weight == 0).sum()) == round(0.5 * weight.numel())
+
+
+def test_gradual_never_revives_a_pruned_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    net, task = tiny_net(), tiny_task()
+    history: dict[str, list[torch.Tensor]] = {w: [] for w in WEIGHTS}
+
+    def spy(model: nn.Module, name: str, keep: torch.Tensor, fill: object = None) -> None:
+        history[name].append(keep.clone())
+        set_mask(model, name, keep)
+
+    monkeypatch.setattr(schedule, "set_mask", spy)
+    config = GradualConfig(sparsity=0.75, steps=30, end_step=20, frequency=5, importance="random")
+    prune_gradual(net, config, Context(task, quiet=True))
+    for masks in history.values():
+        assert len(masks) == 5
+        for old, new in itertools.pairwise(masks):
+            assert not bool((new & ~old).any())  # kept now implies kept before
+
+
+# -- prune.iterative --------------------------------------------------------------------------
+
+
+def test_iterative_rounds_rise_to_the_target_and_keep_accuracy() -> None:
+    net, task = tiny_net(), tiny_task()
+    ctx = Context(task, quiet=True)
+    config = IterativeConfig(
+        sparsity=0.875, rounds=3, train_steps=80, finetune_steps=40, scope="global", lr=1e-2
+    )
+    prune_iterative(net, config, ctx)
+    n = total_weights(net)
+    rounds = ctx.records["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert [r["sparsity"] for r in rounds] == [0.0] + [round(s * n) / n for s in (0.5, 0.75, 0.875)]
+    assert zeros(net) == round(0.875 * n)
+    assert rounds[0]["accuracy"] >= 90.0
+    assert rounds[-1]["accuracy"] >= rounds[0]["accuracy"] - 5.0
+    assert ctx.records["train_steps"] == 80 + 3 * 40
+
+
+def test_iterative_keeps_masks_set_before_it() -> None:
+    net, task = tiny_net(), tiny_task()
+    earlier = torch.zeros(4, 32, dtype=torch.bool)
+    earlier[:, :16] = True  # half of the last layer pruned by an earlier stage
+    set_mask(net, "4.weight", earlier)
+    config = IterativeConfig(sparsity=0.25, rounds=1, finetune_steps=5, lr=1e-3)
+    prune_iterative(net, config, Context(task, quiet=True))
+    assert bool((net[4].weight[:, 16:] == 0).all())
+
+
+def test_a_failure_midway_leaves_the_model_as_it_was() -> None:
+    net, task = tiny_net(), tiny_task()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    calls = {"n": 0}
+
+    def failing_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] > 15:
+            raise RuntimeError("data went away")
+        return task.loss_fn(model, batch)
+
+    broken = dataclasses.replace(task, loss_fn=failing_loss)
+    config = IterativeConfig(sparsity=0.5, rounds=2, finetune_steps=10)
+    with pytest.raises(RuntimeError, match="data went away"):
+        prune_iterative(net, config, Context(broken, quiet=True))
+    assert masks_of(net) == {}
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize(
+    ("cls", "values", "field"),
+    [
+        (IterativeConfig, {"sparsity": 1.0}, "sparsity"),
+        (IterativeConfig, {"rounds": 0}, "rounds"),
+        (IterativeConfig, {"finetune_steps": -1}, "finetune_steps"),
+        (IterativeConfig, {"importance": "size"}, "importance"),
+        (IterativeConfig, {"lr": 0.0}, "lr"),
+        (GradualConfig, {"sparsity": -0.1}, "sparsity"),
+        (GradualConfig, {"initial_sparsity": 0.6, "sparsity": 0.5}, "initial_sparsity"),
+        (GradualConfig, {"steps": 0}, "steps"),
+        (GradualConfig, {"steps": 100, "end_step": 100}, "end_step"),
+        (GradualConfig, {"frequency": 0}, "frequency"),
+        (GradualConfig, {"min_keep": 2.0}, "min_keep"),
+    ],
+)
+def test_bad_values_name_the_field(
+    cls: type[IterativeConfig | GradualConfig], values: dict[str, object], field: str
+) -> None:
+    with pytest.raises(ConfigError, match=field):
+        cls.from_dict(values)
+
+
+def test_impossible_global_floor_fails_before_training() -> None:
+    net, task = tiny_net(), tiny_task()
+    config = IterativeConfig(sparsity=0.95, scope="global", min_keep=0.5, train_steps=10)
+    with pytest.raises(ConfigError, match="min_keep"):
+        prune_iterative(net, config, Context(task, quiet=True))
+    assert masks_of(net) == {}
+
+
+def test_stages_are_registered() -> None:
+    assert get_stage("prune.iterative").config_class is IterativeConfig
+    assert get_stage("prune.gradual").config_class is GradualConfig

@@ -106,6 +106,58 @@ def latency_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def prune_unstructured_section(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Unstructured pruning, LeNet-300-100 on digits (`bench/prune_unstructured.py`)",
+        "",
+        f"Global magnitude. Dense: {d['dense_test_accuracy']:.2f}% test, "
+        f"{d['dense_artifact_bytes']:,} B artifact. Targets: drop <= "
+        f"{d['targets']['max_drop_points']} points, artifact <= "
+        f"{100 * d['targets']['max_artifact_ratio']:.0f}% of dense. Median and worst of the seeds.",
+        "",
+        "| schedule | sparsity | median test % | median drop (pts, − = gain) | worst drop |"
+        " artifact / dense |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["summary"]:
+        lines.append(
+            f"| {r['method']} | {100 * r['sparsity']:.0f}% | {r['median_test_accuracy']:.2f} |"
+            f" {r['median_drop_points']:+.2f} | {r['worst_drop_points']:+.2f} |"
+            f" {100 * r['artifact_ratio']:.3f}% |"
+        )
+    for lat in d["latency"]:
+        lines.append("")
+        lines.append(
+            f"Latency at batch {lat['batch']}, dense {lat['a']['median_ms']:.4f} ms vs sparse "
+            f"{lat['b']['median_ms']:.4f} ms: {lat['speedup']:.2f}x. {d['latency_note']}."
+        )
+    lines.append("")
+    return lines
+
+
+def arms_section(title: str, d: dict[str, Any], with_steps: bool) -> list[str]:
+    head = "| arm | sparsity |" + (" steps |" if with_steps else "") + " mean test % | min | max |"
+    lines = [title, "", head, "|---|---:|" + ("---:|" if with_steps else "") + "---:|---:|---:|"]
+    for r in d["table"]:
+        steps = f" {r['steps']} |" if with_steps else ""
+        lines.append(
+            f"| {r['arm']} | {100 * r['sparsity']:.0f}% |{steps} {r['mean_test_accuracy']:.2f} |"
+            f" {r['min']:.2f} | {r['max']:.2f} |"
+        )
+    lines.append("")
+    return lines
+
+
+def lottery_section(d: dict[str, Any]) -> list[str]:
+    title = "## Lottery tickets, LeNet-300-100 on digits (`bench/prune_lottery.py`)"
+    return arms_section(title, d, with_steps=False)
+
+
+def sparse_training_section(d: dict[str, Any]) -> list[str]:
+    title = "## Sparse training at 90% from scratch (`bench/prune_sparse_training.py`)"
+    return arms_section(title, d, with_steps=True)
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -118,6 +170,9 @@ def main() -> None:
         ("flops", flops_section),
         ("zoo_reference", zoo_section),
         ("latency", latency_section),
+        ("prune_unstructured", prune_unstructured_section),
+        ("prune_lottery", lottery_section),
+        ("prune_sparse_training", sparse_training_section),
     ):
         data = load(name)
         if data is not None:

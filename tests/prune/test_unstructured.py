@@ -129,3 +129,13 @@ def test_artifact_shrinks_and_keeps_the_mask(tmp_path: Path) -> None:
         for a, b in zip(loaded.state_dict().values(), sparse.state_dict().values(), strict=True)
     )
     assert torch.equal(masks_of(loaded)["2.weight"].keep, sparse[2].weight != 0)
+
+
+def test_wanda_on_a_depthwise_conv() -> None:
+    from netchisel.core.task import classification_task as ct
+
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(8 * 4 * 4, 2))
+    x = torch.randn(16, 4, 6, 6)
+    task = ct({"train": TensorDataset(x, torch.zeros(16).long())}, 8)
+    prune_(net, UnstructuredConfig(sparsity=0.5, importance="wanda", layers=("0",)), task)
+    assert int((net[0].weight == 0).sum()) == 8 * 1 * 9 // 2

@@ -93,6 +93,8 @@ class Task:
         """The first `n_samples` samples of a split, in batches, for calibration."""
         if n_samples <= 0:
             raise ConfigError(f"calibration needs at least one sample, got {n_samples}")
+        if split in self.splits and len(self.splits[split]) == 0:  # type: ignore[arg-type]
+            raise ConfigError(f"task {self.name!r}: the {split!r} split is empty")
         out: list[Batch] = []
         seen = 0
         for batch in self.loader(split, shuffle=True, seed=1234):

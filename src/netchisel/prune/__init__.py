@@ -21,6 +21,7 @@ from netchisel.prune.lottery import LotteryConfig
 from netchisel.prune.penalty import PenaltyConfig
 from netchisel.prune.schedule import GradualConfig, IterativeConfig
 from netchisel.prune.sparse_training import SparseTrainingConfig
+from netchisel.prune.sparsegpt import SparseGPTConfig
 from netchisel.prune.unstructured import UnstructuredConfig
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "IterativeConfig",
     "LotteryConfig",
     "PenaltyConfig",
+    "SparseGPTConfig",
     "SparseTrainingConfig",
     "UnstructuredConfig",
     "prune_",

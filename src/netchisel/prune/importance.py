@@ -57,7 +57,11 @@ def wanda(weight: Tensor, stats: LayerStats) -> Tensor:
     if stats.input_sq is None:
         raise ConfigError("the wanda criterion needs calibration activations: give it a task")
     norm = stats.input_sq.sqrt()
-    shape = [1, -1] + [1] * (weight.dim() - 2)  # input features are dim 1 for Linear and Conv
+    out_channels, per_group = weight.shape[0], weight.shape[1]
+    groups = norm.numel() // per_group
+    # A grouped conv's output channel c reads input channels of group c // (out / groups) only.
+    norm = norm.reshape(groups, 1, per_group).expand(groups, out_channels // groups, per_group)
+    shape = [out_channels, per_group] + [1] * (weight.dim() - 2)
     return weight.detach().abs() * norm.reshape(shape)
 
 

@@ -64,8 +64,10 @@ class SparseGPTConfig(StageConfig):
 
     - `sparsity`: fraction of each chosen layer's weights set to zero (ignored for N:M).
     - `pattern`: "unstructured" or "N:M" (keep N of every M consecutive inputs, e.g. "2:4").
-    - `blocksize`: columns solved together (a multiple of M for N:M); larger is faster,
-      the result barely changes (the paper uses 128).
+    - `blocksize`: columns solved together (a multiple of M for N:M). The unstructured mask is
+      chosen afresh at every block, so a block should be a small part of a layer's width: the
+      paper's 128 suits layers thousands wide; on 128-wide layers 16-32 prunes better
+      (docs/pruning_llm.md). It does not change N:M results, only their speed.
     - `damping`: added to H's diagonal as a fraction of its mean diagonal (paper: 0.01).
     - `calibration_samples`: samples of the task's train split (for text: windows).
     - `layers` / `exclude`: regexes over module names (default: every Linear).
@@ -208,8 +210,8 @@ def _obs_prune(
         errors = torch.zeros_like(block)
         prune = forced[:, start:end].clone()
         if pattern is None:
-            # OBS saliency: the loss increase of zeroing w_ij alone is w_ij^2 / (2 [H^-1]_jj),
-            # and [H^-1]_jj = d_j^2 at this point of the column sweep.
+            # OBS saliency: zeroing w_ij alone costs w_ij^2 / (2 [H_F^-1]_jj), F the columns
+            # not yet visited; d_j^2 is that diagonal once the sweep reaches column j.
             saliency = block.pow(2) / d.pow(2)
             saliency[prune] = -torch.inf
             drop = dropped_before(end) - dropped_before(start)
@@ -286,13 +288,17 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
                 )
     earlier = _earlier_pruned(model, layers)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    empty = ConfigError(
+        f"prune.sparsegpt: task {task.name!r} gave no calibration samples (its train split is "
+        "empty): give the task training data"
+    )
+    train = task.splits.get("train")
+    if train is not None and hasattr(train, "__len__") and len(train) == 0:
+        raise empty  # checked first: a shuffled loader over nothing is torch's ValueError
     batches = task.calibration_batches(config.calibration_samples)
     inputs = [task.inputs_of(tuple(t.to(device) for t in batch)) for batch in batches]
     if not inputs or sum(len(x[0]) for x in inputs) == 0:
-        raise ConfigError(
-            f"prune.sparsegpt: task {task.name!r} gave no calibration samples (its train split "
-            "is empty)"
-        )
+        raise empty
     original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
     was_training = model.training
     model.eval()

@@ -91,6 +91,11 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Contex
     if not layers:
         raise ConfigError("prune.unstructured: the model has no Linear or Conv layer to prune")
     keep = compute_keep_masks(model, layers, config, ctx)
+    for name, mask in keep.items():  # check all before changing any
+        if mask.shape != layers[name].get_parameter("weight").shape:
+            raise ConfigError(
+                f"prune.unstructured: layer {name}: the criterion scored a wrong shape"
+            )
     for name, mask in keep.items():
         weight = f"{name}.weight"
         fill = model.get_parameter(weight).detach().clone() if config.mode == "freeze" else None

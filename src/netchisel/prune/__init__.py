@@ -22,6 +22,7 @@ from netchisel.prune.penalty import PenaltyConfig
 from netchisel.prune.schedule import GradualConfig, IterativeConfig
 from netchisel.prune.sparse_training import SparseTrainingConfig
 from netchisel.prune.sparsegpt import SparseGPTConfig
+from netchisel.prune.structured import StructuredConfig
 from netchisel.prune.unstructured import UnstructuredConfig
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "PenaltyConfig",
     "SparseGPTConfig",
     "SparseTrainingConfig",
+    "StructuredConfig",
     "UnstructuredConfig",
     "prune_",
 ]

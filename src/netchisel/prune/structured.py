@@ -130,6 +130,11 @@ class StructuredConfig(StageConfig):
                 f"{STAGE}.importance: bn_scale scores the BatchNorm after a conv; attention "
                 "heads have none: use l1, l2, taylor, random or wanda"
             )
+        if self.per_layer and self.scope == "global":
+            raise ConfigError(
+                f"{STAGE}.per_layer: per-layer ratios are for local scope; global scope ranks "
+                "all groups together (use min_keep to protect small layers)"
+            )
         if self.per_layer and self.granularity == "blocks":
             raise ConfigError(f"{STAGE}.per_layer: blocks are removed whole; drop per_layer")
         if self.round_to < 1:
@@ -334,10 +339,11 @@ def _layer_units(
                 skipped[owner if heads and owner else root] = reason
             continue
         scores = importance(group)
-        if scores is None:
-            if relevant:
-                skipped[root] = f"no layer in its group has what {config.importance} scores"
-            continue
+        if scores is None:  # only bn_scale can find nothing to score
+            raise ConfigError(
+                f"{STAGE}: bn_scale needs a BatchNorm after each pruned layer; the group of "
+                f"{root} ({', '.join(outs)}) has none: exclude it or use importance l1"
+            )
         if not heads:
             units.append(_Unit(root, root, tuple(outs), scores))
             continue
@@ -350,12 +356,21 @@ def _layer_units(
         head_dim = len(scores) // n_head
         per_head = scores.reshape(n_head, head_dim).sum(dim=1)
         units.append(_Unit(owner, root, (owner, *outs), per_head, attr, head_dim))
-    if config.importance == "bn_scale" and not units and skipped:
-        first = next(iter(skipped))
-        raise ConfigError(
-            f"{STAGE}: bn_scale needs a BatchNorm after each pruned layer; {first}: "
-            f"{skipped[first]}; exclude it or use importance l1"
-        )
+    if heads:
+        found = {u.name for u in units} | set(skipped)
+        for name in sorted(chosen - found):
+            skipped[name] = "no q/k/v Linear projections whose heads one group holds"
+    else:
+        seen = {names_of[m] for m in dg.module2node if isinstance(m, nn.Module) and m in names_of}
+        for name in sorted(chosen - seen):
+            whole = next((s for s in seen if s and _inside(name, s)), None)
+            skipped[name] = (
+                f"part of {whole} ({type(model.get_submodule(whole)).__name__}), which the "
+                "dependency graph treats as one layer"
+                if whole is not None
+                else "the dependency graph does not reach it (it runs without autograd, under "
+                "no_grad or after .detach(), or not at all)"
+            )
     return units, skipped
 
 
@@ -518,7 +533,7 @@ def _top(scores: Tensor, k: int) -> Tensor:
     return keep
 
 
-def choose_plan(units: list[_Unit], ratio: float, config: StructuredConfig) -> Plan:
+def _choose_plan(units: list[_Unit], ratio: float, config: StructuredConfig) -> Plan:
     """The keep mask of every unit at `ratio` (scope, per_layer, min_keep, round_to applied)."""
     if config.granularity == "blocks":
         scores = torch.cat([u.scores for u in units])
@@ -577,22 +592,29 @@ def _run(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
 def _graph(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
     """Torch-Pruning's dependency graph of `model`, or a ModelError naming where tracing failed."""
     entered: list[str] = []
+    finished: list[bool] = []
     handles = [
         m.register_forward_pre_hook(lambda *_, name=n: entered.append(name))
         for n, m in model.named_modules()
         if n
     ]
+    handles.append(model.register_forward_hook(lambda *_: finished.append(True)))
     try:
         with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=inputs, verbose=False
             )
     except Exception as e:
-        where = f"in layer {entered[-1]}" if entered else "before its first layer"
+        if finished:
+            where = "reading the autograd graph of its outputs"
+            fix = "wrap the model so that it returns only tensors"
+        else:
+            where = f"in layer {entered[-1]}" if entered else "before its first layer"
+            fix = "check that the model runs on the example inputs"
         raise ModelError(
             f"{STAGE}: Torch-Pruning cannot trace the model (failed {where}: "
-            f"{type(e).__name__}: {e}); check that the model runs on the example inputs, or "
-            "prune it with prune.unstructured, which needs no graph"
+            f"{type(e).__name__}: {e}); {fix}, or prune it with prune.unstructured, which "
+            "needs no graph"
         ) from e
     finally:
         for handle in handles:
@@ -751,14 +773,15 @@ def _search(
     cache: dict[tuple[tuple[str, tuple[bool, ...]], ...], int] = {}
 
     def measure(ratio: float) -> int:
-        plan = choose_plan(units, ratio, config)
+        plan = _choose_plan(units, ratio, config)
         key = tuple((n, tuple(bool(b) for b in k.tolist())) for n, k in sorted(plan.items()))
         if key not in cache:
             cache[key] = macs_of(plan)
         return cache[key]
 
     lo, hi = 0.0, _max_ratio(units, config)
-    with ctx.progress("searching the ratio for the MAC target", total=30) as advance:
+    steps = 1 + math.ceil(math.log2(hi / _SEARCH_TOLERANCE))
+    with ctx.progress("searching the ratio for the MAC target", total=steps) as advance:
         reached = measure(hi)
         advance(1)
         if reached > limit:
@@ -812,7 +835,14 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: Context) -
             "earlier stage; run structured pruning before unstructured pruning"
         )
     inputs = _example_inputs(model, config, ctx)
-    expected = _shapes(_run(model, inputs))
+    try:
+        expected = _shapes(_run(model, inputs))
+    except Exception as e:
+        shapes = [list(t.shape) for t in inputs]
+        raise ConfigError(
+            f"{STAGE}: the model does not run on the example inputs of shape {shapes} "
+            f"({type(e).__name__}: {e}); fix the task or input_shape"
+        ) from e
     base = count_flops(model, inputs).macs
     units, skipped = _score_units(model, inputs, config, ctx)
     if not units:
@@ -828,7 +858,7 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: Context) -
     ratio, measured = config.ratio, 0
     if config.target_macs_ratio is not None:
         ratio, measured = _search(units, config, macs_of, base, ctx)
-    plan = choose_plan(units, ratio, config)
+    plan = _choose_plan(units, ratio, config)
     pruned = _build(model, inputs, units, plan, blocks, expected)
     after = count_flops(pruned, inputs).macs
     before_w, after_w = _widths(model), _widths(pruned)

@@ -13,6 +13,7 @@ import netchisel.profile as _profile_package  # noqa: F401
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ArtifactError, ConfigError, ModelError, NetChiselError
+from netchisel.core.modules import builder
 from netchisel.core.registry import get_stage, register, stage_names
 from netchisel.core.task import (
     Task,
@@ -40,6 +41,7 @@ __all__ = [
     "StageConfig",
     "Task",
     "TrainSettings",
+    "builder",
     "classification_task",
     "count_flops",
     "custom_task",

@@ -6,6 +6,7 @@ Every NetChiselError is printed as one line and exits with status 2.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -63,7 +64,11 @@ def demo(
 @app.command()
 def profile(
     model: Annotated[
-        str, typer.Argument(help="Zoo name, artifact directory, or package.module:function.")
+        str,
+        typer.Argument(
+            help="Zoo name (built with untrained weights: counts and sizes are the same), "
+            "artifact directory, or package.module:function."
+        ),
     ],
     input_shape: Annotated[
         str | None, typer.Option(help="Input shape, e.g. 1,1,32,32 (needed for a builder).")
@@ -79,6 +84,13 @@ def profile(
     """Exact FLOPs/MACs per module, params, bytes in memory and on disk, latency, energy."""
     from netchisel.profile import profile as measure
 
+    for flag, number in (
+        ("--batch-size", batch_size),
+        ("--threads", threads),
+        ("--repeats", repeats),
+    ):
+        if number < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {number}")
     net, inputs, disk = _model_and_inputs(model, input_shape, dtype, batch_size)
     result = measure(
         net,
@@ -176,6 +188,8 @@ def _model_and_inputs(
             ) from None
         if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
             raise ConfigError(f"--dtype {dtype!r} is not a torch dtype")
+        if not shape or min(shape) < 1:
+            raise ConfigError(f"--input-shape {input_shape!r}: every size must be >= 1")
         specs = [{"shape": shape, "dtype": dtype}]
         batch_size = shape[0]
     if not specs:
@@ -207,7 +221,7 @@ def _totals(p: Any) -> dict[str, str]:
 
 
 def _print_summary(report: dict[str, Any], directory: Path) -> None:
-    from netchisel.report.render import table_rows
+    from netchisel.report.render import table_rows, uncounted_ops
 
     # The terminal gets the headline columns; report.md/html have them all.
     task = report.get("task") or {}
@@ -228,16 +242,33 @@ def _print_summary(report: dict[str, Any], directory: Path) -> None:
         row["metric"] = row["metric"].rpartition(" ")[2]
         table.add_row(*(row[k].split(" (")[0] for k in columns))
     console.print(table)
+    missing = uncounted_ops(report)
+    if missing:
+        console.print(f"FLOPs do not include these ops (no formula): {', '.join(missing)}")
     console.print(f"report: {directory / 'report.html'} (also report.md, report.json)")
     console.print(f"model:  {directory / 'model'}")
 
 
 def main() -> None:
-    """Entry point of the console script: one line and exit 2 on a NetChiselError."""
+    """Entry point of the console script: one line and exit 2 on any error.
+
+    A NetChiselError is ours and its message says what to fix; anything else (a model that
+    does not accept its input, a builder that raises) is reported with its type and first
+    line. NETCHISEL_DEBUG=1 shows the traceback instead.
+    """
     try:
         app()
     except NetChiselError as e:
         print(f"netchisel: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        if os.environ.get("NETCHISEL_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(
+            f"netchisel: error: {type(e).__name__}: {first} (NETCHISEL_DEBUG=1 shows where)",
+            file=sys.stderr,
+        )
         sys.exit(2)
 
 

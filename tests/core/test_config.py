@@ -60,3 +60,7 @@ def test_bad_values_name_the_field(data: dict[str, object], message: str) -> Non
 def test_optional_int_accepts_none_and_int() -> None:
     assert DemoConfig.from_dict({"steps": None}).steps is None
     assert DemoConfig.from_dict({"steps": 3}).steps == 3
+
+
+def test_yaml_exponent_strings_are_floats() -> None:
+    assert DemoConfig.from_dict({"ratio": "3e-4"}).ratio == 3e-4

@@ -95,3 +95,12 @@ def test_custom_task_uses_the_callable() -> None:
     assert task.example_inputs(2)[0].shape == (2, 4)
     with pytest.raises(ConfigError, match="has no loss"):
         task.loss(nn.Linear(4, 1), (torch.zeros(1, 4),))
+
+
+def test_example_inputs_have_exactly_the_asked_batch() -> None:
+    data = TensorDataset(torch.arange(5.0).unsqueeze(1), torch.zeros(5).long())
+    task = classification_task({"val": data})
+    (x,) = task.example_inputs(12)
+    assert x.shape == (12, 1) and x[:, 0].tolist() == [0, 1, 2, 3, 4] * 2 + [0, 1]
+    with pytest.raises(ConfigError, match="batch size must be >= 1"):
+        task.example_inputs(0)

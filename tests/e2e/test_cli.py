@@ -121,6 +121,9 @@ def test_info(capsys: pytest.CaptureFixture[str]) -> None:
         (["profile", "no/such/dir"], "is not a zoo name"),
         (["profile", "cnn", "--input-shape", "1,a"], "--input-shape '1,a'"),
         (["report", "."], "has no report.json"),
+        (["profile", "cnn", "--input-shape", "1,3,32,32"], "RuntimeError: Given groups=1"),
+        (["profile", "cnn", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["profile", "cnn", "--input-shape", "0,1,32,32"], "every size must be >= 1"),
     ],
 )
 def test_errors_are_one_line(
@@ -136,9 +139,9 @@ def test_bad_recipe_and_corrupt_artifact(
 ) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**RECIPE, "stages": [{"finetune": {"epoch": 2}}]}))
-    code, _, err = cli(capsys, "run", str(bad))
+    code, _, err = cli(capsys, "run", str(bad), "--output", str(tmp_path / "never"))
     assert code == 2 and "unknown key 'epoch'" in err and err.count("\n") == 1
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "never").exists()
 
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -170,3 +173,16 @@ def test_an_artifact_is_a_model_source(run_dir: Path, tmp_path: Path) -> None:
     original = load(run_dir / "model")
     for a, b in zip(same.state_dict().values(), original.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_output_that_is_not_a_run_is_refused_before_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(RECIPE))
+    code, _, err = cli(capsys, "run", str(recipe), "--output", str(mine))
+    assert code == 2 and "is not empty and is not a netchisel run" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

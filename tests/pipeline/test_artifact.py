@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from netchisel.core.errors import ArtifactError, ModelError
-from netchisel.core.modules import mark_builder
+from netchisel.core.modules import builder, mark_builder
 from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest, save
 
 
@@ -27,6 +27,7 @@ class Block(nn.Module):
         return self.norm(y * self.scale + x)
 
 
+@builder
 def net(width: int = 8) -> nn.Module:
     model = nn.Sequential(nn.Linear(4, width), Block(width), nn.Linear(width, 3))
     return mark_builder(model, "tests.pipeline.test_artifact:net", {"width": width})
@@ -198,3 +199,33 @@ def test_export_needs_inputs_and_a_known_kind(tmp_path: Path) -> None:
             nn.Linear(2, 2), tmp_path / "x", export=["tflite"], example_inputs=(torch.zeros(1, 2),)
         )
     assert not (tmp_path / "x").exists()
+
+
+def untrusted(width: int = 8) -> nn.Module:
+    return mark_builder(
+        nn.Sequential(nn.Linear(4, width)),
+        "tests.pipeline.test_artifact:untrusted",
+        {"width": width},
+    )
+
+
+def test_load_never_calls_an_unmarked_function(tmp_path: Path) -> None:
+    # A model from an unmarked builder is saved by description, not by builder.
+    directory = save(untrusted(), tmp_path / "u")
+    assert read_manifest(directory)["builder"] is None
+    assert load(directory)[0].out_features == 8
+    # A tampered manifest naming a dangerous function is refused before anything is called.
+    manifest = read_manifest(directory)
+    manifest["builder"] = {
+        "ref": "os:system",
+        "kwargs": {"command": "touch " + str(tmp_path / "pwned")},
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"not marked with @netchisel\.builder"):
+        load(directory)
+    assert not (tmp_path / "pwned").exists()
+    manifest["builder"] = None
+    manifest["edits"][0]["module"]["attrs"]["hook"] = {"__callable__": "os:system"}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="outside torch and netchisel"):
+        load(directory)

@@ -55,8 +55,15 @@ def test_bad_backend_and_repeats() -> None:
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "compile"])
 def test_other_backends_run_the_same_model(backend: str) -> None:
-    pytest.importorskip("onnxruntime")
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
     lat = measure_latency(
         nn.Linear(16, 4), torch.zeros(2, 16), backend=backend, repeats=3, warmup=1
     )
     assert lat.backend == backend and lat.repeats == 3 and lat.median_ms > 0
+
+
+def test_training_flag_is_restored() -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    measure_latency(net, torch.zeros(2, 4), repeats=2)
+    assert net.training and net[1].training

@@ -98,6 +98,11 @@ def _coerce(field: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 3e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if hint is int and isinstance(value, bool):
         raise ConfigError(f"{field}: expected an integer, got {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint):

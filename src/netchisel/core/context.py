@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -60,6 +59,3 @@ class Context:
         with Progress(*columns, transient=True) as bar:
             handle = bar.add_task(description, total=total)
             yield lambda n: bar.advance(handle, n)
-
-    def generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed)

@@ -6,7 +6,7 @@ import importlib
 import inspect
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -27,6 +27,36 @@ def mark_builder(model: nn.Module, ref: str, kwargs: dict[str, Any]) -> nn.Modul
     """
     object.__setattr__(model, _BUILDER_ATTR, (ref, dict(kwargs)))
     return model
+
+
+_TRUSTED_ATTR = "__netchisel_builder__"
+F = TypeVar("F", bound=Callable[..., nn.Module])
+
+
+def builder(fn: F) -> F:
+    """Mark a function as a model builder that artifacts may call when they are loaded.
+
+    Loading an artifact calls its builder with kwargs read from the file; only functions
+    marked with this decorator (and nn.Module classes) are called, so a tampered manifest
+    cannot make `load` run an arbitrary function. Models from unmarked builders are saved
+    with their whole structure described instead.
+
+    Example:
+        >>> @builder
+        ... def tiny(width: int = 4) -> nn.Module:
+        ...     return nn.Linear(width, width)
+        >>> is_trusted_builder(tiny)
+        True
+    """
+    setattr(fn, _TRUSTED_ATTR, True)
+    return fn
+
+
+def is_trusted_builder(fn: object) -> bool:
+    """True for nn.Module classes and functions marked with `@builder`."""
+    if isinstance(fn, type):
+        return issubclass(fn, nn.Module)
+    return bool(getattr(fn, _TRUSTED_ATTR, False))
 
 
 def builder_of(model: nn.Module) -> tuple[str, dict[str, Any]] | None:

@@ -61,7 +61,7 @@ class Task:
         generator = torch.Generator().manual_seed(seed)
         return DataLoader(
             self.splits[split],
-            batch_size=batch_size or self.batch_size,
+            batch_size=self.batch_size if batch_size is None else batch_size,
             shuffle=shuffle,
             generator=generator,
         )
@@ -85,9 +85,13 @@ class Task:
         return self.loss_fn(model, batch)
 
     def example_inputs(self, batch_size: int = 1, split: str | None = None) -> tuple[Tensor, ...]:
-        """Real model inputs of the given batch size, for profiling and tracing."""
-        batch = next(iter(self.loader(split or self.eval_split, batch_size=batch_size)))
-        return self.inputs_of(tuple(batch))
+        """Real model inputs of exactly `batch_size` samples (the split repeats if smaller)."""
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        batch = tuple(next(iter(self.loader(split or self.eval_split, batch_size=batch_size))))
+        repeats = -(-batch_size // len(batch[0]))
+        batch = tuple(t.repeat(repeats, *[1] * (t.dim() - 1))[:batch_size] for t in batch)
+        return self.inputs_of(batch)
 
     def calibration_batches(self, n_samples: int, split: str = "train") -> list[Batch]:
         """The first `n_samples` samples of a split, in batches, for calibration."""

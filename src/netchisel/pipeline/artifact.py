@@ -23,7 +23,13 @@ from torch import nn
 
 from netchisel.core.errors import ArtifactError, ConfigError, ModelError
 from netchisel.core.masks import masks_of, set_mask
-from netchisel.core.modules import build, builder_of, mark_builder
+from netchisel.core.modules import (
+    build,
+    builder_of,
+    is_trusted_builder,
+    mark_builder,
+    resolve_builder,
+)
 from netchisel.pipeline.codecs import get_codec, smallest_codec
 from netchisel.pipeline.describe import (
     JSON,
@@ -173,7 +179,8 @@ def artifact_bytes(directory: str | Path) -> int:
 
 def _structure(model: nn.Module) -> dict[str, Any]:
     builder = builder_of(model)
-    if builder is None:
+    # Only builders marked @builder are recorded: load will call them with the file's kwargs.
+    if builder is None or not is_trusted_builder(resolve_builder(builder[0])):
         return {
             "builder": None,
             "edits": [{"op": "replace", "path": "", "module": describe(model)}],
@@ -241,6 +248,11 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
     builder = manifest.get("builder")
     model: nn.Module | None = None
     if builder is not None:
+        if not is_trusted_builder(resolve_builder(builder["ref"])):
+            raise ArtifactError(
+                f"the manifest names builder {builder['ref']!r}, which is not marked with "
+                "@netchisel.builder: refusing to call it"
+            )
         model = build(builder["ref"], dict(builder["kwargs"]))
     for edit in manifest.get("edits", []):
         op, path = edit["op"], edit["path"]

@@ -19,7 +19,8 @@ from torch import nn
 from netchisel.core.errors import ArtifactError, ModelError
 
 # Attributes every nn.Module has; they are rebuilt by nn.Module.__init__, not stored.
-_MODULE_INTERNALS = frozenset(nn.Module().__dict__) - {"training"}
+# The train/eval flag is not structure either: `load` returns the model in eval mode.
+_MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _PRIMITIVES = (bool, int, float, str, type(None))
 _OURS = "_netchisel_"  # netchisel's own markers (builder, masks, codecs): not module state
 
@@ -66,6 +67,9 @@ def decode_value(data: JSON) -> Any:
     if tag == "__float__":
         return float(inner)
     if tag == "__callable__":
+        # Only functions of torch and netchisel: a manifest must not smuggle in os.system.
+        if not str(inner).startswith(("torch.", "torch:", "netchisel.")):
+            raise ArtifactError(f"manifest names function {inner!r}, outside torch and netchisel")
         return _import_ref(inner)
     raise ArtifactError(f"manifest has an unknown value tag {tag!r}")
 

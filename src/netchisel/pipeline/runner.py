@@ -52,6 +52,7 @@ def run_recipe(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(output) if output is not None else recipe.output
+    check_output_dir(out)
     torch.manual_seed(recipe.seed)
     model = load_model(recipe.model).to(recipe.device)
     teacher = copy.deepcopy(model).eval()
@@ -90,6 +91,21 @@ def run_recipe(
     }
     write_reports(report, out)
     return RunResult(out, report, model)
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse, before any work, an output that is a file or a folder of something else.
+
+    An earlier run's directory (it has report.json) is overwritten; an empty one is used.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} is a file: choose a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "report.json").is_file():
+        raise ConfigError(
+            f"output {out} is not empty and is not a netchisel run: choose another directory"
+        )
+    if (out / "model").exists() and not (out / "model" / "manifest.json").is_file():
+        raise ConfigError(f"{out / 'model'} exists and is not an artifact: remove it first")
 
 
 def load_model(spec: SourceSpec) -> nn.Module:

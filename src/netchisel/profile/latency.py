@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +24,6 @@ from torch.utils._pytree import tree_flatten
 from netchisel.core.errors import ConfigError
 from netchisel.profile.memory import run_model
 
-Backend = Literal["eager", "compile", "onnxruntime"]
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime")
 
 
@@ -144,10 +143,14 @@ def measure_latency(
     """
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"latency needs repeats >= 1 and warmup >= 0 (got {repeats}, {warmup})")
-    with fixed_threads(threads) as n:
-        run = make_runner(model, example_inputs, backend, n)
-        time_calls(run, warmup)
-        samples = time_calls(run, repeats)
+    was_training = model.training
+    try:
+        with fixed_threads(threads) as n:
+            run = make_runner(model, example_inputs, backend, n)
+            time_calls(run, warmup)
+            samples = time_calls(run, repeats)
+    finally:
+        model.train(was_training)
     return summarise(samples, warmup, batch_size_of(example_inputs), n, backend)
 
 
@@ -202,7 +205,11 @@ def _onnxruntime_runner(model: nn.Module, example_inputs: Any, threads: int) -> 
         ) from None
     from netchisel.pipeline.export import export_onnx
 
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    if isinstance(example_inputs, dict):
+        raise ConfigError("the onnxruntime backend takes positional inputs, not a dict of kwargs")
+    inputs = (
+        tuple(example_inputs) if isinstance(example_inputs, list | tuple) else (example_inputs,)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model.onnx"
         export_onnx(model, inputs, Path(path))

@@ -13,8 +13,6 @@ from typing import Any
 
 from netchisel.core.errors import ArtifactError
 
-REPORT_FILES = ("report.json", "report.md", "report.html")
-
 
 def write_reports(report: dict[str, Any], directory: str | Path) -> list[Path]:
     """Write the three report files into `directory`, each atomically."""
@@ -134,7 +132,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         extra = {**step["metrics"], **step.get("records", {})}
         cells = ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items())
         lines.append(f"- **{step['name']}**: {cells or '-'}")
-    uncounted = sorted({op for s in report["steps"] for op in s.get("uncounted_ops", [])})
+    uncounted = uncounted_ops(report)
     if uncounted:
         lines += ["", f"FLOPs do not include these ops (no formula): {', '.join(uncounted)}"]
     machine = report.get("machine", {})
@@ -147,6 +145,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def uncounted_ops(report: dict[str, Any]) -> list[str]:
+    """Ops that ran in any step and have no FLOP formula (their FLOPs are not in the totals)."""
+    return sorted({op for s in report["steps"] for op in s.get("uncounted_ops", [])})
 
 
 def _fmt(v: Any) -> str:
@@ -171,6 +174,8 @@ def render_html(report: dict[str, Any]) -> str:
         if line.startswith("- ")
     )
     plots = "".join(f"<figure>{svg}</figure>" for svg in _plots(report))
+    missing = ", ".join(uncounted_ops(report))
+    warning = f"<p><b>FLOPs do not include these ops (no formula):</b> {html.escape(missing)}</p>"
     title = html.escape(f"netchisel report: {report['recipe'].get('name', 'recipe')}")
     machine = html.escape(json.dumps(report.get("machine", {}), indent=1))
     return f"""<!doctype html>
@@ -185,6 +190,7 @@ th{{background:#f3f3f3}}figure{{display:inline-block;margin:.5em}}pre{{backgroun
 sample and an <b>estimate</b> from op counts (Horowitz, ISSCC 2014); bytes on disk are the saved
 artifact's size; latency is measured.</p>
 <table><tr>{head}</tr>{body}</table>
+{warning if missing else ""}
 <h2>Metrics</h2><ul>{metric_items}</ul>
 <h2>Plots</h2>{plots}
 <h2>Machine</h2><pre>{machine}</pre>

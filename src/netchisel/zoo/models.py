@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.core.modules import mark_builder
+from netchisel.core.modules import builder, mark_builder
 
 MODEL_NAMES = ("mlp", "cnn", "resnet", "mobilenet", "gpt", "minilm")
 
@@ -45,6 +45,7 @@ def _marked(model: nn.Module, name: str, kwargs: dict[str, Any]) -> nn.Module:
 # -- mlp --------------------------------------------------------------------------------------
 
 
+@builder
 def mlp(
     in_features: int = 64, hidden: Sequence[int] = (300, 100), num_classes: int = 10
 ) -> nn.Module:
@@ -78,6 +79,7 @@ def mlp(
 # -- cnn --------------------------------------------------------------------------------------
 
 
+@builder
 def cnn(
     in_channels: int = 1, width: int = 32, num_classes: int = 10, image_size: int = 32
 ) -> nn.Module:
@@ -185,6 +187,7 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.pool(x)))  # type: ignore[no-any-return]
 
 
+@builder
 def resnet(
     depth: int = 20, width: int = 16, num_classes: int = 10, in_channels: int = 1
 ) -> nn.Module:
@@ -261,6 +264,7 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_residual else out
 
 
+@builder
 def mobilenet(width_mult: float = 1.0, num_classes: int = 10, in_channels: int = 1) -> nn.Module:
     """MobileNetV2-style net for 32x32 inputs (stem stride 1; 32x32 -> 4x4 -> pool -> fc).
 
@@ -423,6 +427,7 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))  # type: ignore[no-any-return]
 
 
+@builder
 def gpt(
     vocab_size: int = 256,
     block_size: int = 128,
@@ -542,6 +547,7 @@ class SentenceEmbedder(nn.Module):
         return minilm_tokenize(sentences, max_length)
 
 
+@builder
 def minilm() -> nn.Module:
     """The pretrained all-MiniLM-L6-v2 sentence embedder (22.7 M parameters, 384-d output).
 

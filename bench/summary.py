@@ -106,6 +106,30 @@ def latency_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def prune_structured_section(d: dict[str, Any]) -> list[str]:
+    o = d["original"]
+    lines = [
+        "## Structured pruning, ResNet-20 on digits32 (`bench/prune_structured.py`)",
+        "",
+        f"{d['importance']}, ratio {d['ratio']}, fine-tune {d['finetune']['epochs']} epochs "
+        f"(SGD lr {d['finetune']['lr']}), seeds {d['finetune']['seeds']}; latency A/B with "
+        f"{d['threads']} thread. Original: {o['macs']:,} MACs, {o['accuracy']:.2f}% test.",
+        "",
+        "| model | MACs | speed-up b1 | speed-up b64 | test % (median) | val % (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in d["rows"].items():
+        b1 = d["latency"][f"original/{name}@1"]["speedup"]
+        b64 = d["latency"][f"original/{name}@64"]["speedup"]
+        lines.append(
+            f"| {name} | {r['macs']:,} | {b1:.2f}x | {b64:.2f}x | {r['accuracy_median']:.2f} |"
+            f" {r['val_accuracy_median']:.2f} |"
+        )
+    same = d["latency"]["torch_pruning/netchisel@64"]["speedup"]
+    lines += ["", f"Torch-Pruning / netchisel latency at batch 64: {same:.3f}.", ""]
+    return lines
+
+
 def prune_unstructured_section(d: dict[str, Any]) -> list[str]:
     lines = [
         "## Unstructured pruning, LeNet-300-100 on digits (`bench/prune_unstructured.py`)",
@@ -200,6 +224,7 @@ def main() -> None:
         ("flops", flops_section),
         ("zoo_reference", zoo_section),
         ("latency", latency_section),
+        ("prune_structured", prune_structured_section),
         ("prune_unstructured", prune_unstructured_section),
         ("prune_lottery", lottery_section),
         ("prune_sparse_training", sparse_training_section),

@@ -67,7 +67,7 @@ class SparseGPTConfig(StageConfig):
     - `blocksize`: columns solved together (a multiple of M for N:M). The unstructured mask is
       chosen afresh at every block, so a block should be a small part of a layer's width: the
       paper's 128 suits layers thousands wide; on 128-wide layers 16-32 prunes better
-      (docs/pruning_llm.md). It does not change N:M results, only their speed.
+      (docs/pruning.md). It does not change N:M results, only their speed.
     - `damping`: added to H's diagonal as a fraction of its mean diagonal (paper: 0.01).
     - `calibration_samples`: samples of the task's train split (for text: windows).
     - `layers` / `exclude`: regexes over module names (default: every Linear).

@@ -20,7 +20,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import apply_masks_
@@ -28,6 +27,7 @@ from netchisel.core.registry import register
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
     DENSE_KERNEL_NOTE,
+    TrainingStageConfig,
     check_global_budget,
     check_sparsity,
     check_training,
@@ -46,7 +46,7 @@ _REINIT_SEED_OFFSET = 104_729
 
 
 @dataclass(frozen=True)
-class LotteryConfig(StageConfig):
+class LotteryConfig(TrainingStageConfig):
     """Find a lottery ticket at `sparsity` in `rounds` rounds of train, prune, rewind.
 
     - `sparsity` / `rounds`: the final fraction of the chosen weights pruned, reached by
@@ -78,11 +78,6 @@ class LotteryConfig(StageConfig):
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     min_keep: float = 0.01
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: int | None = None
 
     def validate(self) -> None:
         stage = "prune.lottery"

@@ -25,7 +25,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
@@ -33,6 +32,7 @@ from netchisel.core.registry import register
 from netchisel.core.task import Batch
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
+    TrainingStageConfig,
     check_sparsity,
     check_training,
     restored_on_error,
@@ -104,7 +104,7 @@ def growing_strength(step: int, increment: float, every: int, ceiling: float) ->
 
 
 @dataclass(frozen=True)
-class PenaltyConfig(StageConfig):
+class PenaltyConfig(TrainingStageConfig):
     """Train with a group penalty for `steps`, then zero `sparsity` of the groups.
 
     - `method`: "group_lasso" or "growing" (growing regularisation, GReg-1).
@@ -134,11 +134,6 @@ class PenaltyConfig(StageConfig):
     finetune_steps: int = 0
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: int | None = None
 
     def validate(self) -> None:
         stage = "prune.penalty"

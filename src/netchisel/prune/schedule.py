@@ -22,7 +22,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -201,22 +201,18 @@ def restored_on_error(model: nn.Module) -> Iterator[None]:
         raise
 
 
-class TrainingFields(Protocol):
-    """The training fields every stage that trains has (so one helper builds its settings)."""
+@dataclass(frozen=True)
+class TrainingStageConfig(StageConfig):
+    """The training fields every pruning stage that trains has (one helper builds its settings)."""
 
-    @property
-    def lr(self) -> float: ...
-    @property
-    def optimizer(self) -> Literal["adamw", "sgd"]: ...
-    @property
-    def weight_decay(self) -> float: ...
-    @property
-    def lr_schedule(self) -> Literal["cosine", "constant"]: ...
-    @property
-    def batch_size(self) -> int | None: ...
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    batch_size: int | None = None
 
 
-def train_settings(config: TrainingFields, steps: int) -> TrainSettings:
+def train_settings(config: TrainingStageConfig, steps: int) -> TrainSettings:
     """`fit`'s settings for `steps` steps of a stage's training fields."""
     return TrainSettings(
         steps=steps,
@@ -257,7 +253,7 @@ def check_sparsity(stage: str, field: str, value: float) -> None:
 
 
 @dataclass(frozen=True)
-class IterativeConfig(StageConfig):
+class IterativeConfig(TrainingStageConfig):
     """Train, then `rounds` times: prune to a rising ratio and fine-tune.
 
     - `sparsity`: the fraction of the chosen layers' weights pruned after the last round.
@@ -286,11 +282,6 @@ class IterativeConfig(StageConfig):
     exclude: tuple[str, ...] = ()
     min_keep: float = 0.01
     calibration_samples: int = 128
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: int | None = None
 
     def validate(self) -> None:
         stage = "prune.iterative"
@@ -344,7 +335,7 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> 
 
 
 @dataclass(frozen=True)
-class GradualConfig(StageConfig):
+class GradualConfig(TrainingStageConfig):
     """Train for `steps`, pruning every `frequency` steps along AGP's cubic schedule.
 
     - `sparsity` / `initial_sparsity`: s_f and s_i of Zhu & Gupta (2017).
@@ -373,11 +364,6 @@ class GradualConfig(StageConfig):
     exclude: tuple[str, ...] = ()
     min_keep: float = 0.01
     calibration_samples: int = 128
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: int | None = None
 
     def validate(self) -> None:
         stage = "prune.gradual"

@@ -29,7 +29,6 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
@@ -37,6 +36,7 @@ from netchisel.core.registry import register
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
     DENSE_KERNEL_NOTE,
+    TrainingStageConfig,
     check_sparsity,
     check_training,
     masked_fraction,
@@ -127,7 +127,7 @@ def drop_and_grow(weight: Tensor, keep: Tensor, grow_scores: Tensor, count: int)
 
 
 @dataclass(frozen=True)
-class SparseTrainingConfig(StageConfig):
+class SparseTrainingConfig(TrainingStageConfig):
     """Train `steps` steps at a constant `sparsity`, replacing connections as it goes.
 
     - `sparsity`: fraction of the chosen layers' weights absent at every step.
@@ -157,11 +157,6 @@ class SparseTrainingConfig(StageConfig):
     update_until: float = 0.75
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: int | None = None
 
     def validate(self) -> None:
         stage = "prune.sparse_training"

@@ -53,6 +53,12 @@ def clear_masks(model: nn.Module) -> None:
     object.__setattr__(model, _MASKS_ATTR, {})
 
 
+def forget_masks(model: nn.Module, modules: set[str]) -> None:
+    """Forget the masks of the parameters of the named modules (after they were replaced)."""
+    kept = {n: m for n, m in masks_of(model).items() if n.rpartition(".")[0] not in modules}
+    object.__setattr__(model, _MASKS_ATTR, kept)
+
+
 @torch.no_grad()
 def apply_masks_(model: nn.Module) -> None:
     """Put every masked entry back to its held value (after an optimizer step)."""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from netchisel.core.context import Context
+    from netchisel.core.task import Task
 
 ApplyFn = Callable[["nn.Module", Any, "Context"], "nn.Module"]
 
@@ -82,3 +83,13 @@ def stage_names() -> list[str]:
 def _load_builtin_stages() -> None:
     # Importing the stage modules runs their @register lines.
     import netchisel.pipeline.stages  # noqa: F401
+
+
+def apply_config(
+    model: nn.Module, config: StageConfig, task: Task | None = None, *, seed: int = 0
+) -> nn.Module:
+    """Run the stage registered for `config` on `model` (the body of `prune_`, `quantize_`)."""
+    from netchisel.core.context import Context
+
+    stage = stage_for_config(type(config))
+    return stage(model, config, Context(task, quiet=True, seed=seed))

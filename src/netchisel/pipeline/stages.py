@@ -11,7 +11,9 @@ from typing import Literal
 
 from torch import nn
 
-import netchisel.prune  # noqa: F401  (each family registers its stages when imported)
+# Each family registers its stages when imported.
+import netchisel.prune
+import netchisel.quantize  # noqa: F401
 
 # The other families' stages register themselves when imported.
 from netchisel.core.config import StageConfig

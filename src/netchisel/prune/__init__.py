@@ -14,8 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from netchisel.core.config import StageConfig
-from netchisel.core.context import Context
-from netchisel.core.registry import stage_for_config
+from netchisel.core.registry import apply_config
 from netchisel.core.task import Task
 from netchisel.prune.lottery import LotteryConfig
 from netchisel.prune.penalty import PenaltyConfig
@@ -42,5 +41,4 @@ def prune_(
     model: nn.Module, config: StageConfig, task: Task | None = None, *, seed: int = 0
 ) -> nn.Module:
     """Apply a pruning config to `model` in place (through its registered stage)."""
-    stage = stage_for_config(type(config))
-    return stage(model, config, Context(task, quiet=True, seed=seed))
+    return apply_config(model, config, task, seed=seed)

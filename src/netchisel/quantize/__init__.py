@@ -1,0 +1,34 @@
+"""Quantization: `quantize.*` stages of the registry and `netchisel.quantize_` in Python.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(64, 32))
+    >>> _ = quantize_(net, RTNConfig(bits=8))
+    >>> type(net[0]).__name__
+    'Int8WeightOnlyLinear'
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from netchisel.core.config import StageConfig
+from netchisel.core.registry import apply_config
+from netchisel.core.task import Task
+from netchisel.quantize.primitives import QuantSpec
+from netchisel.quantize.ptq import DynamicInt8Config, RTNConfig
+
+__all__ = [
+    "DynamicInt8Config",
+    "QuantSpec",
+    "RTNConfig",
+    "quantize_",
+]
+
+
+def quantize_(
+    model: nn.Module, config: StageConfig, task: Task | None = None, *, seed: int = 0
+) -> nn.Module:
+    """Apply a quantization config to `model` in place (through its registered stage)."""
+    return apply_config(model, config, task, seed=seed)

@@ -1,0 +1,421 @@
+"""Quantized Linear layers that hold packed integers and run integer kernels.
+
+- `Int8WeightOnlyLinear`: int8 weights, one scale per output row, bf16 activations, on
+  `aten._weight_int8pack_mm` (CPU and CUDA).
+- `Int4WeightOnlyLinear`: 4-bit weights in groups along the input, on
+  `aten._weight_int4pack_mm_for_cpu` (CPU) or `aten._weight_int4pack_mm` (CUDA).
+- `DynamicInt8Linear`: int8 weights and int8 activations quantized per row at run time, on
+  `torch._int_mm` (int8 x int8 -> int32).
+- `PackedLinear`: any other bit width (1-8) or layout: stored packed at its real size, but
+  computed in float after unpacking once. It is simulated for speed: `simulated = True`.
+
+Every module keeps a portable layout in its buffers (what the artifact stores) and builds the
+kernel's own layout on first use; the cache is rebuilt when the buffers change.
+`quantized_linear` picks the module with a real kernel for a spec when there is one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from netchisel.quantize.primitives import QuantSpec, dequantize, pack_bits, unpack_bits
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+_INT4_ROWS = 16  # the CPU int4 kernel wants the output features in multiples of 16
+
+
+class _QuantizedLinear(nn.Module):
+    """Shared parts: shapes, bias, the cache of the kernel layout, and the repr."""
+
+    simulated = False
+    bits = 8
+
+    in_features: int
+    out_features: int
+
+    def _setup(self, in_features: int, out_features: int, bias: Tensor | None) -> None:
+        self.in_features = in_features
+        self.out_features = out_features
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone())
+
+    def _cached(self, key_tensor: Tensor, build: Any) -> Any:
+        # Keyed by storage and version, so load_state_dict (copy or assign) invalidates it.
+        key = (key_tensor.data_ptr(), key_tensor._version, key_tensor.device)
+        cache = self.__dict__.get("_kernel_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, build())
+            self.__dict__["_kernel_cache"] = cache
+        return cache[1]
+
+    def _finish(self, y: Tensor, x: Tensor) -> Tensor:
+        y = y.to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bits={self.bits}, bias={self.bias is not None}"
+        )
+
+
+class Int8WeightOnlyLinear(_QuantizedLinear):
+    """int8 weights with a bf16 scale per output row; activations run in bf16.
+
+    Example:
+        >>> layer = Int8WeightOnlyLinear.from_float(nn.Linear(64, 32))
+        >>> layer.weight_int8.dtype, layer(torch.ones(2, 64)).shape
+        (torch.int8, torch.Size([2, 32]))
+    """
+
+    weight_int8: Tensor
+    scales: Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self._setup(in_features, out_features, torch.zeros(out_features) if bias else None)
+        self.register_buffer(
+            "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
+        )
+        self.register_buffer("scales", torch.ones(out_features, dtype=torch.bfloat16))
+
+    @classmethod
+    def from_float(
+        cls, linear: nn.Linear, q: Tensor | None = None, scale: Tensor | None = None
+    ) -> Int8WeightOnlyLinear:
+        """Quantize `linear` round-to-nearest, or take given int8 `q` and row `scale`."""
+        if q is None or scale is None:
+            from netchisel.quantize.primitives import choose_qparams, quantize
+
+            spec = QuantSpec(bits=8)
+            scale, zero = choose_qparams(linear.weight, spec)
+            q = quantize(linear.weight, scale, zero, spec)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().float().clone())
+        layer.weight_int8.copy_(q.reshape(layer.weight_int8.shape))
+        layer.scales.copy_(scale.reshape(-1).to(torch.bfloat16))
+        return layer.to(linear.weight.device)
+
+    def dequantized_weight(self) -> Tensor:
+        return self.weight_int8.float() * self.scales.float()[:, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
+        return self._finish(y, x)
+
+
+class Int4WeightOnlyLinear(_QuantizedLinear):
+    """4-bit weights, two per byte, with a bf16 scale and zero per group of inputs.
+
+    Stored portably: `qweight[n, k // 2]` holds column 2k in its low nibble and 2k + 1 in its
+    high nibble; a weight is `(q - 8) * scale + zero`. Inputs are padded to a multiple of the
+    group size and outputs to a multiple of 16 (the CPU kernel's tile); the padding is zeros.
+
+    Example:
+        >>> layer = Int4WeightOnlyLinear.from_float(nn.Linear(64, 16), group_size=32)
+        >>> tuple(layer.qweight.shape), layer(torch.ones(1, 64)).shape
+        ((16, 32), torch.Size([1, 16]))
+    """
+
+    bits = 4
+    qweight: Tensor
+    scales_and_zeros: Tensor
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, group_size: int = 128
+    ) -> None:
+        super().__init__()
+        self._setup(in_features, out_features, torch.zeros(out_features) if bias else None)
+        self.group_size = group_size
+        self.padded_in = -(-in_features // group_size) * group_size
+        self.padded_out = -(-out_features // _INT4_ROWS) * _INT4_ROWS
+        groups = self.padded_in // group_size
+        self.register_buffer(
+            "qweight", torch.full((self.padded_out, self.padded_in // 2), 0x88, dtype=torch.uint8)
+        )
+        sz = torch.zeros(groups, self.padded_out, 2, dtype=torch.bfloat16)
+        sz[..., 0] = 1.0
+        self.register_buffer("scales_and_zeros", sz)
+
+    @classmethod
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        group_size: int = 128,
+        q: Tensor | None = None,
+        scale: Tensor | None = None,
+        zero: Tensor | None = None,
+        symmetric: bool = False,
+    ) -> Int4WeightOnlyLinear:
+        """Quantize `linear` (RTN), or take given 4-bit `q` with group `scale` and `zero`.
+
+        `q`, `scale` and `zero` follow `primitives`: `w = (q - zero) * scale`, `q` of shape
+        `[out, in]` (int8 in [-8, 7] if `symmetric`, else uint8 in [0, 15]).
+        """
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
+        spec = QuantSpec(bits=4, symmetric=symmetric, granularity="group", group_size=group_size)
+        weight = linear.weight.detach().float()
+        if q is None or scale is None or zero is None:
+            from netchisel.quantize.primitives import choose_qparams, quantize
+
+            padded = F.pad(weight, (0, layer.padded_in - layer.in_features))
+            scale, zero = choose_qparams(padded, spec)
+            q = quantize(padded, scale, zero, spec)
+        layer.load_quantized(q, scale, zero, symmetric)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().float().clone())
+        return layer.to(linear.weight.device)
+
+    def load_quantized(self, q: Tensor, scale: Tensor, zero: Tensor, symmetric: bool) -> None:
+        """Fill the buffers from `primitives`-style integers (`[out, in or padded_in]`)."""
+        unsigned = q.to(torch.int16) + (8 if symmetric else 0)  # now in [0, 15]
+        zero = zero.float() - (8 if symmetric else 0)
+        rows, cols = unsigned.shape
+        full = torch.full((self.padded_out, self.padded_in), 8, dtype=torch.int16)
+        full[:rows, :cols] = unsigned
+        self.qweight.copy_((full[:, 0::2] | (full[:, 1::2] << 4)).to(torch.uint8))
+        groups = scale.shape[1]
+        # (q - zero) * s == (q - 8) * s + (8 - zero) * s: the kernel's float zero.
+        sz = torch.zeros(self.padded_in // self.group_size, self.padded_out, 2)
+        sz[..., 0] = 1.0
+        sz[:groups, :rows, 0] = scale.float().T
+        sz[:groups, :rows, 1] = ((8 - zero) * scale.float()).T
+        self.scales_and_zeros.copy_(sz.to(torch.bfloat16))
+
+    def unpacked(self) -> Tensor:
+        """The 4-bit values, `[padded_out, padded_in]`, in [0, 15]."""
+        low = (self.qweight & 0x0F).to(torch.int32)
+        high = (self.qweight >> 4).to(torch.int32)
+        return torch.stack([low, high], dim=-1).reshape(self.padded_out, self.padded_in)
+
+    def dequantized_weight(self) -> Tensor:
+        sz = self.scales_and_zeros.float()
+        scale = sz[..., 0].T.repeat_interleave(self.group_size, 1)
+        zero = sz[..., 1].T.repeat_interleave(self.group_size, 1)
+        w = (self.unpacked().float() - 8) * scale + zero
+        return w[: self.out_features, : self.in_features]
+
+    def _kernel_weight(self) -> Tensor:
+        def build() -> Tensor:
+            unpacked = self.unpacked()
+            if self.qweight.is_cuda:
+                packed = (unpacked[:, 1::2] | (unpacked[:, 0::2] << 4)).to(torch.uint8)
+                tiles = next(t for t in (8, 4, 2) if self.padded_in % (32 * t) == 0)
+                out: Tensor = torch.ops.aten._convert_weight_to_int4pack(packed, tiles)
+            else:
+                out = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpacked, 1)
+            return out
+
+        return self._cached(self.qweight, build)  # type: ignore[no-any-return]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.padded_in != self.in_features:
+            x2 = F.pad(x2, (0, self.padded_in - self.in_features))
+        kernel = self._kernel_weight()
+        if x2.is_cuda:
+            y = torch.ops.aten._weight_int4pack_mm(
+                x2, kernel, self.group_size, self.scales_and_zeros
+            )
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2, kernel, self.group_size, self.scales_and_zeros
+            )
+        return self._finish(y[:, : self.out_features], x)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", group_size={self.group_size}"
+
+
+class DynamicInt8Linear(_QuantizedLinear):
+    """int8 weights (a scale per row); activations quantized to int8 per row at run time.
+
+    Example:
+        >>> layer = DynamicInt8Linear.from_float(nn.Linear(64, 32))
+        >>> layer(torch.ones(4, 64)).shape
+        torch.Size([4, 32])
+    """
+
+    weight_int8: Tensor
+    weight_scale: Tensor
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__()
+        self._setup(in_features, out_features, torch.zeros(out_features) if bias else None)
+        self.register_buffer(
+            "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
+        )
+        self.register_buffer("weight_scale", torch.ones(out_features))
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> DynamicInt8Linear:
+        """Quantize `linear`'s weight per output row, symmetric, round-to-nearest."""
+        from netchisel.quantize.primitives import choose_qparams, quantize
+
+        spec = QuantSpec(bits=8)
+        scale, zero = choose_qparams(linear.weight, spec)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        layer.weight_int8.copy_(quantize(linear.weight, scale, zero, spec))
+        layer.weight_scale.copy_(scale.reshape(-1))
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().float().clone())
+        return layer.to(linear.weight.device)
+
+    def dequantized_weight(self) -> Tensor:
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x2 = x.reshape(-1, self.in_features).float()
+        x_scale = (x2.abs().amax(dim=1, keepdim=True) / 127).clamp_min(1e-12)
+        xq = torch.round(x2 / x_scale).clamp(-127, 127).to(torch.int8)
+        acc = torch._int_mm(xq, self.weight_int8.t())
+        return self._finish(acc.float() * x_scale * self.weight_scale, x)
+
+
+class PackedLinear(_QuantizedLinear):
+    """Weights of any bit width stored bit-packed; computed in float (no integer kernel).
+
+    The file holds `bits` bits per weight plus the scales; at run time the weight is
+    unpacked once and kept in float, so it is no faster and no smaller in memory.
+
+    Example:
+        >>> layer = PackedLinear.from_float(nn.Linear(8, 4), QuantSpec(bits=3, symmetric=False))
+        >>> layer.packed.numel()  # 32 weights x 3 bits
+        12
+    """
+
+    simulated = True
+    packed: Tensor
+    scale: Tensor
+    zero: Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        bits: int = 8,
+        symmetric: bool = True,
+        granularity: str = "channel",
+        group_size: int = 128,
+    ) -> None:
+        super().__init__()
+        self._setup(in_features, out_features, torch.zeros(out_features) if bias else None)
+        self.bits = bits
+        self.symmetric = symmetric
+        self.granularity = granularity
+        self.group_size = group_size
+        groups = self._groups()
+        self.register_buffer(
+            "packed", torch.zeros((out_features * in_features * bits + 7) // 8, dtype=torch.uint8)
+        )
+        self.register_buffer("scale", torch.ones(groups[0], groups[1]))
+        self.register_buffer("zero", torch.zeros(groups[0], groups[1]))
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.symmetric, self.granularity, self.group_size)  # type: ignore[arg-type]
+
+    def _groups(self) -> tuple[int, int]:
+        if self.granularity == "tensor":
+            return 1, 1
+        if self.granularity == "channel":
+            return self.out_features, 1
+        return self.out_features, self.in_features // self.group_size
+
+    @classmethod
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        spec: QuantSpec,
+        q: Tensor | None = None,
+        scale: Tensor | None = None,
+        zero: Tensor | None = None,
+    ) -> PackedLinear:
+        """Quantize `linear` with `spec` (RTN), or take given integers and parameters."""
+        if q is None or scale is None or zero is None:
+            from netchisel.quantize.primitives import choose_qparams, quantize
+
+            scale, zero = choose_qparams(linear.weight, spec)
+            q = quantize(linear.weight, scale, zero, spec)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            spec.bits,
+            spec.symmetric,
+            spec.granularity,
+            spec.group_size,
+        )
+        layer.packed.copy_(pack_bits(q.cpu(), spec.bits))
+        layer.scale.copy_(scale.reshape(layer.scale.shape))
+        layer.zero.copy_(zero.reshape(layer.zero.shape))
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.detach().float().clone())
+        return layer.to(linear.weight.device)
+
+    def dequantized_weight(self) -> Tensor:
+        numel = self.out_features * self.in_features
+        q = unpack_bits(self.packed.cpu(), self.bits, numel, signed=self.symmetric)
+        q = q.reshape(self.out_features, self.in_features).to(self.scale.device)
+        return dequantize(q, self.scale, self.zero, self.spec())
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self._cached(self.packed, self.dequantized_weight)
+        return self._finish(F.linear(x.reshape(-1, self.in_features), weight.to(x.dtype)), x)
+
+
+QUANTIZED_LINEARS = (Int8WeightOnlyLinear, Int4WeightOnlyLinear, DynamicInt8Linear, PackedLinear)
+
+
+def has_kernel(spec: QuantSpec) -> bool:
+    """True when `quantized_linear` gives a module with a real integer kernel for `spec`."""
+    if spec.bits == 8:
+        return spec.symmetric and spec.granularity == "channel"
+    return spec.bits == 4 and spec.granularity == "group" and spec.group_size in INT4_GROUP_SIZES
+
+
+def quantized_linear(
+    linear: nn.Linear, spec: QuantSpec, q: Tensor, scale: Tensor, zero: Tensor
+) -> nn.Module:
+    """The module for integers `q` (as `primitives.quantize` returns them) of `linear`.
+
+    For the int4 kernel, `q`, `scale` and `zero` may cover inputs padded to a multiple of the
+    group size (see `padded_weight`).
+
+    Example:
+        >>> from netchisel.quantize.primitives import choose_qparams, quantize
+        >>> lin, spec = nn.Linear(64, 16), QuantSpec(bits=8)
+        >>> s, z = choose_qparams(lin.weight, spec)
+        >>> type(quantized_linear(lin, spec, quantize(lin.weight, s, z, spec), s, z)).__name__
+        'Int8WeightOnlyLinear'
+    """
+    if has_kernel(spec) and spec.bits == 8:
+        return Int8WeightOnlyLinear.from_float(linear, q, scale)
+    if has_kernel(spec):
+        return Int4WeightOnlyLinear.from_float(
+            linear, spec.group_size, q, scale, zero, spec.symmetric
+        )
+    return PackedLinear.from_float(linear, spec, q, scale, zero)
+
+
+def padded_weight(linear: nn.Linear, spec: QuantSpec) -> Tensor:
+    """`linear`'s float weight, inputs zero-padded to a multiple of the group size."""
+    weight = linear.weight.detach().float()
+    if spec.granularity != "group" or weight.shape[1] % spec.group_size == 0:
+        return weight
+    if not has_kernel(spec):
+        from netchisel.core.errors import ConfigError
+
+        raise ConfigError(
+            f"group_size {spec.group_size} does not divide in_features {weight.shape[1]}; "
+            "pick a divisor (only the int4 kernel pads, for group sizes 32-256)"
+        )
+    pad = -weight.shape[1] % spec.group_size
+    return F.pad(weight, (0, pad))

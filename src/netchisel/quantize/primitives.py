@@ -1,0 +1,211 @@
+"""Affine quantization as pure tensor functions: choose scales, quantize, dequantize, pack.
+
+A real value `w` is stored as an integer `q` with `w ~ (q - zero) * scale`. Symmetric
+quantization fixes `zero = 0` and uses the signed range; asymmetric uses `[0, 2**bits - 1]`
+with an integer zero point. Scales are per tensor, per output channel (row), or per group of
+`group_size` consecutive inputs of a row, always over the weight flattened to
+`[rows, inputs]` so Linear and Conv weights are handled alike.
+
+Written here because the algorithms (RTN, GPTQ, AWQ, QAT, mixed precision) need the same
+small functions with any bit width 1-8 and any scale chooser; torchao's equivalents are tied
+to its tensor subclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from netchisel.core.errors import ConfigError
+
+Granularity = Literal["tensor", "channel", "group"]
+ScaleMethod = Literal["minmax", "percentile", "mse"]
+SCALE_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How a tensor is quantized: bit width, symmetry and scale granularity.
+
+    Example:
+        >>> QuantSpec(bits=4, symmetric=False, granularity="group", group_size=32).levels
+        16
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    granularity: Granularity = "channel"
+    group_size: int = 128
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 8:
+            raise ConfigError(f"bits={self.bits} is outside 1-8")
+        if self.symmetric and self.bits < 2:
+            raise ConfigError("symmetric 1-bit has no zero level: use symmetric=false or binary")
+        if self.granularity not in ("tensor", "channel", "group"):
+            raise ConfigError(f"granularity {self.granularity!r} is not tensor, channel or group")
+        if self.granularity == "group" and self.group_size < 1:
+            raise ConfigError(f"group_size={self.group_size} must be >= 1")
+
+    @property
+    def levels(self) -> int:
+        return int(2**self.bits)
+
+    @property
+    def qmin(self) -> int:
+        return int(-(2 ** (self.bits - 1))) if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        return int(2 ** (self.bits - 1) - 1 if self.symmetric else 2**self.bits - 1)
+
+    @property
+    def storage_dtype(self) -> torch.dtype:
+        return torch.int8 if self.symmetric else torch.uint8
+
+
+def grouped(w: Tensor, spec: QuantSpec) -> Tensor:
+    """View `w` as `[rows, groups, group]`: the last axis shares one scale.
+
+    Example:
+        >>> grouped(torch.zeros(4, 8), QuantSpec(granularity="group", group_size=2)).shape
+        torch.Size([4, 4, 2])
+    """
+    rows = w.reshape(w.shape[0], -1) if w.dim() > 1 else w.reshape(1, -1)
+    if spec.granularity == "tensor":
+        return rows.reshape(1, 1, -1)
+    if spec.granularity == "channel":
+        return rows.unsqueeze(1)
+    if rows.shape[1] % spec.group_size:
+        raise ConfigError(
+            f"group_size {spec.group_size} does not divide the {rows.shape[1]} inputs per row; "
+            "choose a divisor or pad the weight (the quantized modules pad for you)"
+        )
+    return rows.reshape(rows.shape[0], -1, spec.group_size)
+
+
+def qparams_from_range(lo: Tensor, hi: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
+    """Scale and integer zero point that map `[lo, hi]` onto the spec's integer range."""
+    if spec.symmetric:
+        amax = torch.maximum(lo.abs(), hi.abs())
+        scale = amax / spec.qmax
+        zero = torch.zeros_like(scale)
+    else:
+        lo = torch.minimum(lo, torch.zeros_like(lo))  # zero must be exactly representable
+        hi = torch.maximum(hi, torch.zeros_like(hi))
+        scale = (hi - lo) / (spec.qmax - spec.qmin)
+        zero = torch.round(-lo / torch.where(scale > 0, scale, torch.ones_like(scale)))
+        zero = zero.clamp(spec.qmin, spec.qmax)
+    tiny = torch.finfo(torch.float32).tiny
+    return torch.where(scale > tiny, scale, torch.ones_like(scale)), zero
+
+
+def choose_qparams(
+    w: Tensor,
+    spec: QuantSpec,
+    method: ScaleMethod = "minmax",
+    percentile: float = 99.9,
+    grid: int = 40,
+) -> tuple[Tensor, Tensor]:
+    """Scale and zero point of shape `[rows, groups]` for `w`.
+
+    - minmax: cover the whole range of each group.
+    - percentile: clip each group at the given percentile of its values (of |w| if symmetric).
+    - mse: shrink the range by the factor (of `grid` between 1 and 0.2) that minimises the
+      group's squared quantization error.
+
+    Example:
+        >>> s, z = choose_qparams(torch.tensor([[-1.0, 0.5]]), QuantSpec(bits=8))
+        >>> round(float(s[0, 0]) * 127, 4), float(z[0, 0])
+        (1.0, 0.0)
+    """
+    g = grouped(w.detach().float(), spec)
+    if method == "minmax":
+        return qparams_from_range(g.amin(-1), g.amax(-1), spec)
+    if method == "percentile":
+        if not 0.0 < percentile <= 100.0:
+            raise ConfigError(f"percentile {percentile} is not in (0, 100]")
+        q = percentile / 100.0
+        if spec.symmetric:
+            hi = torch.quantile(g.abs(), q, dim=-1) if g.shape[-1] > 1 else g.abs()[..., 0]
+            return qparams_from_range(-hi, hi, spec)
+        lo = torch.quantile(g, 1.0 - q, dim=-1)
+        return qparams_from_range(lo, torch.quantile(g, q, dim=-1), spec)
+    if method == "mse":
+        return _mse_qparams(g, spec, grid)
+    raise ConfigError(f"unknown scale method {method!r} ({', '.join(SCALE_METHODS)})")
+
+
+def _mse_qparams(g: Tensor, spec: QuantSpec, grid: int) -> tuple[Tensor, Tensor]:
+    lo, hi = g.amin(-1), g.amax(-1)
+    best_scale, best_zero = qparams_from_range(lo, hi, spec)
+    best_err = _group_error(g, best_scale, best_zero, spec)
+    for shrink in torch.linspace(1.0, 0.2, grid)[1:].tolist():
+        scale, zero = qparams_from_range(lo * shrink, hi * shrink, spec)
+        err = _group_error(g, scale, zero, spec)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def _group_error(g: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> Tensor:
+    s, z = scale.unsqueeze(-1), zero.unsqueeze(-1)
+    q = torch.clamp(torch.round(g / s) + z, spec.qmin, spec.qmax)
+    return ((q - z) * s - g).pow(2).sum(-1)
+
+
+def quantize(w: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> Tensor:
+    """Integers of `w` (int8 if symmetric, else uint8), in `w`'s shape.
+
+    Example:
+        >>> w = torch.tensor([[0.0, 1.0, -1.0]])
+        >>> s, z = choose_qparams(w, QuantSpec(bits=8))
+        >>> quantize(w, s, z, QuantSpec(bits=8)).tolist()
+        [[0, 127, -127]]
+    """
+    g = grouped(w.detach().float(), spec)
+    q = torch.round(g / scale.unsqueeze(-1)) + zero.unsqueeze(-1)
+    return q.clamp(spec.qmin, spec.qmax).to(spec.storage_dtype).reshape(w.shape)
+
+
+def dequantize(q: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> Tensor:
+    """Float values `(q - zero) * scale`, in `q`'s shape."""
+    g = grouped(q.float(), spec)
+    return ((g - zero.unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(q.shape)
+
+
+def fake_quantize(w: Tensor, spec: QuantSpec, method: ScaleMethod = "minmax") -> Tensor:
+    """`dequantize(quantize(w))`: what the model computes with after quantization."""
+    scale, zero = choose_qparams(w, spec, method)
+    return dequantize(quantize(w, scale, zero, spec), scale, zero, spec).to(w.dtype)
+
+
+def pack_bits(q: Tensor, bits: int) -> Tensor:
+    """Pack integers of `bits` bits (two's complement for negatives) into a uint8 stream.
+
+    Element i occupies bits [i * bits, (i + 1) * bits) of the stream, least significant
+    first, so 4-bit values pair into bytes as low nibble then high nibble.
+
+    Example:
+        >>> pack_bits(torch.tensor([1, 2, 3]), 4).tolist()
+        [33, 3]
+    """
+    values = q.reshape(-1).to(torch.int64).numpy() & ((1 << bits) - 1)
+    planes = (values[:, None] >> np.arange(bits)) & 1
+    return torch.from_numpy(np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little"))
+
+
+def unpack_bits(packed: Tensor, bits: int, numel: int, signed: bool = False) -> Tensor:
+    """Inverse of `pack_bits`: `numel` integers as int16 (sign-extended when `signed`)."""
+    flat = np.unpackbits(packed.numpy(), bitorder="little", count=numel * bits)
+    planes = flat.reshape(numel, bits).astype(np.int16)
+    values = (planes << np.arange(bits, dtype=np.int16)).sum(1).astype(np.int16)
+    if signed:
+        values = np.where(values >= 2 ** (bits - 1), values - 2**bits, values).astype(np.int16)
+    return torch.from_numpy(values)

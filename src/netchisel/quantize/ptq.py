@@ -1,0 +1,185 @@
+"""Round-to-nearest weight quantization (`quantize.rtn`) and dynamic int8 (`quantize.dynamic_int8`).
+
+Both replace `nn.Linear` layers with the modules of `modules.py`, so the saved artifact holds
+the packed integers and the loaded model runs the integer kernel when one exists. Every
+replacement is computed before any is swapped in, so a failure leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from netchisel.core.config import StageConfig
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.masks import forget_masks
+from netchisel.core.modules import replace_module, select_modules
+from netchisel.core.registry import register
+from netchisel.quantize.modules import (
+    DynamicInt8Linear,
+    padded_weight,
+    quantized_linear,
+)
+from netchisel.quantize.primitives import (
+    SCALE_METHODS,
+    QuantSpec,
+    choose_qparams,
+    quantize,
+)
+
+# Layers that hold weights but have no weight-only kernel here; they are reported, not touched.
+NO_KERNEL = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+@dataclass(frozen=True)
+class WeightQuantConfig(StageConfig):
+    """The weight format shared by the weight-only algorithms (RTN, GPTQ, AWQ).
+
+    - `bits`: 1-8. 8 (per channel, symmetric) and 4 (groups of 32-256) run integer kernels;
+      other widths are stored packed at their real size and computed in float.
+    - `group_size`: inputs per scale; None means one scale per output channel at 8 bits and
+      groups of 128 below 8 bits.
+    - `symmetric`: None means symmetric at 8 bits, asymmetric (with a zero point) below.
+    - `scale_method`: minmax, percentile or mse (see `primitives.choose_qparams`).
+    - `layers` / `exclude`: regexes over Linear layer names; `per_layer_bits` overrides `bits`
+      for layers whose name fully matches a regex (mixed precision).
+    """
+
+    bits: int = 8
+    group_size: int | None = None
+    symmetric: bool | None = None
+    scale_method: str = "minmax"
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    per_layer_bits: dict[str, int] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        stage = self.stage_name()
+        for name, bits in [("bits", self.bits), *self.per_layer_bits.items()]:
+            if not 1 <= bits <= 8:
+                raise ConfigError(f"{stage}: bits {name}={bits} is outside 1-8")
+        if self.group_size is not None and self.group_size < 1:
+            raise ConfigError(f"{stage}: group_size={self.group_size} must be >= 1")
+        if self.scale_method not in SCALE_METHODS:
+            raise ConfigError(
+                f"{stage}: unknown scale_method {self.scale_method!r} ({', '.join(SCALE_METHODS)})"
+            )
+        if self.symmetric and min(self.bits, *self.per_layer_bits.values()) < 2:
+            raise ConfigError(f"{stage}: 1-bit weights need symmetric=false (or quantize.binary)")
+
+    def stage_name(self) -> str:
+        return "quantize.rtn"
+
+    def spec_for(self, layer: str) -> QuantSpec:
+        """The QuantSpec of one layer (its bits after `per_layer_bits`)."""
+        bits = next(
+            (b for pattern, b in self.per_layer_bits.items() if re.fullmatch(pattern, layer)),
+            self.bits,
+        )
+        symmetric = bits == 8 if self.symmetric is None else self.symmetric
+        group = self.group_size if self.group_size is not None else (None if bits == 8 else 128)
+        if group is None:
+            return QuantSpec(bits, symmetric, "channel")
+        return QuantSpec(bits, symmetric, "group", group)
+
+
+@dataclass(frozen=True)
+class RTNConfig(WeightQuantConfig):
+    """Round each weight to the nearest level of its group's grid (no data needed).
+
+    Example:
+        >>> RTNConfig(bits=4).spec_for("fc").group_size
+        128
+    """
+
+
+@register("quantize.rtn", RTNConfig)
+def quantize_rtn(model: nn.Module, config: RTNConfig, ctx: Context) -> nn.Module:
+    """Replace the chosen Linear layers by round-to-nearest quantized ones."""
+
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        spec = config.spec_for(name)
+        weight = padded_weight(linear, spec)
+        scale, zero = choose_qparams(weight, spec, config.scale_method)  # type: ignore[arg-type]
+        return quantized_linear(linear, spec, quantize(weight, scale, zero, spec), scale, zero)
+
+    swap_linears(model, config, ctx, make)
+    return model
+
+
+def chosen_linears(
+    model: nn.Module, layers: tuple[str, ...] | None, exclude: tuple[str, ...], stage: str
+) -> dict[str, nn.Linear]:
+    """The Linear layers a quantization stage works on; warns once about layers it skips."""
+    chosen = select_modules(model, (nn.Linear,), layers, exclude)
+    if not chosen:
+        raise ConfigError(f"{stage}: the model has no Linear layer to quantize")
+    skipped = [
+        f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, NO_KERNEL)
+    ]
+    if skipped:
+        shown = ", ".join(skipped[:6]) + (
+            f" and {len(skipped) - 6} more" if len(skipped) > 6 else ""
+        )
+        warnings.warn(
+            f"{stage}: no kernel for these layers, they stay in float: {shown} "
+            "(quantize.static_int8 covers convolutions)",
+            stacklevel=3,
+        )
+    return {n: m for n, m in chosen.items() if isinstance(m, nn.Linear)}
+
+
+def swap_linears(
+    model: nn.Module,
+    config: WeightQuantConfig | DynamicInt8Config,
+    ctx: Context,
+    make: Callable[[str, nn.Linear], nn.Module],
+) -> dict[str, nn.Module]:
+    """Build every replacement first, then swap them in and record what changed."""
+    stage = config.stage_name()
+    linears = chosen_linears(model, config.layers, config.exclude, stage)
+    new = {name: make(name, linear) for name, linear in linears.items()}
+    for name, module in new.items():
+        replace_module(model, name, module)
+    # A pruned layer's zeros are now in its integers; its mask names a weight that is gone.
+    forget_masks(model, set(new))
+    simulated = sorted(n for n, m in new.items() if getattr(m, "simulated", False))
+    ctx.record(
+        quantized_layers=len(new),
+        layer_bits={n: int(getattr(m, "bits", 8)) for n, m in new.items()},
+        note=(
+            f"{len(simulated)} layers have no integer kernel at their bit width: stored packed, "
+            "computed in float, no speed-up"
+            if simulated
+            else "all quantized layers run integer kernels"
+        ),
+    )
+    return new
+
+
+@dataclass(frozen=True)
+class DynamicInt8Config(StageConfig):
+    """int8 weights, and activations quantized to int8 per row at run time (no calibration).
+
+    Example:
+        >>> DynamicInt8Config(exclude=("head",)).exclude
+        ('head',)
+    """
+
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def stage_name(self) -> str:
+        return "quantize.dynamic_int8"
+
+
+@register("quantize.dynamic_int8", DynamicInt8Config)
+def quantize_dynamic_int8(model: nn.Module, config: DynamicInt8Config, ctx: Context) -> nn.Module:
+    """Replace the chosen Linear layers by `DynamicInt8Linear` (int8 x int8 kernels)."""
+    swap_linears(model, config, ctx, lambda name, linear: DynamicInt8Linear.from_float(linear))
+    return model

@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from netchisel.quantize.primitives import QuantSpec, dequantize, pack_bits, unpack_bits
+from netchisel.quantize.primitives import (
+    QuantSpec,
+    ScaleMethod,
+    choose_qparams,
+    dequantize,
+    pack_bits,
+    quantize,
+    unpack_bits,
+)
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 _INT4_ROWS = 16  # the CPU int4 kernel wants the output features in multiples of 16
@@ -90,10 +98,8 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
     ) -> Int8WeightOnlyLinear:
         """Quantize `linear` round-to-nearest, or take given int8 `q` and row `scale`."""
         if q is None or scale is None:
-            from netchisel.quantize.primitives import choose_qparams, quantize
-
             spec = QuantSpec(bits=8)
-            scale, zero = choose_qparams(linear.weight, spec)
+            scale, zero = kernel_qparams(linear.weight, spec)
             q = quantize(linear.weight, scale, zero, spec)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
         if linear.bias is not None:
@@ -163,10 +169,8 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
         spec = QuantSpec(bits=4, symmetric=symmetric, granularity="group", group_size=group_size)
         weight = linear.weight.detach().float()
         if q is None or scale is None or zero is None:
-            from netchisel.quantize.primitives import choose_qparams, quantize
-
             padded = F.pad(weight, (0, layer.padded_in - layer.in_features))
-            scale, zero = choose_qparams(padded, spec)
+            scale, zero = kernel_qparams(padded, spec)
             q = quantize(padded, scale, zero, spec)
         layer.load_quantized(q, scale, zero, symmetric)
         if linear.bias is not None:
@@ -176,7 +180,7 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
     def load_quantized(self, q: Tensor, scale: Tensor, zero: Tensor, symmetric: bool) -> None:
         """Fill the buffers from `primitives`-style integers (`[out, in or padded_in]`)."""
         unsigned = q.to(torch.int16) + (8 if symmetric else 0)  # now in [0, 15]
-        zero = zero.float() - (8 if symmetric else 0)
+        zero = zero.float() + (8 if symmetric else 0)
         rows, cols = unsigned.shape
         full = torch.full((self.padded_out, self.padded_in), 8, dtype=torch.int16)
         full[:rows, :cols] = unsigned
@@ -257,8 +261,6 @@ class DynamicInt8Linear(_QuantizedLinear):
     @classmethod
     def from_float(cls, linear: nn.Linear) -> DynamicInt8Linear:
         """Quantize `linear`'s weight per output row, symmetric, round-to-nearest."""
-        from netchisel.quantize.primitives import choose_qparams, quantize
-
         spec = QuantSpec(bits=8)
         scale, zero = choose_qparams(linear.weight, spec)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
@@ -340,8 +342,6 @@ class PackedLinear(_QuantizedLinear):
     ) -> PackedLinear:
         """Quantize `linear` with `spec` (RTN), or take given integers and parameters."""
         if q is None or scale is None or zero is None:
-            from netchisel.quantize.primitives import choose_qparams, quantize
-
             scale, zero = choose_qparams(linear.weight, spec)
             q = quantize(linear.weight, scale, zero, spec)
         layer = cls(
@@ -379,6 +379,27 @@ def has_kernel(spec: QuantSpec) -> bool:
     if spec.bits == 8:
         return spec.symmetric and spec.granularity == "channel"
     return spec.bits == 4 and spec.granularity == "group" and spec.group_size in INT4_GROUP_SIZES
+
+
+def kernel_qparams(
+    weight: Tensor, spec: QuantSpec, method: ScaleMethod = "minmax"
+) -> tuple[Tensor, Tensor]:
+    """`choose_qparams`, with scales rounded up to what the kernel stores (bf16).
+
+    Rounding the scale after quantizing would move every weight by up to 127 x 2**-8 of a
+    step; rounding it first, and up so nothing clips, keeps the error within half a step.
+
+    Example:
+        >>> s, _ = kernel_qparams(torch.tensor([[0.3, -1.0]]), QuantSpec(bits=8))
+        >>> bool(s.to(torch.bfloat16).float() == s)
+        True
+    """
+    scale, zero = choose_qparams(weight, spec, method)
+    if not has_kernel(spec):
+        return scale, zero
+    rounded = scale.to(torch.bfloat16).float()
+    up = torch.nextafter(scale.to(torch.bfloat16), torch.tensor(float("inf"), dtype=torch.bfloat16))
+    return torch.where(rounded < scale, up.float(), rounded), zero
 
 
 def quantized_linear(

@@ -22,13 +22,13 @@ from netchisel.core.modules import replace_module, select_modules
 from netchisel.core.registry import register
 from netchisel.quantize.modules import (
     DynamicInt8Linear,
+    kernel_qparams,
     padded_weight,
     quantized_linear,
 )
 from netchisel.quantize.primitives import (
     SCALE_METHODS,
     QuantSpec,
-    choose_qparams,
     quantize,
 )
 
@@ -42,8 +42,8 @@ class WeightQuantConfig(StageConfig):
 
     - `bits`: 1-8. 8 (per channel, symmetric) and 4 (groups of 32-256) run integer kernels;
       other widths are stored packed at their real size and computed in float.
-    - `group_size`: inputs per scale; None means one scale per output channel at 8 bits and
-      groups of 128 below 8 bits.
+    - `group_size`: inputs per scale below 8 bits (None: 128); 8-bit layers always have one
+      scale per output channel, the layout of the int8 kernel.
     - `symmetric`: None means symmetric at 8 bits, asymmetric (with a zero point) below.
     - `scale_method`: minmax, percentile or mse (see `primitives.choose_qparams`).
     - `layers` / `exclude`: regexes over Linear layer names; `per_layer_bits` overrides `bits`
@@ -69,7 +69,7 @@ class WeightQuantConfig(StageConfig):
             raise ConfigError(
                 f"{stage}: unknown scale_method {self.scale_method!r} ({', '.join(SCALE_METHODS)})"
             )
-        if self.symmetric and min(self.bits, *self.per_layer_bits.values()) < 2:
+        if self.symmetric and min([self.bits, *self.per_layer_bits.values()]) < 2:
             raise ConfigError(f"{stage}: 1-bit weights need symmetric=false (or quantize.binary)")
 
     def stage_name(self) -> str:
@@ -82,10 +82,9 @@ class WeightQuantConfig(StageConfig):
             self.bits,
         )
         symmetric = bits == 8 if self.symmetric is None else self.symmetric
-        group = self.group_size if self.group_size is not None else (None if bits == 8 else 128)
-        if group is None:
+        if bits == 8:
             return QuantSpec(bits, symmetric, "channel")
-        return QuantSpec(bits, symmetric, "group", group)
+        return QuantSpec(bits, symmetric, "group", self.group_size or 128)
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def quantize_rtn(model: nn.Module, config: RTNConfig, ctx: Context) -> nn.Module
     def make(name: str, linear: nn.Linear) -> nn.Module:
         spec = config.spec_for(name)
         weight = padded_weight(linear, spec)
-        scale, zero = choose_qparams(weight, spec, config.scale_method)  # type: ignore[arg-type]
+        scale, zero = kernel_qparams(weight, spec, config.scale_method)  # type: ignore[arg-type]
         return quantized_linear(linear, spec, quantize(weight, scale, zero, spec), scale, zero)
 
     swap_linears(model, config, ctx, make)

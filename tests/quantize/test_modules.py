@@ -1,0 +1,135 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+import netchisel as nc
+from netchisel.quantize.modules import (
+    DynamicInt8Linear,
+    Int4WeightOnlyLinear,
+    Int8WeightOnlyLinear,
+    PackedLinear,
+    has_kernel,
+    quantized_linear,
+)
+from netchisel.quantize.primitives import QuantSpec, choose_qparams, quantize
+
+
+def _rel(a, b):
+    a, b = a.detach(), b.detach()
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def test_int8_weight_only_matches_its_dequantized_weight():
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 64)
+    layer = Int8WeightOnlyLinear.from_float(lin)
+    x = torch.randn(8, 256)
+    # The scale is rounded to bf16 before rounding the weights: at most half a step off.
+    step = layer.scales.float()[:, None]
+    assert bool(((layer.dequantized_weight() - lin.weight).abs() <= step * 0.5 + 1e-9).all())
+    reference = F.linear(x.bfloat16().float(), layer.dequantized_weight(), lin.bias)
+    assert _rel(layer(x), reference) < 0.01
+    assert _rel(layer(x), lin(x)) < 0.01
+    assert layer(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "shape, group, stored", [((64, 16), 32, (16, 32)), ((100, 10), 32, (16, 64))]
+)
+def test_int4_pads_inputs_to_the_group_and_outputs_to_16(shape, group, stored):
+    torch.manual_seed(0)
+    lin = nn.Linear(*shape)
+    layer = Int4WeightOnlyLinear.from_float(lin, group_size=group)
+    assert tuple(layer.qweight.shape) == stored
+    assert layer.dequantized_weight().shape == lin.weight.shape
+    x = torch.randn(3, shape[0])
+    reference = F.linear(x.bfloat16().float(), layer.dequantized_weight(), lin.bias)
+    assert _rel(layer(x), reference) < 0.01  # the kernel computes exactly what is stored
+    assert _rel(layer(x), lin(x)) < 0.12  # 4-bit rounding of a random layer
+
+
+def test_int4_accepts_symmetric_integers_from_an_algorithm():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    spec = QuantSpec(4, symmetric=True, granularity="group", group_size=32)
+    scale, zero = choose_qparams(lin.weight, spec)
+    q = quantize(lin.weight, scale, zero, spec)
+    layer = quantized_linear(lin, spec, q, scale, zero)
+    assert isinstance(layer, Int4WeightOnlyLinear)
+    expected = (q.float().reshape(32, 2, 32) * scale[..., None]).reshape(32, 64)
+    # Only the bf16 storage of scales moves values: by <= 8 levels x 2**-8 of a step.
+    assert (layer.dequantized_weight() - expected).abs().max() <= 8 * 2**-8 * float(scale.max())
+
+
+def test_dynamic_int8_is_close_and_row_scaled():
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 64)
+    layer = DynamicInt8Linear.from_float(lin)
+    x = torch.randn(16, 128)
+    x[0] *= 100  # a loud row must not hurt the others (scales are per row)
+    assert _rel(layer(x)[1:], lin(x)[1:]) < 0.01
+
+
+def test_packed_linear_stores_exact_bits():
+    lin = nn.Linear(10, 7)
+    layer = PackedLinear.from_float(lin, QuantSpec(bits=3, symmetric=False))
+    assert layer.packed.numel() == (70 * 3 + 7) // 8
+    assert layer.simulated and not Int4WeightOnlyLinear.simulated
+    x = torch.randn(4, 10)
+    assert _rel(layer(x), F.linear(x, layer.dequantized_weight(), lin.bias)) < 1e-6
+
+
+def test_kernel_choice():
+    assert has_kernel(QuantSpec(8))
+    assert has_kernel(QuantSpec(4, False, "group", 128))
+    assert not has_kernel(QuantSpec(4, False, "channel"))
+    assert not has_kernel(QuantSpec(3, False, "group", 128))
+    assert not has_kernel(QuantSpec(8, True, "group", 128))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lin: Int8WeightOnlyLinear.from_float(lin),
+        lambda lin: Int4WeightOnlyLinear.from_float(lin, group_size=64),
+        lambda lin: DynamicInt8Linear.from_float(lin),
+        lambda lin: PackedLinear.from_float(lin, QuantSpec(3, False, "group", 64)),
+    ],
+)
+def test_artifact_round_trip_is_exact_and_stores_integers(tmp_path, make):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 8))
+    net[0] = make(net[0])
+    x = torch.randn(4, 128)
+    path = nc.save(net, tmp_path / "m")
+    loaded = nc.load(path)
+    assert type(loaded[0]) is type(net[0])
+    assert torch.equal(loaded(x), net.eval()(x))
+    stored = load_file(str(path / "model.safetensors"))
+    int_bytes = sum(
+        t.numel()
+        for k, t in stored.items()
+        if k.startswith("0.") and t.dtype in (torch.int8, torch.uint8)
+    )
+    assert (
+        int_bytes
+        == {
+            Int8WeightOnlyLinear: 64 * 128,
+            Int4WeightOnlyLinear: 64 * 128 // 2,
+            DynamicInt8Linear: 64 * 128,
+            PackedLinear: 64 * 128 * 3 // 8,
+        }[type(net[0])]
+    )
+
+
+def test_kernel_cache_follows_loaded_weights():
+    torch.manual_seed(0)
+    a = Int4WeightOnlyLinear.from_float(nn.Linear(64, 16), group_size=32)
+    b = Int4WeightOnlyLinear.from_float(nn.Linear(64, 16), group_size=32)
+    x = torch.randn(2, 64)
+    before = a(x)
+    a.load_state_dict(b.state_dict())
+    assert not torch.equal(a(x), before)
+    assert torch.equal(a(x), b(x))

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from netchisel.core.errors import ConfigError
+from netchisel.quantize.primitives import (
+    QuantSpec,
+    choose_qparams,
+    dequantize,
+    fake_quantize,
+    grouped,
+    pack_bits,
+    quantize,
+    unpack_bits,
+)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+def test_round_trip_error_is_at_most_half_a_step(bits, symmetric, granularity):
+    w = torch.randn(16, 64)
+    spec = QuantSpec(bits, symmetric, granularity, group_size=16)
+    scale, zero = choose_qparams(w, spec)
+    q = quantize(w, scale, zero, spec)
+    assert int(q.min()) >= spec.qmin and int(q.max()) <= spec.qmax
+    err = (dequantize(q, scale, zero, spec) - w).abs()
+    step = grouped(torch.ones_like(w), spec) * scale.unsqueeze(-1)
+    assert bool((grouped(err, spec) <= step / 2 + 1e-6).all())
+
+
+def test_qparams_shapes_follow_granularity():
+    w = torch.randn(8, 3, 4, 4)  # a conv weight: 48 inputs per output channel
+    assert choose_qparams(w, QuantSpec(granularity="tensor"))[0].shape == (1, 1)
+    assert choose_qparams(w, QuantSpec(granularity="channel"))[0].shape == (8, 1)
+    assert choose_qparams(w, QuantSpec(granularity="group", group_size=16))[0].shape == (8, 3)
+
+
+def test_symmetric_8_bit_uses_127_levels_each_side():
+    w = torch.tensor([[-2.0, 1.0, 0.0]])
+    spec = QuantSpec(bits=8)
+    scale, zero = choose_qparams(w, spec)
+    assert float(scale) == pytest.approx(2.0 / 127)
+    assert quantize(w, scale, zero, spec).tolist() == [[-127, 64, 0]]
+
+
+def test_asymmetric_keeps_zero_exact_and_uses_the_whole_range():
+    w = torch.tensor([[0.5, 1.0, 3.0]])  # all positive: the range is widened to include 0
+    spec = QuantSpec(bits=4, symmetric=False, granularity="tensor")
+    scale, zero = choose_qparams(w, spec)
+    assert float(scale) == pytest.approx(3.0 / 15)
+    assert float(zero) == 0.0
+    assert float(dequantize(torch.tensor([[0]], dtype=torch.uint8), scale, zero, spec)) == 0.0
+
+
+def test_mse_never_worse_than_minmax_and_better_with_outliers():
+    torch.manual_seed(0)
+    w = torch.randn(32, 128)
+    w[:, 0] = 12.0  # one outlier per row stretches the min-max grid
+    spec = QuantSpec(bits=3, symmetric=True)
+    err = {m: float((fake_quantize(w, spec, m) - w).pow(2).sum()) for m in ("minmax", "mse")}
+    assert err["mse"] < 0.75 * err["minmax"]  # measured 0.717
+
+
+def test_percentile_clips_the_range():
+    w = torch.cat([torch.linspace(-1, 1, 999), torch.tensor([100.0])]).reshape(1, -1)
+    spec = QuantSpec(bits=8, granularity="tensor")
+    full, _ = choose_qparams(w, spec, "minmax")
+    clipped, _ = choose_qparams(w, spec, "percentile", percentile=99.0)
+    assert float(full) == pytest.approx(100 / 127)
+    assert float(clipped) < 1.01 / 127
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_bits_round_trips_and_uses_exact_bytes(bits):
+    torch.manual_seed(bits)
+    values = torch.randint(0, 2**bits, (1001,))
+    packed = pack_bits(values, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == (1001 * bits + 7) // 8
+    assert torch.equal(unpack_bits(packed, bits, 1001).long(), values)
+
+
+def test_pack_bits_signed():
+    values = torch.tensor([-8, -1, 0, 7, 3], dtype=torch.int8)
+    assert unpack_bits(pack_bits(values, 4), 4, 5, signed=True).tolist() == [-8, -1, 0, 7, 3]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"bits": 0}, "bits=0"),
+        ({"bits": 9}, "bits=9"),
+        ({"bits": 1, "symmetric": True}, "1-bit"),
+        ({"granularity": "row"}, "granularity"),
+    ],
+)
+def test_bad_specs_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        QuantSpec(**kwargs)
+
+
+def test_group_size_that_does_not_divide_is_named():
+    with pytest.raises(ConfigError, match="group_size 32 does not divide the 100 inputs"):
+        choose_qparams(torch.randn(4, 100), QuantSpec(granularity="group", group_size=32))

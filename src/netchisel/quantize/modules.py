@@ -52,7 +52,9 @@ class _QuantizedLinear(nn.Module):
 
     def _cached(self, key_tensor: Tensor, build: Any) -> Any:
         # Keyed by storage and version, so load_state_dict (copy or assign) invalidates it.
-        key = (key_tensor.data_ptr(), key_tensor._version, key_tensor.device)
+        # Tensors made under inference_mode have no version counter (and cannot be changed).
+        version = 0 if key_tensor.is_inference() else key_tensor._version
+        key = (key_tensor.data_ptr(), version, key_tensor.device)
         cache = self.__dict__.get("_kernel_cache")
         if cache is None or cache[0] != key:
             cache = (key, build())

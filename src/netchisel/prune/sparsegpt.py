@@ -27,7 +27,9 @@ outputs of the already-pruned layers before it. For a transformer the model's bl
 `nn.ModuleList` that holds the chosen layers) run one at a time over cached block inputs, as in
 the paper: a layer costs one pass through its own block, not through the whole model. Layers
 that read the same input tensor (q, k and v projections) share one pass. Layers outside the
-blocks (a classifier, an LM head) are solved last from passes through the whole model.
+blocks (a classifier, an LM head) are solved last from passes through the whole model. That
+machinery is `netchisel.core.sequential` (shared with GPTQ and AWQ); damping is
+`netchisel.core.hessian`.
 
 Written here because no well-kept library offers it for any `nn.Module`: the authors' code and
 llm-compressor's port are tied to Hugging Face model classes and their own sessions.
@@ -38,10 +40,7 @@ fine-tuning and the artifact stores them sparsely. Latency does not improve on d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,13 +48,12 @@ from torch import Tensor, nn
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.hessian import damped_factors, prepared_hessian, unsolvable
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
+from netchisel.core.sequential import LayerInputs, calibration_inputs, run_sequentially
 from netchisel.prune.select import keep_lowest_pruned, keep_n_of_m, parse_pattern
-
-DAMPING_RETRIES = 6
-"""How many times the damping is raised tenfold before a layer is given up (0.01 -> 1e4)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +137,7 @@ def sparsegpt_solve(
     sparsity; N:M keeps exactly N of every M consecutive inputs of each row. Entries where
     `pruned` is True are pruned whatever their saliency (an earlier mask). If the damped H is
     not positive definite in float32, or the result is not finite, the damping is raised
-    tenfold, up to `DAMPING_RETRIES` times. Inputs are not modified.
+    tenfold, up to `core.hessian.DAMPING_RETRIES` times. Inputs are not modified.
 
     Example:
         >>> x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
@@ -148,41 +146,14 @@ def sparsegpt_solve(
         >>> int((result.weight == 0).sum()), result.damping
         (16, 0.01)
     """
-    if not bool(torch.isfinite(hessian).all()):
-        raise ModelError("the layer's calibration inputs are not finite (inf or NaN)")
-    h = hessian.detach().float().clone()
-    # An input that is always zero carries no information; a unit diagonal keeps H invertible
-    # without coupling that column to the others, so pruning it moves nothing else.
-    dead = h.diagonal() == 0
-    h[dead, dead] = 1.0
-    mean_diag = float(h.diagonal().mean())
-    for attempt in range(DAMPING_RETRIES + 1):
-        used = damping * 10.0**attempt
-        factor = _inverse_cholesky(h, used * mean_diag)
-        if factor is None:
-            continue
+    h = prepared_hessian(hessian)
+    for factor, used in damped_factors(h, damping):
         new, keep = _obs_prune(
             weight.detach().float(), factor, sparsity, pattern, blocksize, pruned
         )
         if bool(torch.isfinite(new).all()):
             return SparseResult(new.to(weight.dtype), keep, used)
-    raise ModelError(
-        f"the Hessian is not positive definite even with damping {used:g} x its mean diagonal"
-    )
-
-
-def _inverse_cholesky(h: Tensor, damp: float) -> Tensor | None:
-    """Upper U with (H + damp I)^-1 = U^T U, or None when float32 cannot factor it."""
-    damped = h + damp * torch.eye(len(h), dtype=h.dtype, device=h.device)
-    lower, info = torch.linalg.cholesky_ex(damped)
-    if int(info) != 0:
-        return None
-    inverse = torch.cholesky_inverse(lower)
-    upper: Tensor
-    upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-    if int(info) != 0 or not bool(torch.isfinite(upper).all()):
-        return None
-    return upper
+    raise unsolvable(damping)
 
 
 def _obs_prune(
@@ -288,17 +259,7 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
                 )
     earlier = _earlier_pruned(model, layers)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    empty = ConfigError(
-        f"prune.sparsegpt: task {task.name!r} gave no calibration samples (its train split is "
-        "empty): give the task training data"
-    )
-    train = task.splits.get("train")
-    if train is not None and hasattr(train, "__len__") and len(train) == 0:
-        raise empty  # checked first: a shuffled loader over nothing is torch's ValueError
-    batches = task.calibration_batches(config.calibration_samples)
-    inputs = [task.inputs_of(tuple(t.to(device) for t in batch)) for batch in batches]
-    if not inputs or sum(len(x[0]) for x in inputs) == 0:
-        raise empty
+    inputs = calibration_inputs(task, config.calibration_samples, device, "prune.sparsegpt")
     original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
     was_training = model.training
     model.eval()
@@ -306,7 +267,13 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
     try:
         with torch.no_grad(), ctx.progress("sparsegpt", len(layers)) as advance:
 
-            def solve(name: str, gram: Tensor, tokens: int) -> None:
+            def solve(group: dict[str, LayerInputs]) -> None:
+                for name, seen in group.items():
+                    solve_layer(name, seen)
+
+            def solve_layer(name: str, seen: LayerInputs) -> None:
+                assert seen.gram is not None
+                gram, tokens = seen.gram, seen.tokens
                 weight = layers[name].weight
                 try:
                     result = sparsegpt_solve(
@@ -327,7 +294,7 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
                 solved[name] = (result, error)
                 advance(1)
 
-            _run_sequentially(model, layers, inputs, config.blocks, solve)
+            run_sequentially(model, layers, inputs, config.blocks, solve, "prune.sparsegpt")
     except BaseException:
         with torch.no_grad():
             for name, layer in layers.items():
@@ -361,200 +328,3 @@ def _earlier_pruned(model: nn.Module, layers: dict[str, nn.Linear]) -> dict[str,
                 )
             out[layer] = ~mask.keep
     return out
-
-
-class _Stop(Exception):
-    """Raised from a hook to end a forward pass early (its input is all we need)."""
-
-
-SolveFn = Callable[[str, Tensor, int], None]
-Inputs = Sequence[tuple[Tensor, ...]]
-Cached = list[tuple[tuple[Any, ...], dict[str, Any]]]  # (args, kwargs) of a block's calls
-
-
-def _run_sequentially(
-    model: nn.Module,
-    layers: dict[str, nn.Linear],
-    inputs: Inputs,
-    blocks: str | None,
-    solve: SolveFn,
-) -> None:
-    """Call `solve(name, X^T X, tokens)` for every layer in call order, earlier ones pruned."""
-    order = _call_groups(model, layers, inputs[0])
-    found = _find_blocks(model, layers, blocks, inputs[0])
-    in_block: dict[str, int] = {}
-    if found is not None:
-        index_of = {id(sub): i for i, block in enumerate(found) for sub in block.modules()}
-        in_block = {n: index_of[id(m)] for n, m in layers.items() if id(m) in index_of}
-        cached = _block_inputs(model, found[0], inputs)
-        for index, block in enumerate(found):
-            for group in ([n for n in g if in_block.get(n) == index] for g in order):
-                if not group:
-                    continue
-
-                def run_block(block: nn.Module = block, cached: Cached = cached) -> None:
-                    for args, kwargs in cached:
-                        block(*args, **kwargs)
-
-                _solve_group(layers, group, run_block, solve)
-            # The next block reads this block's output with its already-pruned layers.
-            cached = [_with_hidden(args, kwargs, block(*args, **kwargs)) for args, kwargs in cached]
-    for group in ([n for n in g if n not in in_block] for g in order):
-        if group:
-
-            def run_model() -> None:
-                for x in inputs:
-                    model(*x)
-
-            _solve_group(layers, group, run_model, solve)
-
-
-def _solve_group(
-    layers: dict[str, nn.Linear], group: list[str], run: Callable[[], None], solve: SolveFn
-) -> None:
-    grams: dict[str, Tensor] = {}
-    tokens: dict[str, int] = {}
-
-    def accumulate(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
-        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # one row per token
-            grams[name] = grams[name] + x.T @ x if name in grams else x.T @ x
-            tokens[name] = tokens.get(name, 0) + len(x)
-
-        return hook
-
-    with _hooks([layers[n].register_forward_pre_hook(accumulate(n)) for n in group]):
-        run()
-    for name in group:
-        if name not in grams:
-            raise ModelError(f"prune.sparsegpt: layer {name} was not called on calibration data")
-        solve(name, grams[name], tokens[name])
-
-
-def _call_groups(
-    model: nn.Module, layers: dict[str, nn.Linear], example: tuple[Tensor, ...]
-) -> list[list[str]]:
-    """Layers in the order of their first call; consecutive layers reading one tensor group."""
-    seen: list[tuple[str, Tensor]] = []
-
-    def record(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
-        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            if all(n != name for n, _ in seen):
-                seen.append((name, args[0]))
-
-        return hook
-
-    with _hooks([m.register_forward_pre_hook(record(n)) for n, m in layers.items()]):
-        model(*example)
-    missing = [n for n in layers if all(n != s for s, _ in seen)]
-    if missing:
-        raise ConfigError(
-            f"prune.sparsegpt: layer {missing[0]} is never called by the model: exclude it"
-        )
-    groups: list[list[str]] = []
-    for i, (name, x) in enumerate(seen):
-        if i and x is seen[i - 1][1]:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    return groups
-
-
-def _find_blocks(
-    model: nn.Module, layers: dict[str, nn.Linear], blocks: str | None, example: tuple[Tensor, ...]
-) -> list[nn.Module] | None:
-    """The blocks to run one at a time, or None to run whole-model passes."""
-    if blocks == "":
-        return None
-    if blocks is not None:
-        try:
-            found = model.get_submodule(blocks)
-        except AttributeError:
-            raise ConfigError(
-                f"prune.sparsegpt.blocks: the model has no module {blocks!r}"
-            ) from None
-        if not isinstance(found, (nn.ModuleList, nn.Sequential)):
-            raise ConfigError(
-                f"prune.sparsegpt.blocks: {blocks!r} is a {type(found).__name__}, not a "
-                "ModuleList or Sequential of blocks"
-            )
-        chain = list(found)
-        if not _is_chain(model, chain, example):
-            raise ConfigError(
-                f"prune.sparsegpt.blocks: the blocks of {blocks!r} are not called one after "
-                "the other, each on the previous one's output: use blocks: '' (whole model)"
-            )
-        return chain
-    owned = {id(m) for m in layers.values()}
-    best: list[nn.Module] = []
-    best_count = 0
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList):
-            count = sum(1 for child in module for sub in child.modules() if id(sub) in owned)
-            if count > best_count:
-                best, best_count = list(module), count
-    if best_count == 0 or not _is_chain(model, best, example):
-        return None
-    return best
-
-
-def _is_chain(model: nn.Module, blocks: list[nn.Module], example: tuple[Tensor, ...]) -> bool:
-    """Whether the blocks run once each, in order, each on the previous block's output."""
-    calls: list[tuple[int, Any, Any]] = []
-
-    def record(index: int) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any], Any], None]:
-        def hook(
-            module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
-        ) -> None:
-            calls.append((index, _hidden_of(args, kwargs), _first(out)))
-
-        return hook
-
-    handles = [b.register_forward_hook(record(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    with _hooks(handles):
-        model(*example)
-    if [i for i, _, _ in calls] != list(range(len(blocks))):
-        return False
-    return all(calls[i][1] is calls[i - 1][2] for i in range(1, len(calls)))
-
-
-def _block_inputs(model: nn.Module, first: nn.Module, inputs: Inputs) -> Cached:
-    """What the first block is called with, per calibration batch (the model stops there)."""
-    cached: Cached = []
-
-    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        cached.append((args, kwargs))
-        raise _Stop
-
-    with _hooks([first.register_forward_pre_hook(hook, with_kwargs=True)]):
-        for x in inputs:
-            with suppress(_Stop):
-                model(*x)
-    return cached
-
-
-def _hidden_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return args[0] if args else kwargs.get("hidden_states")
-
-
-def _first(out: Any) -> Any:
-    # Hugging Face blocks return a tuple whose first element is the hidden state.
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _with_hidden(
-    args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The call of the next block: this block's output in place of its hidden state."""
-    if args:
-        return (_first(out), *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": _first(out)}
-
-
-@contextmanager
-def _hooks(handles: list[torch.utils.hooks.RemovableHandle]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

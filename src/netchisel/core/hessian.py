@@ -1,0 +1,87 @@
+"""The layer Hessian of second-order solvers (SparseGPT, GPTQ): damping and its inverse factor.
+
+For a Linear layer with inputs X (one row per token), keeping its output ||W X^T|| is a
+least-squares problem whose Hessian is H = 2 X^T X / n. The solvers need the upper Cholesky
+factor U of H^-1 (H^-1 = U^T U): row j of U spreads the error of column j over the columns to
+its right.
+
+H is singular whenever the calibration set has fewer tokens than inputs or features that move
+together, so a multiple of its mean diagonal is added ("damping", 1% in both papers). If float32
+still cannot factor the damped H, or the solver's result is not finite, the damping is raised
+tenfold and the layer is solved again: `damped_factors` yields the candidates in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from netchisel.core.errors import ModelError
+
+DAMPING_RETRIES = 6
+"""How many times the damping is raised tenfold before a layer is given up (0.01 -> 1e4)."""
+
+
+def prepared_hessian(hessian: Tensor) -> Tensor:
+    """A float32 copy of `hessian` whose dead inputs (zero diagonal) have a unit diagonal.
+
+    An input that is always zero carries no information; a unit diagonal keeps H invertible
+    without coupling that column to the others, so changing its weight moves nothing else.
+
+    Example:
+        >>> prepared_hessian(torch.zeros(2, 2)).tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
+    """
+    if not bool(torch.isfinite(hessian).all()):
+        raise ModelError("the layer's calibration inputs are not finite (inf or NaN)")
+    h = hessian.detach().float().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    return h
+
+
+def inverse_cholesky(h: Tensor, damp: float) -> Tensor | None:
+    """Upper U with (H + damp I)^-1 = U^T U, or None when float32 cannot factor it.
+
+    Example:
+        >>> inverse_cholesky(4.0 * torch.eye(2), 0.0).diagonal().tolist()
+        [0.5, 0.5]
+    """
+    damped = h + damp * torch.eye(len(h), dtype=h.dtype, device=h.device)
+    lower, info = torch.linalg.cholesky_ex(damped)
+    if int(info) != 0:
+        return None
+    inverse = torch.cholesky_inverse(lower)
+    upper: Tensor
+    upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+    if int(info) != 0 or not bool(torch.isfinite(upper).all()):
+        return None
+    return upper
+
+
+def damped_factors(h: Tensor, damping: float) -> Iterator[tuple[Tensor, float]]:
+    """(U, damping used) for `damping`, then ten times more, ... skipping failed factorisations.
+
+    `h` comes from `prepared_hessian`; the damping is a fraction of its mean diagonal. The
+    caller stops iterating at the first factor that gives it a finite result.
+
+    Example:
+        >>> [d for _, d in damped_factors(torch.eye(3), 0.01)][:2]
+        [0.01, 0.1]
+    """
+    mean_diag = float(h.diagonal().mean())
+    for attempt in range(DAMPING_RETRIES + 1):
+        used = damping * 10.0**attempt
+        factor = inverse_cholesky(h, used * mean_diag)
+        if factor is not None:
+            yield factor, used
+
+
+def unsolvable(damping: float) -> ModelError:
+    """The error when no damping up to the last retry gave a finite result."""
+    last = damping * 10.0**DAMPING_RETRIES
+    return ModelError(
+        f"the Hessian is not positive definite even with damping {last:g} x its mean diagonal"
+    )

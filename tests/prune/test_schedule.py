@@ -13,7 +13,7 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.registry import get_stage
 from netchisel.core.task import Task, classification_task
-from netchisel.prune import schedule
+from netchisel.prune import schedule, unstructured
 from netchisel.prune.schedule import (
     GradualConfig,
     IterativeConfig,
@@ -119,13 +119,18 @@ def test_gradual_never_revives_a_pruned_weight(monkeypatch: pytest.MonkeyPatch) 
         history[name].append(keep.clone())
         set_mask(model, name, keep)
 
-    monkeypatch.setattr(schedule, "set_mask", spy)
+    monkeypatch.setattr(unstructured, "set_mask", spy)
     config = GradualConfig(sparsity=0.75, steps=30, end_step=20, frequency=5, importance="random")
-    prune_gradual(net, config, Context(task, quiet=True))
+    ctx = Context(task, quiet=True)
+    prune_gradual(net, config, ctx)
     for masks in history.values():
         assert len(masks) == 5
         for old, new in itertools.pairwise(masks):
             assert not bool((new & ~old).any())  # kept now implies kept before
+    # Held entries are ranked first, so even random scores reach each target exactly.
+    for point in ctx.records["schedule"]:
+        expected = sum(round(point["target"] * net.get_parameter(w).numel()) for w in WEIGHTS)
+        assert point["sparsity"] == expected / total_weights(net)
 
 
 # -- prune.iterative --------------------------------------------------------------------------
@@ -156,6 +161,96 @@ def test_iterative_keeps_masks_set_before_it() -> None:
     config = IterativeConfig(sparsity=0.25, rounds=1, finetune_steps=5, lr=1e-3)
     prune_iterative(net, config, Context(task, quiet=True))
     assert bool((net[4].weight[:, 16:] == 0).all())
+
+
+def held_values(net: nn.Module) -> dict[str, torch.Tensor]:
+    """Every held entry's value (NaN where the weight is free)."""
+    out = {}
+    for w, mask in masks_of(net).items():
+        out[w] = torch.where(mask.keep, torch.nan, net.get_parameter(w).detach())
+    return out
+
+
+@pytest.mark.parametrize("mode", ["freeze", "freeze_initial"])
+def test_iterative_freeze_holds_pruned_weights_at_their_values_through_training(
+    mode: str,
+) -> None:
+    from netchisel.core.train import fit
+
+    task = tiny_task()
+    net, twin = tiny_net(), tiny_net()
+    initial = {w: net.get_parameter(w).detach().clone() for w in WEIGHTS}
+    ctx = Context(task, quiet=True)
+    config = IterativeConfig(
+        sparsity=0.75, rounds=1, train_steps=20, finetune_steps=20, lr=1e-2, mode=mode
+    )
+    prune_iterative(net, config, ctx)
+    # The same 20 training steps on a twin give the weights at the moment of pruning.
+    fit(twin, task, schedule.train_settings(config, 20), ctx)
+    at_pruning = {w: twin.get_parameter(w).detach() for w in WEIGHTS}
+    expected = at_pruning if mode == "freeze" else initial
+    for w in WEIGHTS:
+        weight, keep = net.get_parameter(w).detach(), masks_of(net)[w].keep
+        assert int((~keep).sum()) == round(0.75 * weight.numel())
+        assert torch.equal(weight[~keep], expected[w][~keep])  # held exactly, not zero
+        assert int((weight[~keep] == 0).sum()) == 0
+        assert not torch.equal(weight[keep], at_pruning[w][keep])  # the rest trained on
+    assert ctx.records["note"] == schedule.FREEZE_NOTE
+
+
+def test_iterative_freeze_rounds_reach_each_sparsity_exactly() -> None:
+    net, task = tiny_net(), tiny_task()
+    ctx = Context(task, quiet=True)
+    config = IterativeConfig(
+        sparsity=0.875, rounds=3, finetune_steps=10, scope="global", lr=1e-2, mode="freeze"
+    )
+    prune_iterative(net, config, ctx)
+    n = total_weights(net)
+    # Frozen weights are not zero, yet they are ranked first: no round keeps one of them.
+    assert [r["sparsity"] for r in ctx.records["rounds"]] == [0.0] + [
+        round(s * n) / n for s in (0.5, 0.75, 0.875)
+    ]
+    assert zeros(net) == 0
+
+
+def test_gradual_freeze_holds_each_weight_at_its_value_when_first_pruned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net, task = tiny_net(), tiny_task()
+    before: list[dict[str, torch.Tensor]] = []  # weights right before each pruning step
+    held: list[dict[str, torch.Tensor]] = []  # what is held right after it
+    prune_to = schedule.prune_to_
+
+    def spy(model: nn.Module, *args: object, **kwargs: object) -> float:
+        before.append({w: model.get_parameter(w).detach().clone() for w in WEIGHTS})
+        reached = prune_to(model, *args, **kwargs)  # type: ignore[arg-type]
+        held.append({w: ~masks_of(model)[w].keep for w in WEIGHTS})
+        return reached
+
+    monkeypatch.setattr(schedule, "prune_to_", spy)
+    config = GradualConfig(sparsity=0.8, steps=40, end_step=24, frequency=8, mode="freeze")
+    prune_gradual(net, config, Context(task, quiet=True))
+    assert len(before) == 4
+    for w in WEIGHTS:
+        final = net.get_parameter(w).detach()
+        assert int(held[-1][w].sum()) == round(0.8 * final.numel())
+        # Each held entry has the value it had right before the step that first pruned it.
+        expected = torch.full_like(final, torch.nan)
+        for snap, mask in zip(reversed(before), reversed(held), strict=True):
+            expected = torch.where(mask[w], snap[w], expected)
+        assert torch.equal(final[held[-1][w]], expected[held[-1][w]])
+        assert int((final[held[-1][w]] == 0).sum()) == 0
+
+
+def test_gradual_freeze_initial_puts_pruned_weights_back_to_the_start() -> None:
+    net, task = tiny_net(), tiny_task()
+    initial = {w: net.get_parameter(w).detach().clone() for w in WEIGHTS}
+    config = GradualConfig(sparsity=0.6, steps=30, end_step=20, frequency=5, mode="freeze_initial")
+    prune_gradual(net, config, Context(task, quiet=True))
+    for w, held in held_values(net).items():
+        pruned = ~held.isnan()
+        assert int(pruned.sum()) == round(0.6 * held.numel())
+        assert torch.equal(held[pruned], initial[w][pruned])
 
 
 def test_a_failure_midway_leaves_the_model_as_it_was() -> None:
@@ -192,6 +287,8 @@ def test_a_failure_midway_leaves_the_model_as_it_was() -> None:
         (GradualConfig, {"steps": 100, "end_step": 100}, "end_step"),
         (GradualConfig, {"frequency": 0}, "frequency"),
         (GradualConfig, {"min_keep": 2.0}, "min_keep"),
+        (GradualConfig, {"mode": "frozen"}, "mode"),
+        (IterativeConfig, {"mode": "remove"}, "mode"),
     ],
 )
 def test_bad_values_name_the_field(

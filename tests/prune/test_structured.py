@@ -312,6 +312,8 @@ def test_config_errors_name_the_field() -> None:
         StructuredConfig(importance="l3")
     with pytest.raises(ConfigError, match="unknown key 'ratios'"):
         StructuredConfig.from_dict({"ratios": 0.5})
+    with pytest.raises(ConfigError, match=r"mode: 'freeze' is not supported, only 'remove'"):
+        StructuredConfig.from_dict({"mode": "freeze"})
     default = StructuredConfig()
     assert StructuredConfig.from_dict(default.to_dict()) == default
     assert StructuredConfig.from_dict({"input_shape": [1, 3, 8, 8]}).input_shape == SHAPE

@@ -66,3 +66,37 @@ def test_human_units() -> None:
         "2 KiB",
         "-",
     )
+
+
+def _with_sensitivity() -> dict[str, object]:
+    report = _report()
+    steps = report["steps"]
+    assert isinstance(steps, list)
+    steps[1]["records"] = {
+        "sparsity": 0.5,
+        "sensitivity": {
+            "metric": "accuracy",
+            "higher_is_better": True,
+            "baseline": 98.0,
+            "ratios": [0.0, 0.5, 0.9],
+            "curves": {"fc1": [98.0, 97.5, 60.25], "fc2": [98.0, 98.0, 91.0]},
+            "sizes": {"fc1": 1200, "fc2": 30},
+            "importance": "l1",
+            "split": "val",
+            "chosen": {"fc1": 0.25, "fc2": 0.9},
+        },
+    }
+    return report
+
+
+def test_sensitivity_curves_are_a_table_in_markdown_and_a_plot_in_html(tmp_path: Path) -> None:
+    md = render_markdown(_with_sensitivity())
+    assert "## Sensitivity: finetune" in md
+    assert "| layer | weights | 0 | 0.5 | 0.9 | chosen |" in md
+    assert "| fc1 | 1,200 | 98 | 97.5 | 60.25 | 0.250 |" in md
+    assert "| fc2 | 30 | 98 | 98 | 91 | 0.900 |" in md
+    assert "- **finetune**: accuracy 98.5, sparsity 0.5" in md  # the curves are not in the list
+    write_reports(_with_sensitivity(), tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<svg") == 5
+    assert "sensitivity (finetune): x = chosen ratio" in page and "fc2" in page

@@ -19,6 +19,7 @@ from netchisel.core.task import Task
 from netchisel.prune.lottery import LotteryConfig
 from netchisel.prune.penalty import PenaltyConfig
 from netchisel.prune.schedule import GradualConfig, IterativeConfig
+from netchisel.prune.sensitivity import SensitivityConfig
 from netchisel.prune.sparse_training import SparseTrainingConfig
 from netchisel.prune.sparsegpt import SparseGPTConfig
 from netchisel.prune.structured import StructuredConfig
@@ -29,6 +30,7 @@ __all__ = [
     "IterativeConfig",
     "LotteryConfig",
     "PenaltyConfig",
+    "SensitivityConfig",
     "SparseGPTConfig",
     "SparseTrainingConfig",
     "StructuredConfig",

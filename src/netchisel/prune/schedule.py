@@ -8,7 +8,8 @@ file adds is only *when* to prune and to *what* ratio, plus two helpers the othe
 training-time stages (`lottery.py`, `sparse_training.py`, `penalty.py`) share:
 
 - `prune_to_`: mask the chosen layers to a sparsity without ever reviving a weight that an
-  earlier step pruned, so sparsity only rises;
+  earlier step pruned, so sparsity only rises; pruned weights are zeroed or, with
+  `mode: freeze` / `freeze_initial`, frozen (`prune.unstructured`'s `hold_` does both);
 - `restored_on_error`: a failure (or an interrupt) in the middle of a stage puts the model's
   weights and masks back as they were.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,9 +37,19 @@ from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
 from netchisel.core.train import TrainSettings, fit
 from netchisel.prune.importance import CRITERIA
-from netchisel.prune.unstructured import PRUNABLE, UnstructuredConfig, compute_keep_masks
+from netchisel.prune.unstructured import (
+    PRUNABLE,
+    UnstructuredConfig,
+    current_weights,
+    hold_,
+    score_layers,
+    select_keep,
+)
 
 DENSE_KERNEL_NOTE = "masked zeros run on dense kernels: latency does not improve (measured)"
+FREEZE_NOTE = "pruned weights are frozen, not zeroed: the model is not sparse"
+
+FreezeMode = Literal["zero", "freeze", "freeze_initial"]
 
 # -- pure schedule functions ------------------------------------------------------------------
 
@@ -122,22 +134,38 @@ def check_global_budget(
 
 
 def prune_to_(
-    model: nn.Module, layers: dict[str, nn.Module], config: UnstructuredConfig, ctx: Context
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    config: UnstructuredConfig,
+    ctx: Context,
+    freeze_at: dict[str, Tensor] | None = None,
 ) -> float:
     """Mask the layers' weights to `config.sparsity`; a weight pruned before stays pruned.
 
-    For criteria that score a zero weight lowest (every one but `random`) the previous zeros
-    are pruned first anyway, so the sparsity reached is exactly what `compute_keep_masks`
-    chose; with `random` the intersection with the old mask can overshoot a little. Returns
-    the fraction of the layers' weights now masked.
+    Entries an earlier mask holds are ranked below every other before selection, so they are
+    pruned first and the sparsity reached is exactly what the selection chose, with every
+    criterion (a frozen weight is not zero, so its score alone would not say it is pruned).
+    Held entries are zeroed, or frozen at `freeze_at` (see `prune.unstructured.hold_`).
+    Returns the fraction of the layers' weights now masked.
     """
-    keep = compute_keep_masks(model, layers, config, ctx)
+    scores = score_layers(model, layers, config.importance, ctx, config.calibration_samples)
     masks = masks_of(model)
-    for name, new in keep.items():
-        weight = f"{name}.weight"
-        old = masks.get(weight)
-        set_mask(model, weight, new if old is None else new & old.keep)
+    for name, score in scores.items():
+        old = masks.get(f"{name}.weight")
+        if old is not None:
+            scores[name] = score.masked_fill(~old.keep.to(score.device), -math.inf)
+    hold_(model, select_keep(scores, config), freeze_at)
     return masked_fraction(model, layers)
+
+
+def freeze_values(
+    mode: FreezeMode, layers: dict[str, nn.Module], initial: dict[str, Tensor]
+) -> dict[str, Tensor] | None:
+    """What a pruning step holds pruned weights at: None (zero), their current values
+    (`freeze`) or their values when the stage began (`freeze_initial`, taken as `initial`)."""
+    if mode == "zero":
+        return None
+    return current_weights(layers) if mode == "freeze" else initial
 
 
 def masked_fraction(model: nn.Module, layers: dict[str, nn.Module]) -> float:
@@ -249,6 +277,12 @@ def check_sparsity(stage: str, field: str, value: float) -> None:
         raise ConfigError(f"{stage}: {field} {value} is not in [0, 1)")
 
 
+def check_mode(stage: str, mode: str) -> None:
+    if mode not in typing.get_args(FreezeMode):
+        known = ", ".join(typing.get_args(FreezeMode))
+        raise ConfigError(f"{stage}: mode {mode!r} is not one of {known}")
+
+
 # -- prune.iterative --------------------------------------------------------------------------
 
 
@@ -263,6 +297,9 @@ class IterativeConfig(TrainingStageConfig):
       `finetune_steps`: training after every round.
     - `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples`:
       as in `prune.unstructured` (the criterion is re-measured every round).
+    - `mode`: "zero" (pruned weights are 0 and stay 0), "freeze" (they keep the value they
+      had when they were pruned and are not trained) or "freeze_initial" (they go back to
+      the value they had when the stage began, before any of its training, and stay there).
     - `lr`, `optimizer`, `weight_decay`, `lr_schedule`, `batch_size`: every training run.
 
     Example:
@@ -282,10 +319,12 @@ class IterativeConfig(TrainingStageConfig):
     exclude: tuple[str, ...] = ()
     min_keep: float = 0.01
     calibration_samples: int = 128
+    mode: FreezeMode = "zero"
 
     def validate(self) -> None:
         stage = "prune.iterative"
         check_sparsity(stage, "sparsity", self.sparsity)
+        check_mode(stage, self.mode)
         if self.rounds < 1:
             raise ConfigError(f"{stage}: rounds must be >= 1, got {self.rounds}")
         if self.train_steps < 0:
@@ -311,6 +350,7 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> 
     if config.scope == "global":
         check_global_budget(stage, layers, config.sparsity, config.min_keep)
     rounds: list[dict[str, Any]] = []
+    initial = current_weights(layers)
     with restored_on_error(model):
         if config.train_steps:
             fit(model, task, train_settings(config, config.train_steps), ctx)
@@ -318,7 +358,8 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> 
             {"round": 0, "sparsity": masked_fraction(model, layers), **task.evaluate(model)}
         )
         for k, target in enumerate(config.round_sparsities(), start=1):
-            reached = prune_to_(model, layers, _selection(config, target), ctx)
+            held = freeze_values(config.mode, layers, initial)
+            reached = prune_to_(model, layers, _selection(config, target), ctx, held)
             if config.finetune_steps:
                 fit(model, task, train_settings(config, config.finetune_steps), ctx)
             rounds.append({"round": k, "sparsity": reached, **task.evaluate(model)})
@@ -326,7 +367,7 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> 
         sparsity=rounds[-1]["sparsity"],
         rounds=rounds,
         train_steps=config.train_steps + config.rounds * config.finetune_steps,
-        note=DENSE_KERNEL_NOTE,
+        note=DENSE_KERNEL_NOTE if config.mode == "zero" else FREEZE_NOTE,
     )
     return model
 
@@ -344,6 +385,7 @@ class GradualConfig(TrainingStageConfig):
       quarter to recover at the final sparsity).
     - `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples`:
       as in `prune.unstructured`.
+    - `mode`: "zero", "freeze" or "freeze_initial", as in `prune.iterative`.
     - `lr`, `optimizer`, `weight_decay`, `lr_schedule`, `batch_size`: the training run.
 
     Example:
@@ -364,10 +406,12 @@ class GradualConfig(TrainingStageConfig):
     exclude: tuple[str, ...] = ()
     min_keep: float = 0.01
     calibration_samples: int = 128
+    mode: FreezeMode = "zero"
 
     def validate(self) -> None:
         stage = "prune.gradual"
         check_sparsity(stage, "sparsity", self.sparsity)
+        check_mode(stage, self.mode)
         check_sparsity(stage, "initial_sparsity", self.initial_sparsity)
         if self.initial_sparsity > self.sparsity:
             raise ConfigError(
@@ -419,12 +463,14 @@ def prune_gradual(model: nn.Module, config: GradualConfig, ctx: Context) -> nn.M
         check_global_budget(stage, layers, config.sparsity, config.min_keep)
     when = set(config.pruning_steps())
     schedule: list[dict[str, float]] = []
+    initial = current_weights(layers)
 
     def after_step(step: int) -> None:
         if step not in when:
             return
         target = config.target(step)
-        reached = prune_to_(model, layers, _selection(config, target), ctx)
+        held = freeze_values(config.mode, layers, initial)
+        reached = prune_to_(model, layers, _selection(config, target), ctx, held)
         schedule.append({"step": step, "target": target, "sparsity": reached})
 
     with restored_on_error(model):
@@ -433,7 +479,7 @@ def prune_gradual(model: nn.Module, config: GradualConfig, ctx: Context) -> nn.M
         sparsity=masked_fraction(model, layers),
         schedule=schedule,
         final_train_loss=losses[-1],
-        note=DENSE_KERNEL_NOTE,
+        note=DENSE_KERNEL_NOTE if config.mode == "zero" else FREEZE_NOTE,
     )
     return model
 

@@ -82,6 +82,10 @@ class StructuredConfig(StageConfig):
       faster on multiples of 8).
     - `calibration_samples`: training samples the taylor and wanda criteria look at.
     - `input_shape`: the example input to trace when the stage has no task (float zeros).
+    - `mode`: only "remove". The other pruning stages can instead freeze what they prune
+      (`mode: freeze`); here that is refused with one error: removing channels is what makes
+      the model smaller and faster, while a kept-but-frozen channel is still computed and
+      stored, and freezing it would mean freezing every tensor coupled to it as well.
 
     Example:
         >>> StructuredConfig(target_macs_ratio=0.5).granularity
@@ -100,8 +104,17 @@ class StructuredConfig(StageConfig):
     round_to: int = 1
     calibration_samples: int = 128
     input_shape: tuple[int, ...] | None = None
+    mode: str = "remove"
 
     def validate(self) -> None:
+        if self.mode != "remove":
+            raise ConfigError(
+                f"{STAGE}.mode: {self.mode!r} is not supported, only 'remove': structured "
+                "pruning removes channels, which is what makes the model smaller and faster; a "
+                "channel kept but frozen is still computed and stored (no MAC, size or latency "
+                "change). To freeze pruned weights in place use prune.unstructured, "
+                "prune.iterative or prune.gradual with mode: freeze"
+            )
         ratios = [("ratio", self.ratio)]
         ratios += [(f"per_layer[{k!r}]", v) for k, v in self.per_layer.items()]
         for name, value in ratios:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.masks import set_mask
+from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
 from netchisel.prune.importance import CRITERIA, NEEDS, collect_stats, get_criterion
@@ -96,15 +96,13 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Contex
             raise ConfigError(
                 f"prune.unstructured: layer {name}: the criterion scored a wrong shape"
             )
-    for name, mask in keep.items():
-        weight = f"{name}.weight"
-        fill = model.get_parameter(weight).detach().clone() if config.mode == "freeze" else None
-        set_mask(model, weight, mask, fill)
-    pruned = {n: 1.0 - float(k.float().mean()) for n, k in keep.items()}
-    total = sum(k.numel() for k in keep.values())
+    freeze_at = current_weights(layers) if config.mode == "freeze" else None
+    hold_(model, keep, freeze_at)
+    held = {n: masks_of(model)[f"{n}.weight"].keep for n in keep}
+    total = sum(k.numel() for k in held.values())
     ctx.record(
-        sparsity=sum(int((~k).sum()) for k in keep.values()) / total,
-        layer_sparsity=pruned,
+        sparsity=sum(int((~k).sum()) for k in held.values()) / total,
+        layer_sparsity={n: 1.0 - float(k.float().mean()) for n, k in held.items()},
         note="unstructured zeros run on dense kernels: latency does not improve (measured)",
     )
     return model
@@ -114,11 +112,38 @@ def compute_keep_masks(
     model: nn.Module, layers: dict[str, nn.Module], config: UnstructuredConfig, ctx: Context
 ) -> dict[str, Tensor]:
     """The keep-mask of every chosen layer's weight; the model is not changed."""
-    criterion = get_criterion(config.importance)
-    need = NEEDS.get(config.importance)
-    stats = collect_stats(model, layers, ctx.task, need, config.calibration_samples)
+    scores = score_layers(model, layers, config.importance, ctx, config.calibration_samples)
+    return select_keep(scores, config)
+
+
+def score_layers(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    importance: str,
+    ctx: Context,
+    calibration_samples: int = 128,
+) -> dict[str, Tensor]:
+    """Every chosen layer's weight scores under the criterion `importance`; the model is not
+    changed. Data criteria measure the task through `ctx`; `random` is seeded by `ctx.seed`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> score_layers(net, {"0": net[0]}, "l1", Context(None))["0"].shape
+        torch.Size([2, 2])
+    """
+    criterion = get_criterion(importance)
+    stats = collect_stats(model, layers, ctx.task, NEEDS.get(importance), calibration_samples)
     torch.manual_seed(ctx.seed)  # for the random criterion
-    scores = {n: criterion(m.get_parameter("weight"), stats[n]) for n, m in layers.items()}
+    return {n: criterion(m.get_parameter("weight"), stats[n]) for n, m in layers.items()}
+
+
+def select_keep(scores: dict[str, Tensor], config: UnstructuredConfig) -> dict[str, Tensor]:
+    """Scores to keep-masks by the config's pattern, scope, group and per-layer ratios.
+
+    Example:
+        >>> select_keep({"fc": torch.tensor([3.0, 1.0, 2.0, 4.0])}, UnstructuredConfig())["fc"]
+        tensor([ True, False, False,  True])
+    """
     pattern = parse_pattern(config.pattern)
     if pattern is not None:
         return {n: keep_n_of_m(s, *pattern, layer=n) for n, s in scores.items()}
@@ -133,3 +158,44 @@ def _ratio(layer: str, config: UnstructuredConfig) -> float:
         if re.fullmatch(pattern, layer):
             return ratio
     return config.sparsity
+
+
+def current_weights(layers: dict[str, nn.Module]) -> dict[str, Tensor]:
+    """A copy of every layer's weight as it is now (the values `mode: freeze` holds)."""
+    return {n: m.get_parameter("weight").detach().clone() for n, m in layers.items()}
+
+
+def hold_(
+    model: nn.Module, keep: dict[str, Tensor], freeze_at: dict[str, Tensor] | None = None
+) -> None:
+    """Hold every layer's weight where `keep` is False: at zero, or frozen at `freeze_at`.
+
+    `freeze_at` maps a layer to the values its held entries keep (its current weight for
+    `mode: freeze`, its weight at the start of a schedule for `freeze_initial`); None zeroes
+    them. An entry that an earlier mask held stays held, at the value it was held at, so
+    stages and rounds only ever add to what is pruned or frozen.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2, bias=False))
+        >>> _ = nn.init.ones_(net[0].weight)
+        >>> hold_(net, {"0": torch.tensor([[True, False], [True, True]])})
+        >>> net[0].weight.tolist()
+        [[1.0, 0.0], [1.0, 1.0]]
+        >>> frozen = {"0": torch.full((2, 2), 5.0)}
+        >>> hold_(net, {"0": torch.tensor([[False, True], [True, True]])}, frozen)
+        >>> net[0].weight.tolist()
+        [[5.0, 0.0], [1.0, 1.0]]
+    """
+    masks = masks_of(model)
+    for name, new in keep.items():
+        weight = f"{name}.weight"
+        fill = None if freeze_at is None else freeze_at[name].clone()
+        old = masks.get(weight)
+        if old is not None:
+            new = new & old.keep
+            if fill is not None or old.fill is not None:
+                zeros = torch.zeros_like(model.get_parameter(weight))
+                free = fill if fill is not None else zeros
+                held = old.fill if old.fill is not None else zeros
+                fill = torch.where(old.keep, free.to(zeros.device), held)
+        set_mask(model, weight, new, fill)

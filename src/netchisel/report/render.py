@@ -130,11 +130,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Metrics", ""]
     for step in report["steps"]:
         extra = {**step["metrics"], **step.get("records", {})}
-        cells = ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items())
+        cells = ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items() if k != "sensitivity")
         lines.append(f"- **{step['name']}**: {cells or '-'}")
     uncounted = uncounted_ops(report)
     if uncounted:
         lines += ["", f"FLOPs do not include these ops (no formula): {', '.join(uncounted)}"]
+    for step in report["steps"]:
+        lines += sensitivity_table(step)
     machine = report.get("machine", {})
     lines += [
         "",
@@ -145,6 +147,32 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def sensitivity_table(step: dict[str, Any]) -> list[str]:
+    """A step's sensitivity curves (`prune.sensitivity`): a row per layer, a column per ratio."""
+    data = step.get("records", {}).get("sensitivity")
+    if not data:
+        return []
+    chosen = data.get("chosen") or {}
+    head = ["layer", "weights", *(f"{r:g}" for r in data["ratios"])]
+    head += ["chosen"] if chosen else []
+    lines = [
+        "",
+        f"## Sensitivity: {step['name']}",
+        "",
+        f"{data['metric']} on the {data.get('split', 'evaluation')} split with one layer pruned "
+        f"alone to each ratio ({data.get('importance', 'l1')}), every other layer unpruned"
+        + ("; chosen: the ratio the stage gave the layer." if chosen else "."),
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
+    for layer, curve in data["curves"].items():
+        cells = [layer, f"{data['sizes'][layer]:,}", *(f"{v:.4g}" for v in curve)]
+        cells += [f"{chosen[layer]:.3f}"] if chosen else []
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def uncounted_ops(report: dict[str, Any]) -> list[str]:
@@ -244,8 +272,32 @@ def _plots(report: dict[str, Any]) -> list[str]:
         ax.set_xlabel(f"{label} per layer (leaf modules)")
         ax.legend(fontsize=7)
         figures.append(_svg(fig))
+    for step in steps:
+        data = step.get("records", {}).get("sensitivity")
+        if data:
+            figures.append(_sensitivity_plot(step["name"], data))
     plt.close("all")
     return figures
+
+
+def _sensitivity_plot(name: str, data: dict[str, Any]) -> str:
+    """Metric vs ratio, one line per layer; an x marks the ratio the stage chose."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    chosen = data.get("chosen") or {}
+    for layer, curve in data["curves"].items():
+        (line,) = ax.plot(data["ratios"], curve, "o-", markersize=3, linewidth=1, label=layer)
+        if layer in chosen:
+            at = float(np.interp(chosen[layer], data["ratios"], curve))
+            ax.plot([chosen[layer]], [at], "x", color=line.get_color(), markersize=8)
+    ax.axhline(data["baseline"], color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("fraction of one layer's weights pruned (that layer alone)")
+    ax.set_ylabel(str(data["metric"]))
+    ax.set_title(f"sensitivity ({name})" + (": x = chosen ratio" if chosen else ""))
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _svg(fig)
 
 
 def _svg(fig: Any) -> str:

@@ -16,11 +16,13 @@ from torch import nn
 from netchisel.core.config import StageConfig
 from netchisel.core.registry import apply_config
 from netchisel.core.task import Task
+from netchisel.quantize.cluster import KMeansConfig
 from netchisel.quantize.primitives import QuantSpec
 from netchisel.quantize.ptq import DynamicInt8Config, RTNConfig
 
 __all__ = [
     "DynamicInt8Config",
+    "KMeansConfig",
     "QuantSpec",
     "RTNConfig",
     "quantize_",

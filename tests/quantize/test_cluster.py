@@ -1,0 +1,284 @@
+"""k-means weight sharing: the clustering, the modules, the stage and the artifact."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import netchisel as nc
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.masks import masks_of, set_mask
+from netchisel.core.task import Task
+from netchisel.pipeline.artifact import WEIGHTS
+from netchisel.prune.unstructured import UnstructuredConfig, prune_unstructured
+from netchisel.quantize import cluster
+from netchisel.quantize.cluster import (
+    ClusteredConv,
+    ClusteredLinear,
+    KMeansConfig,
+    cluster_weight,
+    kmeans_1d,
+    quantize_kmeans,
+)
+from netchisel.quantize.huffman import code_lengths
+from netchisel.quantize.int_codecs import to_relative
+from netchisel.quantize.primitives import QuantSpec, fake_quantize
+from netchisel.zoo import data
+
+
+def small_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+
+
+@pytest.fixture(scope="module")
+def task() -> Task:
+    return data.task("digits")
+
+
+@pytest.fixture(scope="module")
+def trained(task: Task) -> nn.Module:
+    """A small digits MLP trained for 200 steps, then pruned to 80%."""
+    from netchisel.core.train import TrainSettings, fit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before conftest's one-thread fixture
+    model = small_mlp()
+    fit(model, task, TrainSettings(steps=200, lr=3e-3), Context(task, quiet=True))
+    prune_unstructured(model, UnstructuredConfig(sparsity=0.8), Context(task, quiet=True))
+    torch.set_num_threads(threads)
+    return model
+
+
+def fresh(trained: nn.Module) -> nn.Module:
+    """A copy of the trained, pruned model with its masks (deepcopy keeps them)."""
+    import copy
+
+    return copy.deepcopy(trained)
+
+
+# -- k-means on tensors -----------------------------------------------------------------------
+
+
+def test_kmeans_finds_separated_clusters_and_is_deterministic() -> None:
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([-2.0, 0.5, 3.0])
+    x = centers[torch.randint(0, 3, (3000,), generator=g)] + 0.05 * torch.randn(3000, generator=g)
+    c, labels = kmeans_1d(x, 3)
+    assert torch.allclose(c, centers, atol=0.01)
+    assert torch.equal(c[labels], c[(x[:, None] - c).abs().argmin(1)])  # nearest centroid
+    again, _ = kmeans_1d(x, 3)
+    assert torch.equal(c, again)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
+def test_at_most_2_to_bits_values_and_lower_error_than_uniform(bits: int) -> None:
+    w = torch.randn(300, 64, generator=torch.Generator().manual_seed(bits))
+    codebook, idx = cluster_weight(w, bits)
+    shared = codebook[idx.long()]
+    assert idx.dtype == torch.uint8 and len(codebook) == 2**bits
+    assert torch.unique(shared).numel() <= 2**bits
+    uniform = fake_quantize(w, QuantSpec(bits=bits, symmetric=False, granularity="tensor"))
+    kmeans_err = float((shared - w).pow(2).mean())
+    uniform_err = float((uniform - w).pow(2).mean())
+    # Gaussian weights: k-means moves levels to where the weights are (Lloyd-Max). From the
+    # linear init, tail centroids that catch no weight stay put, so the gain shrinks at 6-8
+    # bits (measured ratios 0.20, 0.31, 0.37, 0.51, 0.86, 0.95 for 2-8 bits).
+    assert kmeans_err < (0.6 if bits <= 5 else 0.97) * uniform_err
+
+
+def test_pruned_zeros_stay_zero_and_take_no_centroid() -> None:
+    w = torch.randn(100, 50, generator=torch.Generator().manual_seed(1))
+    pruned = w.abs() < 1.0  # about 68% pruned
+    w = w * ~pruned
+    codebook, idx = cluster_weight(w, 3, pruned=pruned)
+    assert float(codebook[0]) == 0.0
+    assert torch.equal(idx == 0, pruned)  # index 0 exactly where pruned
+    shared = codebook[idx.long()]
+    assert torch.equal(shared == 0, pruned)
+    # The other seven centroids all hold kept weights (|w| >= 1), none is wasted on zero.
+    assert torch.unique(shared[~pruned]).numel() == 7
+    assert bool((codebook[1:].abs() >= 1.0).all())
+
+
+def test_centroid_gradient_is_the_sum_of_its_weights_gradients() -> None:
+    layer = ClusteredLinear.from_linear(nn.Linear(16, 8), bits=3, pruned=torch.rand(8, 16) < 0.5)
+    x = torch.randn(4, 16)
+    layer(x).pow(2).sum().backward()
+    assert layer.codebook.grad is not None
+    weight = layer.weight.detach().requires_grad_()
+    nn.functional.linear(x, weight, layer.bias.detach()).pow(2).sum().backward()
+    assert weight.grad is not None
+    per_index = torch.zeros(8).index_add_(
+        0, layer.indices.long().reshape(-1), weight.grad.reshape(-1)
+    )
+    per_index[0] = 0.0  # the reserved zero code is not trained
+    assert torch.allclose(layer.codebook.grad, per_index, atol=1e-5)
+
+
+def test_inference_weight_is_gathered_once_until_the_codebook_changes() -> None:
+    layer = ClusteredLinear.from_linear(nn.Linear(8, 4), bits=2)
+    with torch.no_grad():
+        first = layer.weight
+        assert layer.weight is first  # cached
+        layer.load_state_dict({**layer.state_dict(), "codebook": layer.codebook + 1.0})
+        second = layer.weight
+    assert second is not first and torch.equal(second, first + 1.0)
+    assert layer.weight.requires_grad  # with grad enabled it is gathered for training
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv1d(4, 6, 3, padding=1),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=False),
+        nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
+        nn.Conv3d(2, 4, 3, padding="same", dilation=1),
+    ],
+)
+def test_clustered_conv_computes_the_conv_of_its_shared_weight(conv: nn.Module) -> None:
+    layer = ClusteredConv.from_conv(conv, bits=4)  # type: ignore[arg-type]
+    reference = type(conv)(
+        conv.in_channels,  # type: ignore[arg-type]
+        conv.out_channels,  # type: ignore[arg-type]
+        conv.kernel_size,  # type: ignore[arg-type]
+        stride=conv.stride,  # type: ignore[arg-type]
+        padding=conv.padding,  # type: ignore[arg-type]
+        groups=conv.groups,  # type: ignore[arg-type]
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,  # type: ignore[arg-type]
+    )
+    reference.load_state_dict({**conv.state_dict(), "weight": layer.weight.detach()})
+    x = torch.randn(2, conv.in_channels, *([6] * (len(conv.kernel_size))))  # type: ignore[arg-type]
+    assert torch.allclose(layer(x), reference(x), atol=1e-6)
+    assert torch.unique(layer.weight).numel() <= 16
+
+
+# -- the stage --------------------------------------------------------------------------------
+
+
+def test_stage_clusters_every_layer_and_keeps_pruned_zeros(trained: nn.Module, task: Task) -> None:
+    model = fresh(trained)
+    zeros = {n: m.weight == 0 for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    ctx = Context(task, quiet=True)
+    quantize_kmeans(model, KMeansConfig(bits=4, per_layer_bits={"3": 3}), ctx)
+    assert isinstance(model[1], ClusteredLinear) and isinstance(model[3], ClusteredLinear)
+    assert masks_of(model) == {}  # the masked weights are gone; their zeros are index 0
+    for name, bits in (("1", 4), ("3", 3)):
+        layer = model.get_submodule(name)
+        assert torch.equal(layer.weight == 0, zeros[name])
+        assert torch.unique(layer.weight).numel() <= 2**bits
+    assert ctx.records["layer_bits"] == {"1": 4, "3": 3}
+    assert ctx.records["distinct_values"]["3"] <= 8
+    assert max(ctx.records["weight_relative_error"].values()) < 0.12
+    assert "no speed-up" in ctx.records["note"]
+
+
+def test_centroid_finetuning_lowers_the_loss(trained: nn.Module, task: Task) -> None:
+    def train_loss(model: nn.Module) -> float:
+        return task.evaluate(model, "train")["loss"]
+
+    clustered = fresh(trained)
+    quantize_kmeans(clustered, KMeansConfig(bits=2), Context(task, quiet=True))
+    tuned = fresh(trained)
+    config = KMeansConfig(bits=2, finetune_steps=60, lr=1e-3)
+    quantize_kmeans(tuned, config, Context(task, quiet=True))
+    before, after = train_loss(clustered), train_loss(tuned)
+    assert after < 0.9 * before
+    # Fine-tuning moved the centroids but kept the sharing and the zeros.
+    assert torch.equal(tuned[1].indices, clustered[1].indices)
+    assert torch.equal(tuned[1].weight == 0, clustered[1].weight == 0)
+    assert not torch.equal(tuned[1].codebook, clustered[1].codebook)
+
+
+def _tensor_bytes(artifact: Path) -> dict[str, int]:
+    """Bytes of every tensor in model.safetensors, read from its header."""
+    raw = (artifact / WEIGHTS).read_bytes()
+    (size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + size])
+    header.pop("__metadata__", None)
+    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()}
+
+
+def test_artifact_round_trip_is_bit_exact_and_huffman_coded(
+    trained: nn.Module, task: Task, tmp_path: Path
+) -> None:
+    model = fresh(trained)
+    quantize_kmeans(model, KMeansConfig(bits=5), Context(task, quiet=True))
+    path = nc.save(model, tmp_path / "huffman")
+    loaded = nc.load(path)
+    x = task.example_inputs(16)[0]
+    assert torch.equal(loaded(x), model.eval()(x))
+    assert torch.equal(loaded[1].indices, model[1].indices)
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["tensors"]["1.indices"]["codec"] == "huffman"
+    # The stored indices are exactly the Huffman tables and streams of the relative layout.
+    indices = model[1].indices.numpy().reshape(-1).astype(np.int64)
+    meta = manifest["tensors"]["1.indices"]["meta"]
+    assert meta["layout"] == "sparse"
+    gaps, values = to_relative(indices, meta["index_bits"])
+    alphabet = int(indices.max()) + 1
+    expected = alphabet + 2 ** meta["index_bits"]
+    for symbols, size in ((values, alphabet), (gaps, 2 ** meta["index_bits"])):
+        freqs = np.bincount(symbols, minlength=size)
+        expected += math.ceil(int((freqs * code_lengths(freqs)).sum()) / 8)
+    stored = _tensor_bytes(path)
+    assert stored["1.indices"] == expected
+    # Stored raw, an index takes one byte; the files differ by exactly the tensor bytes saved,
+    # up to a few bytes of safetensors header (shapes differ, 8-byte alignment).
+    raw_model = fresh(trained)
+    quantize_kmeans(raw_model, KMeansConfig(bits=5, codec="raw"), Context(task, quiet=True))
+    raw_path = nc.save(raw_model, tmp_path / "raw")
+    assert _tensor_bytes(raw_path)["1.indices"] == indices.size == 3072
+    saved = (raw_path / WEIGHTS).stat().st_size - (path / WEIGHTS).stat().st_size
+    assert abs(saved - (3072 - expected) - (480 - _tensor_bytes(path)["3.indices"])) <= 16
+    assert expected < 0.25 * 3072
+
+
+def test_failed_finetuning_leaves_the_model_as_it_was(
+    trained: nn.Module, task: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = fresh(trained)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    masks = {n: m.keep.clone() for n, m in masks_of(model).items()}
+
+    def broken_fit(*args: object, **kwargs: object) -> list[float]:
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(cluster, "fit", broken_fit)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        quantize_kmeans(model, KMeansConfig(finetune_steps=5), Context(task, quiet=True))
+    assert type(model[1]) is nn.Linear and type(model[3]) is nn.Linear
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert {n: m.keep for n, m in masks_of(model).items()}.keys() == masks.keys()
+    assert all(torch.equal(masks_of(model)[n].keep, k) for n, k in masks.items())
+
+
+def test_config_and_model_errors_name_the_fix() -> None:
+    with pytest.raises(ConfigError, match="bits=9 is outside 2-8"):
+        KMeansConfig(bits=9)
+    with pytest.raises(ConfigError, match="bits fc=1"):
+        KMeansConfig(per_layer_bits={"fc": 1})
+    with pytest.raises(ConfigError, match="unknown key 'huffman'"):
+        KMeansConfig.from_dict({"huffman": True})
+    with pytest.raises(ConfigError, match="needs a task"):
+        quantize_kmeans(small_mlp(), KMeansConfig(finetune_epochs=1), Context(None, quiet=True))
+    frozen = small_mlp()
+    set_mask(frozen, "1.weight", torch.rand(48, 64) < 0.5, fill=frozen[1].weight.detach().clone())
+    with pytest.raises(ConfigError, match="frozen entries"):
+        quantize_kmeans(frozen, KMeansConfig(), Context(None, quiet=True))
+    tied = small_mlp()
+    tied.append(nn.Linear(64, 48))
+    tied[4].weight = tied[1].weight
+    with pytest.raises(ConfigError, match="tied"):
+        quantize_kmeans(tied, KMeansConfig(), Context(None, quiet=True))
+    with pytest.raises(ConfigError, match="no Linear or Conv"):
+        quantize_kmeans(nn.Sequential(nn.ReLU()), KMeansConfig(), Context(None, quiet=True))

@@ -2,6 +2,7 @@ import warnings
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 import netchisel as nc
@@ -12,6 +13,7 @@ from netchisel.prune import UnstructuredConfig, prune_
 from netchisel.quantize import DynamicInt8Config, RTNConfig, quantize_
 from netchisel.quantize.modules import (
     DynamicInt8Linear,
+    Int8Embedding,
     Int4WeightOnlyLinear,
     Int8WeightOnlyLinear,
     PackedLinear,
@@ -107,3 +109,39 @@ def test_bad_configs_name_the_value(data, message):
 def test_a_model_without_linears_is_an_error():
     with pytest.raises(ConfigError, match="no Linear layer"):
         quantize_(nn.Sequential(nn.Conv2d(1, 1, 1)), DynamicInt8Config())
+
+
+class _Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 32)
+        self.head = nn.Linear(32, 50)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+def test_embeddings_become_int8_rows_within_half_a_step(tmp_path):
+    torch.manual_seed(0)
+    net = _Tagger()
+    table = net.embed.weight.detach().clone()
+    quantize_(net, RTNConfig(bits=8, embeddings=True))
+    assert isinstance(net.embed, Int8Embedding)
+    ids = torch.arange(50)
+    looked_up = net.embed(ids)
+    step = net.embed.scales[:, None]
+    assert bool(((looked_up - table).abs() <= step / 2 + 1e-7).all())
+    saved = nc.save(net, tmp_path / "m")
+    # int8 table + a float scale per row, int8 head + a bf16 scale per row, float bias.
+    stored = sum(
+        t.numel() * t.element_size() for t in load_file(str(saved / "model.safetensors")).values()
+    )
+    assert stored == 50 * 32 + 50 * 4 + 50 * 32 + 50 * 2 + 50 * 4
+    assert torch.equal(nc.load(saved)(ids), net(ids))
+
+
+def test_embeddings_are_listed_as_float_unless_asked():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quantize_(_Tagger(), RTNConfig(bits=8))
+    assert any("embed (Embedding)" in str(w.message) for w in caught)

@@ -22,6 +22,7 @@ from netchisel.core.modules import replace_module, select_modules
 from netchisel.core.registry import register
 from netchisel.quantize.modules import (
     DynamicInt8Linear,
+    Int8Embedding,
     kernel_qparams,
     padded_weight,
     quantized_linear,
@@ -33,7 +34,7 @@ from netchisel.quantize.primitives import (
 )
 
 # Layers that hold weights but have no weight-only kernel here; they are reported, not touched.
-NO_KERNEL = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class WeightQuantConfig(StageConfig):
     - `scale_method`: minmax, percentile or mse (see `primitives.choose_qparams`).
     - `layers` / `exclude`: regexes over Linear layer names; `per_layer_bits` overrides `bits`
       for layers whose name fully matches a regex (mixed precision).
+    - `embeddings`: also store every `nn.Embedding` as int8 rows (`Int8Embedding`); in small
+      language models and BERTs the token table is often most of the bytes.
     """
 
     bits: int = 8
@@ -57,6 +60,7 @@ class WeightQuantConfig(StageConfig):
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     per_layer_bits: dict[str, int] = field(default_factory=dict)
+    embeddings: bool = False
 
     def validate(self) -> None:
         stage = self.stage_name()
@@ -112,14 +116,19 @@ def quantize_rtn(model: nn.Module, config: RTNConfig, ctx: Context) -> nn.Module
 
 
 def chosen_linears(
-    model: nn.Module, layers: tuple[str, ...] | None, exclude: tuple[str, ...], stage: str
+    model: nn.Module,
+    layers: tuple[str, ...] | None,
+    exclude: tuple[str, ...],
+    stage: str,
+    embeddings: bool = False,
 ) -> dict[str, nn.Linear]:
     """The Linear layers a quantization stage works on; warns once about layers it skips."""
     chosen = select_modules(model, (nn.Linear,), layers, exclude)
     if not chosen:
         raise ConfigError(f"{stage}: the model has no Linear layer to quantize")
+    skip_types = CONVOLUTIONS if embeddings else (*CONVOLUTIONS, nn.Embedding)
     skipped = [
-        f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, NO_KERNEL)
+        f"{n} ({type(m).__name__})" for n, m in model.named_modules() if isinstance(m, skip_types)
     ]
     if skipped:
         shown = ", ".join(skipped[:6]) + (
@@ -127,7 +136,7 @@ def chosen_linears(
         )
         warnings.warn(
             f"{stage}: no kernel for these layers, they stay in float: {shown} "
-            "(quantize.static_int8 covers convolutions)",
+            "(quantize.static_int8 covers convolutions; embeddings: true stores tables as int8)",
             stacklevel=3,
         )
     return {n: m for n, m in chosen.items() if isinstance(m, nn.Linear)}
@@ -141,8 +150,12 @@ def swap_linears(
 ) -> dict[str, nn.Module]:
     """Build every replacement first, then swap them in and record what changed."""
     stage = config.stage_name()
-    linears = chosen_linears(model, config.layers, config.exclude, stage)
+    embeddings = getattr(config, "embeddings", False)
+    linears = chosen_linears(model, config.layers, config.exclude, stage, embeddings)
     new = {name: make(name, linear) for name, linear in linears.items()}
+    if embeddings:
+        tables = select_modules(model, (nn.Embedding,), None, ())
+        new.update({n: Int8Embedding.from_float(m) for n, m in tables.items()})  # type: ignore[arg-type]
     for name, module in new.items():
         replace_module(model, name, module)
     # A pruned layer's zeros are now in its integers; its mask names a weight that is gone.

@@ -42,6 +42,7 @@ def variants(reference: nn.Module) -> dict[str, tuple[nn.Module, bool]]:
         )
     ours = {
         "netchisel dynamic int8 (per-token)": DynamicInt8Config(),
+        "netchisel dynamic int8 + int8 embeddings": DynamicInt8Config(embeddings=True),
         "netchisel int8 weight-only": RTNConfig(bits=8),
         "netchisel int8 weight-only + int8 embeddings": RTNConfig(bits=8, embeddings=True),
         "netchisel int4 weight-only g32": RTNConfig(bits=4, group_size=32),

@@ -178,6 +178,8 @@ def swap_linears(
 class DynamicInt8Config(StageConfig):
     """int8 weights, and activations quantized to int8 per row at run time (no calibration).
 
+    `layers`, `exclude` and `embeddings` are as in `WeightQuantConfig`.
+
     Example:
         >>> DynamicInt8Config(exclude=("head",)).exclude
         ('head',)
@@ -185,6 +187,7 @@ class DynamicInt8Config(StageConfig):
 
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    embeddings: bool = False
 
     def stage_name(self) -> str:
         return "quantize.dynamic_int8"

@@ -212,6 +212,45 @@ def prune_llm_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def prune_global_local_section(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Global vs local magnitude pruning (`bench/prune_global_local.py`)",
+        "",
+        f"{d['importance']} magnitude over every Linear/Conv weight at equal overall sparsity: "
+        "local (the same ratio per layer), global (one threshold, every layer keeps "
+        f"{100 * d['global_min_keep']:.0f}%), and sensitivity (per-layer ratios chosen from "
+        "`prune.sensitivity` curves on val for the least predicted loss). Test accuracy %, "
+        "before and after a short fine-tune (median of the seeds). Plots: "
+        + ", ".join(f"`{p}`" for p in d["plots"])
+        + ".",
+        "",
+    ]
+    for name, m in d["models"].items():
+        ft = m["finetune"]
+        lines += [
+            f"**{name}** on {m['task']} ({m['params']:,} params; dense test "
+            f"{m['dense']['test']:.2f}%; fine-tune {ft['steps']} steps, seeds {m['seeds']})",
+            "",
+            "| sparsity | local | global | sensitivity | local FT | global FT | sensitivity FT |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for sparsity in d["sparsities"]:
+            rows = {r["arm"]: r for r in m["rows"] if r["sparsity"] == sparsity}
+            cells = [f"{rows[a]['test_no_ft']:.2f}" for a in ("local", "global", "sensitivity")]
+            cells += [
+                f"{rows[a]['test_ft_median']:.2f}" for a in ("local", "global", "sensitivity")
+            ]
+            lines.append(f"| {100 * sparsity:.0f}% | " + " | ".join(cells) + " |")
+        sens = [r for r in m["rows"] if r["arm"] == "sensitivity"]
+        pairs = ", ".join(
+            f"{100 * r['sparsity']:.0f}%: {r['predicted_val_loss']:.1f} / "
+            f"{r['measured_val_loss']:.1f}"
+            for r in sens
+        )
+        lines += ["", f"Sensitivity arm, val points lost predicted / measured: {pairs}.", ""]
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -229,6 +268,7 @@ def main() -> None:
         ("prune_lottery", lottery_section),
         ("prune_sparse_training", sparse_training_section),
         ("prune_llm", prune_llm_section),
+        ("prune_global_local", prune_global_local_section),
     ):
         data = load(name)
         if data is not None:

@@ -134,3 +134,20 @@ def test_kernel_cache_follows_loaded_weights():
     a.load_state_dict(b.state_dict())
     assert not torch.equal(a(x), before)
     assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize(
+    "make, op",
+    [
+        (lambda lin: Int8WeightOnlyLinear.from_float(lin), "aten._weight_int8pack_mm"),
+        (lambda lin: Int4WeightOnlyLinear.from_float(lin, 32), "aten._weight_int4pack_mm_for_cpu"),
+        (lambda lin: DynamicInt8Linear.from_float(lin), "aten._int_mm"),
+        (lambda lin: PackedLinear.from_float(lin, QuantSpec(3, False, "group", 32)), "aten.mm"),
+    ],
+)
+def test_flops_are_the_matmul_of_the_true_shape_and_no_setup_work(make, op):
+    layer = make(nn.Linear(64, 48))
+    count = nc.count_flops(layer, torch.zeros(5, 64))
+    assert count.uncounted_ops == ()
+    assert count.macs == 5 * 64 * 48
+    assert count.flops_by_op[op] >= 2 * 5 * 64 * 48

@@ -674,6 +674,36 @@ def _quantized_conv(relu: bool) -> _Formula:
     return formula
 
 
+def _onednn_qconv(call: _Call) -> _Result:
+    # oneDNN's int8 convolution (what static int8 layers and inductor's frozen int8 graphs run):
+    # uint8 input x int8 weight; per output element the requantize/dequantize (2), the bias (1),
+    # a fused add (1) and a fused unary op (1), as for the torch.ao kernels above.
+    x, weight = call.tensor("qx"), call.tensor("qw")
+    outputs = call.out.numel()
+    macs = outputs * (x.shape[1] // int(call["groups"] or 1)) * math.prod(weight.shape[2:])
+    epilogue = _Cost(outputs * _onednn_epilogue(call), dtype="float32")
+    return (_Cost(2 * macs, macs, dtype="int8"), epilogue)
+
+
+def _onednn_qlinear(call: _Call) -> _Result:
+    outputs = call.out.numel()
+    macs = outputs * call.tensor("qx").shape[-1]
+    epilogue = _Cost(outputs * _onednn_epilogue(call), dtype="float32")
+    return (_Cost(2 * macs, macs, dtype="int8"), epilogue)
+
+
+def _onednn_epilogue(call: _Call) -> int:
+    unary = call["attr"] or call["post_op_name"] or call["unary_attr"] or call["unary_post_op"]
+    binary = call["binary_attr"] or call["binary_post_op"]
+    fused = int(unary not in (None, "none")) + int(binary not in (None, "none"))
+    return 2 + (call.optional("bias") is not None) + fused
+
+
+def _decomposed_quantize(call: _Call) -> _Result:
+    # quantized_decomposed (q)dequantize on plain integer tensors: 2 float FLOPs per element.
+    return _Cost(2 * call.out.numel(), dtype="float32")
+
+
 def _quantize_dequantize(call: _Call) -> _Result:
     # x / scale + zero_point, or (q - zero_point) * scale: 2 per element, on the float side.
     x = call.tensor("self", "input")
@@ -899,6 +929,22 @@ def _packets(
                 yield name, packet
 
 
+# Ops of namespaces that exist only once a library registers them, looked up by name.
+_FORMULA_BY_NAME: dict[str, _Formula] = {
+    "onednn.qconv_pointwise": _onednn_qconv,
+    "onednn.qconv2d_pointwise": _onednn_qconv,
+    "onednn.qlinear_pointwise": _onednn_qlinear,
+    **{
+        f"quantized_decomposed.{op}": _decomposed_quantize
+        for op in (
+            "quantize_per_tensor",
+            "dequantize_per_tensor",
+            "quantize_per_channel",
+            "dequantize_per_channel",
+        )
+    },
+}
+
 _FORMULA_BY_PACKET: dict[OpOverloadPacket, _Formula] = {
     **{packet: _FORMULAS[name] for name, packet in _packets(list(_FORMULAS))},
     **{
@@ -962,7 +1008,7 @@ class _Tally:
         if packet in _ZERO_COST_PACKETS:
             return
         name = str(packet)
-        formula = _FORMULA_BY_PACKET.get(packet)
+        formula = _FORMULA_BY_PACKET.get(packet) or _FORMULA_BY_NAME.get(name)
         leaves = tree_leaves((args, kwargs))
         if packet not in _NESTED_AWARE and any(
             isinstance(leaf, Tensor) and leaf.is_nested for leaf in leaves
@@ -1051,7 +1097,9 @@ def count_flops(model: nn.Module, example_inputs: Any) -> FlopCount:
     The model runs once, in eval mode under `torch.no_grad()` (so fused inference fast paths
     run, as they would in deployment); each module's training flag is restored afterwards.
     Every aten op is priced by the conventions in `docs/measurement.md`; ops that may compute
-    but have no formula are listed in `uncounted_ops`.
+    but have no formula are listed in `uncounted_ops`. Modules with a `prepare_kernels()`
+    method (quantized layers that repack their weights on first use) are prepared first, so
+    the count is that of every later forward.
 
     Args:
         model: Any `nn.Module`.
@@ -1081,6 +1129,11 @@ def count_flops(model: nn.Module, example_inputs: Any) -> FlopCount:
             if param is not None:
                 owners.setdefault(id(param), name)
     tally = _Tally(owner_module=owners)
+    # One-time work (a quantized layer packing its weight for its kernel) is not per-forward.
+    for module in model.modules():
+        prepare = getattr(module, "prepare_kernels", None)
+        if callable(prepare):
+            prepare()
     with _eval_mode(model), torch.no_grad(), _module_stack(model, tally), _CountingMode(tally):
         model(*args, **kwargs)
     by_module = {name: tally.flops_by_module.get(name, 0) for name, _ in model.named_modules()}

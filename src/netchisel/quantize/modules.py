@@ -61,6 +61,9 @@ class _QuantizedLinear(nn.Module):
             self.__dict__["_netchisel_kernel_cache"] = cache
         return cache[1]
 
+    def prepare_kernels(self) -> None:
+        """Build the kernel's layout of the weight now (otherwise it is built on first use)."""
+
     def _finish(self, y: Tensor, x: Tensor) -> Tensor:
         y = y.to(x.dtype)
         if self.bias is not None:
@@ -207,6 +210,10 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
         zero = sz[..., 1].T.repeat_interleave(self.group_size, 1)
         w = (self.unpacked().float() - 8) * scale + zero
         return w[: self.out_features, : self.in_features]
+
+    def prepare_kernels(self) -> None:
+        with torch.no_grad():
+            self._kernel_weight()
 
     def _kernel_weight(self) -> Tensor:
         def build() -> Tensor:
@@ -373,6 +380,10 @@ class PackedLinear(_QuantizedLinear):
         q = unpack_bits(self.packed.cpu(), self.bits, numel, signed=self.symmetric)
         q = q.reshape(self.out_features, self.in_features).to(self.scale.device)
         return dequantize(q, self.scale, self.zero, self.spec())
+
+    def prepare_kernels(self) -> None:
+        with torch.no_grad():
+            self._cached(self.packed, self.dequantized_weight)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self._cached(self.packed, self.dequantized_weight)

@@ -1,7 +1,9 @@
 """Latency: warm-up, many timed repeats, median and p10/p90, at a fixed thread count.
 
-Backends: `eager` (the module as it is), `compile` (torch.compile, inductor) and `onnxruntime`
-(exported to ONNX and run by ONNX Runtime; needs the onnx extra). `compare_latency` is the A/B
+Backends: `eager` (the module as it is), `compile` (torch.compile, inductor, with freezing: the
+weights are constants, as in deployment, which is what lets inductor pack them for oneDNN and
+lower int8 patterns to int8 kernels) and `onnxruntime` (exported to ONNX and run by ONNX Runtime;
+needs the onnx extra; `onnx_file_runner` runs a given .onnx file). `compare_latency` is the A/B
 harness: it alternates A and B so drift on a noisy machine hits both, and reports the ratio of
 medians.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._inductor.config as inductor_config
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
@@ -77,7 +80,12 @@ def make_runner(
     model.eval()
     if backend == "onnxruntime":
         return _onnxruntime_runner(model, example_inputs, threads)
-    fn: Any = torch.compile(model) if backend == "compile" else model
+    fn: Any = model
+    if backend == "compile":
+        fn = torch.compile(model, dynamic=False)
+        # Compiled here, on the first call: freezing is read when inductor compiles.
+        with torch.inference_mode(), inductor_config.patch(freezing=True):
+            run_model(fn, example_inputs)
 
     def run() -> Any:
         with torch.inference_mode():
@@ -198,7 +206,7 @@ def batch_size_of(example_inputs: Any) -> int:
 
 def _onnxruntime_runner(model: nn.Module, example_inputs: Any, threads: int) -> Callable[[], Any]:
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (fail before exporting)
     except ImportError:
         raise ConfigError(
             "the onnxruntime backend needs the onnx extra: pip install 'netchisel[onnx]'"
@@ -211,12 +219,30 @@ def _onnxruntime_runner(model: nn.Module, example_inputs: Any, threads: int) -> 
         tuple(example_inputs) if isinstance(example_inputs, list | tuple) else (example_inputs,)
     )
     with tempfile.TemporaryDirectory() as tmp:
-        path = f"{tmp}/model.onnx"
-        export_onnx(model, inputs, Path(path))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, inputs, path)
+        return onnx_file_runner(path, inputs, threads)
+
+
+def onnx_file_runner(path: str | Path, example_inputs: Any, threads: int = 1) -> Callable[[], Any]:
+    """A no-argument function that runs the ONNX file `path` on `example_inputs` in ONNX Runtime.
+
+    Example:
+        >>> run = onnx_file_runner("model.onnx", torch.zeros(1, 4))  # doctest: +SKIP
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError(
+            "the onnxruntime backend needs the onnx extra: pip install 'netchisel[onnx]'"
+        ) from None
+    inputs = (
+        tuple(example_inputs) if isinstance(example_inputs, list | tuple) else (example_inputs,)
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     feed = {name: t.detach().cpu().numpy() for name, t in zip(names, inputs, strict=False)}
     return lambda: session.run(None, feed)

@@ -19,12 +19,14 @@ from netchisel.core.task import Task
 from netchisel.quantize.cluster import KMeansConfig
 from netchisel.quantize.primitives import QuantSpec
 from netchisel.quantize.ptq import DynamicInt8Config, RTNConfig
+from netchisel.quantize.static import StaticInt8Config
 
 __all__ = [
     "DynamicInt8Config",
     "KMeansConfig",
     "QuantSpec",
     "RTNConfig",
+    "StaticInt8Config",
     "quantize_",
 ]
 

@@ -81,7 +81,8 @@ def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, ctx: Context)
         sensitivity={
             "metric": "loss",
             "split": "train (calibration)",
-            "x": "bits",
+            "x_label": "bits of one layer's weights (that layer alone quantized)",
+            "sweep": "one layer at a time quantized (round to nearest) to each width",
             "ratios": widths,
             "curves": {n: loss[n] for n in linears},
             "sizes": sizes,

@@ -161,16 +161,20 @@ def sensitivity_table(step: dict[str, Any]) -> list[str]:
         "",
         f"## Sensitivity: {step['name']}",
         "",
-        f"{data['metric']} on the {data.get('split', 'evaluation')} split with one layer pruned "
-        f"alone to each ratio ({data.get('importance', 'l1')}), every other layer unpruned"
-        + ("; chosen: the ratio the stage gave the layer." if chosen else "."),
+        f"{data['metric']} on the {data.get('split', 'evaluation')} split with "
+        + data.get(
+            "sweep",
+            f"one layer pruned alone to each ratio ({data.get('importance', 'l1')}), "
+            "every other layer unpruned",
+        )
+        + ("; chosen: the value the stage gave the layer." if chosen else "."),
         "",
         "| " + " | ".join(head) + " |",
         "|---|" + "---:|" * (len(head) - 1),
     ]
     for layer, curve in data["curves"].items():
         cells = [layer, f"{data['sizes'][layer]:,}", *(f"{v:.4g}" for v in curve)]
-        cells += [f"{chosen[layer]:.3f}"] if chosen else []
+        cells += [f"{chosen[layer]:.4g}"] if chosen else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -293,9 +297,9 @@ def _sensitivity_plot(name: str, data: dict[str, Any]) -> str:
             at = float(np.interp(chosen[layer], data["ratios"], curve))
             ax.plot([chosen[layer]], [at], "x", color=line.get_color(), markersize=8)
     ax.axhline(data["baseline"], color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel("fraction of one layer's weights pruned (that layer alone)")
+    ax.set_xlabel(data.get("x_label", "fraction of one layer's weights pruned (that layer alone)"))
     ax.set_ylabel(str(data["metric"]))
-    ax.set_title(f"sensitivity ({name})" + (": x = chosen ratio" if chosen else ""))
+    ax.set_title(f"sensitivity ({name})" + (": x = chosen" if chosen else ""))
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return _svg(fig)
 

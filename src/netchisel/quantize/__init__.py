@@ -16,14 +16,18 @@ from torch import nn
 from netchisel.core.config import StageConfig
 from netchisel.core.registry import apply_config
 from netchisel.core.task import Task
+from netchisel.quantize.binary import BinaryConfig
 from netchisel.quantize.cluster import KMeansConfig
 from netchisel.quantize.primitives import QuantSpec
 from netchisel.quantize.ptq import DynamicInt8Config, RTNConfig
+from netchisel.quantize.qat import QATConfig
 from netchisel.quantize.static import StaticInt8Config
 
 __all__ = [
+    "BinaryConfig",
     "DynamicInt8Config",
     "KMeansConfig",
+    "QATConfig",
     "QuantSpec",
     "RTNConfig",
     "StaticInt8Config",

@@ -94,7 +94,7 @@ def test_sensitivity_curves_are_a_table_in_markdown_and_a_plot_in_html(tmp_path:
     assert "## Sensitivity: finetune" in md
     assert "| layer | weights | 0 | 0.5 | 0.9 | chosen |" in md
     assert "| fc1 | 1,200 | 98 | 97.5 | 60.25 | 0.25 |" in md
-    assert "| fc2 | 30 | 98 | 98 | 91 | 0.900 |" in md
+    assert "| fc2 | 30 | 98 | 98 | 91 | 0.9 |" in md
     assert "- **finetune**: accuracy 98.5, sparsity 0.5" in md  # the curves are not in the list
     write_reports(_with_sensitivity(), tmp_path)
     page = (tmp_path / "report.html").read_text()

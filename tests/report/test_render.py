@@ -99,4 +99,4 @@ def test_sensitivity_curves_are_a_table_in_markdown_and_a_plot_in_html(tmp_path:
     write_reports(_with_sensitivity(), tmp_path)
     page = (tmp_path / "report.html").read_text()
     assert page.count("<svg") == 5
-    assert "sensitivity (finetune): x = chosen ratio" in page and "fc2" in page
+    assert "sensitivity (finetune): x = chosen" in page and "fc2" in page

@@ -229,3 +229,18 @@ def test_load_never_calls_an_unmarked_function(tmp_path: Path) -> None:
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="outside torch and netchisel"):
         load(directory)
+
+
+def test_a_loaded_model_saves_with_the_same_codecs(tmp_path):
+    from netchisel.pipeline.artifact import set_codec
+
+    net = nn.Sequential(nn.Linear(4, 4))
+    net[0].register_buffer("codes", torch.randint(0, 3, (64,), dtype=torch.uint8))
+    set_codec(net, "0.codes", "huffman")
+    first = save(net, tmp_path / "a")
+    again = save(load(first), tmp_path / "b")
+    codecs = [
+        json.loads((d / "manifest.json").read_text())["tensors"]["0.codes"]["codec"]
+        for d in (first, again)
+    ]
+    assert codecs == ["huffman", "huffman"]

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +52,12 @@ _CODEC_ATTR = "_netchisel_codecs"
 
 
 def set_codec(model: nn.Module, tensor_name: str, codec: str) -> None:
-    """Ask `save` to store one state-dict tensor with a codec other than `raw`."""
+    """Ask `save` to store one state-dict tensor with a codec other than `raw`.
+
+    The choice travels with the model: `load` restores it, so a loaded model saves alike.
+    """
     get_codec(codec)
     codecs: dict[str, str] = dict(getattr(model, _CODEC_ATTR, {}))
-    for name, mask in masks_of(model).items():
-        # Pruned weights are stored sparsely when that is smaller; frozen ones are dense.
-        if mask.fill is None and name not in codecs:
-            codecs[name] = smallest_codec(model.get_parameter(name).detach().cpu())
     codecs[tensor_name] = codec
     object.__setattr__(model, _CODEC_ATTR, codecs)
 
@@ -70,11 +69,13 @@ def save(
     metadata: dict[str, Any] | None = None,
     export: Iterable[str] = (),
     example_inputs: tuple[torch.Tensor, ...] | None = None,
+    calibration: Sequence[tuple[torch.Tensor, ...]] | None = None,
 ) -> Path:
     """Write `model` as an artifact directory, atomically (a temp dir renamed into place).
 
-    `export` may name "pt2" (torch.export) and "onnx" (needs the onnx extra); both need
-    `example_inputs`.
+    `export` may name "pt2" (torch.export), "onnx" and "onnx_int8" (QDQ int8; both need the
+    onnx extra); all need `example_inputs`. "onnx_int8" of a float model also needs
+    `calibration` (model inputs from the task); a static int8 model carries its own scales.
 
     Example:
         >>> import tempfile
@@ -99,7 +100,7 @@ def save(
         save_file(stored, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         manifest["files"] = {WEIGHTS: _file_info(tmp / WEIGHTS)}
         for kind in export:
-            name = _export(model, kind, example_inputs, tmp)
+            name = _export(model, kind, example_inputs, tmp, calibration)
             manifest["files"][name] = _file_info(tmp / name)
         # Key order is kept: it is the order of parameters in the rebuilt modules.
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -144,6 +145,8 @@ def load(directory: str | Path) -> nn.Module:
     for name, info in manifest["tensors"].items():
         if info["codec"] == "bitmask" and name in params:
             set_mask(model, name, state[name] != 0)  # pruned entries stay pruned in fine-tuning
+        elif info["codec"] not in ("raw", "bitmask"):
+            set_codec(model, name, info["codec"])
     return model.eval()
 
 
@@ -365,12 +368,21 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
 
 
 def _export(
-    model: nn.Module, kind: str, example_inputs: tuple[torch.Tensor, ...] | None, out: Path
+    model: nn.Module,
+    kind: str,
+    example_inputs: tuple[torch.Tensor, ...] | None,
+    out: Path,
+    calibration: Sequence[tuple[torch.Tensor, ...]] | None = None,
 ) -> str:
     if kind not in EXPORTS:
         raise ConfigError(f"unknown export {kind!r} (known: {', '.join(EXPORTS)})")
     if example_inputs is None:
         raise ConfigError(f"export {kind!r} needs example inputs")
     name = f"model.{kind}"
+    if kind == "onnx_int8":
+        from netchisel.quantize.onnx_int8 import export_onnx_int8
+
+        export_onnx_int8(model, example_inputs, out / name, calibration)
+        return name
     (export_pt2 if kind == "pt2" else export_onnx)(model, example_inputs, out / name)
     return name

@@ -1,4 +1,5 @@
-"""Deployment exports beside an artifact: `model.pt2` (torch.export) and `model.onnx`."""
+"""Deployment exports beside an artifact: `model.pt2` (torch.export), `model.onnx`, and
+`model.onnx_int8` (a QDQ int8 ONNX file, made by `netchisel.quantize.onnx_int8`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from netchisel.core.errors import ConfigError, ModelError
 
-EXPORTS = ("pt2", "onnx")
+EXPORTS = ("pt2", "onnx", "onnx_int8")  # onnx_int8: QDQ int8 (netchisel.quantize.onnx_int8)
 
 
 def export_pt2(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> None:

@@ -72,8 +72,18 @@ def run_recipe(
                 name, config.to_dict(), model, task, inputs, recipe, metadata, seconds, ctx.records
             )
         )
+    calibration = (  # a float model's int8 ONNX export is calibrated on the task's data
+        [task.inputs_of(b) for b in task.calibration_batches(512)]
+        if task is not None and "onnx_int8" in recipe.export
+        else None
+    )
     artifact = save(
-        model, out / "model", metadata=metadata, export=recipe.export, example_inputs=inputs
+        model,
+        out / "model",
+        metadata=metadata,
+        export=recipe.export,
+        example_inputs=inputs,
+        calibration=calibration,
     )
     steps[-1]["profile"]["bytes_on_disk"] = artifact_bytes(artifact)
     report = {

@@ -85,3 +85,17 @@ def unsolvable(damping: float) -> ModelError:
     return ModelError(
         f"the Hessian is not positive definite even with damping {last:g} x its mean diagonal"
     )
+
+
+def output_error(before: Tensor, after: Tensor, gram: Tensor) -> float:
+    """||(W - W') X^T||^2 / ||W X^T||^2 from the Gram matrix X^T X: the relative output error.
+
+    Example:
+        >>> x = torch.eye(3)
+        >>> round(output_error(torch.ones(1, 3), torch.tensor([[1.0, 1.0, 0.0]]), x.T @ x), 4)
+        0.3333
+    """
+    delta = (before - after).float()
+    ref = before.float()
+    total = float(((ref @ gram) * ref).sum())
+    return float(((delta @ gram) * delta).sum()) / total if total > 0 else 0.0

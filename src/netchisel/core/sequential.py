@@ -61,8 +61,9 @@ class LayerInputs:
             gram = x.T @ x
             self.gram = gram if self.gram is None else self.gram + gram
         self.tokens += len(x)
-        self.abs_sum += x.abs().sum(0)
-        self.abs_max = torch.maximum(self.abs_max, x.abs().amax(0))
+        magnitude = x.abs()
+        self.abs_sum += magnitude.sum(0)
+        self.abs_max = torch.maximum(self.abs_max, magnitude.amax(0))
 
 
 GroupSolver = Callable[[dict[str, LayerInputs]], None]
@@ -130,8 +131,9 @@ def run_sequentially(
     `blocks` names the `nn.ModuleList` of transformer blocks; None finds the ModuleList holding
     the most chosen layers; "" runs every pass through the whole model. Run under no_grad.
     """
-    order = call_groups(model, layers, inputs[0], stage)
-    found = _find_blocks(model, layers, blocks, inputs[0], stage)
+    example = tuple(t[:1] for t in inputs[0])  # tracing the call order needs one sample
+    order = call_groups(model, layers, example, stage)
+    found = find_blocks(model, layers, blocks, example, stage)
     in_block: dict[str, int] = {}
     if found is not None:
         index_of = {id(sub): i for i, block in enumerate(found) for sub in block.modules()}
@@ -224,7 +226,7 @@ def call_groups(
     return groups
 
 
-def _find_blocks(
+def find_blocks(
     model: nn.Module,
     layers: dict[str, nn.Linear],
     blocks: str | None,

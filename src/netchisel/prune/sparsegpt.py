@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
-from netchisel.core.hessian import damped_factors, prepared_hessian, unsolvable
+from netchisel.core.hessian import damped_factors, output_error, prepared_hessian, unsolvable
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
@@ -205,20 +205,6 @@ def _obs_prune(
         w[:, end:] -= errors @ u[start:end, end:]
         keep[:, start:end] = ~prune
     return w, keep
-
-
-def output_error(before: Tensor, after: Tensor, gram: Tensor) -> float:
-    """||(W - W') X^T||^2 / ||W X^T||^2 from the Gram matrix X^T X: the relative output error.
-
-    Example:
-        >>> x = torch.eye(3)
-        >>> round(output_error(torch.ones(1, 3), torch.tensor([[1.0, 1.0, 0.0]]), x.T @ x), 4)
-        0.3333
-    """
-    delta = (before - after).float()
-    ref = before.float()
-    total = float(((ref @ gram) * ref).sum())
-    return float(((delta @ gram) * delta).sum()) / total if total > 0 else 0.0
 
 
 # -- the stage: layer by layer through the model ------------------------------------------

@@ -1,0 +1,328 @@
+"""`quantize.gptq`: weight quantization with second-order error feedback (GPTQ).
+
+Frantar, Ashkboos, Hoefler & Alistarh, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers" (ICLR 2023). For one Linear layer with weight W (rows =
+outputs, columns = inputs) and calibration inputs X, GPTQ looks for quantized weights that
+keep the layer's output, minimising ||(W - Q) X^T||^2. Every output row shares the Hessian
+H = 2 X^T X / n, so one inverse serves them all.
+
+The solver quantizes one column at a time, left to right. The rounding error of column j,
+err = (w_j - q_j) / [U]_jj, is spread over the columns not yet quantized through row j of U,
+the upper Cholesky factor of H^-1: they move to compensate for it (Optimal Brain Quantization
+restricted to the columns on the right). Lazy batch updates: inside a block of `blocksize`
+columns the update is applied column by column; the block's errors reach the columns on its
+right in one matrix product. With groups, a group's scale and zero are chosen from its
+columns as they are when the solver reaches the group (already corrected by the errors of the
+groups before it); the block size is rounded up to a multiple of the group size so a group
+never straddles two blocks.
+
+Act-order (`act_order: true`) quantizes columns in order of decreasing H diagonal (the inputs
+with the most energy first, while the most columns remain to absorb their error). With groups
+we keep the groups of the stored format consistent by choosing every group's scale and zero
+*before* the sweep from the original weights ("static groups"): column c always uses the
+parameters of group c // group_size, whatever order it is quantized in, so the artifact needs
+no per-column group index and runs on the same kernels as RTN. The cost is that scales do not
+see the error feedback.
+
+Damping, its tenfold escalation when float32 cannot factor H, and the refusal of non-finite
+calibration inputs are shared with SparseGPT (`netchisel.core.hessian`). Layers are solved in
+call order, block by block, each on the outputs of the already quantized layers before it
+(`netchisel.core.sequential`). The number format is any `QuantSpec` (1-8 bits, per tensor,
+channel or group) with any scale chooser, so the solver and the format combine freely; the
+result is the same integers, scales and zeros that RTN produces, so the same modules
+(`quantize.modules.quantized_linear`) hold it.
+
+Written here because the authors' code, AutoGPTQ and llm-compressor are tied to Hugging Face
+model classes and to their own number formats.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.hessian import damped_factors, output_error, prepared_hessian, unsolvable
+from netchisel.core.registry import register
+from netchisel.core.sequential import LayerInputs, calibration_inputs, run_sequentially
+from netchisel.quantize.modules import kernel_qparams, padded_weight, quantized_linear
+from netchisel.quantize.primitives import (
+    QuantSpec,
+    ScaleMethod,
+    dequantize,
+    quantize,
+)
+from netchisel.quantize.ptq import WeightQuantConfig, chosen_linears, swap_linears
+
+QParamsChooser = Callable[[Tensor, QuantSpec], tuple[Tensor, Tensor]]
+"""`(weight [rows, cols], spec) -> (scale, zero)` of shape [rows, groups], as `kernel_qparams`."""
+
+
+@dataclass(frozen=True)
+class GPTQConfig(WeightQuantConfig):
+    """GPTQ: the weight format of `quantize.rtn` plus the solver's settings.
+
+    - `blocksize`: columns per lazy batch update (paper: 128); rounded up to a multiple of the
+      group size. It changes speed, not the result.
+    - `damping`: added to H's diagonal as a fraction of its mean diagonal (paper: 0.01).
+    - `act_order`: quantize columns by decreasing H diagonal, with static groups.
+    - `calibration_samples`: samples of the task's train split (for text: windows).
+    - `blocks`: the `nn.ModuleList` of transformer blocks run one at a time; None finds it;
+      "" runs every pass through the whole model.
+
+    Example:
+        >>> GPTQConfig(bits=4, group_size=64).spec_for("fc").group_size
+        64
+    """
+
+    blocksize: int = 128
+    damping: float = 0.01
+    act_order: bool = False
+    calibration_samples: int = 128
+    blocks: str | None = None
+
+    def stage_name(self) -> str:
+        return "quantize.gptq"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.blocksize < 1:
+            raise ConfigError(f"quantize.gptq.blocksize: must be >= 1, got {self.blocksize}")
+        if not self.damping > 0.0:
+            raise ConfigError(f"quantize.gptq.damping: must be > 0, got {self.damping}")
+        if self.calibration_samples < 1:
+            raise ConfigError(
+                "quantize.gptq.calibration_samples: the calibration set is empty "
+                f"({self.calibration_samples}); use at least 1 (the paper uses 128)"
+            )
+
+
+# -- the solver: pure functions on tensors ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GPTQResult:
+    """A solved layer: integers, scales and zeros as `primitives.quantize` gives them.
+
+    `weight` is the dequantized weight (what the layer computes with) and `damping` the
+    fraction of H's mean diagonal that made H invertible.
+    """
+
+    q: Tensor
+    scale: Tensor
+    zero: Tensor
+    weight: Tensor
+    damping: float
+
+
+def gptq_solve(
+    weight: Tensor,
+    hessian: Tensor,
+    spec: QuantSpec,
+    *,
+    blocksize: int = 128,
+    damping: float = 0.01,
+    act_order: bool = False,
+    choose: QParamsChooser | None = None,
+) -> GPTQResult:
+    """Quantize `weight` (out, in) to `spec`, keeping `weight @ x` for the inputs of H.
+
+    `hessian` is X^T X (any positive scale) of the layer's inputs, (in, in). `choose` picks
+    scales and zeros for a block of columns under `spec` (default: `kernel_qparams` min-max,
+    whose scales are exactly what the kernels store). If the damped H is not positive
+    definite in float32, or the result is not finite, the damping is raised tenfold, up to
+    `core.hessian.DAMPING_RETRIES` times. Inputs are not modified.
+
+    Example:
+        >>> x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
+        >>> w = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+        >>> result = gptq_solve(w, x.T @ x, QuantSpec(bits=4, symmetric=False))
+        >>> int(result.q.max()) <= 15, tuple(result.scale.shape), result.damping
+        (True, (4, 1), 0.01)
+    """
+    choose = choose or functools.partial(kernel_qparams, method="minmax")
+    w = weight.detach().float()
+    cols = w.shape[1]
+    if spec.granularity == "group" and cols % spec.group_size:
+        raise ConfigError(
+            f"group_size {spec.group_size} does not divide the {cols} inputs of the weight: "
+            "pad it (quantize.modules.padded_weight) or choose a divisor"
+        )
+    h = prepared_hessian(hessian)
+    if act_order:
+        perm = torch.argsort(h.diagonal(), descending=True, stable=True)
+    else:
+        perm = torch.arange(cols, device=w.device)
+    static = spec.granularity != "group" or act_order
+    fixed = choose(w, spec) if static else None
+    if spec.granularity == "group" and not act_order:
+        blocksize = -(-blocksize // spec.group_size) * spec.group_size
+    for factor, used in damped_factors(h[perm][:, perm], damping):
+        q, scale, zero = _sweep(w[:, perm], factor, spec, perm, blocksize, fixed, choose)
+        inverse = torch.argsort(perm)
+        q = q[:, inverse].contiguous()
+        deq = dequantize(q, scale, zero, spec)
+        if bool(torch.isfinite(deq).all()):
+            return GPTQResult(q, scale, zero, deq.to(weight.dtype), used)
+    raise unsolvable(damping)
+
+
+def _sweep(
+    w: Tensor,
+    u: Tensor,
+    spec: QuantSpec,
+    perm: Tensor,
+    blocksize: int,
+    fixed: tuple[Tensor, Tensor] | None,
+    choose: QParamsChooser,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The column sweep over `w` (columns already in solving order): integers, scale, zero."""
+    w = w.clone()
+    rows, cols = w.shape
+    column = QuantSpec(spec.bits, spec.symmetric, "channel")
+    if fixed is not None:
+        scale, zero = (t.expand(rows, -1).clone() for t in fixed)
+    else:
+        groups = cols // spec.group_size
+        scale = torch.ones(rows, groups, device=w.device)
+        zero = torch.zeros(rows, groups, device=w.device)
+    group_of = perm // spec.group_size if spec.granularity == "group" else torch.zeros_like(perm)
+    group_of_list = group_of.tolist()
+    q = torch.zeros(rows, cols, dtype=spec.storage_dtype, device=w.device)
+    for start in range(0, cols, blocksize):
+        end = min(start + blocksize, cols)
+        block = w[:, start:end].clone()
+        u_block = u[start:end, start:end]
+        errors = torch.zeros_like(block)
+        for j in range(end - start):
+            g = group_of_list[start + j]
+            if fixed is None and (start + j) % spec.group_size == 0:
+                # The group's parameters come from its columns as the sweep left them.
+                s, z = choose(block[:, j : j + spec.group_size], spec)
+                scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+            s, z = scale[:, g : g + 1], zero[:, g : g + 1]
+            col = block[:, j : j + 1]
+            qj = quantize(col, s, z, column)
+            deq = dequantize(qj, s, z, column)
+            err = (col - deq)[:, 0] / u_block[j, j]
+            # Spread the error over the columns to the right (row j of U).
+            block[:, j:] -= err[:, None] * u_block[j, j:][None, :]
+            block[:, j : j + 1] = deq
+            q[:, start + j] = qj[:, 0]
+            errors[:, j] = err
+        w[:, start:end] = block
+        w[:, end:] -= errors @ u[start:end, end:]
+    if spec.granularity == "tensor":
+        scale, zero = scale[:1], zero[:1]
+    return q, scale, zero
+
+
+def rtn_weight(weight: Tensor, spec: QuantSpec, method: ScaleMethod = "minmax") -> Tensor:
+    """What `quantize.rtn` computes with: `weight` rounded to nearest on the kernel's scales.
+
+    Example:
+        >>> rtn_weight(torch.tensor([[0.0, 0.5, -1.0]]), QuantSpec(bits=4, symmetric=False))
+        tensor([[ 0.0000,  0.5000, -1.0000]])
+    """
+    scale, zero = kernel_qparams(weight, spec, method)
+    return dequantize(quantize(weight, scale, zero, spec), scale, zero, spec)
+
+
+# -- the stage: layer by layer through the model ------------------------------------------
+
+
+@register("quantize.gptq", GPTQConfig)
+def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Module:
+    """Quantize the chosen Linear layers with GPTQ, in call order, from the task's data.
+
+    Calibration samples come from the task's train split. Every layer is solved first (its
+    float weight holding the dequantized values meanwhile, so later layers see them), then all
+    are swapped for quantized modules; on any error every weight is put back.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> from netchisel.core.task import classification_task
+        >>> data = TensorDataset(torch.randn(64, 32), torch.zeros(64, dtype=torch.long))
+        >>> task = classification_task({"train": data, "val": data})
+        >>> net = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+        >>> config = GPTQConfig(bits=4, group_size=32)
+        >>> _ = quantize_gptq(net, config, Context(task, quiet=True))
+        >>> type(net[0]).__name__, type(net[2]).__name__
+        ('Int4WeightOnlyLinear', 'Int4WeightOnlyLinear')
+    """
+    stage = config.stage_name()
+    task = ctx.require_task(stage)
+    layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
+    specs = {name: config.spec_for(name) for name in layers}
+    for name, layer in layers.items():
+        padded_weight(layer, specs[name])  # a group size that cannot work fails before any change
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    inputs = calibration_inputs(task, config.calibration_samples, device, stage)
+    choose = functools.partial(kernel_qparams, method=config.scale_method)  # type: ignore[arg-type]
+    original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    was_training = model.training
+    model.eval()
+    solved: dict[str, GPTQResult] = {}
+    errors: dict[str, tuple[float, float]] = {}
+    try:
+        with torch.no_grad(), ctx.progress("gptq", len(layers)) as advance:
+
+            def solve(group: dict[str, LayerInputs]) -> None:
+                for name, seen in group.items():
+                    assert seen.gram is not None
+                    layer, spec = layers[name], specs[name]
+                    weight = padded_weight(layer, spec)
+                    gram = F.pad(seen.gram, (0, weight.shape[1] - layer.in_features) * 2)
+                    try:
+                        result = gptq_solve(
+                            weight,
+                            2.0 * gram / seen.tokens,  # H = 2 X^T X / n: the paper's scale
+                            spec,
+                            blocksize=config.blocksize,
+                            damping=config.damping,
+                            act_order=config.act_order,
+                            choose=choose,
+                        )
+                    except ModelError as e:
+                        raise ModelError(
+                            f"{stage}: layer {name}: {e}; exclude it or raise damping"
+                        ) from None
+                    rtn = rtn_weight(weight, spec, config.scale_method)  # type: ignore[arg-type]
+                    errors[name] = (
+                        output_error(weight, result.weight, gram),
+                        output_error(weight, rtn, gram),
+                    )
+                    layer.weight.copy_(result.weight[:, : layer.in_features])
+                    solved[name] = result
+                    advance(1)
+
+            run_sequentially(model, layers, inputs, config.blocks, solve, stage)
+
+        def make(name: str, linear: nn.Linear) -> nn.Module:
+            r = solved[name]
+            return quantized_linear(linear, specs[name], r.q, r.scale, r.zero)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # chosen_linears warned about float layers already
+            swap_linears(model, config, ctx, make)
+    except BaseException:
+        with torch.no_grad():
+            for name, layer in layers.items():
+                layer.weight.copy_(original[name])
+        raise
+    finally:
+        model.train(was_training)
+    ctx.record(
+        layer_output_error={n: e[0] for n, e in errors.items()},
+        rtn_layer_output_error={n: e[1] for n, e in errors.items()},
+        damping={n: r.damping for n, r in solved.items()},
+        calibration_samples=sum(len(x[0]) for x in inputs),
+    )
+    return model

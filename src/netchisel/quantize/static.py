@@ -144,6 +144,11 @@ class _StaticInt8(nn.Module):
     def _pack(self) -> Tensor:
         raise NotImplementedError
 
+    def prepare_kernels(self) -> None:
+        """Pack the weight for oneDNN now (otherwise it is packed on the first eager call)."""
+        with torch.no_grad():
+            self._kernel()
+
     def _check_input(self, x: Tensor) -> None:
         if x.requires_grad:
             raise ModelError(

@@ -12,6 +12,7 @@ from typing import Literal
 from torch import nn
 
 # Each family registers its stages when imported.
+import netchisel.distill
 import netchisel.prune
 import netchisel.quantize  # noqa: F401
 

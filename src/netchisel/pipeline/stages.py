@@ -13,6 +13,7 @@ from torch import nn
 
 # Each family registers its stages when imported.
 import netchisel.distill
+import netchisel.factorize
 import netchisel.prune
 import netchisel.quantize  # noqa: F401
 

@@ -16,20 +16,26 @@ from torch import nn
 from netchisel.core.config import StageConfig
 from netchisel.core.registry import apply_config
 from netchisel.core.task import Task
+from netchisel.quantize.awq import AWQConfig
 from netchisel.quantize.binary import BinaryConfig
 from netchisel.quantize.cluster import KMeansConfig
+from netchisel.quantize.gptq import GPTQConfig
 from netchisel.quantize.primitives import QuantSpec
 from netchisel.quantize.ptq import DynamicInt8Config, RTNConfig
 from netchisel.quantize.qat import QATConfig
+from netchisel.quantize.smoothquant import SmoothQuantConfig
 from netchisel.quantize.static import StaticInt8Config
 
 __all__ = [
+    "AWQConfig",
     "BinaryConfig",
     "DynamicInt8Config",
+    "GPTQConfig",
     "KMeansConfig",
     "QATConfig",
     "QuantSpec",
     "RTNConfig",
+    "SmoothQuantConfig",
     "StaticInt8Config",
     "quantize_",
 ]

@@ -28,13 +28,14 @@ class _AllocationTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        # Opaque layouts (a oneDNN-packed weight) have no storage to look at.
         inputs = {
             t.untyped_storage().data_ptr()
             for t in tree_flatten((args, kwargs))[0]
-            if isinstance(t, Tensor)
+            if isinstance(t, Tensor) and t.layout == torch.strided
         }
         for t in tree_flatten(out)[0]:
-            if not isinstance(t, Tensor):
+            if not isinstance(t, Tensor) or t.layout != torch.strided:
                 continue
             storage = t.untyped_storage()
             key = storage.data_ptr()

@@ -83,8 +83,9 @@ def make_runner(
     fn: Any = model
     if backend == "compile":
         fn = torch.compile(model, dynamic=False)
-        # Compiled here, on the first call: freezing is read when inductor compiles.
-        with torch.inference_mode(), inductor_config.patch(freezing=True):
+        # Compiled here, on the first call: freezing is read when inductor compiles. The
+        # compiled code is guarded on the thread count, so it is compiled at the one it runs at.
+        with fixed_threads(threads), torch.inference_mode(), inductor_config.patch(freezing=True):
             run_model(fn, example_inputs)
 
     def run() -> Any:

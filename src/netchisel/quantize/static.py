@@ -118,8 +118,11 @@ class _StaticInt8(nn.Module):
 
     def _reference_weight(self) -> Tensor:
         qd = _decomposed_ops()
+        # Inductor lowers this without freezing only with a zero-point tensor (made from a
+        # buffer so freezing folds it to a constant); ONNX export wants none (zero).
+        zero = None if torch.compiler.is_exporting() else self.weight_scale.mul(0).long()
         return qd.dequantize_per_channel(  # type: ignore[no-any-return]
-            self.weight_int8, self.weight_scale, None, 0, W_MIN, W_MAX, W_DTYPE
+            self.weight_int8, self.weight_scale, zero, 0, W_MIN, W_MAX, W_DTYPE
         )
 
     def _quantized_input(self, x: Tensor) -> Tensor:

@@ -232,3 +232,14 @@ def test_conv_attention_transfer_and_recipe_teacher_source() -> None:
     assert list(student.state_dict()) == keys
     assert ctx.records["adapter_params_not_kept"] == 4 * 8 + 8  # a 1x1 conv, 4 -> 8 channels
     assert ctx.records["teacher_params"] > ctx.records["student_params"]
+
+
+def test_the_example_recipe_parses_as_it_is() -> None:
+    from netchisel.pipeline.recipe import load_recipe
+
+    recipe = load_recipe("examples/recipes/distill_digits_mlp.yaml")
+    name, config = recipe.stages[0]
+    assert name == "distill" and isinstance(config, DistillConfig)
+    assert (config.teacher, config.temperature, config.alpha) == ("mlp", 8.0, 0.5)
+    assert config.hints == (("fc1", "fc2"),)
+    assert recipe.model.kwargs == {"hidden": [16]} and not recipe.model.pretrained

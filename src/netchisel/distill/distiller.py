@@ -294,16 +294,20 @@ def _train(
     ]
     alpha = config.alpha
 
+    # alpha = 1 without features is plain training: the teacher need not run at all.
+    needs_teacher = alpha < 1 or bool(config.hints) or bool(config.attention)
+
     def loss_fn(_: nn.Module, batch: Batch) -> Tensor:
         inputs = task.inputs_of(batch)
-        with torch.no_grad():
-            teacher_out = _output(teacher(*inputs))
+        if needs_teacher:
+            with torch.no_grad():
+                teacher_out = _output(teacher(*inputs))
         if alpha > 0:
             hard = task.loss_fn(model, batch)  # the student's output is captured by the hook
             total = alpha * hard
         else:
             model(*inputs)
-            total = torch.zeros((), device=teacher_out.device)
+            total = torch.zeros((), device=captured["out"].device)
         if alpha < 1:
             soft = distillation_loss(captured["out"], teacher_out, batch, config, plan.kind)
             total = total + (1.0 - alpha) * soft

@@ -24,6 +24,7 @@ from netchisel.quantize import StaticInt8Config, quantize_
 from netchisel.quantize.static import (
     StaticInt8Conv2d,
     StaticInt8Linear,
+    float_twin,
     int8_per_channel,
 )
 from netchisel.zoo import data
@@ -131,6 +132,21 @@ def test_compiled_with_freezing_matches_eager(trained: dict[str, nn.Module], dig
     with torch.no_grad():
         eager = int8(*x)
     assert float((compiled - eager).abs().max()) <= 1e-3 * float(eager.abs().max())
+
+
+def test_float_twin_computes_with_the_dequantized_weights(
+    trained: dict[str, nn.Module], digits: Task
+) -> None:
+    int8 = quantize_(
+        copy.deepcopy(trained["cnn"]), StaticInt8Config(calibration_samples=64), digits
+    )
+    twin = float_twin(int8)
+    assert [type(twin[i]).__name__ for i in (0, 1, 8)] == ["Conv2d", "Identity", "Linear"]
+    assert torch.equal(twin[0].weight, int8[0].dequantized_weight())
+    x = digits.example_inputs(64)[0]
+    with torch.no_grad():
+        ref, out = twin(x), int8(x)
+    assert 0 < float((out - ref).abs().max()) <= 0.03 * float(ref.abs().max())  # input rounding
 
 
 def test_layers_from_float_round_to_int8() -> None:

@@ -1,17 +1,22 @@
 """ONNX Runtime int8: a QDQ (QuantizeLinear/DequantizeLinear) int8 ONNX file of a model.
 
-Two routes, one result format:
+With calibration batches from the task, the model is exported to ONNX, pre-processed
+(`quant_pre_process`: shape inference and graph fusions) and quantized by ONNX Runtime's
+`quantize_static` (QDQ format, int8 weights per channel, uint8 activations, min-max
+calibration). ONNX Runtime places the quantize/dequantize pairs where its own int8 kernels can
+absorb them (`QLinearConv`, `QLinearAdd`, ...), which is what makes the file fast. A model
+already quantized by `quantize.static_int8` goes the same way through its float twin (the
+dequantized weights, BatchNorms folded), so only its activation scales are recalibrated.
 
-- a model quantized by `quantize.static_int8` is exported as it is: its layers emit the
-  quantize -> dequantize pattern under export, which the ONNX exporter writes as QDQ nodes with
-  the scales netchisel calibrated, so PyTorch and ONNX Runtime compute the same int8 model;
-- a float model is exported to ONNX, pre-processed (`quant_pre_process`: shape inference and
-  graph fusions) and quantized by ONNX Runtime's `quantize_static` (QDQ format, int8 weights
-  per channel, uint8 activations, min-max calibration) on calibration batches from the task.
+Without calibration, a static int8 model is exported with its own scales: its layers emit the
+quantize -> dequantize pattern under export, which the ONNX exporter writes as QDQ nodes, so
+PyTorch and ONNX Runtime compute the same int8 model. ONNX Runtime then fuses only the layers
+whose output is re-quantized right away (a convolution before a residual add stays a float
+convolution on dequantized weights), so on ResNets this file is slower than fp32
+(`bench/results/quant_static_cnn.json`).
 
-ONNX Runtime's CPU provider runs the QDQ graph with int8 kernels (`QLinearConv`,
-`MatMulInteger`); the `onnxruntime` latency backend (`profile.latency.onnx_file_runner`) times
-it. The file is written to a temp name and renamed, so a failure leaves nothing half-written.
+The `onnxruntime` latency backend (`profile.latency.onnx_file_runner`) times the file. It is
+written to a temp name and renamed, so a failure leaves nothing half-written.
 
 Example:
     >>> export_onnx_int8(model, (x,), Path("model.onnx_int8"), calibration=[(x,)])  # doctest: +SKIP
@@ -34,7 +39,7 @@ from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.pipeline.export import export_onnx
-from netchisel.quantize.static import has_static_int8
+from netchisel.quantize.static import float_twin, has_static_int8
 
 Batch = tuple[Tensor, ...]
 
@@ -47,13 +52,15 @@ def export_onnx_int8(
 ) -> None:
     """Write a QDQ int8 ONNX file of `model` (traced at the shapes of `example_inputs`).
 
-    `calibration` (model inputs, any batch sizes) is needed for a float model and ignored for
-    a static int8 one, whose scales are already calibrated.
+    `calibration` (model inputs, any batch sizes): ONNX Runtime quantizes on it. Without it a
+    float model is a ConfigError and a static int8 model is exported with its own scales.
     """
     path = Path(path)
     if has_static_int8(model):
-        export_onnx(model, example_inputs, path)
-        return
+        if not calibration:
+            export_onnx(model, example_inputs, path)
+            return
+        model = float_twin(model)
     if not calibration:
         raise ConfigError(
             "export 'onnx_int8' of a float model needs calibration data: pass calibration= "

@@ -359,6 +359,46 @@ def has_static_int8(model: nn.Module) -> bool:
     return any(isinstance(m, STATIC_INT8_MODULES) for m in model.modules())
 
 
+def float_twin(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose static int8 layers are float Conv2d/Linear with the dequantized
+    weights (BatchNorms stay folded): the float model the int8 one rounds activations of.
+
+    Example:
+        >>> net = nn.Sequential(StaticInt8Linear.from_float(nn.Linear(4, 2), input_scale=0.1))
+        >>> type(float_twin(net)[0]).__name__
+        'Linear'
+    """
+    twin = copy.deepcopy(model)
+    for name, layer in list(twin.named_modules()):
+        if not isinstance(layer, STATIC_INT8_MODULES):
+            continue
+        w = layer.dequantized_weight()
+        new: nn.Conv2d | nn.Linear
+        if isinstance(layer, StaticInt8Conv2d):
+            new = nn.Conv2d(
+                w.shape[1] * layer.groups,
+                w.shape[0],
+                _pair(w.shape[2:]),
+                _pair(layer.stride),
+                _pair(layer.padding),
+                _pair(layer.dilation),
+                layer.groups,
+                bias=layer.bias is not None,
+            )
+        else:
+            new = nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(w)
+            if new.bias is not None and layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        replace_module(twin, name, new)
+    return twin
+
+
+def _pair(values: Sequence[int]) -> tuple[int, int]:
+    return int(values[0]), int(values[1])
+
+
 # -- the stage --------------------------------------------------------------------------------
 
 

@@ -23,10 +23,10 @@ def rank_for_energy(singular_values: Tensor, energy: float) -> int:
     """The smallest r with sum(s[:r]^2) >= energy * sum(s^2) (s sorted, largest first).
 
     Example:
-        >>> rank_for_energy(torch.tensor([2.0, 1.0, 1.0, 0.0]), 0.8)
+        >>> rank_for_energy(torch.tensor([2.0, 1.0, 1.0, 0.0]), 0.6)  # 4 of 6
         1
-        >>> rank_for_energy(torch.tensor([2.0, 1.0, 1.0, 0.0]), 0.81)
-        2
+        >>> rank_for_energy(torch.tensor([2.0, 1.0, 1.0, 0.0]), 0.9)  # 4 + 1 + 1 of 6
+        3
     """
     if not 0.0 < energy <= 1.0:
         raise ConfigError(f"energy {energy} is not in (0, 1]")
@@ -62,6 +62,12 @@ def check_one_criterion(stage: str, **given: object) -> None:
     chosen = [name for name, value in given.items() if value is not None]
     if len(chosen) > 1:
         raise ConfigError(f"{stage}: give one of {', '.join(given)}, not {' and '.join(chosen)}")
+
+
+def check_recalibration(stage: str, samples: int) -> None:
+    """`recalibrate_bn` is a sample count: 0 (off) or more."""
+    if samples < 0:
+        raise ConfigError(f"{stage}: recalibrate_bn must be >= 0 samples, got {samples}")
 
 
 def swap_all(model: nn.Module, replacements: dict[str, nn.Module]) -> None:

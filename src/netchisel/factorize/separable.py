@@ -27,7 +27,8 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
-from netchisel.factorize.rank import swap_all
+from netchisel.factorize.batchnorm import swap_and_recalibrate_
+from netchisel.factorize.rank import check_recalibration
 from netchisel.factorize.svd import record_totals
 from netchisel.factorize.tucker import conv_geometry, skip_reason
 
@@ -40,6 +41,8 @@ class SeparableConfig(StageConfig):
 
     - `batchnorm`: put an identity-initialised BatchNorm2d between the two convs.
     - `layers` / `exclude`: regexes over module names (full match).
+    - `recalibrate_bn`: train samples to re-estimate every BatchNorm's statistics with after
+      the rewrite (0: off; needs a task), see `factorize/batchnorm.py`.
 
     Example:
         >>> SeparableConfig(exclude=("conv1",)).batchnorm
@@ -49,6 +52,10 @@ class SeparableConfig(StageConfig):
     batchnorm: bool = False
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    recalibrate_bn: int = 0
+
+    def validate(self) -> None:
+        check_recalibration(STAGE, self.recalibrate_bn)
 
 
 def separable_factors(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,6 +120,7 @@ def factorize_separable(model: nn.Module, config: SeparableConfig, ctx: Context)
     chosen = select_modules(model, (nn.Conv2d,), config.layers, config.exclude)
     if not chosen:
         raise ConfigError(f"{STAGE}: the model has no nn.Conv2d layer to rewrite")
+    task = ctx.require_task(STAGE) if config.recalibrate_bn else None
     replacements: dict[str, nn.Module] = {}
     done: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
@@ -136,6 +144,7 @@ def factorize_separable(model: nn.Module, config: SeparableConfig, ctx: Context)
             "params_before": before,
             "params_after": after,
         }
-    swap_all(model, replacements)
+    swap_and_recalibrate_(model, replacements, task, config.recalibrate_bn)
     record_totals(ctx, done, skipped)
+    ctx.record(recalibrated_bn_samples=config.recalibrate_bn if replacements else 0)
     return model

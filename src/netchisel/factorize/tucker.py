@@ -31,12 +31,13 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
+from netchisel.factorize.batchnorm import swap_and_recalibrate_
 from netchisel.factorize.rank import (
     check_one_criterion,
     check_ratio,
+    check_recalibration,
     energy_kept,
     rank_for_energy,
-    swap_all,
 )
 from netchisel.factorize.svd import record_totals
 
@@ -59,6 +60,8 @@ class TuckerConfig(StageConfig):
       most energy of both unfoldings.
 
     `iterations`: HOOI iterations after the HOSVD start. `layers` / `exclude`: regexes.
+    `recalibrate_bn`: train samples to re-estimate every BatchNorm's statistics with after
+    the rewrite (0: off; needs a task), see `factorize/batchnorm.py`.
 
     Example:
         >>> TuckerConfig(ranks=(8, 16)).ranks
@@ -71,6 +74,7 @@ class TuckerConfig(StageConfig):
     iterations: int = 20
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    recalibrate_bn: int = 0
 
     def validate(self) -> None:
         check_one_criterion(
@@ -84,14 +88,15 @@ class TuckerConfig(StageConfig):
         check_ratio(STAGE, "param_ratio", self.param_ratio)
         if self.iterations < 1:
             raise ConfigError(f"{STAGE}: iterations must be >= 1, got {self.iterations}")
+        check_recalibration(STAGE, self.recalibrate_bn)
 
 
 def tucker_params(conv: nn.Conv2d, r_in: int, r_out: int) -> int:
     """Parameters of the Tucker-2 replacement of `conv` at ranks (r_in, r_out).
 
     Example:
-        >>> tucker_params(nn.Conv2d(16, 32, 3, bias=False), 4, 8)
-        416
+        >>> tucker_params(nn.Conv2d(16, 32, 3, bias=False), 4, 8)  # 16*4 + 4*8*9 + 8*32
+        608
     """
     kh, kw = conv.kernel_size
     bias = conv.out_channels if conv.bias is not None else 0
@@ -215,6 +220,7 @@ def factorize_tucker(model: nn.Module, config: TuckerConfig, ctx: Context) -> nn
     chosen = select_modules(model, (nn.Conv2d,), config.layers, config.exclude)
     if not chosen:
         raise ConfigError(f"{STAGE}: the model has no nn.Conv2d layer to factorize")
+    task = ctx.require_task(STAGE) if config.recalibrate_bn else None
     replacements: dict[str, nn.Module] = {}
     done: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
@@ -247,8 +253,9 @@ def factorize_tucker(model: nn.Module, config: TuckerConfig, ctx: Context) -> nn
             "params_before": before,
             "params_after": after,
         }
-    swap_all(model, replacements)
+    swap_and_recalibrate_(model, replacements, task, config.recalibrate_bn)
     record_totals(ctx, done, skipped)
+    ctx.record(recalibrated_bn_samples=config.recalibrate_bn if replacements else 0)
     return model
 
 

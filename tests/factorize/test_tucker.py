@@ -32,6 +32,7 @@ def _net() -> nn.Sequential:
     )
 
 
+@torch.no_grad()
 def test_full_ranks_reproduce_the_conv() -> None:
     conv = _net()[2]
     assert isinstance(conv, nn.Conv2d)

@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/factorize_gpt.py   ->  bench/results/factorize_gpt.json
 
 The trained zoo gpt (4 layers, 128 wide, byte tokens, trained on the pydoc text) has two MLP
-Linears per block (128 -> 512 and 512 -> 128, 8 in all, 526,336 of its 875,264 parameters).
+Linears per block (128 -> 512 and 512 -> 128, 8 in all, 526,848 of its 875,264 parameters).
 `factorize.svd` with `param_ratio=0.5` and `layers=[blocks\\.\\d+\\.mlp\\.fc_(in|out)]` replaces
 each by two Linears of rank 50 / 51, the largest ranks whose weights and bias fit in half the
 layer's parameters. Perplexity (val and test windows of 128 bytes) is measured on the original,

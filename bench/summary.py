@@ -295,6 +295,75 @@ def quant_deep_compression_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def factorize_gpt_section(d: dict[str, Any]) -> list[str]:
+    o, s, r = d["original"], d["svd"], d["recovery"]
+    ranks = sorted(set(s["ranks"].values()))
+    lines = [
+        "## SVD of the gpt's MLP layers at half their parameters (`bench/factorize_gpt.py`)",
+        "",
+        f"`factorize.svd` (param_ratio {d['param_ratio']}) on the 8 MLP Linears of the zoo gpt "
+        f"(ranks {', '.join(map(str, ranks))}), then recovery by `{r['stage']}` (token KL to the "
+        f"original, temperature {r['temperature']}, alpha {r['alpha']}, {r['steps']} AdamW steps "
+        f"of {r['batch_size_used']} windows, lr {r['lr']}). Perplexity per byte; MACs of one "
+        "128-byte window; latency A/B on one thread (original / SVD; > 1 is faster).",
+        "",
+        "| model | params | MLP params | MACs | val ppl | test ppl | artifact B |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| original | {o['params']:,} | {o['mlp_params']:,} | {o['macs']:,} "
+        f"| {o['perplexity']['val']:.3f} | {o['perplexity']['test']:.3f} "
+        f"| {o['artifact_bytes']:,} |",
+        f"| SVD, before recovery | {s['params']:,} | {s['mlp_params']:,} | {s['macs']:,} "
+        f"| {s['perplexity_before_recovery']['val']:.3f} "
+        f"| {s['perplexity_before_recovery']['test']:.3f} | |",
+        f"| SVD, after recovery | {s['params']:,} | {s['mlp_params']:,} | {s['macs']:,} "
+        f"| {s['perplexity_after_recovery']['val']:.3f} "
+        f"| {s['perplexity_after_recovery']['test']:.3f} | {s['artifact_bytes']:,} |",
+        "",
+    ]
+    for key, lat in d["latency"].items():
+        batch = key.split("@")[1]
+        lines.append(
+            f"- batch {batch}: {lat['a_median_ms']:.2f} ms -> {lat['b_median_ms']:.2f} ms "
+            f"(original / SVD = {lat['speedup']:.2f}x)"
+        )
+    return [*lines, ""]
+
+
+def factorize_resnet_section(d: dict[str, Any]) -> list[str]:
+    o, r = d["original"], d["recovery"]
+    lat = d["latency"]
+    lines = [
+        "## Tucker-2 and depthwise-separable rewrites of ResNet-20 (`bench/factorize_resnet.py`)",
+        "",
+        "The 18 3x3 convs of the residual blocks of the zoo resnet (digits32) rewritten by "
+        "`factorize.tucker` (param_ratio 0.5) and by `factorize.separable` (per-channel rank-1 "
+        f"least-squares init), then recovered by `{r['stage']}` (Hinton KD, temperature "
+        f"{r['temperature']}, alpha {r['alpha']}, {r['epochs']:g} epochs, SGD lr {r['lr']}). "
+        "Accuracy % on test / val (270 images each; the recovered models as saved artifacts): "
+        "right after the rewrite (weights only), after re-estimating BatchNorm statistics "
+        "(`recalibrate_bn`, 512 train images), after recovery. MACs of one 32x32 image; "
+        "latency A/B on one thread (original / rewrite; > 1 is faster).",
+        "",
+        "| model | params | MACs | weights only | BN re-estimated | recovered "
+        "| speed-up b64 | speed-up b1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| original | {o['params']:,} | {o['macs']:,} | {o['accuracy']['test']:.2f} / "
+        f"{o['accuracy']['val']:.2f} | | | 1.00 | 1.00 |",
+    ]
+    for name, row in d["rows"].items():
+        before, after = row["accuracy_before_recovery"], row["accuracy_after_recovery"]
+        raw = row.get("accuracy_weights_only", {"test": float("nan"), "val": float("nan")})
+        lines.append(
+            f"| {name} | {row['params']:,} | {row['macs']:,} "
+            f"| {raw['test']:.2f} / {raw['val']:.2f} "
+            f"| {before['test']:.2f} / {before['val']:.2f} "
+            f"| {after['test']:.2f} / {after['val']:.2f} "
+            f"| {lat[f'original/{name}@64']['speedup']:.2f} "
+            f"| {lat[f'original/{name}@1']['speedup']:.2f} |"
+        )
+    return [*lines, ""]
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -314,6 +383,8 @@ def main() -> None:
         ("prune_llm", prune_llm_section),
         ("prune_global_local", prune_global_local_section),
         ("quant_deep_compression", quant_deep_compression_section),
+        ("factorize_gpt", factorize_gpt_section),
+        ("factorize_resnet", factorize_resnet_section),
     ):
         data = load(name)
         if data is not None:

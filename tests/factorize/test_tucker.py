@@ -71,6 +71,7 @@ def test_skips_depthwise_1x1_and_non_shrinking_layers() -> None:
     assert "0" in skipped or isinstance(net[0], nn.Sequential)
 
 
+@torch.no_grad()
 def test_energy_one_keeps_full_ranks_when_that_shrinks() -> None:
     torch.manual_seed(0)
     # A weight of Tucker ranks (2, 3) exactly: energy 1.0 finds them.

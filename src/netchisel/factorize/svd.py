@@ -155,7 +155,9 @@ def factorize_svd(model: nn.Module, config: SVDConfig, ctx: Context) -> nn.Modul
         rank = config.rank_for(s, n_in, n_out, layer.bias is not None)
         before = linear_params(layer)
         if rank == 0:
-            skipped[name] = f"param_ratio {config.param_ratio} leaves no room for rank 1"
+            skipped[name] = (
+                f"param_ratio {config.param_ratio or DEFAULT_PARAM_RATIO} leaves no room for rank 1"
+            )
             continue
         after = rank * (n_in + n_out) + (n_out if layer.bias is not None else 0)
         if after >= before:

@@ -237,7 +237,7 @@ def factorize_tucker(model: nn.Module, config: TuckerConfig, ctx: Context) -> nn
             skipped[name] = (
                 f"ranks ({r_in}, {r_out}) would not reduce parameters ({after:,} >= {before:,})"
                 if r_in
-                else f"param_ratio {config.param_ratio} leaves no room for ranks (1, 1)"
+                else f"param_ratio {ratio_of(config)} leaves no room for ranks (1, 1)"
             )
             continue
         core, u_in, u_out = tucker2_factors(conv.weight, r_in, r_out, config.iterations)
@@ -259,6 +259,11 @@ def factorize_tucker(model: nn.Module, config: TuckerConfig, ctx: Context) -> nn
     return model
 
 
+def ratio_of(config: TuckerConfig) -> float:
+    """The parameter budget in use: `param_ratio`, or the default when no criterion is set."""
+    return config.param_ratio if config.param_ratio is not None else DEFAULT_PARAM_RATIO
+
+
 def _ranks(name: str, conv: nn.Conv2d, config: TuckerConfig) -> tuple[int, int]:
     c_in, c_out = conv.in_channels, conv.out_channels
     if config.ranks is not None:
@@ -274,5 +279,4 @@ def _ranks(name: str, conv: nn.Conv2d, config: TuckerConfig) -> tuple[int, int]:
     s_in, s_out = unfolding_spectra(conv.weight)
     if config.energy is not None:
         return rank_for_energy(s_in, config.energy), rank_for_energy(s_out, config.energy)
-    ratio = config.param_ratio if config.param_ratio is not None else DEFAULT_PARAM_RATIO
-    return ranks_for_params(conv, s_in, s_out, ratio)
+    return ranks_for_params(conv, s_in, s_out, ratio_of(config))

@@ -507,6 +507,76 @@ def quant_static_cnn_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def distill_digits_section(d: dict[str, Any]) -> list[str]:
+    s, best, alone = d["setup"], d["best"], d["alone"]
+    pub = d["published_mnist"]
+    lines = [
+        "## Distillation: Hinton soft targets on digits (`bench/distill_digits.py`)",
+        "",
+        f"Teacher: {s['teacher']} ({s['teacher_params']:,} params). Student: {s['student']} "
+        f"({s['student_params']:,} params), trained on {s['labels']} labelled images for "
+        f"{s['steps']} steps (lr {s['lr']}, batch {s['batch_size']}) alone or distilled (soft "
+        f"targets on the same images). Test errors of {s['test_images']}, median of seeds "
+        f"{s['seeds']}; (T, alpha) chosen by median validation errors. Target: the distilled "
+        f"student closes >= {100 * d['target_gap_closed']:.0f}% of the gap. Published (Hinton "
+        f"et al. 2015, MNIST): teacher {pub['teacher']}, alone {pub['alone']}, distilled "
+        f"{pub['distilled']} errors. Plot: `bench/results/distill_digits.svg`.",
+        "",
+        "| model | test errors (median) | per seed |",
+        "|---|---:|---|",
+        f"| teacher | {d['teacher_errors']['test']} | |",
+        f"| student alone | {alone['median_test_errors']} | {alone['test_errors']} |",
+        f"| student distilled, T={best['temperature']:g}, alpha={best['alpha']:g} |"
+        f" {best['median_test_errors']} | {best['test_errors']} |",
+        "",
+        f"Gap closed: {100 * d['gap_closed']:.0f}% "
+        f"({'meets' if d['meets_target'] else 'misses'} the target).",
+        "",
+        "Sweep, median test errors (rows T, columns alpha):",
+        "",
+    ]
+    alphas = sorted({r["alpha"] for r in d["sweep"]})
+    temps = sorted({r["temperature"] for r in d["sweep"]})
+    by = {(r["temperature"], r["alpha"]): r["median_test_errors"] for r in d["sweep"]}
+    lines += [
+        "| T | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",
+        "|---:|" + "---:|" * len(alphas),
+    ]
+    lines += [f"| {t:g} | " + " | ".join(f"{by[(t, a)]:g}" for a in alphas) + " |" for t in temps]
+    return [*lines, ""]
+
+
+def distill_gpt_section(d: dict[str, Any]) -> list[str]:
+    s, arms, teacher = d["setup"], d["arms"], d["teacher"]
+    lines = [
+        "## Distillation: a 4x smaller gpt on the pydoc text (`bench/distill_gpt.py`)",
+        "",
+        f"Teacher: {s['teacher']}, {s['teacher_params']:,} params. Student: {s['student']}, "
+        f"{s['student_params']:,} params ({s['param_ratio']:.2f}x fewer), fresh, same seed in "
+        f"both arms. Same {s['steps']} steps of {s['batch_size']} x {s['block_size']} bytes "
+        f"(lr {s['lr']}, cosine) alone (alpha 1) or distilled ({s['divergence']}, T "
+        f"{s['temperature']:g}, alpha {s['alpha']:g}). A short budget (the reference trained "
+        "1,000 steps of 32 x 128): both students are far from converged. Perplexity per byte "
+        f"on {s['block_size']}-byte windows.",
+        "",
+        "| model | params | val perplexity | test perplexity | train s (wall, loaded CPU) |",
+        "|---|---:|---:|---:|---:|",
+        f"| teacher | {s['teacher_params']:,} | {teacher['val']['perplexity']:.2f} |"
+        f" {teacher['test']['perplexity']:.2f} | |",
+    ]
+    for name, arm in arms.items():
+        lines.append(
+            f"| student {name} | {s['student_params']:,} | {arm['val']['perplexity']:.2f} |"
+            f" {arm['test']['perplexity']:.2f} | {arm['train_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Distilled / alone test perplexity: {d['test_perplexity_ratio']:.3f}.",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -530,6 +600,8 @@ def main() -> None:
         ("quant_qat", quant_qat_section),
         ("factorize_gpt", factorize_gpt_section),
         ("factorize_resnet", factorize_resnet_section),
+        ("distill_digits", distill_digits_section),
+        ("distill_gpt", distill_gpt_section),
     ):
         data = load(name)
         if data is not None:

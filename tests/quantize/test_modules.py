@@ -151,3 +151,15 @@ def test_flops_are_the_matmul_of_the_true_shape_and_no_setup_work(make, op):
     assert count.uncounted_ops == ()
     assert count.macs == 5 * 64 * 48
     assert count.flops_by_op[op] >= 2 * 5 * 64 * 48
+
+
+@pytest.mark.parametrize("inputs", [8, 100, 104, 300])
+def test_int8_kernel_pads_inputs_that_are_not_a_multiple_of_16(inputs):
+    # Unpadded, the CPU kernel segfaults at 100 inputs and returns inf at 104.
+    torch.manual_seed(0)
+    lin = nn.Linear(inputs, 10)
+    layer = Int8WeightOnlyLinear.from_float(lin)
+    x = torch.randn(3, inputs)
+    reference = F.linear(x.bfloat16().float(), layer.dequantized_weight(), lin.bias)
+    assert _rel(layer(x), reference) < 0.01
+    assert tuple(layer.weight_int8.shape) == (10, inputs)  # stored unpadded

@@ -34,6 +34,7 @@ from netchisel.quantize.primitives import (
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 _INT4_ROWS = 16  # the CPU int4 kernel wants the output features in multiples of 16
+_INT8_INPUTS = 16  # the CPU int8 kernel wants the input features in multiples of 16
 
 
 class _QuantizedLinear(nn.Module):
@@ -116,9 +117,25 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
     def dequantized_weight(self) -> Tensor:
         return self.weight_int8.float() * self.scales.float()[:, None]
 
+    def _pad(self) -> int:
+        # The CPU kernel reads inputs in blocks of 16: other widths crash or return garbage
+        # (measured: 100 inputs segfault, 104 give inf), so inputs are zero-padded.
+        return -self.in_features % _INT8_INPUTS
+
+    def prepare_kernels(self) -> None:
+        self._kernel_weight()
+
+    def _kernel_weight(self) -> Tensor:
+        pad = self._pad()
+        if not pad:
+            return self.weight_int8
+        return self._cached(self.weight_int8, lambda: F.pad(self.weight_int8, (0, pad)))  # type: ignore[no-any-return]
+
     def forward(self, x: Tensor) -> Tensor:
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scales)
+        if pad := self._pad():
+            x2 = F.pad(x2, (0, pad))
+        y = torch.ops.aten._weight_int8pack_mm(x2, self._kernel_weight(), self.scales)
         return self._finish(y, x)
 
 

@@ -476,11 +476,19 @@ def kernel_qparams(
         True
     """
     scale, zero = choose_qparams(weight, spec, method)
-    if not has_kernel(spec):
-        return scale, zero
-    rounded = scale.to(torch.bfloat16).float()
-    up = torch.nextafter(scale.to(torch.bfloat16), torch.tensor(float("inf"), dtype=torch.bfloat16))
-    return torch.where(rounded < scale, up.float(), rounded), zero
+    return (bf16_round_up(scale) if has_kernel(spec) else scale), zero
+
+
+def bf16_round_up(scale: Tensor) -> Tensor:
+    """The smallest bf16 value >= each scale (float32), so nothing the scale covered clips.
+
+    Example:
+        >>> float(bf16_round_up(torch.tensor([1.001])))
+        1.0078125
+    """
+    rounded = scale.to(torch.bfloat16)
+    up = torch.nextafter(rounded, torch.tensor(float("inf"), dtype=torch.bfloat16))
+    return torch.where(rounded.float() < scale, up, rounded).float()
 
 
 def quantized_linear(

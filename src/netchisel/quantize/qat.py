@@ -43,7 +43,7 @@ from netchisel.prune.schedule import (
     train_settings,
 )
 from netchisel.quantize.fake import FAKE_QUANTIZABLE, FakeQuantized, InputFakeQuant, wrapped_
-from netchisel.quantize.modules import has_kernel, kernel_qparams
+from netchisel.quantize.modules import bf16_round_up, has_kernel, kernel_qparams
 from netchisel.quantize.packed_conv import quantized_layer
 from netchisel.quantize.primitives import QuantSpec, ScaleMethod, choose_qparams, quantize
 from netchisel.quantize.ptq import WeightQuantConfig
@@ -184,7 +184,7 @@ class AffineFakeQuant(nn.Module):
         """
         scale, zero = self.qparams(weight)
         if self.kernel and self.method == "lsq":
-            scale = _bf16_up(scale)
+            scale = bf16_round_up(scale)
         return quantize(self._padded(weight.detach()), scale, zero, self.spec), scale, zero
 
     def forward(self, weight: Tensor) -> Tensor:
@@ -199,17 +199,6 @@ class AffineFakeQuant(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.spec.bits}, granularity={self.spec.granularity}, method={self.method}"
-
-
-def _bf16_up(scale: Tensor) -> Tensor:
-    """The smallest bf16 value >= each scale (nothing that fit the float scale clips)."""
-    rounded = scale.to(torch.bfloat16)
-    up = torch.where(
-        rounded.float() < scale,
-        torch.nextafter(rounded, torch.tensor(float("inf"), dtype=torch.bfloat16)),
-        rounded,
-    )
-    return up.float()
 
 
 def qat_wrapper(name: str, layer: nn.Module, config: QATConfig) -> FakeQuantized:

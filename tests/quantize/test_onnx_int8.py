@@ -29,7 +29,10 @@ def setup() -> tuple[nn.Module, Task]:
     task = data.task("digits")
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test thread setting
     fit(model, task, TrainSettings(steps=100, lr=0.01), Context(task, quiet=True))
+    torch.set_num_threads(before)
     return model.eval(), task
 
 

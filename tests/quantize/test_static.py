@@ -59,9 +59,12 @@ def digits() -> Task:
 def trained(digits: Task) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     models: dict[str, nn.Module] = {"cnn": tiny_cnn(), "mlp": tiny_mlp()}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before conftest's per-test thread setting
     for model in models.values():
         fit(model, digits, TrainSettings(steps=150, lr=0.01), Context(digits, quiet=True))
         model.eval()
+    torch.set_num_threads(before)
     return models
 
 

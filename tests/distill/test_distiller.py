@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,3 +244,16 @@ def test_the_example_recipe_parses_as_it_is() -> None:
     assert (config.teacher, config.temperature, config.alpha) == ("mlp", 8.0, 0.5)
     assert config.hints == (("fc1", "fc2"),)
     assert recipe.model.kwargs == {"hidden": [16]} and not recipe.model.pretrained
+
+
+def test_a_saved_artifact_can_teach(tmp_path: Path) -> None:
+    import netchisel as nc
+
+    task = digits_task(n_train=64, batch_size=16)
+    path = nc.save(teacher(), tmp_path / "teacher")
+    config = DistillConfig.from_dict({"teacher": {"artifact": str(path)}, "steps": 3})
+    ctx = Context(task, quiet=True)  # no ctx.teacher: the artifact is the teacher
+    from netchisel.core.registry import get_stage
+
+    get_stage("distill")(mlp(16), config, ctx)
+    assert ctx.records["teacher_params"] == 64 * 128 + 128 + 128 * 10 + 10

@@ -132,7 +132,10 @@ def run_sequentially(
     the most chosen layers; "" runs every pass through the whole model. Run under no_grad.
     """
     example = tuple(t[:1] for t in inputs[0])  # tracing the call order needs one sample
-    order = call_groups(model, layers, example, stage)
+    order, calls = _trace(model, layers, example, stage)
+    # A pass can stop at its group's last layer when every layer runs once per forward: what
+    # comes after it cannot change the group's inputs (a layer called twice would).
+    early = all(count == 1 for count in calls.values())
     found = find_blocks(model, layers, blocks, example, stage)
     in_block: dict[str, int] = {}
     if found is not None:
@@ -146,9 +149,10 @@ def run_sequentially(
 
                 def run_block(block: nn.Module = block, cached: Cached = cached) -> None:
                     for args, kwargs in cached:
-                        block(*args, **kwargs)
+                        with suppress(_Stop):
+                            block(*args, **kwargs)
 
-                _solve_group(layers, group, run_block, solve, stage)
+                _solve_group(layers, group, run_block, solve, stage, early)
             # The next block reads this block's output with its already-solved layers.
             cached = [_with_hidden(args, kwargs, block(*args, **kwargs)) for args, kwargs in cached]
     for group in ([n for n in g if n not in in_block] for g in order):
@@ -156,9 +160,10 @@ def run_sequentially(
 
             def run_model() -> None:
                 for x in inputs:
-                    model(*x)
+                    with suppress(_Stop):
+                        model(*x)
 
-            _solve_group(layers, group, run_model, solve, stage)
+            _solve_group(layers, group, run_model, solve, stage, early)
 
 
 def _accumulate(
@@ -180,9 +185,13 @@ def _solve_group(
     run: Callable[[], None],
     solve: GroupSolver,
     stage: str,
+    early: bool,
 ) -> None:
     stats: dict[str, LayerInputs] = {}
-    with hooks([_accumulate(layers[n], n, stats, True) for n in group]):
+    handles = [_accumulate(layers[n], n, stats, True) for n in group]
+    if early:
+        handles.append(layers[group[-1]].register_forward_pre_hook(_stop))
+    with hooks(handles):
         run()
     for name in group:
         if name not in stats:
@@ -200,11 +209,20 @@ def call_groups(
         >>> call_groups(net, {"1": net[1], "0": net[0]}, (torch.zeros(1, 2),), "demo")
         [['0'], ['1']]
     """
+    return _trace(model, layers, example, stage)[0]
+
+
+def _trace(
+    model: nn.Module, layers: dict[str, nn.Linear], example: tuple[Tensor, ...], stage: str
+) -> tuple[list[list[str]], dict[str, int]]:
+    """`call_groups`, and how many times each layer is called in one forward."""
     seen: list[tuple[str, Tensor]] = []
+    calls: dict[str, int] = {}
 
     def record(name: str) -> Callable[[nn.Module, tuple[Tensor, ...]], None]:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            if all(n != name for n, _ in seen):
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] == 1:
                 seen.append((name, args[0]))
 
         return hook
@@ -223,7 +241,7 @@ def call_groups(
             groups[-1].append(name)
         else:
             groups.append([name])
-    return groups
+    return groups, calls
 
 
 def find_blocks(
@@ -288,6 +306,10 @@ def _is_chain(model: nn.Module, blocks: list[nn.Module], example: tuple[Tensor, 
 
 class _Stop(Exception):
     """Raised from a hook to end a forward pass early (its input is all we need)."""
+
+
+def _stop(module: nn.Module, args: tuple[Any, ...]) -> None:
+    raise _Stop
 
 
 def _block_inputs(model: nn.Module, first: nn.Module, inputs: Inputs) -> Cached:

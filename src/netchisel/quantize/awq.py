@@ -60,7 +60,7 @@ from netchisel.quantize.primitives import (
 )
 from netchisel.quantize.ptq import WeightQuantConfig, chosen_linears, swap_linears
 
-CHECK_SAMPLES = 4
+CHECK_SAMPLES = 2
 """Calibration samples a fold is checked on (the model's output must not change)."""
 
 

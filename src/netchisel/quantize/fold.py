@@ -114,6 +114,8 @@ def fold_targets(
     """
     candidates = _candidates(model, groups, layers, check)
     names = {id(m): n for n, m in model.named_modules()}
+    with torch.no_grad():
+        before = _outputs(model(*check))  # the model is put back exactly after every try
     out: dict[str, str | None] = {}
     for group in groups:
         first = group[0]
@@ -121,7 +123,7 @@ def fold_targets(
         name = None if producer is None else names[id(producer)]
         ok = producer is not None and name is not None and (allowed is None or allowed(first, name))
         if ok and producer is not None:
-            ok = _fold_keeps_function(model, producer, [layers[n] for n in group], check)
+            ok = _fold_keeps_function(model, producer, [layers[n] for n in group], check, before)
         out[first] = name if ok else None
     return out
 
@@ -166,7 +168,11 @@ def _candidates(
 
 
 def _fold_keeps_function(
-    model: nn.Module, producer: nn.Module, consumers: list[nn.Linear], check: tuple[Tensor, ...]
+    model: nn.Module,
+    producer: nn.Module,
+    consumers: list[nn.Linear],
+    check: tuple[Tensor, ...],
+    before: list[Tensor],
 ) -> bool:
     """Fold a random positive scale, compare the model's output, and put everything back."""
     width = consumers[0].in_features
@@ -177,7 +183,6 @@ def _fold_keeps_function(
     saved = [t.detach().clone() for t in touched]
     try:
         with torch.no_grad():
-            before = _outputs(model(*check))
             divide_outputs(producer, s)
             for layer in consumers:
                 multiply_inputs(layer, s)

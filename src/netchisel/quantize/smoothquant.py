@@ -44,7 +44,7 @@ from netchisel.quantize.fold import InputScale, divide_outputs, fold_targets, mu
 from netchisel.quantize.modules import DynamicInt8Linear
 from netchisel.quantize.ptq import DynamicInt8Config, chosen_linears, swap_linears
 
-CHECK_SAMPLES = 4
+CHECK_SAMPLES = 2
 """Calibration samples a fold is checked on (the model's output must not change)."""
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,14 +153,12 @@ def test_stage_beats_rtn_on_a_tiny_gpt_and_saves_packed() -> None:
     assert all(per_layer[n] < ctx.records["rtn_layer_output_error"][n] for n in per_layer)
 
 
-def test_int4_stage_runs_the_kernel_and_round_trips(tmp_path: object) -> None:
-    from pathlib import Path
-
+def test_int4_stage_runs_the_kernel_and_round_trips(tmp_path: Path) -> None:
     model, task = _tiny_gpt(), _lm_task()
     quantize_gptq(model, GPTQConfig(bits=4, group_size=32), _ctx(task))
     assert isinstance(model.blocks[1].mlp.fc_out, Int4WeightOnlyLinear)  # type: ignore[index, union-attr]
     tokens = torch.randint(0, 256, (2, 16))
-    path = nc.save(model, Path(str(tmp_path)) / "gptq")
+    path = nc.save(model, tmp_path / "gptq")
     assert torch.equal(nc.load(path)(tokens), model(tokens))
 
 

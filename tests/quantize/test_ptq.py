@@ -145,3 +145,17 @@ def test_embeddings_are_listed_as_float_unless_asked():
         warnings.simplefilter("always")
         quantize_(_Tagger(), RTNConfig(bits=8))
     assert any("embed (Embedding)" in str(w.message) for w in caught)
+
+
+def test_a_quantized_model_keeps_its_parameter_count_in_profiles():
+    from netchisel.profile.size import count_params
+
+    net = _mlp()
+    prune_(net, UnstructuredConfig(sparsity=0.5, layers=("0",)))
+    dense_total, dense_nonzero, _ = count_params(net)
+    quantize_(net, RTNConfig(bits=4, group_size=64, embeddings=True))
+    total, nonzero, by_module = count_params(net)
+    assert total == dense_total == 256 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    assert by_module["0"] == 256 * 128 + 128
+    assert nonzero <= dense_nonzero  # pruned zeros stay zero; rounding may add a few
+    assert nonzero >= dense_nonzero - 0.05 * total

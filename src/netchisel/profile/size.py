@@ -24,17 +24,28 @@ class SizeStats:
 def count_params(model: nn.Module) -> tuple[int, int, dict[str, int]]:
     """(total, nonzero, inclusive per-module totals); tied parameters count once.
 
+    Quantized layers hold their weights as integer buffers, not parameters; a module with a
+    `dequantized_weight()` method counts those weight values too, so a quantized model has
+    the parameter count of the model it came from.
+
     Example:
         >>> count_params(nn.Linear(3, 2))[0]
         8
     """
-    unique = {id(p): p for p in model.parameters()}
-    total = sum(p.numel() for p in unique.values())
-    nonzero = sum(int(torch.count_nonzero(p.detach())) for p in unique.values())
-    by_module = {
-        name: sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
-        for name, m in model.named_modules()
+    quantized = {
+        id(m): m.dequantized_weight()  # type: ignore[operator]
+        for m in model.modules()
+        if callable(getattr(m, "dequantized_weight", None))
     }
+
+    def weights(m: nn.Module) -> list[torch.Tensor]:
+        params = {id(p): p.detach() for p in m.parameters()}
+        return [*params.values(), *(quantized[id(s)] for s in m.modules() if id(s) in quantized)]
+
+    everything = weights(model)
+    total = sum(w.numel() for w in everything)
+    nonzero = sum(int(torch.count_nonzero(w)) for w in everything)
+    by_module = {name: sum(w.numel() for w in weights(m)) for name, m in model.named_modules()}
     return total, nonzero, by_module
 
 

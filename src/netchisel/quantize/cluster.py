@@ -169,6 +169,11 @@ class _Clustered(nn.Module):
     bias: nn.Parameter | None
     zero_code: bool
 
+    def dequantized_weight(self) -> Tensor:
+        """The weight values the layer computes with (for counts and comparisons)."""
+        with torch.no_grad():
+            return self.weight.detach()
+
     @property
     def weight(self) -> Tensor:
         """The shared weight `codebook[indices]`.

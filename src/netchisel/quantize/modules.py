@@ -444,6 +444,9 @@ class Int8Embedding(nn.Module):
         table.scales.copy_(scale.reshape(-1))
         return table.to(embedding.weight.device)
 
+    def dequantized_weight(self) -> Tensor:
+        return self.weight_int8.float() * self.scales[:, None]
+
     def forward(self, ids: Tensor) -> Tensor:
         rows = F.embedding(ids, self.weight_int8).float()
         return rows * F.embedding(ids, self.scales.unsqueeze(1))

@@ -20,6 +20,7 @@ from netchisel.quantize.awq import AWQConfig
 from netchisel.quantize.binary import BinaryConfig
 from netchisel.quantize.cluster import KMeansConfig
 from netchisel.quantize.gptq import GPTQConfig
+from netchisel.quantize.mixed import MixedPrecisionConfig
 from netchisel.quantize.primitives import QuantSpec
 from netchisel.quantize.ptq import DynamicInt8Config, RTNConfig
 from netchisel.quantize.qat import QATConfig
@@ -32,6 +33,7 @@ __all__ = [
     "DynamicInt8Config",
     "GPTQConfig",
     "KMeansConfig",
+    "MixedPrecisionConfig",
     "QATConfig",
     "QuantSpec",
     "RTNConfig",

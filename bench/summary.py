@@ -654,6 +654,52 @@ def quant_llm_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def quant_kernels_section(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Quantized Linear kernels on one 4096 x 4096 layer (`bench/quant_kernels.py`)",
+        "",
+        "Each netchisel module against fp32 `F.linear` in the alternating A/B harness; error is",
+        "the relative Frobenius error of the output against fp32 on the same random input.",
+        f"Target: {d['target']} - {'met' if d['target_met'] else 'not met'}.",
+        "",
+        "| kernel | batch | threads | fp32 ms | ms | speed-up vs fp32 | error |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['kernel']} | {r['batch']} | {r['threads']} | {r['fp32_ms']:.3f} "
+            f"| {r['ms']:.3f} | {r['speedup_vs_fp32']:.2f}x | {r['relative_error']:.4f} |"
+        )
+    return [*lines, ""]
+
+
+def quant_minilm_section(d: dict[str, Any]) -> list[str]:
+    lines = [
+        "## MiniLM (all-MiniLM-L6-v2) int8 and int4 (`bench/quant_minilm.py`)",
+        "",
+        "Embedding fidelity to the fp32 model on the zoo's held-out sentences; speed-up A/B "
+        f"against fp32 on {d['batch']} sentences x {d['tokens_per_sentence']} tokens, "
+        f"{d['threads']} thread; bytes of the saved artifact (torch's `quantize_dynamic` "
+        "cannot be saved as one: `torch.save` of its state dict).",
+        "",
+        "| variant | cosine | min cosine | top-5 agreement | speed-up | MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['cosine']:.4f} | {r['cosine_min']:.4f} "
+            f"| {r['topk_agreement']:.3f} | {r['speedup_vs_fp32']:.2f}x | {r['bytes'] / 1e6:.2f} |"
+        )
+    verdict = "met" if d["fidelity_met"] else "not met"
+    lines += [
+        "",
+        f"Target ({d['target']}): fidelity {verdict}; netchisel's dynamic int8 runs at "
+        f"{d['speed_ratio_ours_over_peer']:.2f}x the peer's speed.",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -672,6 +718,8 @@ def main() -> None:
         ("prune_sparse_training", sparse_training_section),
         ("prune_llm", prune_llm_section),
         ("prune_global_local", prune_global_local_section),
+        ("quant_kernels", quant_kernels_section),
+        ("quant_minilm", quant_minilm_section),
         ("quant_deep_compression", quant_deep_compression_section),
         ("quant_static_cnn", quant_static_cnn_section),
         ("quant_qat", quant_qat_section),

@@ -104,7 +104,8 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{name:38s} cosine {row['cosine']:.4f} (min {row['cosine_min']:.4f}) "
-                f"top5 {row['topk_agreement']:.3f}  {cmp.speedup:4.2f}x  {row['bytes'] / 1e6:6.2f} MB"
+                f"top5 {row['topk_agreement']:.3f}  {cmp.speedup:4.2f}x  "
+                f"{row['bytes'] / 1e6:6.2f} MB"
             )
     peer = rows[1]
     ours = next(r for r in rows if r["variant"].startswith("netchisel dynamic"))

@@ -13,8 +13,8 @@ from netchisel.prune import UnstructuredConfig, prune_
 from netchisel.quantize import DynamicInt8Config, RTNConfig, quantize_
 from netchisel.quantize.modules import (
     DynamicInt8Linear,
-    Int8Embedding,
     Int4WeightOnlyLinear,
+    Int8Embedding,
     Int8WeightOnlyLinear,
     PackedLinear,
 )

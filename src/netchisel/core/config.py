@@ -112,3 +112,16 @@ def _coerce(field: str, value: Any, hint: Any) -> Any:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
+
+
+def check_calibration_samples(stage: str, samples: int) -> None:
+    """One error for every stage that calibrates: at least one sample.
+
+    Example:
+        >>> check_calibration_samples("quantize.gptq", 128)
+    """
+    if samples < 1:
+        raise ConfigError(
+            f"{stage}.calibration_samples: the calibration set is empty ({samples}); "
+            "use at least 1 (calibration papers use about 128)"
+        )

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.config import StageConfig
+from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import clear_masks, masks_of, set_mask
@@ -268,8 +268,7 @@ def check_selection(stage: str, importance: str, min_keep: float, calibration_sa
         )
     if not 0.0 <= min_keep <= 1.0:
         raise ConfigError(f"{stage}: min_keep {min_keep} is not in [0, 1]")
-    if calibration_samples < 1:
-        raise ConfigError(f"{stage}: calibration_samples must be >= 1, got {calibration_samples}")
+    check_calibration_samples(stage, calibration_samples)
 
 
 def check_sparsity(stage: str, field: str, value: float) -> None:
@@ -283,11 +282,50 @@ def check_mode(stage: str, mode: str) -> None:
         raise ConfigError(f"{stage}: mode {mode!r} is not one of {known}")
 
 
+@dataclass(frozen=True)
+class ScheduleConfig(TrainingStageConfig):
+    """What the training-time schedules prune and how each step chooses it.
+
+    `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples` are
+    as in `prune.unstructured`; `mode` is "zero", "freeze" or "freeze_initial".
+    """
+
+    sparsity: float = 0.9
+    importance: str = "l1"
+    scope: Literal["local", "global"] = "local"
+    group: Literal["layer", "row"] = "layer"
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+    min_keep: float = 0.01
+    calibration_samples: int = 128
+    mode: FreezeMode = "zero"
+
+    def check_schedule(self, stage: str) -> None:
+        """The checks every schedule shares (its own fields are checked by its `validate`)."""
+        check_sparsity(stage, "sparsity", self.sparsity)
+        check_mode(stage, self.mode)
+        check_selection(stage, self.importance, self.min_keep, self.calibration_samples)
+        check_training(stage, self.lr, self.batch_size)
+
+    def selection(self, sparsity: float) -> UnstructuredConfig:
+        """One pruning step's selection, exactly as `prune.unstructured` would make it."""
+        return UnstructuredConfig(
+            sparsity=sparsity,
+            importance=self.importance,
+            scope=self.scope,
+            group=self.group,
+            layers=self.layers,
+            exclude=self.exclude,
+            min_keep=self.min_keep,
+            calibration_samples=self.calibration_samples,
+        )
+
+
 # -- prune.iterative --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class IterativeConfig(TrainingStageConfig):
+class IterativeConfig(ScheduleConfig):
     """Train, then `rounds` times: prune to a rising ratio and fine-tune.
 
     - `sparsity`: the fraction of the chosen layers' weights pruned after the last round.
@@ -307,32 +345,20 @@ class IterativeConfig(TrainingStageConfig):
         [0.5, 0.75, 0.875]
     """
 
-    sparsity: float = 0.9
     rounds: int = 5
     spacing: Literal["geometric", "linear"] = "geometric"
     train_steps: int = 0
     finetune_steps: int = 200
-    importance: str = "l1"
-    scope: Literal["local", "global"] = "local"
-    group: Literal["layer", "row"] = "layer"
-    layers: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    min_keep: float = 0.01
-    calibration_samples: int = 128
-    mode: FreezeMode = "zero"
 
     def validate(self) -> None:
         stage = "prune.iterative"
-        check_sparsity(stage, "sparsity", self.sparsity)
-        check_mode(stage, self.mode)
+        self.check_schedule(stage)
         if self.rounds < 1:
             raise ConfigError(f"{stage}: rounds must be >= 1, got {self.rounds}")
         if self.train_steps < 0:
             raise ConfigError(f"{stage}: train_steps must be >= 0, got {self.train_steps}")
         if self.finetune_steps < 0:
             raise ConfigError(f"{stage}: finetune_steps must be >= 0, got {self.finetune_steps}")
-        check_selection(stage, self.importance, self.min_keep, self.calibration_samples)
-        check_training(stage, self.lr, self.batch_size)
 
     def round_sparsities(self) -> list[float]:
         return rising_sparsities(self.sparsity, self.rounds, self.spacing)
@@ -359,7 +385,7 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> 
         )
         for k, target in enumerate(config.round_sparsities(), start=1):
             held = freeze_values(config.mode, layers, initial)
-            reached = prune_to_(model, layers, _selection(config, target), ctx, held)
+            reached = prune_to_(model, layers, config.selection(target), ctx, held)
             if config.finetune_steps:
                 fit(model, task, train_settings(config, config.finetune_steps), ctx)
             rounds.append({"round": k, "sparsity": reached, **task.evaluate(model)})
@@ -376,7 +402,7 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> 
 
 
 @dataclass(frozen=True)
-class GradualConfig(TrainingStageConfig):
+class GradualConfig(ScheduleConfig):
     """Train for `steps`, pruning every `frequency` steps along AGP's cubic schedule.
 
     - `sparsity` / `initial_sparsity`: s_f and s_i of Zhu & Gupta (2017).
@@ -393,25 +419,15 @@ class GradualConfig(TrainingStageConfig):
         [0, 25, 50, 75]
     """
 
-    sparsity: float = 0.9
     initial_sparsity: float = 0.0
     steps: int = 1000
     start_step: int = 0
     end_step: int | None = None
     frequency: int = 50
-    importance: str = "l1"
-    scope: Literal["local", "global"] = "local"
-    group: Literal["layer", "row"] = "layer"
-    layers: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    min_keep: float = 0.01
-    calibration_samples: int = 128
-    mode: FreezeMode = "zero"
 
     def validate(self) -> None:
         stage = "prune.gradual"
-        check_sparsity(stage, "sparsity", self.sparsity)
-        check_mode(stage, self.mode)
+        self.check_schedule(stage)
         check_sparsity(stage, "initial_sparsity", self.initial_sparsity)
         if self.initial_sparsity > self.sparsity:
             raise ConfigError(
@@ -430,8 +446,6 @@ class GradualConfig(TrainingStageConfig):
                 f"{stage}: end_step {end} must be after start_step {self.start_step} and "
                 f"before steps {self.steps}"
             )
-        check_selection(stage, self.importance, self.min_keep, self.calibration_samples)
-        check_training(stage, self.lr, self.batch_size)
 
     def pruning_end(self) -> int:
         return self.end_step if self.end_step is not None else (3 * self.steps) // 4
@@ -470,7 +484,7 @@ def prune_gradual(model: nn.Module, config: GradualConfig, ctx: Context) -> nn.M
             return
         target = config.target(step)
         held = freeze_values(config.mode, layers, initial)
-        reached = prune_to_(model, layers, _selection(config, target), ctx, held)
+        reached = prune_to_(model, layers, config.selection(target), ctx, held)
         schedule.append({"step": step, "target": target, "sparsity": reached})
 
     with restored_on_error(model):
@@ -482,17 +496,3 @@ def prune_gradual(model: nn.Module, config: GradualConfig, ctx: Context) -> nn.M
         note=DENSE_KERNEL_NOTE if config.mode == "zero" else FREEZE_NOTE,
     )
     return model
-
-
-def _selection(config: IterativeConfig | GradualConfig, sparsity: float) -> UnstructuredConfig:
-    """One pruning step's selection, exactly as `prune.unstructured` would make it."""
-    return UnstructuredConfig(
-        sparsity=sparsity,
-        importance=config.importance,
-        scope=config.scope,
-        group=config.group,
-        layers=config.layers,
-        exclude=config.exclude,
-        min_keep=config.min_keep,
-        calibration_samples=config.calibration_samples,
-    )

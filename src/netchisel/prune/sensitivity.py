@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from netchisel.core.config import StageConfig
+from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import select_modules
@@ -354,10 +354,7 @@ class SensitivityConfig(StageConfig):
                 f"{STAGE}: target_sparsity {target} is above the largest ratio swept "
                 f"({swept[-1]}), so no choice of ratios reaches it: add larger ratios"
             )
-        if self.calibration_samples < 1:
-            raise ConfigError(
-                f"{STAGE}: calibration_samples must be >= 1, got {self.calibration_samples}"
-            )
+        check_calibration_samples(STAGE, self.calibration_samples)
 
 
 @register(STAGE, SensitivityConfig)

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.config import StageConfig
+from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.hessian import damped_factors, output_error, prepared_hessian, unsolvable
@@ -102,11 +102,7 @@ class SparseGPTConfig(StageConfig):
             )
         if not self.damping > 0.0:
             raise ConfigError(f"prune.sparsegpt.damping: must be > 0, got {self.damping}")
-        if self.calibration_samples < 1:
-            raise ConfigError(
-                "prune.sparsegpt.calibration_samples: the calibration set is empty "
-                f"({self.calibration_samples}); use at least 1 (the paper uses 128)"
-            )
+        check_calibration_samples("prune.sparsegpt", self.calibration_samples)
 
 
 # -- the solver: pure functions on tensors ------------------------------------------------

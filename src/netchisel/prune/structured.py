@@ -35,7 +35,7 @@ import torch_pruning as tp  # type: ignore[import-untyped]
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from netchisel.core.config import StageConfig
+from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.masks import masks_of
@@ -152,8 +152,7 @@ class StructuredConfig(StageConfig):
             raise ConfigError(f"{STAGE}.per_layer: blocks are removed whole; drop per_layer")
         if self.round_to < 1:
             raise ConfigError(f"{STAGE}.round_to: must be >= 1, got {self.round_to}")
-        if self.calibration_samples < 1:
-            raise ConfigError(f"{STAGE}.calibration_samples: must be >= 1")
+        check_calibration_samples(STAGE, self.calibration_samples)
         if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1):
             raise ConfigError(
                 f"{STAGE}.input_shape: {list(self.input_shape)} is not a shape such as "

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.registry import register
@@ -95,11 +96,7 @@ class AWQConfig(WeightQuantConfig):
             raise ConfigError(f"quantize.awq.grid: must be >= 1, got {self.grid}")
         if not 0.0 <= self.max_shrink < 1.0:
             raise ConfigError(f"quantize.awq.max_shrink: {self.max_shrink} is not in [0, 1)")
-        if self.calibration_samples < 1:
-            raise ConfigError(
-                "quantize.awq.calibration_samples: the calibration set is empty "
-                f"({self.calibration_samples}); use at least 1 (the paper uses 128)"
-            )
+        check_calibration_samples("quantize.awq", self.calibration_samples)
 
 
 # -- the searches: pure functions on tensors ----------------------------------------------
@@ -349,11 +346,7 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
         def make(name: str, linear: nn.Linear) -> nn.Module:
             r = solved[name]
             module = quantized_linear(linear, specs[name], r.q, r.scale, r.zero)
-            if r.input_scale is None:
-                return module
-            wrapper = InputScale(module, linear.in_features).to(r.input_scale.device)
-            wrapper.scale.copy_(r.input_scale)
-            return wrapper
+            return InputScale.around(module, r.input_scale)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already

@@ -53,6 +53,15 @@ class InputScale(nn.Module):
         self.module = module
         self.register_buffer("scale", torch.ones(features))
 
+    @classmethod
+    def around(cls, module: nn.Module, scale: Tensor | None) -> nn.Module:
+        """`module` itself when `scale` is None, else `module` behind an InputScale of `scale`."""
+        if scale is None:
+            return module
+        wrapper = cls(module, scale.numel()).to(scale.device)
+        wrapper.scale.copy_(scale)
+        return wrapper
+
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = self.module(x * self.scale.to(x.dtype))
         return out

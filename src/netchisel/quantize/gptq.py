@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.hessian import damped_factors, output_error, prepared_hessian, unsolvable
@@ -97,11 +98,7 @@ class GPTQConfig(WeightQuantConfig):
             raise ConfigError(f"quantize.gptq.blocksize: must be >= 1, got {self.blocksize}")
         if not self.damping > 0.0:
             raise ConfigError(f"quantize.gptq.damping: must be > 0, got {self.damping}")
-        if self.calibration_samples < 1:
-            raise ConfigError(
-                "quantize.gptq.calibration_samples: the calibration set is empty "
-                f"({self.calibration_samples}); use at least 1 (the paper uses 128)"
-            )
+        check_calibration_samples("quantize.gptq", self.calibration_samples)
 
 
 # -- the solver: pure functions on tensors ------------------------------------------------

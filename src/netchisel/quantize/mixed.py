@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
@@ -60,8 +61,7 @@ class MixedPrecisionConfig(WeightQuantConfig):
                 f"{STAGE}: average_bits={self.average_bits} is below the narrowest candidate "
                 f"({min(self.candidates)} bits)"
             )
-        if self.calibration_samples < 1:
-            raise ConfigError(f"{STAGE}: calibration_samples must be >= 1")
+        check_calibration_samples(STAGE, self.calibration_samples)
 
 
 @register(STAGE, MixedPrecisionConfig)

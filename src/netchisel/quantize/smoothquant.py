@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.registry import register
@@ -73,11 +74,7 @@ class SmoothQuantConfig(DynamicInt8Config):
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"quantize.smoothquant.alpha: {self.alpha} is not in [0, 1]")
-        if self.calibration_samples < 1:
-            raise ConfigError(
-                "quantize.smoothquant.calibration_samples: the calibration set is empty "
-                f"({self.calibration_samples}); use at least 1"
-            )
+        check_calibration_samples("quantize.smoothquant", self.calibration_samples)
 
 
 def smoothing_scales(act_max: Tensor, weight_max: Tensor, alpha: float) -> Tensor:
@@ -149,12 +146,7 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
                         kept[name] = 1.0 / s
 
         def make(name: str, linear: nn.Linear) -> nn.Module:
-            module = DynamicInt8Linear.from_float(linear)
-            if name not in kept:
-                return module
-            wrapper = InputScale(module, linear.in_features).to(kept[name].device)
-            wrapper.scale.copy_(kept[name])
-            return wrapper
+            return InputScale.around(DynamicInt8Linear.from_float(linear), kept.get(name))
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already

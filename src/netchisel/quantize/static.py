@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from netchisel.core.config import StageConfig
+from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.masks import forget_masks
@@ -421,10 +421,7 @@ class StaticInt8Config(StageConfig):
     exclude: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        if self.calibration_samples < 1:
-            raise ConfigError(
-                f"{STAGE}: calibration_samples must be >= 1, got {self.calibration_samples}"
-            )
+        check_calibration_samples(STAGE, self.calibration_samples)
 
 
 @register(STAGE, StaticInt8Config)

@@ -211,7 +211,7 @@ def test_bad_input_at_run_time_leaves_the_model_unchanged() -> None:
         ({"blocksize": 0}, r"quantize.gptq.blocksize: must be >= 1"),
         ({"damping": 0.0}, r"quantize.gptq.damping: must be > 0"),
         ({"calibration_samples": 0}, r"calibration_samples: the calibration set is empty"),
-        ({"bits": 9}, r"quantize.gptq: bits bits=9 is outside 1-8"),
+        ({"bits": 9}, r"quantize.gptq: bits=9 is outside 1-8"),
         ({"act_ordr": True}, r"unknown key 'act_ordr'"),
     ],
 )

@@ -84,7 +84,7 @@ def test_a_failure_leaves_the_model_as_it_was():
     net = _mlp()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     # Layer 4 has 64 inputs: 3-bit groups of 128 do not divide it (layer 0 would have worked).
-    with pytest.raises(ConfigError, match="group_size 128 does not divide in_features 64"):
+    with pytest.raises(ConfigError, match="layer 4: group_size 128 does not divide in_features 64"):
         quantize_(net, RTNConfig(bits=3, group_size=128, layers=("0", "4")))
     assert all(isinstance(net[i], nn.Linear) for i in (0, 2, 4))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
@@ -93,8 +93,8 @@ def test_a_failure_leaves_the_model_as_it_was():
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"bits": 9}, "bits bits=9 is outside 1-8"),
-        ({"bits": 4, "per_layer_bits": {"0": 0}}, "bits 0=0"),
+        ({"bits": 9}, "quantize.rtn: bits=9 is outside 1-8"),
+        ({"bits": 4, "per_layer_bits": {"0": 0}}, r"per_layer_bits\['0'\]=0"),
         ({"scale_method": "max"}, "unknown scale_method 'max'"),
         ({"bits": 1, "symmetric": True}, "1-bit"),
         ({"layers": ["nope"]}, "include pattern 'nope' matches no layer"),

@@ -264,7 +264,9 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
     layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
     specs = {name: config.spec_for(name) for name in layers}
     for name, layer in layers.items():
-        padded_weight(layer, specs[name])  # a group size that cannot work fails before any change
+        padded_weight(
+            layer, specs[name], name
+        )  # a group size that cannot work fails before any change
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = calibration_inputs(task, config.calibration_samples, device, stage)
     check = tuple(t[:CHECK_SAMPLES] for t in inputs[0])

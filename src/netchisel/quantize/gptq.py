@@ -259,7 +259,9 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
     layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
     specs = {name: config.spec_for(name) for name in layers}
     for name, layer in layers.items():
-        padded_weight(layer, specs[name])  # a group size that cannot work fails before any change
+        padded_weight(
+            layer, specs[name], name
+        )  # a group size that cannot work fails before any change
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = calibration_inputs(task, config.calibration_samples, device, stage)
     choose = functools.partial(kernel_qparams, method=config.scale_method)  # type: ignore[arg-type]

@@ -121,7 +121,7 @@ def layer_sensitivity(
             curve = []
             for bits in widths:
                 spec = dataclasses.replace(config, bits=bits, per_layer_bits={}).spec_for(name)
-                padded = padded_weight(linear, spec)  # as quantize.rtn pads it
+                padded = padded_weight(linear, spec, name)  # as quantize.rtn pads it
                 fake = fake_quantize(padded, spec, config.scale_method)  # type: ignore[arg-type]
                 linear.weight.copy_(fake[:, : original.shape[1]])
                 curve.append(task_loss())

@@ -518,7 +518,7 @@ def quantized_linear(
     return PackedLinear.from_float(linear, spec, q, scale, zero)
 
 
-def padded_weight(linear: nn.Linear, spec: QuantSpec) -> Tensor:
+def padded_weight(linear: nn.Linear, spec: QuantSpec, name: str = "") -> Tensor:
     """`linear`'s float weight, inputs zero-padded to a multiple of the group size."""
     weight = linear.weight.detach().float()
     if spec.granularity != "group" or weight.shape[1] % spec.group_size == 0:
@@ -527,7 +527,8 @@ def padded_weight(linear: nn.Linear, spec: QuantSpec) -> Tensor:
         from netchisel.core.errors import ConfigError
 
         raise ConfigError(
-            f"group_size {spec.group_size} does not divide in_features {weight.shape[1]}; "
+            f"{f'layer {name}: ' if name else ''}group_size {spec.group_size} does not divide "
+            f"in_features {weight.shape[1]}; "
             "pick a divisor (only the int4 kernel pads, for group sizes 32-256)"
         )
     pad = -weight.shape[1] % spec.group_size

@@ -64,9 +64,12 @@ class WeightQuantConfig(StageConfig):
 
     def validate(self) -> None:
         stage = self.stage_name()
-        for name, bits in [("bits", self.bits), *self.per_layer_bits.items()]:
+        for name, bits in [
+            ("bits", self.bits),
+            *((f"per_layer_bits[{k!r}]", b) for k, b in self.per_layer_bits.items()),
+        ]:
             if not 1 <= bits <= 8:
-                raise ConfigError(f"{stage}: bits {name}={bits} is outside 1-8")
+                raise ConfigError(f"{stage}: {name}={bits} is outside 1-8")
         if self.group_size is not None and self.group_size < 1:
             raise ConfigError(f"{stage}: group_size={self.group_size} must be >= 1")
         if self.scale_method not in SCALE_METHODS:
@@ -107,7 +110,7 @@ def quantize_rtn(model: nn.Module, config: RTNConfig, ctx: Context) -> nn.Module
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
         spec = config.spec_for(name)
-        weight = padded_weight(linear, spec)
+        weight = padded_weight(linear, spec, name)
         scale, zero = kernel_qparams(weight, spec, config.scale_method)  # type: ignore[arg-type]
         return quantized_linear(linear, spec, quantize(weight, scale, zero, spec), scale, zero)
 

@@ -125,9 +125,9 @@ class DistillConfig(TrainingStageConfig):
 
 def teacher_source(value: str | dict[str, Any]) -> Any:
     """The SourceSpec of a `teacher:` value, parsed as the recipe parses `model:`."""
-    from netchisel.pipeline.recipe import _source
+    from netchisel.pipeline.recipe import parse_source
 
-    return _source("distill.teacher", value, ("zoo", "builder", "artifact"))
+    return parse_source("distill.teacher", value, ("zoo", "builder", "artifact"))
 
 
 def resolve_teacher(config: DistillConfig, ctx: Context) -> nn.Module:

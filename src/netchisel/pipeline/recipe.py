@@ -109,8 +109,10 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
         raise ConfigError(
             "recipe: 'model' is required (a zoo name, {builder: ...} or {artifact: ...})"
         )
-    model = _source("recipe.model", data["model"], ("zoo", "builder", "artifact"))
-    task = _source("recipe.task", data["task"], ("zoo", "builder")) if data.get("task") else None
+    model = parse_source("recipe.model", data["model"], ("zoo", "builder", "artifact"))
+    task = (
+        parse_source("recipe.task", data["task"], ("zoo", "builder")) if data.get("task") else None
+    )
     stages = tuple(
         _stage(i, s) for i, s in enumerate(_list("recipe.stages", data.get("stages", [])))
     )
@@ -138,7 +140,16 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
     )
 
 
-def _source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
+def parse_source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
+    """Parse a model or task source (`model:`, `task:`, distill's `teacher:`) into a SourceSpec.
+
+    `value` is a zoo name or a mapping with exactly one of `kinds`; `where` names the field in
+    errors.
+
+    Example:
+        >>> parse_source("recipe.model", {"zoo": "cnn", "kwargs": {"width": 8}}, ("zoo",))
+        SourceSpec(kind='zoo', ref='cnn', kwargs={'width': 8}, pretrained=True)
+    """
     if isinstance(value, str):
         return SourceSpec("zoo", value)
     if not isinstance(value, dict):

@@ -22,27 +22,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError
-from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
-from netchisel.factorize.batchnorm import swap_and_recalibrate_
+from netchisel.factorize.convs import (
+    ConvRewriteConfig,
+    conv_geometry,
+    params_of,
+    relative_error,
+    rewrite_convs_,
+)
 from netchisel.factorize.rank import check_recalibration
-from netchisel.factorize.svd import record_totals
-from netchisel.factorize.tucker import conv_geometry, skip_reason
 
 STAGE = "factorize.separable"
 
 
 @dataclass(frozen=True)
-class SeparableConfig(StageConfig):
+class SeparableConfig(ConvRewriteConfig):
     """Replace kxk Conv2d layers by depthwise kxk + pointwise 1x1 convs.
 
     - `batchnorm`: put an identity-initialised BatchNorm2d between the two convs.
-    - `layers` / `exclude`: regexes over module names (full match).
-    - `recalibrate_bn`: train samples to re-estimate every BatchNorm's statistics with after
-      the rewrite (0: off; needs a task), see `factorize/batchnorm.py`.
+    - `layers`, `exclude`, `recalibrate_bn`: as for every conv rewrite (`ConvRewriteConfig`).
 
     Example:
         >>> SeparableConfig(exclude=("conv1",)).batchnorm
@@ -50,9 +49,6 @@ class SeparableConfig(StageConfig):
     """
 
     batchnorm: bool = False
-    layers: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    recalibrate_bn: int = 0
 
     def validate(self) -> None:
         check_recalibration(STAGE, self.recalibrate_bn)
@@ -117,34 +113,16 @@ def factorize_separable(model: nn.Module, config: SeparableConfig, ctx: Context)
     Every replacement is built before any is swapped in, so an error leaves the model
     unchanged. Records each layer's relative weight error and parameters, and the skips.
     """
-    chosen = select_modules(model, (nn.Conv2d,), config.layers, config.exclude)
-    if not chosen:
-        raise ConfigError(f"{STAGE}: the model has no nn.Conv2d layer to rewrite")
-    task = ctx.require_task(STAGE) if config.recalibrate_bn else None
-    replacements: dict[str, nn.Module] = {}
-    done: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
-    for name, conv in chosen.items():
-        assert isinstance(conv, nn.Conv2d)
-        reason = skip_reason(conv)
-        before = sum(p.numel() for p in conv.parameters())
-        after = separable_params(conv, config.batchnorm)
-        if reason is None and after >= before:
-            reason = f"would not reduce parameters ({after:,} >= {before:,})"
-        if reason is not None:
-            skipped[name] = reason
-            continue
+
+    def rewrite(name: str, conv: nn.Conv2d) -> tuple[nn.Module, dict[str, Any]] | str:
+        before, after = params_of(conv), separable_params(conv, config.batchnorm)
+        if after >= before:
+            return f"would not reduce parameters ({after:,} >= {before:,})"
         depthwise, pointwise = separable_factors(conv.weight)
-        replacements[name] = separable_conv(conv, depthwise, pointwise, config.batchnorm)
-        w = conv.weight.detach().double()
         approx = pointwise.double() * depthwise.double().transpose(0, 1)
-        done[name] = {
+        return separable_conv(conv, depthwise, pointwise, config.batchnorm), {
             "shape": list(conv.weight.shape),
-            "weight_relative_error": float((approx - w).norm() / w.norm().clamp_min(1e-30)),
-            "params_before": before,
-            "params_after": after,
+            "weight_relative_error": relative_error(approx, conv.weight),
         }
-    swap_and_recalibrate_(model, replacements, task, config.recalibrate_bn)
-    record_totals(ctx, done, skipped)
-    ctx.record(recalibrated_bn_samples=config.recalibrate_bn if replacements else 0)
-    return model
+
+    return rewrite_convs_(model, config, ctx, STAGE, rewrite)

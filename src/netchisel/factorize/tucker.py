@@ -26,12 +26,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
-from netchisel.factorize.batchnorm import swap_and_recalibrate_
+from netchisel.factorize.convs import (
+    ConvRewriteConfig,
+    conv_geometry,
+    params_of,
+    relative_error,
+    rewrite_convs_,
+)
 from netchisel.factorize.rank import (
     check_one_criterion,
     check_ratio,
@@ -39,14 +43,13 @@ from netchisel.factorize.rank import (
     energy_kept,
     rank_for_energy,
 )
-from netchisel.factorize.svd import record_totals
 
 STAGE = "factorize.tucker"
 DEFAULT_PARAM_RATIO = 0.5
 
 
 @dataclass(frozen=True)
-class TuckerConfig(StageConfig):
+class TuckerConfig(ConvRewriteConfig):
     """Replace kxk Conv2d layers by a Tucker-2 1x1 -> kxk -> 1x1 sequence.
 
     The ranks (r_in, r_out) of each layer come from one of (at most one may be set; none
@@ -59,9 +62,8 @@ class TuckerConfig(StageConfig):
     - `param_ratio`: the ranks within this fraction of the layer's parameters that keep the
       most energy of both unfoldings.
 
-    `iterations`: HOOI iterations after the HOSVD start. `layers` / `exclude`: regexes.
-    `recalibrate_bn`: train samples to re-estimate every BatchNorm's statistics with after
-    the rewrite (0: off; needs a task), see `factorize/batchnorm.py`.
+    `iterations`: HOOI iterations after the HOSVD start. `layers`, `exclude`,
+    `recalibrate_bn`: as for every conv rewrite (`ConvRewriteConfig`).
 
     Example:
         >>> TuckerConfig(ranks=(8, 16)).ranks
@@ -72,9 +74,6 @@ class TuckerConfig(StageConfig):
     energy: float | None = None
     param_ratio: float | None = None
     iterations: int = 20
-    layers: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-    recalibrate_bn: int = 0
 
     def validate(self) -> None:
         check_one_criterion(
@@ -115,7 +114,7 @@ def ranks_for_params(conv: nn.Conv2d, s_in: Tensor, s_out: Tensor, ratio: float)
     """The (r_in, r_out) with at most `ratio` of the layer's parameters that keep the most
     energy of the two unfoldings (sum of the two kept fractions); (0, 0) if none fits."""
     c_in, c_out = conv.in_channels, conv.out_channels
-    budget = int(ratio * sum(p.numel() for p in conv.parameters()))
+    budget = int(ratio * params_of(conv))
     r_in = torch.arange(1, c_in + 1)[:, None]
     r_out = torch.arange(1, c_out + 1)[None, :]
     kh, kw = conv.kernel_size
@@ -188,27 +187,6 @@ def tucker_conv(conv: nn.Conv2d, core: Tensor, u_in: Tensor, u_out: Tensor) -> n
     return nn.Sequential(first, middle, last)
 
 
-def conv_geometry(conv: nn.Conv2d) -> dict[str, Any]:
-    """The kxk conv's kernel, stride, padding, dilation and padding mode, as Conv2d kwargs."""
-    return {
-        "kernel_size": conv.kernel_size,
-        "stride": conv.stride,
-        "padding": conv.padding,
-        "dilation": conv.dilation,
-        "padding_mode": conv.padding_mode,
-    }
-
-
-def skip_reason(conv: nn.Conv2d) -> str | None:
-    """Why a conv is not rewritten (grouped, depthwise, 1x1), or None."""
-    if conv.groups != 1:
-        kind = "depthwise" if conv.groups == conv.in_channels else "grouped"
-        return f"{kind} conv (groups={conv.groups}): only groups=1 convs are rewritten"
-    if conv.kernel_size == (1, 1):
-        return "1x1 conv: nothing to gain from a kxk core"
-    return None
-
-
 @register(STAGE, TuckerConfig)
 def factorize_tucker(model: nn.Module, config: TuckerConfig, ctx: Context) -> nn.Module:
     """Replace each chosen kxk Conv2d by its Tucker-2 decomposition as three convs.
@@ -217,46 +195,25 @@ def factorize_tucker(model: nn.Module, config: TuckerConfig, ctx: Context) -> nn
     layer) leaves the model unchanged. Records each layer's ranks, kept energy of both
     unfoldings, relative weight error and parameters, the layers skipped and why.
     """
-    chosen = select_modules(model, (nn.Conv2d,), config.layers, config.exclude)
-    if not chosen:
-        raise ConfigError(f"{STAGE}: the model has no nn.Conv2d layer to factorize")
-    task = ctx.require_task(STAGE) if config.recalibrate_bn else None
-    replacements: dict[str, nn.Module] = {}
-    done: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
-    for name, conv in chosen.items():
-        assert isinstance(conv, nn.Conv2d)
-        reason = skip_reason(conv)
-        if reason is not None:
-            skipped[name] = reason
-            continue
+
+    def rewrite(name: str, conv: nn.Conv2d) -> tuple[nn.Module, dict[str, Any]] | str:
         r_in, r_out = _ranks(name, conv, config)
-        before = sum(p.numel() for p in conv.parameters())
-        after = tucker_params(conv, r_in, r_out)
-        if r_in == 0 or after >= before:
-            skipped[name] = (
-                f"ranks ({r_in}, {r_out}) would not reduce parameters ({after:,} >= {before:,})"
-                if r_in
-                else f"param_ratio {ratio_of(config)} leaves no room for ranks (1, 1)"
-            )
-            continue
+        if r_in == 0:
+            return f"param_ratio {ratio_of(config)} leaves no room for ranks (1, 1)"
+        before, after = params_of(conv), tucker_params(conv, r_in, r_out)
+        if after >= before:
+            return f"ranks ({r_in}, {r_out}) would not reduce parameters ({after:,} >= {before:,})"
         core, u_in, u_out = tucker2_factors(conv.weight, r_in, r_out, config.iterations)
-        replacements[name] = tucker_conv(conv, core, u_in, u_out)
         approx = torch.einsum("abhw,oa,ib->oihw", core.double(), u_out.double(), u_in.double())
-        w = conv.weight.detach().double()
         s_in, s_out = unfolding_spectra(conv.weight)
-        done[name] = {
+        return tucker_conv(conv, core, u_in, u_out), {
             "ranks": [r_in, r_out],
             "shape": list(conv.weight.shape),
             "energy_kept": [energy_kept(s_in, r_in), energy_kept(s_out, r_out)],
-            "weight_relative_error": float((approx - w).norm() / w.norm().clamp_min(1e-30)),
-            "params_before": before,
-            "params_after": after,
+            "weight_relative_error": relative_error(approx, conv.weight),
         }
-    swap_and_recalibrate_(model, replacements, task, config.recalibrate_bn)
-    record_totals(ctx, done, skipped)
-    ctx.record(recalibrated_bn_samples=config.recalibrate_bn if replacements else 0)
-    return model
+
+    return rewrite_convs_(model, config, ctx, STAGE, rewrite)
 
 
 def ratio_of(config: TuckerConfig) -> float:

@@ -150,6 +150,17 @@ def test_mismatched_output_shape_is_named() -> None:
         distill_(mlp(16), DistillConfig(steps=2), task, other)
 
 
+def test_a_teacher_output_of_another_shape_is_one_line_naming_both() -> None:
+    task = digits_task(n_train=64)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.Unflatten(1, (2, 5)))
+    with pytest.raises(ConfigError) as error:
+        distill_(mlp(16), DistillConfig(steps=2), task, other)
+    assert str(error.value) == (
+        "distill: teacher output (2, 2, 5) does not match student output (2, 10): choose a "
+        "teacher of the same task and output"
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

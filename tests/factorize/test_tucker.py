@@ -104,6 +104,15 @@ def test_ranks_too_large_name_the_value_and_leave_the_model() -> None:
     )
 
 
+def test_r_out_too_large_is_one_line_naming_the_value() -> None:
+    with pytest.raises(ConfigError) as error:
+        factorize_(_net(), TuckerConfig(ranks=(2, 17), layers=("0",)))
+    assert str(error.value) == (
+        "factorize.tucker: r_out 17 is larger than layer '0' allows (16 output channels): "
+        "lower ranks or exclude the layer"
+    )
+
+
 def test_bad_ranks() -> None:
     with pytest.raises(ConfigError, match=r"ranks must be two integers >= 1"):
         TuckerConfig.from_dict({"ranks": [4]})

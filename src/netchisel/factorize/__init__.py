@@ -15,11 +15,12 @@ from torch import nn
 from netchisel.core.config import StageConfig
 from netchisel.core.registry import apply_config
 from netchisel.core.task import Task
+from netchisel.factorize.cp import CPConfig
 from netchisel.factorize.separable import SeparableConfig
 from netchisel.factorize.svd import SVDConfig
 from netchisel.factorize.tucker import TuckerConfig
 
-__all__ = ["SVDConfig", "SeparableConfig", "TuckerConfig", "factorize_"]
+__all__ = ["CPConfig", "SVDConfig", "SeparableConfig", "TuckerConfig", "factorize_"]
 
 
 def factorize_(

@@ -2,6 +2,8 @@
 
 - `rank_for_energy`: the smallest rank whose singular values keep a fraction of the squared
   spectrum (the Frobenius energy: the relative squared error of the truncation is 1 - kept);
+- `rank_for_budget`: the largest rank within a parameter budget, for replacements whose size
+  is linear in the rank (SVD, CP);
 - `swap_all`: put every replacement into the model only after all were built, so a failure
   while building leaves the model as it was.
 """
@@ -37,6 +39,19 @@ def rank_for_energy(singular_values: Tensor, energy: float) -> int:
     kept = torch.cumsum(squares, 0) / total
     hits = (kept >= energy - _ENERGY_TOLERANCE).nonzero()
     return int(hits[0]) + 1 if len(hits) else len(squares)
+
+
+def rank_for_budget(params: int, ratio: float, fixed: int, per_rank: int) -> int:
+    """The largest r with fixed + r * per_rank <= floor(ratio * params); 0 if none fits.
+
+    For replacements whose parameter count is linear in the rank (SVD, CP). Integer
+    arithmetic on the floored budget, so the kept fraction never exceeds `ratio`.
+
+    Example:
+        >>> rank_for_budget(512 * 128 + 128, 0.5, 128, 512 + 128)  # an SVD'd Linear(512, 128)
+        51
+    """
+    return max(0, (int(ratio * params) - fixed) // per_rank)
 
 
 def energy_kept(singular_values: Tensor, rank: int) -> float:

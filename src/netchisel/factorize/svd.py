@@ -26,6 +26,7 @@ from netchisel.factorize.rank import (
     check_one_criterion,
     check_ratio,
     energy_kept,
+    rank_for_budget,
     rank_for_energy,
     swap_all,
 )
@@ -81,16 +82,14 @@ class SVDConfig(StageConfig):
 def rank_for_params(in_features: int, out_features: int, bias: bool, ratio: float) -> int:
     """Largest r with r * (in + out) + bias <= ratio * (in * out + bias); 0 if none fits.
 
-    Integer arithmetic on the budget, so the kept fraction is <= `ratio` exactly (floats
-    only in the product ratio * params, floored).
+    The kept fraction is <= `ratio` exactly (`rank_for_budget`).
 
     Example:
         >>> rank_for_params(512, 128, True, 0.5)
         51
     """
     b = out_features if bias else 0
-    budget = int(ratio * (in_features * out_features + b))
-    return max(0, (budget - b) // (in_features + out_features))
+    return rank_for_budget(in_features * out_features + b, ratio, b, in_features + out_features)
 
 
 def svd_factors(weight: Tensor, rank: int) -> tuple[Tensor, Tensor, Tensor]:

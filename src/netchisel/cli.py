@@ -46,6 +46,36 @@ def run(
 
 
 @app.command()
+def search(
+    spec: Annotated[Path, typer.Argument(help="YAML search spec.")],
+    output: Annotated[
+        Path | None, typer.Option(help="Output directory (overrides the spec).")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL shared by several machines, e.g. "
+            "postgresql://user:pw@host/db (default: SQLite, or a journal file with "
+            "--workers, in the output directory)."
+        ),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes.")] = 1,
+    trials: Annotated[int | None, typer.Option(help="Total trials (overrides the spec).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Search a space (NAS, compression policy, hyper-parameters); run again to continue."""
+    import optuna
+
+    from netchisel.search.study import run_search
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
+    result = run_search(
+        spec, output=output, storage=storage, workers=workers, trials=trials, quiet=quiet
+    )
+    _print_search_summary(result.report, result.directory)
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
     quiet: Quiet = False,
@@ -247,6 +277,29 @@ def _print_summary(report: dict[str, Any], directory: Path) -> None:
         console.print(f"FLOPs do not include these ops (no formula): {', '.join(missing)}")
     console.print(f"report: {directory / 'report.html'} (also report.md, report.json)")
     console.print(f"model:  {directory / 'model'}")
+
+
+def _print_search_summary(report: dict[str, Any], directory: Path) -> None:
+    from netchisel.search.report import COLUMNS, table_cells
+
+    counts = report["counts"]
+    title = (
+        f"netchisel search: {report['search']['name']} ({counts['counted']} trials: "
+        f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed)"
+    )
+    table = Table(title=title)
+    for _, name in COLUMNS:
+        table.add_column(name, justify="right")
+    for row in report["best"]:
+        cells = table_cells(row)
+        table.add_row(*(cells[k] for k, _ in COLUMNS))
+    console.print(table)
+    if not report["feasible_found"]:
+        console.print("No trial met the constraints; the closest infeasible trials are shown.")
+    console.print(f"report: {directory / 'report.html'} (also report.md, report.json)")
+    for entry in report["exported"]:
+        if entry["path"]:
+            console.print(f"best:   {directory / entry['path']}")
 
 
 def main() -> None:

@@ -31,6 +31,9 @@ class Context:
     workdir: Path = field(default_factory=lambda: Path("."))
     quiet: bool = False
     records: dict[str, Any] = field(default_factory=dict)
+    # Called by `fit` after each pass over the train split with (epochs done, model); a search
+    # uses it to report intermediate scores to Optuna's pruners (and may raise TrialPruned).
+    on_epoch: Callable[[int, nn.Module], None] | None = None
 
     def record(self, **values: Any) -> None:
         """Attach numbers or notes to the current stage's entry in the report."""

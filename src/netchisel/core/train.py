@@ -82,6 +82,7 @@ def fit(
     was_training = model.training
     model.train()
     losses: list[float] = []
+    epochs = 0
     try:
         with ctx.progress(f"training {total} steps", total) as advance:
             while len(losses) < total:
@@ -108,6 +109,9 @@ def fit(
                     advance(1)
                     if len(losses) >= total:
                         break
+                epochs += 1
+                if ctx.on_epoch is not None:
+                    ctx.on_epoch(epochs, model)
     finally:
         model.train(was_training)
     return losses

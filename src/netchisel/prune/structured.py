@@ -766,6 +766,26 @@ def _score_units(
         return _layer_units(probe, inputs, config, stats)
 
 
+def channel_groups(
+    model: nn.Module, inputs: tuple[Tensor, ...], config: StructuredConfig | None = None
+) -> dict[str, tuple[str, ...]]:
+    """The prunable channel groups: root layer -> the layers whose output width it sets.
+
+    One keep-decision covers a whole group, so a per-layer policy has one value per root;
+    `per_layer: {re.escape(root): ratio}` sets it.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3),
+        ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        >>> channel_groups(net, (torch.zeros(1, 1, 8, 8),))
+        {'0': ('0',), '2': ('2',)}
+    """
+    config = config or StructuredConfig()
+    units, _ = _score_units(model, inputs, config, Context(task=None, quiet=True))
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    return {u.root: u.members for u in sorted(units, key=lambda u: order[u.root])}
+
+
 def _search(
     units: list[_Unit],
     config: StructuredConfig,

@@ -16,13 +16,18 @@ from netchisel.core.errors import ArtifactError
 
 def write_reports(report: dict[str, Any], directory: str | Path) -> list[Path]:
     """Write the three report files into `directory`, each atomically."""
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     texts = {
         "report.json": json.dumps(report, indent=1, default=str),
         "report.md": render_markdown(report),
         "report.html": render_html(report),
     }
+    return write_atomically(texts, directory)
+
+
+def write_atomically(texts: dict[str, str], directory: str | Path) -> list[Path]:
+    """Write `{file name: text}` into `directory`; a reader never sees half a file."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in texts.items():
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
@@ -255,7 +260,7 @@ def _plots(report: dict[str, Any]) -> list[str]:
         ax.set_xlabel(label)
         ax.set_ylabel(str(primary))
         ax.set_title(f"{primary} vs {label}")
-        figures.append(_svg(fig))
+        figures.append(svg_text(fig))
     for key, label in (("params", "parameters"), ("flops", "FLOPs")):
         first, last = steps[0]["per_module"][key], steps[-1]["per_module"][key]
         names = [n for n in last if n and not any(o.startswith(n + ".") for o in last)]
@@ -275,7 +280,7 @@ def _plots(report: dict[str, Any]) -> list[str]:
         ax.invert_yaxis()
         ax.set_xlabel(f"{label} per layer (leaf modules)")
         ax.legend(fontsize=7)
-        figures.append(_svg(fig))
+        figures.append(svg_text(fig))
     for step in steps:
         data = step.get("records", {}).get("sensitivity")
         if data:
@@ -301,10 +306,11 @@ def _sensitivity_plot(name: str, data: dict[str, Any]) -> str:
     ax.set_ylabel(str(data["metric"]))
     ax.set_title(f"sensitivity ({name})" + (": x = chosen" if chosen else ""))
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return _svg(fig)
+    return svg_text(fig)
 
 
-def _svg(fig: Any) -> str:
+def svg_text(fig: Any) -> str:
+    """A matplotlib figure as inline SVG text (closes nothing: the caller owns the figure)."""
     buffer = io.StringIO()
     fig.tight_layout()
     fig.savefig(buffer, format="svg")

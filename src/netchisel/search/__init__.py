@@ -1,0 +1,1 @@
+"""Search: spaces, objectives and strategies over Optuna studies."""

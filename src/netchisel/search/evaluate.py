@@ -1,0 +1,97 @@
+"""Evaluate one candidate: build it from the recipe template, run the stages, measure it.
+
+The metrics a search optimises are those of the validation split; the test split's are
+recorded beside them for the report and never used to choose.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.registry import get_stage
+from netchisel.pipeline.artifact import artifact_bytes, save
+from netchisel.pipeline.runner import load_model, load_task
+from netchisel.profile import profile
+from netchisel.search.space import Candidate
+from netchisel.search.spec import SearchSpec
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one candidate measured: validation metrics + profile, test metrics, its artifact."""
+
+    metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    artifact: Path
+
+
+def evaluate_candidate(
+    spec: SearchSpec,
+    candidate: Candidate,
+    directory: Path,
+    *,
+    report: Callable[[int, dict[str, float]], None] | None = None,
+) -> Evaluation:
+    """Build, train (the recipe's stages), evaluate and profile one candidate.
+
+    The model is saved as an artifact in `directory / "model"`; its size on disk is the
+    `bytes_on_disk` metric. `report(epoch, validation metrics)` is called after every
+    training epoch when given (Optuna's pruners use it).
+
+    Example:
+        >>> out = Path("runs/s/trials/0")  # doctest: +SKIP
+        >>> evaluation = evaluate_candidate(spec, {"width": 16}, out)  # doctest: +SKIP
+        >>> evaluation.metrics["accuracy"], evaluation.metrics["latency_ms"]  # doctest: +SKIP
+        (97.5, 0.41)
+    """
+    recipe = spec.recipe(candidate, directory)
+    torch.manual_seed(recipe.seed)
+    model = load_model(recipe.model).to(recipe.device)
+    teacher = copy.deepcopy(model).eval()  # the `distill` stage's default teacher
+    task = load_task(recipe.task, recipe.model, teacher)
+    if task is None:
+        raise ConfigError("search.recipe: add 'task:' so candidates can be trained and evaluated")
+    val = "val" if "val" in task.splits else None
+    on_epoch = None
+    if report is not None:
+        on_epoch = lambda epoch, net: report(epoch, task.evaluate(net, split=val))  # noqa: E731
+    ctx = Context(task, teacher, recipe.device, recipe.seed, directory, True, on_epoch=on_epoch)
+    for name, config in recipe.stages:
+        model = get_stage(name)(model, config, ctx)
+    inputs = task.example_inputs(recipe.profile.batch_size)
+    settings = recipe.profile
+    measured = profile(
+        model,
+        inputs,
+        latency=settings.latency,
+        backend=settings.backend,
+        threads=settings.threads,
+        repeats=settings.repeats,
+        warmup=settings.warmup,
+        on_disk=False,
+    )
+    metadata: dict[str, Any] = {
+        "inputs": [
+            {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in inputs
+        ],
+        "task": task.name,
+        "candidate": candidate,
+    }
+    artifact = save(model, directory / "model", metadata=metadata)
+    measured = dataclasses.replace(measured, bytes_on_disk=artifact_bytes(artifact))
+    metrics = {**measured.summary(), **task.evaluate(model, split=val)}
+    test = task.evaluate(model, split="test") if "test" in task.splits else {}
+    return Evaluation(_numbers(metrics), _numbers(test), artifact)
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and v is not None}

@@ -1,0 +1,303 @@
+"""The search report: trial table, Pareto front (or ranking), plot, best candidates exported.
+
+Feasible means every constraint holds. The best candidates are the feasible Pareto front
+(several objectives) or the top feasible trials (one objective). When no trial is feasible
+the report says so and still keeps the trials closest to feasible (least total violation).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from netchisel.report.render import human, human_bytes, svg_text, write_atomically
+from netchisel.search.spec import SearchSpec
+from netchisel.search.storage import counted_trials, describe
+
+BEST_DIR = "best"
+
+
+def write_search_report(
+    study: optuna.Study, spec: SearchSpec, out: Path, url: str
+) -> dict[str, Any]:
+    """Export the best candidates and write report.json, report.md and report.html."""
+    directions = spec.objectives.directions()
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    feasible = [t for t in complete if is_feasible(t)]
+    pool = feasible or sorted(complete, key=violation)[: max(1, spec.export)]
+    chosen = best_trials(pool, directions)[: spec.export]
+    counted = counted_trials(study)
+    states = [t.state.name.lower() for t in counted]
+    report = {
+        "search": {
+            "name": spec.name,
+            "strategy": spec.strategy,
+            "storage": describe(url),
+            "objectives": spec.objectives.names(),
+            "directions": directions,
+            "constraints": [vars(limit) for limit in spec.objectives.limits],
+            "trials_budget": spec.trials,
+        },
+        "counts": {
+            "counted": len(counted),
+            **{s: states.count(s) for s in ("complete", "pruned", "fail")},
+            "interrupted_and_rerun": sum(
+                1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("interrupted")
+            ),
+            "feasible": len(feasible),
+        },
+        "feasible_found": bool(feasible),
+        "best": [trial_row(t) for t in chosen],
+        "exported": export_best(chosen, out),
+        "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)],
+    }
+    write_atomically(
+        {
+            "report.json": json.dumps(report, indent=1, default=str),
+            "report.md": render_markdown(report),
+            "report.html": render_html(report),
+        },
+        out,
+    )
+    return report
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Whether every constraint of the trial holds (a trial without constraints is)."""
+    return all(v <= 0 for v in trial.user_attrs.get("constraints", []))
+
+
+def violation(trial: FrozenTrial) -> float:
+    """The total constraint violation (0 when feasible)."""
+    return float(sum(max(0.0, v) for v in trial.user_attrs.get("constraints", [])))
+
+
+def best_trials(trials: list[FrozenTrial], directions: Sequence[str]) -> list[FrozenTrial]:
+    """The non-dominated trials (several objectives) or all trials best first (one).
+
+    Example:
+        >>> from optuna.trial import create_trial
+        >>> ts = [create_trial(values=v) for v in ([1, 5], [2, 6], [3, 4])]
+        >>> [t.values for t in best_trials(ts, ["maximize", "minimize"])]
+        [[3.0, 4.0], [2.0, 6.0]]
+    """
+    signs = [1.0 if d == "maximize" else -1.0 for d in directions]
+
+    def score(t: FrozenTrial) -> list[float]:
+        return [s * v for s, v in zip(signs, t.values, strict=True)]
+
+    if len(directions) == 1:
+        return sorted(trials, key=lambda t: -score(t)[0])
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
+
+    scores = {t.number: score(t) for t in trials}
+    front = [
+        t for t in trials if not any(dominates(scores[o.number], scores[t.number]) for o in trials)
+    ]
+    return sorted(front, key=lambda t: -scores[t.number][0])
+
+
+def export_best(chosen: list[FrozenTrial], out: Path) -> list[dict[str, Any]]:
+    """Copy each chosen trial's artifact to best/<rank>_trial<n>; report missing ones."""
+    best = out / BEST_DIR
+    if best.exists():
+        shutil.rmtree(best)
+    exported = []
+    for rank, trial in enumerate(chosen, start=1):
+        source = out / str(trial.user_attrs.get("artifact", ""))
+        target = best / f"{rank}_trial{trial.number:05d}"
+        if trial.user_attrs.get("artifact") and (source / "manifest.json").is_file():
+            shutil.copytree(source, target)
+            exported.append({"trial": trial.number, "path": str(target.relative_to(out))})
+        else:  # a trial run by another machine: its artifact lives there
+            exported.append({"trial": trial.number, "path": None, "missing": str(source)})
+    return exported
+
+
+def trial_row(trial: FrozenTrial) -> dict[str, Any]:
+    """One trial as report data."""
+    attrs = trial.user_attrs
+    duration = trial.duration.total_seconds() if trial.duration else None
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "candidate": attrs.get("candidate", trial.params),
+        "values": trial.values,
+        "metrics": attrs.get("metrics", {}),
+        "test_metrics": attrs.get("test_metrics", {}),
+        "constraints": attrs.get("constraints", []),
+        "feasible": is_feasible(trial),
+        "error": attrs.get("error"),
+        "interrupted": bool(attrs.get("interrupted")),
+        "seconds": duration,
+    }
+
+
+COLUMNS = (
+    ("number", "trial"),
+    ("values", "objectives"),
+    ("accuracy", "accuracy (val)"),
+    ("test", "accuracy (test)"),
+    ("latency_ms", "latency ms"),
+    ("macs", "MACs"),
+    ("params", "params"),
+    ("bytes_on_disk", "on disk"),
+    ("candidate", "candidate"),
+)
+
+
+def table_cells(row: dict[str, Any]) -> dict[str, str]:
+    """One report row as the strings of the table columns."""
+    m, test = row["metrics"], row["test_metrics"]
+
+    def num(value: Any, fmt: str = ".4g") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    values = row["values"]
+    return {
+        "number": str(row["number"]) + ("" if row["feasible"] else " (infeasible)"),
+        "values": ", ".join(f"{v:.4g}" for v in values) if values else row["state"],
+        "accuracy": num(m.get("accuracy")),
+        "test": num(test.get("accuracy")),
+        "latency_ms": num(m.get("latency_ms"), ".3g"),
+        "macs": human(m["macs"]) if "macs" in m else "-",
+        "params": human(m["params"]) if "params" in m else "-",
+        "bytes_on_disk": human_bytes(m.get("bytes_on_disk")),
+        "candidate": json.dumps(row["candidate"], separators=(",", ":")),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        cells = table_cells(row)
+        lines.append("| " + " | ".join(cells[k] for k, _ in COLUMNS) + " |")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: summary, best candidates, every trial."""
+    s, c = report["search"], report["counts"]
+    lines = [
+        f"# Search: {s['name']}",
+        "",
+        f"- strategy **{s['strategy']}**, objectives "
+        + ", ".join(f"{n} ({d})" for n, d in zip(s["objectives"], s["directions"], strict=True)),
+        f"- trials: {c['counted']} of {s['trials_budget']} ({c['complete']} complete, "
+        f"{c['pruned']} pruned, {c['fail']} failed; {c['interrupted_and_rerun']} interrupted "
+        "and run again)",
+        f"- storage: `{s['storage']['url']}`",
+    ]
+    if s["constraints"]:
+        limits = ", ".join(
+            f"{lim['metric']} {'<= ' + str(lim['max']) if lim['max'] is not None else ''}"
+            f"{' >= ' + str(lim['min']) if lim['min'] is not None else ''}"
+            for lim in s["constraints"]
+        )
+        lines.append(f"- constraints: {limits}; {c['feasible']} trials feasible")
+    if not report["feasible_found"]:
+        lines += ["", "**No trial met the constraints.** The best infeasible trials are kept."]
+    lines += ["", "## Best candidates", "", "Selected on the validation split.", ""]
+    lines += _table(report["best"])
+    exported = [e for e in report["exported"] if e["path"]]
+    lines += [
+        "",
+        "Exported artifacts: " + (", ".join(f"`{e['path']}`" for e in exported) or "none"),
+    ]
+    lines += ["", "## Every trial", ""]
+    lines += _table([r for r in report["trials"] if r["state"] == "complete"])
+    failed = [r for r in report["trials"] if r["state"] == "fail" and r["error"]]
+    if failed:
+        lines += ["", "## Failed trials", ""]
+        lines += [f"- trial {r['number']}: {r['error']}" for r in failed]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page: the objective plot, the summary and the tables."""
+    title = html.escape(f"netchisel search: {report['search']['name']}")
+    summary = render_markdown(report).split("## Best candidates")[0].splitlines()[1:]
+    items = "".join(
+        f"<li>{html.escape(line[2:]).replace('**', '')}</li>"
+        for line in summary
+        if line.startswith("- ")
+    )
+    warning = "" if report["feasible_found"] else "<p><b>No trial met the constraints.</b></p>"
+    complete = [r for r in report["trials"] if r["state"] == "complete"]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:80em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em}}
+th{{background:#f3f3f3}}</style>
+</head><body>
+<h1>{title}</h1><ul>{items}</ul>{warning}
+<figure>{objective_plot(report)}</figure>
+<h2>Best candidates (selected on the validation split)</h2>{_html_table(report["best"])}
+<h2>Every trial</h2>{_html_table(complete)}
+</body></html>
+"""
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(table_cells(r)[k])}</td>" for k, _ in COLUMNS) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def objective_plot(report: dict[str, Any]) -> str:
+    """Two objectives: every trial and the front; one: value per trial and best so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, directions = report["search"]["objectives"], report["search"]["directions"]
+    rows = [r for r in report["trials"] if r["state"] == "complete" and r["values"]]
+    best = {r["number"] for r in report["best"]}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(names) >= 2:
+        for feasible, marker in ((True, "o"), (False, "x")):
+            pts = [r for r in rows if r["feasible"] == feasible and r["number"] not in best]
+            ax.scatter(
+                [r["values"][1] for r in pts],
+                [r["values"][0] for r in pts],
+                c="0.6",
+                marker=marker,
+                label="trial" if feasible else "infeasible",
+            )
+        front = sorted((r for r in rows if r["number"] in best), key=lambda r: r["values"][1])
+        ax.plot(
+            [r["values"][1] for r in front],
+            [r["values"][0] for r in front],
+            "o-",
+            c="C3",
+            label="best (Pareto front)",
+        )
+        ax.set_xlabel(f"{names[1]} ({directions[1]})")
+        ax.set_ylabel(f"{names[0]} ({directions[0]})")
+    else:
+        sign = 1 if directions[0] == "maximize" else -1
+        xs = [r["number"] for r in rows]
+        ys = [r["values"][0] for r in rows]
+        running = [sign * max(sign * y for y in ys[: i + 1]) for i in range(len(ys))]
+        ax.scatter(xs, ys, c="0.6", label="trial")
+        ax.plot(xs, running, c="C3", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(f"{names[0]} ({directions[0]})")
+    ax.legend(fontsize=7)
+    ax.set_title(report["search"]["name"])
+    text = svg_text(fig)
+    plt.close(fig)
+    return text

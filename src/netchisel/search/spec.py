@@ -1,0 +1,277 @@
+"""Search specs: a YAML file naming a space, a recipe template, objectives and a strategy.
+
+```yaml
+name: nas_digits32
+space:                            # a mapping (see space.py), {nas: macro}, {policy: ...},
+  width: {int: [8, 32], step: 8}  # or a list of those, joined
+  lr: {float: [1.0e-3, 1.0e-1], log: true}
+recipe:                           # a recipe (pipeline/recipe.py) with "$name" placeholders
+  model: {zoo: cnn, pretrained: false, kwargs: {width: $width}}
+  task: digits32
+  stages: [{finetune: {epochs: 2, lr: $lr}}]
+  profile: {batch_size: 1, repeats: 20}
+objectives: [accuracy, latency_ms]
+constraints: {latency_ms: {max: 2.0}}
+strategy: tpe                     # or {name: ga, options: {population: 16}}
+trials: 40
+output: runs/nas_digits32
+```
+
+Placeholders: `$x` is the value of dimension `x`; `$candidate` is the whole candidate dict;
+`$g` for a group is `{rest: value}` over the dimensions named `g/rest` (policy spaces name
+theirs `sparsity/<layer>` or `bits/<layer>`). A mapping entry or list item whose placeholder
+names a dimension that is inactive for this candidate (its `when` does not hold) is left
+out, so the builder's default applies.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from netchisel.core.errors import ConfigError
+from netchisel.pipeline.recipe import Recipe, parse_recipe
+from netchisel.search.objectives import Objectives, parse_objectives
+from netchisel.search.space import Candidate, Space, parse_space
+
+SPEC_KEYS = (
+    "name",
+    "space",
+    "recipe",
+    "objectives",
+    "constraints",
+    "mode",
+    "weights",
+    "reward",
+    "strategy",
+    "trials",
+    "timeout_minutes",
+    "pruner",
+    "storage",
+    "output",
+    "seed",
+    "export",
+)
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
+_DROP = object()
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A parsed, validated search spec."""
+
+    name: str
+    space: Space
+    template: Mapping[str, Any]
+    objectives: Objectives
+    strategy: str = "tpe"
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    trials: int = 20
+    timeout_minutes: float | None = None
+    pruner: str = "none"
+    storage: str | None = None
+    output: Path = Path("runs/search")
+    seed: int = 0
+    export: int = 3
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def recipe(self, candidate: Candidate, output: Path) -> Recipe:
+        """The recipe of one candidate (placeholders filled in)."""
+        filled = fill(self.template, candidate, self.space)
+        filled.update(output=str(output), seed=self.seed, name=f"{self.name}_trial")
+        return parse_recipe(filled, self.name)
+
+
+def load_search_spec(path: str | Path) -> SearchSpec:
+    """Read and validate a search spec YAML file.
+
+    Example:
+        >>> load_search_spec("examples/search/hpo_cnn.yaml").strategy  # doctest: +SKIP
+        'tpe'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"search spec {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"search spec {path} is not valid YAML{where}") from None
+    return parse_search_spec(data, default_name=path.stem)
+
+
+def parse_search_spec(data: Any, default_name: str = "search") -> SearchSpec:
+    """Validate spec data (already parsed from YAML); the template is test-filled once."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("search spec: expected a mapping with 'space' and 'recipe'")
+    for key in data:
+        if key not in SPEC_KEYS:
+            raise ConfigError(f"search: unknown key {key!r} (known: {', '.join(SPEC_KEYS)})")
+    for key in ("space", "recipe"):
+        if key not in data:
+            raise ConfigError(f"search: {key!r} is required")
+    template = data["recipe"]
+    if not isinstance(template, Mapping):
+        raise ConfigError("search.recipe: expected a recipe mapping with $placeholders")
+    for key in ("output", "seed", "name"):
+        if key in template:
+            raise ConfigError(f"search.recipe.{key}: set {key} at the top of the search spec")
+    space = build_space(data["space"], template)
+    strategy, options = _strategy(data.get("strategy", "tpe"))
+    from netchisel.search.strategies import make_sampler
+
+    make_sampler(  # an unknown strategy or option fails here, before any trial
+        strategy, seed=0, grid=space.grid() if strategy == "grid" else None, options=options
+    )
+    pruner = str(data.get("pruner", "none"))
+    if pruner not in PRUNERS:
+        raise ConfigError(f"search.pruner: unknown pruner {pruner!r} (known: {', '.join(PRUNERS)})")
+    objectives = parse_objectives(data)
+    if pruner != "none" and len(objectives.directions()) > 1:
+        raise ConfigError("search.pruner: Optuna's pruners need a single objective (use mode)")
+    spec = SearchSpec(
+        name=str(data.get("name", default_name)),
+        space=space,
+        template=template,
+        objectives=objectives,
+        strategy=strategy,
+        strategy_options=options,
+        trials=_positive_int("trials", data.get("trials", 20)),
+        timeout_minutes=_timeout(data.get("timeout_minutes")),
+        pruner=pruner,
+        storage=str(data["storage"]) if data.get("storage") else None,
+        output=Path(str(data.get("output", f"runs/{data.get('name', default_name)}"))),
+        seed=_int("seed", data.get("seed", 0)),
+        export=_int("export", data.get("export", 3)),
+        raw=dict(data),
+    )
+    _check_placeholders(template, space)
+    spec.recipe(space.sample(random.Random(spec.seed)), spec.output / "trials" / "check")
+    return spec
+
+
+def build_space(data: Any, template: Mapping[str, Any]) -> Space:
+    """The space of a spec: a mapping, a named NAS space, a compression policy, or a list."""
+    parts = data if isinstance(data, list) else [data]
+    if not parts:
+        raise ConfigError("search space is empty: give at least one dimension")
+    space: Space | None = None
+    for i, part in enumerate(parts):
+        where = f"search.space[{i}]" if isinstance(data, list) else "search.space"
+        piece = _space_part(part, template, where)
+        space = piece if space is None else space | piece
+    assert space is not None
+    return space
+
+
+def _space_part(part: Any, template: Mapping[str, Any], where: str) -> Space:
+    if isinstance(part, Mapping) and "nas" in part:
+        from netchisel.search.nas import NAS_SPACES
+
+        name, kwargs = str(part["nas"]), dict(part.get("kwargs") or {})
+        if name not in NAS_SPACES:
+            raise ConfigError(
+                f"{where}.nas: unknown space {name!r} (known: {', '.join(NAS_SPACES)})"
+            )
+        return NAS_SPACES[name](**kwargs)
+    if isinstance(part, Mapping) and "policy" in part:
+        from netchisel.search.policy import policy_space_from_spec
+
+        return policy_space_from_spec(part, template, where)
+    return parse_space(part, where)
+
+
+def fill(template: Any, candidate: Candidate, space: Space) -> Any:
+    """The template with every `$placeholder` replaced by the candidate's value.
+
+    Example:
+        >>> from netchisel.search.space import categorical
+        >>> s = Space({"op": categorical("conv", "skip"), "k": categorical(3, when={"op": "conv"})})
+        >>> fill({"kwargs": {"op": "$op", "k": "$k"}}, {"op": "skip"}, s)
+        {'kwargs': {'op': 'skip'}}
+    """
+    if isinstance(template, str) and template.startswith("$"):
+        name = template[1:]
+        if name == "candidate":
+            return dict(candidate)
+        if name in candidate:
+            return candidate[name]
+        group = {k[len(name) + 1 :]: v for k, v in candidate.items() if k.startswith(name + "/")}
+        if group:
+            return group
+        return _DROP
+    if isinstance(template, Mapping):
+        out = {k: fill(v, candidate, space) for k, v in template.items()}
+        return {k: v for k, v in out.items() if v is not _DROP}
+    if isinstance(template, list):
+        items = [fill(v, candidate, space) for v in template]
+        return [v for v in items if v is not _DROP]
+    return template
+
+
+def placeholders(template: Any) -> set[str]:
+    """Every `$name` the template uses."""
+    if isinstance(template, str) and template.startswith("$"):
+        return {template[1:]}
+    if isinstance(template, Mapping):
+        return set().union(*(placeholders(v) for v in template.values()))
+    if isinstance(template, list):
+        return set().union(*(placeholders(v) for v in template))
+    return set()
+
+
+def _check_placeholders(template: Mapping[str, Any], space: Space) -> None:
+    used = placeholders(template)
+    names = set(space.dimensions)
+    groups = {n.split("/", 1)[0] for n in names if "/" in n}
+    for name in sorted(used):
+        if name != "candidate" and name not in names and name not in groups:
+            raise ConfigError(
+                f"search.recipe: placeholder ${name} is not a dimension of the space "
+                f"(dimensions: {', '.join(sorted(names))})"
+            )
+    if "candidate" in used:
+        return
+    for name in space.dimensions:
+        if name not in used and name.split("/", 1)[0] not in used:
+            raise ConfigError(
+                f"search.space.{name}: the recipe never uses it; add ${name} to the recipe"
+            )
+
+
+def _strategy(value: Any) -> tuple[str, dict[str, Any]]:
+    if isinstance(value, str):
+        return value, {}
+    if isinstance(value, Mapping) and "name" in value and set(value) <= {"name", "options"}:
+        options = value.get("options") or {}
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"search.strategy.options: expected a mapping, got {options!r}")
+        return str(value["name"]), dict(options)
+    raise ConfigError("search.strategy: expected a name or {name: ..., options: {...}}")
+
+
+def _int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"search.{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _positive_int(key: str, value: Any) -> int:
+    number = _int(key, value)
+    if number < 1:
+        raise ConfigError(f"search.{key}: must be >= 1, got {number}")
+    return number
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"search.timeout_minutes: expected a number > 0, got {value!r}")
+    return float(value)

@@ -1,0 +1,151 @@
+"""Where a study lives, and how an interrupted one is picked up again without losing trials.
+
+- one process: SQLite, `study.db` in the output directory;
+- several local workers (`--workers N`): a journal file, `study.journal`, which Optuna
+  recommends over SQLite for concurrent writers;
+- several machines: `--storage postgresql://user@host/db` (or any SQLAlchemy URL), each
+  machine running the same command.
+
+A local search holds an exclusive lock on `search.lock` while it runs, so when a new run gets
+the lock, every trial still marked RUNNING belongs to a process that died (kill -9, power
+loss). Those trials are marked FAIL, tagged `interrupted`, and their parameters queued
+again. Remote storages cannot use a file lock; there Optuna's heartbeat finds dead workers'
+trials (a trial whose heartbeat is older than the grace period is failed) and
+`RetryFailedTrialCallback` queues them again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from netchisel.core.errors import ConfigError
+
+SQLITE_FILE = "study.db"
+JOURNAL_FILE = "study.journal"
+LOCK_FILE = "search.lock"
+HEARTBEAT_SECONDS = 20
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def storage_url(output: Path, storage: str | None, workers: int) -> str:
+    """The storage URL a search uses: the given one, or a file in the output directory.
+
+    A search that already has a file keeps it (resuming with another `--workers` works).
+
+    Example:
+        >>> storage_url(Path("/tmp/run"), None, 1)
+        'sqlite:////tmp/run/study.db'
+    """
+    if storage:
+        return storage
+    out = output.resolve()
+    if (out / SQLITE_FILE).exists():
+        return f"sqlite:///{out / SQLITE_FILE}"
+    if (out / JOURNAL_FILE).exists() or workers > 1:
+        return f"journal:{out / JOURNAL_FILE}"
+    return f"sqlite:///{out / SQLITE_FILE}"
+
+
+def is_local(url: str) -> bool:
+    """Whether the storage is a file this machine owns (SQLite or journal)."""
+    return url.startswith(("sqlite:", "journal:"))
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for the URL; an unreachable one is one clear error.
+
+    `postgresql://` uses psycopg 3 (`postgresql+psycopg://`), the driver netchisel installs.
+    """
+    if url.startswith("journal:"):
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    remote = not is_local(url)
+    try:
+        return RDBStorage(
+            url,
+            engine_kwargs={"pool_pre_ping": True} if remote else None,
+            heartbeat_interval=HEARTBEAT_SECONDS if remote else None,
+            grace_period=3 * HEARTBEAT_SECONDS if remote else None,
+            failed_trial_callback=RetryFailedTrialCallback(max_retry=3) if remote else None,
+        )
+    except Exception as e:  # SQLAlchemy raises many types; all mean "cannot use this URL"
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"storage {_redact(url)} is unreachable: {reason}") from None
+
+
+def _redact(url: str) -> str:
+    """The URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    return url
+
+
+@contextmanager
+def search_lock(output: Path) -> Iterator[None]:
+    """Hold the output directory's lock; a second search on it is one clear error."""
+    output.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = (output / LOCK_FILE).open("a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another search is running in {output}: wait for it, or choose another output"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials of a dead local run and queue their parameters again.
+
+    Only call this while holding `search_lock`: then no live process owns those trials.
+    Returns the numbers of the trials requeued.
+    """
+    storage = study._storage
+    requeued = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        requeued.append(trial.number)
+    return requeued
+
+
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials that count toward the budget: not the interrupted ones (retried)."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    retried = {t.user_attrs.get("retry_of") for t in trials} | {
+        t.system_attrs.get("failed_trial") for t in study.get_trials(deepcopy=False)
+    }
+    return [
+        t
+        for t in trials
+        if not (
+            t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or t.number in retried)
+        )
+    ]
+
+
+def describe(url: str) -> dict[str, Any]:
+    """What the report says about the storage (no password)."""
+    return {"url": _redact(url), "local": is_local(url)}

@@ -1,0 +1,40 @@
+"""NAS search spaces and the builders that turn their candidates into models.
+
+`NAS_SPACES` maps the name a search spec uses to the function that makes the space; build a
+candidate with the builder the space's docstring names (`macro_net` or `cell_net`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from netchisel.search.nas.cell_ops import CELL_OPS
+from netchisel.search.nas.cells import cell_net, cell_space
+from netchisel.search.nas.macro import (
+    MOBILENET_KWARGS,
+    RESNET_KWARGS,
+    TABULAR_KWARGS,
+    macro_net,
+    macro_space,
+    tabular_space,
+)
+from netchisel.search.space import Space
+
+NAS_SPACES: dict[str, Callable[..., Space]] = {
+    "macro": macro_space,
+    "cells": cell_space,
+    "tabular": tabular_space,
+}
+
+__all__ = [
+    "CELL_OPS",
+    "MOBILENET_KWARGS",
+    "NAS_SPACES",
+    "RESNET_KWARGS",
+    "TABULAR_KWARGS",
+    "cell_net",
+    "cell_space",
+    "macro_net",
+    "macro_space",
+    "tabular_space",
+]

@@ -20,9 +20,7 @@ def test_pareto_values_directions_and_violations() -> None:
 
 
 def test_scalarized_is_the_weighted_sum() -> None:
-    o = parse_objectives(
-        {"mode": "scalarized", "weights": {"accuracy": 1.0, "latency_ms": -2.0}}
-    )
+    o = parse_objectives({"mode": "scalarized", "weights": {"accuracy": 1.0, "latency_ms": -2.0}})
     assert o.directions() == ["maximize"]
     assert o.values(METRICS) == [90.0 - 8.0]
 

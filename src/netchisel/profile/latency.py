@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch._inductor.config as inductor_config
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
@@ -85,6 +84,8 @@ def make_runner(
         fn = torch.compile(model, dynamic=False)
         # Compiled here, on the first call: freezing is read when inductor compiles. The
         # compiled code is guarded on the thread count, so it is compiled at the one it runs at.
+        import torch._inductor.config as inductor_config  # 2 s to import: only when compiling
+
         with fixed_threads(threads), torch.inference_mode(), inductor_config.patch(freezing=True):
             run_model(fn, example_inputs)
 

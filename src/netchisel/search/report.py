@@ -31,8 +31,10 @@ def write_search_report(
     directions = spec.objectives.directions()
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     feasible = [t for t in complete if is_feasible(t)]
-    pool = feasible or sorted(complete, key=violation)[: max(1, spec.export)]
-    chosen = best_trials(pool, directions)[: spec.export]
+    if feasible:
+        chosen = best_trials(feasible, directions)[: spec.export]
+    else:  # the closest to feasible, least violation first
+        chosen = sorted(complete, key=violation)[: spec.export]
     counted = counted_trials(study)
     states = [t.state.name.lower() for t in counted]
     report = {

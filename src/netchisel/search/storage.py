@@ -11,20 +11,22 @@ the lock, every trial still marked RUNNING belongs to a process that died (kill 
 loss). Those trials are marked FAIL, tagged `interrupted`, and their parameters queued
 again. Remote storages cannot use a file lock; there Optuna's heartbeat finds dead workers'
 trials (a trial whose heartbeat is older than the grace period is failed) and
-`RetryFailedTrialCallback` queues them again.
+`RetryHeartbeatStaleTrialCallback` queues them again.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -34,6 +36,7 @@ SQLITE_FILE = "study.db"
 JOURNAL_FILE = "study.journal"
 LOCK_FILE = "search.lock"
 HEARTBEAT_SECONDS = 20
+CONNECT_ATTEMPTS = 5
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -71,17 +74,31 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     remote = not is_local(url)
-    try:
+    for attempt in range(CONNECT_ATTEMPTS if remote else 1):
+        try:
+            return _rdb_storage(url, remote)
+        except Exception as e:  # SQLAlchemy raises many types; all mean "cannot use this URL"
+            # Machines starting together race to create the tables; the loser retries.
+            if attempt + 1 < (CONNECT_ATTEMPTS if remote else 1) and "unique" in str(e).lower():
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"storage {_redact(url)} is unreachable: {reason}") from None
+    raise AssertionError("unreachable")
+
+
+def _rdb_storage(url: str, remote: bool) -> RDBStorage:
+    with warnings.catch_warnings():  # heartbeats and their retry are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return RDBStorage(
             url,
             engine_kwargs={"pool_pre_ping": True} if remote else None,
             heartbeat_interval=HEARTBEAT_SECONDS if remote else None,
             grace_period=3 * HEARTBEAT_SECONDS if remote else None,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=3) if remote else None,
+            heartbeat_stale_trial_callback=(
+                RetryHeartbeatStaleTrialCallback(max_retry=3) if remote else None
+            ),
         )
-    except Exception as e:  # SQLAlchemy raises many types; all mean "cannot use this URL"
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"storage {_redact(url)} is unreachable: {reason}") from None
 
 
 def _redact(url: str) -> str:

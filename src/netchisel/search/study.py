@@ -84,6 +84,7 @@ def run_search(
     lock = search_lock(out) if is_local(url) else contextlib.nullcontext()
     with lock:
         study = open_study(spec, url)
+        out.mkdir(parents=True, exist_ok=True)
         if is_local(url):
             requeue_interrupted(study)
         (out / SPEC_FILE).write_text(yaml.safe_dump(dict(spec.raw), sort_keys=False))
@@ -113,15 +114,16 @@ def open_study(spec: SearchSpec, url: str) -> optuna.Study:
     storage = open_storage(url)
     fingerprint = spec_fingerprint(spec)
     try:
-        study = optuna.load_study(study_name=spec.name, storage=storage)
-    except KeyError:
         study = optuna.create_study(
             study_name=spec.name, storage=storage, directions=spec.objectives.directions()
         )
+    except optuna.exceptions.DuplicatedStudyError:  # made earlier, or by another machine now
+        study = optuna.load_study(study_name=spec.name, storage=storage)
+    made_by = study.user_attrs.get("spec_fingerprint")
+    if made_by is None:  # new (or its creator has not written the attributes yet)
         study.set_user_attr("spec_fingerprint", fingerprint)
         study.set_user_attr("objectives", spec.objectives.names())
-        return study
-    if study.user_attrs.get("spec_fingerprint") != fingerprint:
+    elif made_by != fingerprint:
         raise ConfigError(
             f"study {spec.name!r} in this storage was made by a different spec (space, recipe or "
             "objectives changed): choose another name or output"

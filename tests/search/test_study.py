@@ -92,6 +92,8 @@ def test_running_again_adds_only_the_missing_trials(out: Path) -> None:
     more = run_search(parse_search_spec(spec_with(trials=3)), output=out, trials=5, quiet=True)
     assert len(more.study.trials) == 5
     assert {t.number: t.values for t in more.study.trials[:3]} == values
+    with pytest.raises(ConfigError, match="one-process SQLite study: continue it without"):
+        run_search(parse_search_spec(spec_with()), output=out, workers=2, trials=6, quiet=True)
 
 
 def test_a_changed_spec_is_refused_on_the_same_output(out: Path) -> None:

@@ -86,9 +86,9 @@ def best_trials(trials: list[FrozenTrial], directions: Sequence[str]) -> list[Fr
 
     Example:
         >>> from optuna.trial import create_trial
-        >>> ts = [create_trial(values=v) for v in ([1, 5], [2, 6], [3, 4])]
+        >>> ts = [create_trial(values=v) for v in ([1, 5], [2, 6], [3, 4], [4, 9])]
         >>> [t.values for t in best_trials(ts, ["maximize", "minimize"])]
-        [[3.0, 4.0], [2.0, 6.0]]
+        [[4, 9], [3, 4]]
     """
     signs = [1.0 if d == "maximize" else -1.0 for d in directions]
 
@@ -101,11 +101,13 @@ def best_trials(trials: list[FrozenTrial], directions: Sequence[str]) -> list[Fr
     def dominates(a: list[float], b: list[float]) -> bool:
         return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
 
-    scores = {t.number: score(t) for t in trials}
+    scores = [score(t) for t in trials]
     front = [
-        t for t in trials if not any(dominates(scores[o.number], scores[t.number]) for o in trials)
+        (s, t)
+        for s, t in zip(scores, trials, strict=True)
+        if not any(dominates(other, s) for other in scores)
     ]
-    return sorted(front, key=lambda t: -scores[t.number][0])
+    return [t for _, t in sorted(front, key=lambda pair: -pair[0][0])]
 
 
 def export_best(chosen: list[FrozenTrial], out: Path) -> list[dict[str, Any]]:

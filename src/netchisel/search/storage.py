@@ -43,7 +43,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 def storage_url(output: Path, storage: str | None, workers: int) -> str:
     """The storage URL a search uses: the given one, or a file in the output directory.
 
-    A search that already has a file keeps it (resuming with another `--workers` works).
+    A search that already has a journal keeps it, also with one worker; SQLite is for one
+    process only, so a SQLite search cannot be continued with several workers.
 
     Example:
         >>> storage_url(Path("/tmp/run"), None, 1)
@@ -53,6 +54,11 @@ def storage_url(output: Path, storage: str | None, workers: int) -> str:
         return storage
     out = output.resolve()
     if (out / SQLITE_FILE).exists():
+        if workers > 1:
+            raise ConfigError(
+                f"{out} holds a one-process SQLite study: continue it without --workers, or "
+                "start the parallel search in a new output"
+            )
         return f"sqlite:///{out / SQLITE_FILE}"
     if (out / JOURNAL_FILE).exists() or workers > 1:
         return f"journal:{out / JOURNAL_FILE}"

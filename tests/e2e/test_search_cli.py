@@ -1,0 +1,52 @@
+"""`netchisel search` as a user meets it: help, a run, a broken spec, a wrong path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.test_cli import cli
+from tests.search.test_study import spec_with
+
+
+def test_search_help_names_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "search", "--help")
+    assert code == 0
+    for option in ("--workers", "--storage", "--trials", "--output", "--quiet"):
+        assert option in out
+
+
+def test_search_prints_the_best_and_writes_the_report(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_with(trials=2)))
+    code, out, err = cli(capsys, "search", str(spec), "--output", str(tmp_path / "run"), "-q")
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["counts"]["complete"] == 2
+    assert "netchisel search: tiny (2 trials: 2 complete, 0 pruned, 0 failed)" in out
+    assert "best:" in out and "report.html" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "search spec {path} does not exist"),
+        ("space: [\n", "is not valid YAML at line"),
+        (yaml.safe_dump(spec_with(strategy="annealing")), "unknown strategy 'annealing'"),
+    ],
+)
+def test_a_broken_spec_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str | None, message: str
+) -> None:
+    path = tmp_path / "spec.yaml"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = cli(capsys, "search", str(path), "--output", str(tmp_path / "run"))
+    assert code == 2
+    assert err.count("\n") == 1 and message.format(path=path) in err
+    assert not (tmp_path / "run").exists()

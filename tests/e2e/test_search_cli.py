@@ -46,7 +46,7 @@ def test_a_broken_spec_is_one_line_and_exit_2(
     path = tmp_path / "spec.yaml"
     if content is not None:
         path.write_text(content)
-    code, out, err = cli(capsys, "search", str(path), "--output", str(tmp_path / "run"))
+    code, _, err = cli(capsys, "search", str(path), "--output", str(tmp_path / "run"))
     assert code == 2
     assert err.count("\n") == 1 and message.format(path=path) in err
     assert not (tmp_path / "run").exists()

@@ -117,7 +117,10 @@ def test_no_feasible_trial_is_reported_and_the_closest_are_kept(out: Path) -> No
 def test_constraints_select_only_feasible_trials(out: Path) -> None:
     # hidden 8 -> 610 params, 16 -> 1210, 32 -> 2410: allow at most 1500
     spec = spec_with(trials=6, constraints={"params": {"max": 1500}})
-    report = run_search(parse_search_spec(spec), output=out, quiet=True).report
+    result = run_search(parse_search_spec(spec), output=out, quiet=True)
+    report = result.report
+    for trial in result.study.trials:  # also in Optuna's own record, for its samplers
+        assert trial.system_attrs["constraints:params"] == trial.user_attrs["constraints"][0]
     assert report["feasible_found"]
     assert all(t["metrics"]["params"] <= 1500 for t in report["best"])
     infeasible = [t for t in report["trials"] if t["candidate"]["hidden"] == 32]

@@ -200,7 +200,11 @@ def objective(spec: SearchSpec, trial: optuna.Trial, out: Path) -> list[float]:
     trial.set_user_attr("metrics", metrics)
     trial.set_user_attr("test_metrics", evaluation.test_metrics)
     trial.set_user_attr("artifact", str(evaluation.artifact.relative_to(out)))
-    trial.set_user_attr("constraints", spec.objectives.violations(metrics))
+    violations = spec.objectives.violations(metrics)
+    trial.set_user_attr("constraints", violations)
+    # Optuna's own record, which its constraint-aware samplers (TPE, NSGA-II, GP) read
+    for limit, value in zip(spec.objectives.limits, violations, strict=True):
+        trial.set_constraint(limit.metric, value)
     return spec.objectives.values(metrics)
 
 

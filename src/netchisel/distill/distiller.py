@@ -335,8 +335,18 @@ def _train(
         ):
             # fit re-applies masks of the module it trains (the wrapper has none): the
             # student's masks are re-applied after every step here.
+            # fit trains the wrapper; epoch reports (a search's pruner) are about the student.
+            on_epoch = ctx.on_epoch
+            student_ctx = dataclasses.replace(
+                ctx, on_epoch=None if on_epoch is None else lambda e, _: on_epoch(e, model)
+            )
             return fit(
-                both, task, settings, ctx, loss_fn=loss_fn, after_step=lambda _: apply_masks_(model)
+                both,
+                task,
+                settings,
+                student_ctx,
+                loss_fn=loss_fn,
+                after_step=lambda _: apply_masks_(model),
             )
     finally:
         handle.remove()

@@ -1,4 +1,4 @@
-"""`fit`'s epoch reports (a search's pruner) see the model being trained: under distill, the student."""
+"""Epoch reports (a search's pruner) see the model being trained: under distill, the student."""
 
 from __future__ import annotations
 

@@ -77,6 +77,11 @@ def test_zoo_mobilenet_is_a_point_of_the_space() -> None:
     assert params(ours) == params(zoo) == 507_658
     assert count_flops(ours, x).macs == count_flops(zoo, x).macs
     assert_in_space(macro_space(5), mobilenet_candidate())
+    # Below 1 the zoo rounds channels to multiples of 8: explicit channels give it exactly.
+    half = {**MOBILENET_KWARGS, "channels": [8, 16, 16, 32, 48], "stem": 16}
+    assert params(macro_net(**half, **mobilenet_candidate())) == params(models.mobilenet(0.5))
+    near = macro_net(**MOBILENET_KWARGS, **{**mobilenet_candidate(), "width_mult": 0.5})
+    assert (params(near), params(models.mobilenet(0.5))) == (178_346, 181_578)
 
 
 def test_conditions_follow_block_counts_and_ops() -> None:

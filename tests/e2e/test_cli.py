@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,39 @@ def test_output_that_is_not_a_run_is_refused_before_work(
     code, _, err = cli(capsys, "run", str(recipe), "--output", str(mine))
     assert code == 2 and "is not empty and is not a netchisel run" in err
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_the_demo_prunes_distills_and_quantizes(tmp_path: Path) -> None:
+    # The demo's own stages, on an untrained width-4 CNN: the reference CNN is not trained here.
+    from netchisel.pipeline.recipe import parse_recipe
+    from netchisel.pipeline.runner import run_recipe
+    from netchisel.zoo import models
+
+    raw = yaml.safe_load(resources.files("netchisel").joinpath("recipes/demo.yaml").read_text())
+    assert raw["model"] == "cnn" and raw["task"] == "digits32"
+    raw["model"] = {"zoo": "cnn", "pretrained": False, "kwargs": {"width": 4}}
+    stages = {name: options for entry in raw["stages"] for name, options in entry.items()}
+    assert stages["distill"] == {"epochs": 3, "lr": 0.003, "temperature": 4, "alpha": 0.5}
+    del stages["distill"]["epochs"]
+    stages["distill"]["steps"] = 2
+    stages["quantize.static_int8"]["calibration_samples"] = 32
+    raw["profile"] = {"batch_size": 4, "latency": False}
+    result = run_recipe(parse_recipe(raw, "demo"), output=tmp_path / "demo", quiet=True)
+    steps = result.report["steps"]
+    assert [s["name"] for s in steps] == [
+        "original",
+        "evaluate",
+        "prune.structured",
+        "distill",
+        "evaluate",
+        "quantize.static_int8",
+        "evaluate",
+    ]
+    assert steps[3]["records"]["steps"] == 2
+    params = [s["profile"]["params"] for s in steps]
+    # Half the channels of every conv: the width-2 CNN's shape.
+    width_2 = sum(p.numel() for p in models.cnn(width=2).parameters())
+    assert params[0] == sum(p.numel() for p in models.cnn(width=4).parameters())
+    assert params[2] == params[3] == width_2
+    disk = [s["profile"]["bytes_on_disk"] for s in steps]
+    assert disk[5] < disk[3] < disk[0]  # a model this small is mostly its manifest

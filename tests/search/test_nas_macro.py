@@ -177,6 +177,7 @@ def test_tabular_space() -> None:
         ({"s1_expand1": 0}, "integer >= 1"),
         ({"depth": 20}, "unknown argument 'depth'"),
         ({"act": "gelu"}, "unknown activation 'gelu'"),
+        ({"image_size": 2}, "below the strides' product 4"),
     ],
 )
 def test_bad_input_is_one_clear_error(kwargs: dict[str, Any], message: str) -> None:

@@ -22,6 +22,7 @@ parameter count; `tests/search/test_nas_macro.py` checks both).
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -37,7 +38,6 @@ from netchisel.search.space import Dimension, Space, categorical, integer
 MACRO_REF = "netchisel.search.nas:macro_net"
 _KEY = re.compile(r"s(\d+)_(blocks|kernel|op|expand|groups)(\d*)")
 _STAGE_KEYS = ("blocks", "kernel")
-_BLOCK_KEYS = ("op", "expand", "groups")
 
 RESNET_KWARGS: dict[str, Any] = {"channels": [16, 32, 64], "strides": [1, 2, 2], "stem": 16}
 """Fixed kwargs under which `macro_net` makes the zoo CIFAR ResNets (3 stages, w/2w/4w)."""
@@ -120,7 +120,8 @@ def macro_net(
 
     `choices` are the per-stage and per-block dimensions (`s1_blocks`, `s1_kernel`, `s1_op1`,
     `s1_expand1`, `s1_groups1`, ...). Missing ones default to 1 block, kernel 3, op `conv`,
-    expansion 1 and 2 groups. `image_size` only checks that the strides leave >= 1 pixel.
+    expansion 1 and 2 groups. Global pooling makes the net input-size agnostic; `image_size`
+    (the input side) must be at least the product of the strides.
 
     Example:
         >>> net = macro_net(channels=[8, 16], strides=[1, 2], image_size=8,
@@ -142,11 +143,11 @@ def macro_net(
         raise ConfigError(f"macro_net width_mult must be > 0, got {width_mult}")
     if act not in ACTIVATIONS:
         raise ConfigError(f"macro_net act: unknown activation {act!r} (known: relu, relu6)")
-    side = image_size
-    for s in strides:
-        side = -(-side // s)
-    if image_size < 1 or side < 1:
-        raise ConfigError(f"macro_net image_size must be >= 1, got {image_size}")
+    if image_size < math.prod(strides):
+        raise ConfigError(
+            f"macro_net image_size {image_size} is below the strides' product "
+            f"{math.prod(strides)}: lower a stride or raise image_size"
+        )
     stages = _stage_choices(choices, len(chans))
 
     def scaled(c: int) -> int:

@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -260,10 +262,21 @@ def _check_not_all_failed(study: optuna.Study) -> None:
 
 
 def _worker_main(raw: dict[str, Any], name: str, url: str, out: str, target: int) -> None:
+    _die_with_parent()
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = parse_search_spec(raw, name)
     optimize(spec, url, Path(out), target)
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker is killed when the search process dies (kill -9 included), so the
+    command run again finds no live worker still writing the trials it requeues."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _run_workers(

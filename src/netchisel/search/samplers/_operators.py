@@ -70,8 +70,9 @@ def mutate_one(parent: FrozenTrial, rng: np.random.Generator, step: float | None
         return genome
     u = encode(dist, value) + rng.normal(0.0, step)
     moved = decode(dist, -u if u < 0 else 2 - u if u > 1 else u)  # reflected at the bounds
-    if moved == value:  # a step within one cell: go to a neighbouring value
-        n, i = cells(dist), index_of(dist, value)
+    n = cells(dist)
+    if moved == value and n > 1:  # a step within one cell: go to a neighbouring value
+        i = index_of(dist, value)
         down = i == n - 1 or (i > 0 and rng.random() < 0.5)
         moved = value_at(dist, i - 1 if down else i + 1)
     genome[name] = moved

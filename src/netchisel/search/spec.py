@@ -12,7 +12,7 @@ recipe:                           # a recipe (pipeline/recipe.py) with "$name" p
   profile: {batch_size: 1, repeats: 20}
 objectives: [accuracy, latency_ms]
 constraints: {latency_ms: {max: 2.0}}
-strategy: tpe                     # or {name: ga, options: {population: 16}}
+strategy: tpe                     # or {name: ga, options: {population_size: 16}}
 trials: 40
 output: runs/nas_digits32
 ```

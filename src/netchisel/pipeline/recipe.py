@@ -89,15 +89,19 @@ def load_recipe(path: str | Path) -> Recipe:
         'evaluate'
     """
     path = Path(path)
+    return parse_recipe(read_yaml(path, "recipe"), default_name=path.stem)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's data (safe_load); a missing file or bad YAML is one error naming `what`."""
     if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"recipe {path} is not valid YAML{where}") from None
-    return parse_recipe(data, default_name=path.stem)
+        raise ConfigError(f"{what} {path} is not valid YAML{where}") from None
 
 
 def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:

@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from netchisel.core.errors import ConfigError
-from netchisel.pipeline.recipe import Recipe, parse_recipe
+from netchisel.pipeline.recipe import Recipe, parse_recipe, read_yaml
 from netchisel.search.objectives import Objectives, parse_objectives
 from netchisel.search.space import Candidate, Space, parse_space
 
@@ -95,15 +93,7 @@ def load_search_spec(path: str | Path) -> SearchSpec:
         'tpe'
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search spec {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"search spec {path} is not valid YAML{where}") from None
-    return parse_search_spec(data, default_name=path.stem)
+    return parse_search_spec(read_yaml(path, "search spec"), default_name=path.stem)
 
 
 def parse_search_spec(data: Any, default_name: str = "search") -> SearchSpec:

@@ -73,7 +73,7 @@ def test_partial_or_broken_tables_are_errors(tmp_path: Path) -> None:
         TabularBenchmark.load(tmp_path / "missing.json", space=SPACE)
 
 
-def incumbent_test_regrets() -> None:
+def test_regret_curves() -> None:
     values = [90.0, 96.0, 90.0, 97.0]
     assert regret_curve(values, 97.0) == [7.0, 1.0, 1.0, 0.0]
     # incumbents: 90 (test 91), 96 (test 97), 96, 97 (test 95); val-optimal test is 95
@@ -90,3 +90,13 @@ def test_evaluations_to_reach() -> None:
     assert evaluations_to_reach(curve, 0.5) == 2
     assert evaluations_to_reach(curve, 0.0) == 4
     assert evaluations_to_reach(curve[:2], 0.3) is None
+
+
+def test_committed_table_covers_the_tabular_space() -> None:
+    table = Path(__file__).parents[2] / "bench" / "data" / "nas_tabular_digits.json"
+    bench = TabularBenchmark.load(table)  # the space comes from meta.space = "tabular"
+    assert len(bench.entries) == 288
+    assert bench.meta["seeds"] == [0, 1, 2] and bench.meta["budget"]["steps"] == 160
+    assert all(len(e.val) == len(e.test) == 3 for e in bench.entries)
+    assert bench.optimum == pytest.approx(100 * 268 / 270, abs=1e-3)  # 99.26: 2 errors of 270
+    assert sum(e.val_mean >= bench.optimum - 0.3 - 1e-9 for e in bench.entries) == 7

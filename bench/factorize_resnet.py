@@ -1,19 +1,21 @@
-"""Benchmark 4 (issue 5): Tucker-2 and depthwise-separable rewrites of the zoo ResNet-20.
+"""Benchmark 4 (issue 5): Tucker-2, CP and depthwise-separable rewrites of the zoo ResNet-20.
 
 Run: .venv/bin/python bench/factorize_resnet.py   ->  bench/results/factorize_resnet.json
 
 The trained zoo resnet (ResNet-20, width 16, digits32) has 19 3x3 convs; the 18 inside the
-residual blocks are rewritten (the stem, 1 -> 16 channels, has nothing to factor), two ways,
+residual blocks are rewritten (the stem, 1 -> 16 channels, has nothing to factor), three ways,
 each from the same trained model:
 
 - `factorize.tucker` with `param_ratio=0.5`: every conv becomes 1x1 -> 3x3 -> 1x1 with the
   ranks that keep the most energy of both channel unfoldings in half its parameters (tensorly
   `partial_tucker`, HOSVD start, 20 HOOI iterations);
+- `factorize.cp` with `param_ratio=0.5`: every conv becomes 1x1 -> depthwise 3x3 -> 1x1 at the
+  largest CP rank within half its parameters (tensorly `parafac`, SVD start, 100 ALS sweeps);
 - `factorize.separable`: every conv becomes depthwise 3x3 + pointwise 1x1, initialised by the
   per-input-channel rank-1 least-squares fit of its weight (no BatchNorm between: each conv is
   already followed by one).
 
-Both stages then re-estimate every BatchNorm's statistics from `BN_SAMPLES` train images
+All three then re-estimate every BatchNorm's statistics from `BN_SAMPLES` train images
 (`recalibrate_bn`; no weight changes). Accuracy (test split, 270 images; val too) is measured
 right after the rewrite without that step (weights only), with it, and after recovery by the
 `distill` stage (Hinton KD from the original, temperature 4, alpha 0.5, SGD momentum 0.9,
@@ -43,7 +45,7 @@ from netchisel.core.context import Context
 from netchisel.core.registry import stage_for_config
 from netchisel.distill import DistillConfig
 from netchisel.distill.distiller import distill
-from netchisel.factorize import SeparableConfig, TuckerConfig
+from netchisel.factorize import CPConfig, SeparableConfig, TuckerConfig
 from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.profile import count_flops
 from netchisel.profile.latency import compare_latency, make_runner
@@ -53,6 +55,7 @@ BLOCK_CONVS = (r"layer\d\.\d+\.conv[12]",)
 BN_SAMPLES = 512
 REWRITES: dict[str, StageConfig] = {
     "tucker": TuckerConfig(param_ratio=0.5, layers=BLOCK_CONVS, recalibrate_bn=BN_SAMPLES),
+    "cp": CPConfig(param_ratio=0.5, layers=BLOCK_CONVS, recalibrate_bn=BN_SAMPLES),
     "separable": SeparableConfig(layers=BLOCK_CONVS, recalibrate_bn=BN_SAMPLES),
 }
 RECOVERY_EPOCHS = 10.0

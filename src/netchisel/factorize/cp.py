@@ -12,9 +12,13 @@ layer's bias). Why this form rather than Lebedev's four convs:
 
 - it is exact for more weights at the same rank (a kxk filter per term, not a rank-1 one) for
   kh*kw - kh - kw more weights per term: 3 for 3x3, small next to in + out;
-- three convs instead of four, and the stride stays on one conv: on CPU the number of thin
-  convs, more than MACs, decides latency (`bench/results/factorize_resnet.json`);
-- it is the block shape MobileNet runs (1x1, depthwise, 1x1), on the same kernels.
+- three convs instead of four, and the stride stays on one conv;
+- it is the block shape MobileNet runs (1x1, depthwise, 1x1).
+
+Half the MACs is not half the time: at half the parameters of ResNet-20's in = out convs, R is
+1.75-2.1x their channel count, and the CP model runs slower than the original on one CPU
+thread (`bench/results/factorize_resnet.json`); measure before choosing it over Tucker or
+separable.
 
 The decomposition is tensorly's `parafac` (alternating least squares from an SVD start, then
 `iterations` sweeps) on its PyTorch backend in float64; the scale of each term is spread

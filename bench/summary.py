@@ -333,10 +333,12 @@ def factorize_resnet_section(d: dict[str, Any]) -> list[str]:
     o, r = d["original"], d["recovery"]
     lat = d["latency"]
     lines = [
-        "## Tucker-2 and depthwise-separable rewrites of ResNet-20 (`bench/factorize_resnet.py`)",
+        "## Tucker-2, CP and depthwise-separable rewrites of ResNet-20"
+        " (`bench/factorize_resnet.py`)",
         "",
         "The 18 3x3 convs of the residual blocks of the zoo resnet (digits32) rewritten by "
-        "`factorize.tucker` (param_ratio 0.5) and by `factorize.separable` (per-channel rank-1 "
+        "`factorize.tucker` (param_ratio 0.5), by `factorize.cp` (param_ratio 0.5, 1x1 -> "
+        "depthwise 3x3 -> 1x1) and by `factorize.separable` (per-channel rank-1 "
         f"least-squares init), then recovered by `{r['stage']}` (Hinton KD, temperature "
         f"{r['temperature']}, alpha {r['alpha']}, {r['epochs']:g} epochs, SGD lr {r['lr']}). "
         "Accuracy % on test / val (270 images each; the recovered models as saved artifacts): "
@@ -577,6 +579,49 @@ def distill_gpt_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def prune_distill_quantize_section(d: dict[str, Any]) -> list[str]:
+    stages, ab = d["stages"], d["latency_side_by_side"]
+    p = d["profile"]
+
+    def test_val(acc: dict[str, float | None]) -> str:
+        test = "-" if acc["test"] is None else f"{acc['test']:.2f}"
+        return f"{test} / {acc['val']:.2f}"
+
+    lines = [
+        "## One recipe: prune -> distill -> static int8 on ResNet-20"
+        " (`bench/prune_distill_quantize_resnet.py`)",
+        "",
+        f"`{d['recipe']}` run as it is (`run_recipe`) on the zoo resnet (digits32). Each row"
+        " is the report's profile after that stage: accuracy % test / val (270 images each;"
+        " the recipe evaluates test after distill and int8 only),"
+        f" bytes of the saved artifact, latency at batch {p['batch_size']} ({p['backend']},"
+        f" {p['threads']} thread, median of {p['repeats']} with p10-p90; stages timed one after"
+        " the other on a shared machine), energy an estimate from per-operation energies.",
+        "",
+        "| stage | accuracy | params | MACs | FLOPs | bytes on disk | latency ms | energy µJ (est.)"
+        " | stage s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in stages:
+        lat = r["latency_ms"]
+        lines.append(
+            f"| {r['stage']} | {test_val(r['accuracy'])} |"
+            f" {r['params']:,} | {r['macs']:,} | {r['flops']:,} | {r['bytes_on_disk']:,} |"
+            f" {lat['median']:.1f} ({lat['p10']:.1f}-{lat['p90']:.1f}) | {r['energy_uj']:.1f} |"
+            f" {r['seconds']:.0f} |"
+        )
+    first, last = stages[0], stages[-1]
+    lines += [
+        "",
+        f"Original -> final: {first['bytes_on_disk'] / last['bytes_on_disk']:.1f}x fewer bytes,"
+        f" {first['macs'] / last['macs']:.2f}x fewer MACs; side by side (alternating A/B, one"
+        f" thread, eager) the final artifact runs {ab['original/final@64']['speedup']:.2f}x"
+        f" faster at batch 64 and {ab['original/final@1']['speedup']:.2f}x at batch 1.",
+        "",
+    ]
+    return lines
+
+
 def quant_llm_section(d: dict[str, Any]) -> list[str]:
     lines = [
         "## LLM weight quantization, zoo gpt on the pydoc text (`bench/quant_llm.py`)",
@@ -728,6 +773,7 @@ def main() -> None:
         ("factorize_resnet", factorize_resnet_section),
         ("distill_digits", distill_digits_section),
         ("distill_gpt", distill_gpt_section),
+        ("prune_distill_quantize_resnet", prune_distill_quantize_section),
     ):
         data = load(name)
         if data is not None:

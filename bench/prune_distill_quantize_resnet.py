@@ -1,0 +1,115 @@
+"""Benchmark 5 (issue 5): one recipe prune -> distill -> static int8 on the zoo ResNet-20.
+
+Run: .venv/bin/python bench/prune_distill_quantize_resnet.py
+  ->  bench/results/prune_distill_quantize_resnet.json
+
+Runs `examples/recipes/prune_distill_quantize_resnet.yaml` as it is, through
+`netchisel.pipeline.runner.run_recipe` (the reference resnet is trained first if it is not
+cached): half the channels removed by `prune.structured` (l1), recovered by `distill` from the
+original (T 4, alpha 0.5, 6 epochs, AdamW lr 0.01), quantized by `quantize.static_int8`
+(256 calibration images). For every stage the JSON keeps what the report says: val accuracy
+(the task's metric), test accuracy (the `evaluate` step after it), params, MACs, FLOPs, bytes
+on disk (the saved artifact) and in memory, latency (eager, one thread, batch 64: median and
+p10/p90 of 30 timed runs, one stage after the other), the energy estimate and the stage's
+seconds. The report's latencies are taken minutes apart on a shared machine, so the original
+and the final artifact (loaded back) are also timed side by side with the alternating A/B
+harness (`compare_latency`) at batch 64 and 1.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import write_result  # bench/ is on sys.path when a script in it runs
+
+from netchisel.pipeline.artifact import load
+from netchisel.pipeline.recipe import load_recipe
+from netchisel.pipeline.runner import run_recipe
+from netchisel.profile.latency import compare_latency, make_runner
+from netchisel.zoo import data, train
+
+RECIPE = Path(__file__).parents[1] / "examples" / "recipes" / "prune_distill_quantize_resnet.yaml"
+PROFILE_KEYS = ("params", "macs", "flops", "bytes_on_disk", "bytes_in_memory", "energy_uj")
+
+
+def stage_rows(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model-changing step (and the original), with the test accuracy of the
+    `evaluate` step that follows it (None where the recipe evaluates none: after pruning)."""
+    rows: list[dict[str, Any]] = []
+    for step in steps:
+        if step["name"] == "evaluate":
+            rows[-1]["accuracy"]["test"] = step["records"]["test_accuracy"]
+            continue
+        latency = step["latency"]
+        rows.append(
+            {
+                "stage": step["name"],
+                "config": step["config"],
+                "seconds": step["seconds"],
+                "accuracy": {"val": step["metrics"]["accuracy"], "test": None},
+                **{key: step["profile"][key] for key in PROFILE_KEYS},
+                "latency_ms": {
+                    "median": latency["median_ms"],
+                    "p10": latency["p10_ms"],
+                    "p90": latency["p90_ms"],
+                },
+                "records": {k: v for k, v in step["records"].items() if k != "per_layer"},
+            }
+        )
+    return rows
+
+
+def side_by_side(final: torch.nn.Module) -> dict[str, Any]:
+    """Original vs the final artifact, alternating A/B, one thread, eager."""
+    task = data.task("digits32")
+    original = train.pretrained("resnet").eval()
+    out: dict[str, Any] = {}
+    for batch in (64, 1):
+        inputs = task.example_inputs(batch, split="test")
+        cmp = compare_latency(
+            make_runner(original, inputs, "eager", threads=1),
+            make_runner(final, inputs, "eager", threads=1),
+            batch_size=batch,
+            threads=1,
+            rounds=20,
+            calls_per_round=20 if batch == 1 else 3,
+            labels=("original", "final"),
+        )
+        out[f"original/final@{batch}"] = {
+            "speedup": cmp.speedup,
+            "a_median_ms": cmp.a.median_ms,
+            "b_median_ms": cmp.b.median_ms,
+        }
+        print(f"batch {batch}: original/final = {cmp.speedup:.2f}", flush=True)
+    return out
+
+
+def main() -> None:
+    torch.set_num_threads(1)  # a shared 2-core machine: more threads only add contention
+    recipe = load_recipe(RECIPE)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_recipe(recipe, output=Path(tmp) / "run", quiet=True)
+        final = load(result.directory / "model")
+        artifact_bytes = result.report["artifact"]["bytes"]
+    rows = stage_rows(result.report["steps"])
+    for row in rows:
+        print(row["stage"], row["accuracy"], row["bytes_on_disk"], row["latency_ms"], flush=True)
+    result_data = {
+        "recipe": "examples/recipes/prune_distill_quantize_resnet.yaml",
+        "model": "zoo resnet (ResNet-20, width 16), trained reference",
+        "task": "digits32: val (the report's metric) and test splits, 270 images each",
+        "profile": recipe.profile.to_dict(),
+        "stages": rows,
+        "final_artifact_bytes": artifact_bytes,
+        "latency_side_by_side": side_by_side(final),
+        "threads": 1,
+    }
+    path = write_result("prune_distill_quantize_resnet", result_data)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -14,18 +14,7 @@ from netchisel.factorize.cp import cp_factors, cp_params, factorize_cp
 from netchisel.factorize.rank import energy_kept
 from netchisel.pipeline.artifact import load, save
 from netchisel.profile import count_flops
-
-
-def _net() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, groups=32),
-        nn.Conv2d(32, 8, 1),
-    )
+from tests.factorize._nets import conv_net
 
 
 def _weight_of(seq: nn.Module) -> torch.Tensor:
@@ -58,7 +47,7 @@ def test_a_weight_of_cp_rank_three_is_reproduced() -> None:
 
 
 def test_rank_shapes_and_exact_macs() -> None:
-    net = _net()
+    net = conv_net()
     factorize_(net, CPConfig(rank=10, layers=("2",)))
     seq = net[2]
     assert isinstance(seq, nn.Sequential)
@@ -76,7 +65,7 @@ def test_rank_shapes_and_exact_macs() -> None:
 
 
 def test_param_ratio_budget_and_skips() -> None:
-    net = _net()
+    net = conv_net()
     ctx = Context(None, quiet=True)
     factorize_cp(net, CPConfig(), ctx)  # param_ratio 0.5
     factorized, skipped = ctx.records["factorized"], ctx.records["skipped"]
@@ -94,7 +83,7 @@ def test_param_ratio_budget_and_skips() -> None:
 
 def test_a_rank_that_would_not_shrink_is_skipped() -> None:
     ctx = Context(None, quiet=True)
-    factorize_cp(_net(), CPConfig(rank=20, layers=("0",)), ctx)
+    factorize_cp(conv_net(), CPConfig(rank=20, layers=("0",)), ctx)
     assert ctx.records["skipped"] == {"0": "rank 20 would not reduce parameters (576 >= 448)"}
 
 
@@ -130,7 +119,7 @@ def test_factors_have_balanced_scales() -> None:
 
 
 def test_rank_above_the_largest_cp_rank_names_the_value_and_leaves_the_model() -> None:
-    net = _net()
+    net = conv_net()
     before = copy.deepcopy(net)
     with pytest.raises(ConfigError) as error:
         factorize_(net, CPConfig(rank=28))
@@ -163,7 +152,7 @@ def test_bad_config_names_the_value(values: dict[str, object], message: str) -> 
 
 
 def test_artifact_round_trip_is_exact(tmp_path: Path) -> None:
-    net = _net()
+    net = conv_net()
     factorize_(net, CPConfig(rank=10, layers=("2",)))
     loaded = load(save(net, tmp_path / "cp"))
     x = torch.randn(2, 3, 8, 8)

@@ -18,23 +18,12 @@ from netchisel.factorize.tucker import (
 )
 from netchisel.pipeline.artifact import load, save
 from netchisel.profile import count_flops
-
-
-def _net() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, groups=32),
-        nn.Conv2d(32, 8, 1),
-    )
+from tests.factorize._nets import conv_net
 
 
 @torch.no_grad()
 def test_full_ranks_reproduce_the_conv() -> None:
-    conv = _net()[2]
+    conv = conv_net()[2]
     assert isinstance(conv, nn.Conv2d)
     core, u_in, u_out = tucker2_factors(conv.weight, 16, 32, 1)
     rewritten = tucker_conv(conv, core, u_in, u_out)
@@ -43,7 +32,7 @@ def test_full_ranks_reproduce_the_conv() -> None:
 
 
 def test_ranks_shapes_and_exact_macs() -> None:
-    net = _net()
+    net = conv_net()
     factorize_(net, TuckerConfig(ranks=(4, 8), layers=("2",)))
     seq = net[2]
     assert isinstance(seq, nn.Sequential)
@@ -58,7 +47,7 @@ def test_ranks_shapes_and_exact_macs() -> None:
 
 
 def test_skips_depthwise_1x1_and_non_shrinking_layers() -> None:
-    net = _net()
+    net = conv_net()
     ctx = Context(None, quiet=True)
     factorize_tucker(net, TuckerConfig(param_ratio=0.5), ctx)
     skipped = ctx.records["skipped"]
@@ -94,7 +83,7 @@ def test_energy_one_keeps_full_ranks_when_that_shrinks() -> None:
 
 
 def test_ranks_too_large_name_the_value_and_leave_the_model() -> None:
-    net = _net()
+    net = conv_net()
     before = copy.deepcopy(net)
     with pytest.raises(ConfigError, match=r"r_in 8 is larger than layer '0' allows \(3 input"):
         factorize_(net, TuckerConfig(ranks=(8, 8)))
@@ -106,7 +95,7 @@ def test_ranks_too_large_name_the_value_and_leave_the_model() -> None:
 
 def test_r_out_too_large_is_one_line_naming_the_value() -> None:
     with pytest.raises(ConfigError) as error:
-        factorize_(_net(), TuckerConfig(ranks=(2, 17), layers=("0",)))
+        factorize_(conv_net(), TuckerConfig(ranks=(2, 17), layers=("0",)))
     assert str(error.value) == (
         "factorize.tucker: r_out 17 is larger than layer '0' allows (16 output channels): "
         "lower ranks or exclude the layer"
@@ -119,7 +108,7 @@ def test_bad_ranks() -> None:
 
 
 def test_artifact_round_trip_is_exact(tmp_path: Path) -> None:
-    net = _net()
+    net = conv_net()
     factorize_(net, TuckerConfig(ranks=(4, 8), layers=("2",)))
     loaded = load(save(net, tmp_path / "tucker"))
     x = torch.randn(2, 3, 8, 8)

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 ROOT = Path(__file__).parent
 RESULTS = ROOT / "results"
 
@@ -745,6 +747,136 @@ def quant_minilm_section(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def search_nas_digits32_section(d: dict[str, Any]) -> list[str]:
+    spec = yaml.safe_load(d["spec_text"])
+    budget = spec["recipe"]["stages"][0]["finetune"]
+    prof = spec["recipe"]["profile"]
+    ab, rr = d["ab"], d["round_robin"]
+    lines = [
+        "## Search: multi-objective NAS on digits32 (`bench/search_nas_digits32.py`)",
+        "",
+        f"`{d['spec']}` as shipped: the macro space under the zoo ResNet's widths, every"
+        f" candidate trained from scratch for {budget['epochs']:g} epochs (AdamW lr"
+        f" {budget['lr']:g}), objectives val accuracy and latency (batch {prof['batch_size']},"
+        f" {prof['threads']} thread, {prof['backend']}, median of {prof['repeats']}), strategy"
+        f" {d['strategy']}, {d['trials']} trials. The zoo ResNet-20 and MobileNetV2, built at"
+        " their macro-space points, are trained and measured the same way in the same run. The"
+        " latencies the search saw are single timings minutes apart on a shared machine, so every"
+        f" saved model is timed again round-robin ({rr['rounds']} rounds of"
+        f" {rr['calls_per_round']} calls each, rotating order). A front point dominates a zoo"
+        " model when its val accuracy is >= and it is faster both round-robin and in an"
+        f" alternating A/B timing of the two ({ab['rounds']} x {ab['calls_per_round']} calls);"
+        " the speed-up quoted is the A/B one. Test accuracy never selects. Search"
+        f" {d['search_seconds'] / 60:.1f} min, whole benchmark {d['wall_seconds'] / 60:.1f} min"
+        " on a shared 2-core machine. Plot: `bench/results/search_nas_digits32.svg`.",
+        "",
+        "| model | val % | test % | ms in search | ms round-robin | MACs | params | architecture |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    rows = [(f"zoo {name}", z) for name, z in d["zoo"].items()]
+    rows += [(f"front: trial {p['trial']}", p) for p in d["front"]]
+    for label, r in rows:
+        lines.append(
+            f"| {label} | {r['val_accuracy']:.2f} | {r['test_accuracy']:.2f} |"
+            f" {r['latency_ms']:.2f} | {r['remeasured_ms']:.2f} | {r['macs']:,} | {r['params']:,} |"
+            f" {r['architecture'].replace('|', chr(92) + '|')} |"
+        )
+    lines.append("")
+    for name, dom in d["dominance"].items():
+        if not dom["dominated"]:
+            lines.append(f"- zoo {name}: **not dominated** by the front found.")
+            continue
+        fast, acc = dom["fastest"], dom["most_accurate"]
+        lines.append(
+            f"- zoo {name}: dominated by {dom['dominating_points']} front points. Fastest: trial"
+            f" {fast['trial']}, {fast['ab']['speedup']:.2f}x faster A/B"
+            f" ({fast['ab']['zoo_median_ms']:.2f} vs {fast['ab']['point_median_ms']:.2f} ms),"
+            f" val {fast['val_gain_points']:+.2f} points (test {fast['test_gain_points']:+.2f})."
+            f" Most accurate: trial {acc['trial']}, val {acc['val_gain_points']:+.2f} points"
+            f" (test {acc['test_gain_points']:+.2f}), {acc['ab']['speedup']:.2f}x faster."
+        )
+    met = all(dom["dominated"] for dom in d["dominance"].values())
+    zoo = load("zoo_reference")
+    reference = zoo["models"]["mobilenet"] if zoo else None
+    trained = (
+        f" ({reference['val']['accuracy']:.2f}% after its {reference['settings']['epochs']}-epoch"
+        " reference recipe)"
+        if reference
+        else ""
+    )
+    lines += [
+        "",
+        f"Median test accuracy of the front: {d['front_test_accuracy_median']:.2f}%. Target (the"
+        " front dominates both zoo models at >= 1 point each): "
+        + ("met." if met else "**not met**.")
+        + " The budget is short for the 17-block MobileNetV2: it reaches"
+        f" {d['zoo']['mobilenet']['val_accuracy']:.2f}% val here{trained}, so its domination"
+        " says as much about the budget as about the search. One image of the 270 is"
+        f" {100 / 270:.2f} points, within training noise.",
+        "",
+    ]
+    return lines
+
+
+def search_policy_resnet_section(d: dict[str, Any]) -> list[str]:
+    spec = yaml.safe_load(d["spec_text"])
+    budget = next(s["finetune"] for s in spec["recipe"]["stages"] if "finetune" in s)
+    s, o = d["search"], d["original"]
+    options = ", ".join(f"{k} {v}" for k, v in d["strategy_options"].items())
+    lines = [
+        "## Search: per-layer pruning policy vs uniform on ResNet-20"
+        " (`bench/search_policy_resnet.py`)",
+        "",
+        f"`{d['spec']}` as shipped: one structured-pruning ratio (L1) per channel group of the"
+        f" trained zoo resnet ({len(s['best_policy'])} groups), MACs <= {d['macs_limit']:,.0f}"
+        f" ({100 * d['macs_limit_ratio']:.0f}% of {o['macs']:,}), each policy fine-tuned"
+        f" {budget['epochs']:g} epochs (SGD lr {budget['lr']:g}) and scored on val; strategy"
+        f" {d['strategy']} ({options}), {s['counts']['counted']} trials"
+        f" ({s['counts']['feasible']} feasible). The best policy (trial {s['best_trial']}) and"
+        " uniform pruning (one ratio for every group, `target_macs_ratio`: under the limit, and"
+        " under the policy's own MACs; uniform MACs move in steps) get the same fine-tune with"
+        f" {len(d['seeds'])} seeds (seed 0 is the search's run; arms paired by seed). Original:"
+        f" {o['val_accuracy']:.2f}% val, {o['test_accuracy']:.2f}% test. Search"
+        f" {d['search_seconds'] / 60:.1f} min, whole benchmark {d['wall_seconds'] / 60:.1f} min.",
+        "",
+        "| arm | MACs | params | mean val % | median val | mean test % | median test |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, a in d["arms"].items():
+        lines.append(
+            f"| {name} | {a['macs']:,} | {a['params']:,} | {a['val_mean']:.2f} |"
+            f" {a['val_median']:.2f} | {a['test_mean']:.2f} | {a['test_median']:.2f} |"
+        )
+    policy = ", ".join(f"{k.replace(chr(92), '')} {v:g}" for k, v in s["best_policy"].items())
+    lines += ["", f"Best policy (fraction of channels removed per group): {policy}.", ""]
+    lines += [
+        "Gains are policy minus uniform, per seed, mean ± one standard error.",
+        "",
+    ]
+    fair = [
+        name
+        for name, v in d["verdict"].items()
+        if v["beats"] and d["arms"]["searched"]["macs"] <= d["arms"][name]["macs"]
+    ]
+    for name, v in d["verdict"].items():
+        val, test = v["val"], v["test"]
+        lines.append(
+            f"- policy vs {name}, paired by seed: val {val['mean_gain_points']:+.2f}"
+            f" ± {val['standard_error']:.2f} points (wins/ties/losses {val['wins_ties_losses']}),"
+            f" test {test['mean_gain_points']:+.2f} ± {test['standard_error']:.2f}"
+            f" ({test['wins_ties_losses']}): "
+            + ("higher on both." if v["beats"] else "**not higher on both**.")
+        )
+    lines += [
+        "",
+        "Target (per-layer beats uniform at equal MACs): "
+        + (f"met against {', '.join(fair)}." if fair else "**not met**.")
+        + " An arm counts only if the policy has no more MACs than it.",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     lines = [
         "# Benchmarks",
@@ -774,6 +906,8 @@ def main() -> None:
         ("distill_digits", distill_digits_section),
         ("distill_gpt", distill_gpt_section),
         ("prune_distill_quantize_resnet", prune_distill_quantize_section),
+        ("search_nas_digits32", search_nas_digits32_section),
+        ("search_policy_resnet", search_policy_resnet_section),
     ):
         data = load(name)
         if data is not None:

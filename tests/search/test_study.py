@@ -104,8 +104,11 @@ def test_a_changed_spec_is_refused_on_the_same_output(out: Path) -> None:
 
 
 def test_no_feasible_trial_is_reported_and_the_closest_are_kept(out: Path) -> None:
-    spec = spec_with(trials=3, constraints={"params": {"max": 10}}, export=2)
-    report = run_search(parse_search_spec(spec), output=out, quiet=True).report
+    spec = spec_with(
+        trials=3, objectives=["accuracy"], constraints={"params": {"max": 10}}, export=2
+    )
+    # with the progress bar (it shows the best feasible value, and there is none)
+    report = run_search(parse_search_spec(spec), output=out, quiet=False).report
     assert report["feasible_found"] is False
     assert report["counts"]["feasible"] == 0
     assert len(report["best"]) == 2

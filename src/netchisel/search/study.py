@@ -337,9 +337,14 @@ def _progress(
 
 
 def _status(study: optuna.Study, spec: SearchSpec) -> str:
+    from netchisel.search.report import best_trials, is_feasible
+
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return "no trial complete yet"
-    if len(spec.objectives.directions()) == 1:
-        return f"best {spec.objectives.names()[0]} {study.best_value:.4g}"
-    return f"Pareto front {len(study.best_trials)}"
+    feasible = [t for t in complete if is_feasible(t)]
+    if not feasible:
+        return "no feasible trial yet" if complete else "no trial complete yet"
+    directions = spec.objectives.directions()
+    if len(directions) == 1:
+        best = best_trials(feasible, directions)[0]
+        return f"best {spec.objectives.names()[0]} {best.values[0]:.4g}"
+    return f"Pareto front {len(best_trials(feasible, directions))}"

@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/prune_distill_quantize_resnet.py
   ->  bench/results/prune_distill_quantize_resnet.json
 
-Runs `examples/recipes/prune_distill_quantize_resnet.yaml` as it is, through
+Runs `src/netchisel/recipes/demo_resnet.yaml (`netchisel demo --model resnet`)` as it is, through
 `netchisel.pipeline.runner.run_recipe` (the reference resnet is trained first if it is not
 cached): half the channels removed by `prune.structured` (l1), recovered by `distill` from the
 original (T 4, alpha 0.5, 6 epochs, AdamW lr 0.01), quantized by `quantize.static_int8`
@@ -31,7 +31,7 @@ from netchisel.pipeline.runner import run_recipe
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.zoo import data, train
 
-RECIPE = Path(__file__).parents[1] / "examples" / "recipes" / "prune_distill_quantize_resnet.yaml"
+RECIPE = Path(__file__).parents[1] / "src" / "netchisel" / "recipes" / "demo_resnet.yaml"
 PROFILE_KEYS = ("params", "macs", "flops", "bytes_on_disk", "bytes_in_memory", "energy_uj")
 
 
@@ -98,7 +98,7 @@ def main() -> None:
     for row in rows:
         print(row["stage"], row["accuracy"], row["bytes_on_disk"], row["latency_ms"], flush=True)
     result_data = {
-        "recipe": "examples/recipes/prune_distill_quantize_resnet.yaml",
+        "recipe": "src/netchisel/recipes/demo_resnet.yaml",
         "model": "zoo resnet (ResNet-20, width 16), trained reference",
         "task": "digits32: val (the report's metric) and test splits, 270 images each",
         "profile": recipe.profile.to_dict(),

@@ -75,19 +75,32 @@ def search(
     _print_search_summary(result.report, result.directory)
 
 
+DEMOS = {"cnn": "demo", "resnet": "demo_resnet"}
+
+
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option(help="Output directory.")] = Path("runs/demo"),
+    output: Annotated[
+        Path | None, typer.Option(help="Output directory (default runs/demo[_resnet]).")
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(help="cnn (seconds) or resnet (ResNet-20: minutes, trained on first use)."),
+    ] = "cnn",
     quiet: Quiet = False,
 ) -> None:
-    """Run the demo recipe on the reference CNN (trained on first use) and show the report."""
+    """Prune -> distill -> static int8 on a reference model, each step measured; the report."""
     import yaml
 
     from netchisel.pipeline.recipe import parse_recipe
     from netchisel.pipeline.runner import run_recipe
 
-    text = resources.files("netchisel").joinpath("recipes/demo.yaml").read_text()
-    result = run_recipe(parse_recipe(yaml.safe_load(text), "demo"), output=output, quiet=quiet)
+    if model not in DEMOS:
+        raise ConfigError(f"--model {model!r}: the demos are {', '.join(DEMOS)}")
+    name = DEMOS[model]
+    text = resources.files("netchisel").joinpath(f"recipes/{name}.yaml").read_text()
+    recipe = parse_recipe(yaml.safe_load(text), name)
+    result = run_recipe(recipe, output=output, quiet=quiet)
     _print_summary(result.report, result.directory)
 
 

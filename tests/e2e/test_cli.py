@@ -223,3 +223,8 @@ def test_the_demo_prunes_distills_and_quantizes(tmp_path: Path) -> None:
     assert params[2] == params[3] == width_2
     disk = [s["profile"]["bytes_on_disk"] for s in steps]
     assert disk[5] < disk[3] < disk[0]  # a model this small is mostly its manifest
+
+
+def test_an_unknown_demo_model_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(capsys, "demo", "--model", "vgg")
+    assert code == 2 and err == "netchisel: error: --model 'vgg': the demos are cnn, resnet\n"

@@ -17,10 +17,14 @@ def test_example_recipe_parses(path: Path) -> None:
     assert recipe.stages
 
 
-def test_demo_recipe_prunes_then_quantizes() -> None:
-    text = resources.files("netchisel").joinpath("recipes/demo.yaml").read_text()
-    names = [name for name, _ in parse_recipe(yaml.safe_load(text), "demo").stages]
-    assert names.index("prune.structured") < names.index("quantize.static_int8")
+@pytest.mark.parametrize(("demo", "model"), [("demo", "cnn"), ("demo_resnet", "resnet")])
+def test_demo_recipes_prune_distill_then_quantize(demo: str, model: str) -> None:
+    text = resources.files("netchisel").joinpath(f"recipes/{demo}.yaml").read_text()
+    recipe = parse_recipe(yaml.safe_load(text), demo)
+    names = [name for name, _ in recipe.stages]
+    assert recipe.model.ref == model
+    assert names.index("prune.structured") < names.index("distill")
+    assert names.index("distill") < names.index("quantize.static_int8")
 
 
 def test_there_is_a_recipe_per_family() -> None:

@@ -830,7 +830,8 @@ def search_policy_resnet_section(d: dict[str, Any]) -> list[str]:
         f"`{d['spec']}` as shipped: one structured-pruning ratio (L1) per channel group of the"
         f" trained zoo resnet ({len(s['best_policy'])} groups), MACs <= {d['macs_limit']:,.0f}"
         f" ({100 * d['macs_limit_ratio']:.0f}% of {o['macs']:,}), each policy fine-tuned"
-        f" {budget['epochs']:g} epochs (SGD lr {budget['lr']:g}) and scored on val; strategy"
+        f" {budget['epochs']:g} epochs (SGD lr {budget['lr']:g}) and scored by val"
+        f" {spec['objectives'][0]}; strategy"
         f" {d['strategy']} ({options}), {s['counts']['counted']} trials"
         f" ({s['counts']['feasible']} feasible). The best policy (trial {s['best_trial']}) and"
         " uniform pruning (one ratio for every group, `target_macs_ratio`: under the limit, and"
@@ -839,12 +840,14 @@ def search_policy_resnet_section(d: dict[str, Any]) -> list[str]:
         f" {o['val_accuracy']:.2f}% val, {o['test_accuracy']:.2f}% test. Search"
         f" {d['search_seconds'] / 60:.1f} min, whole benchmark {d['wall_seconds'] / 60:.1f} min.",
         "",
-        "| arm | MACs | params | mean val % | median val | mean test % | median test |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| arm | MACs | params | mean val loss | mean val % | median val | mean test % |"
+        " median test |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, a in d["arms"].items():
         lines.append(
-            f"| {name} | {a['macs']:,} | {a['params']:,} | {a['val_mean']:.2f} |"
+            f"| {name} | {a['macs']:,} | {a['params']:,} | {a['val_loss_mean']:.4f} |"
+            f" {a['val_mean']:.2f} |"
             f" {a['val_median']:.2f} | {a['test_mean']:.2f} | {a['test_median']:.2f} |"
         )
     policy = ", ".join(f"{k.replace(chr(92), '')} {v:g}" for k, v in s["best_policy"].items())
@@ -859,9 +862,10 @@ def search_policy_resnet_section(d: dict[str, Any]) -> list[str]:
         if v["beats"] and d["arms"]["searched"]["macs"] <= d["arms"][name]["macs"]
     ]
     for name, v in d["verdict"].items():
-        val, test = v["val"], v["test"]
+        val, test, loss = v["val"], v["test"], v["val_loss"]
         lines.append(
-            f"- policy vs {name}, paired by seed: val {val['mean_gain_points']:+.2f}"
+            f"- policy vs {name}, paired by seed: val loss {loss['mean_difference']:+.4f}"
+            f" ± {loss['standard_error']:.4f}, val {val['mean_gain_points']:+.2f}"
             f" ± {val['standard_error']:.2f} points (wins/ties/losses {val['wins_ties_losses']}),"
             f" test {test['mean_gain_points']:+.2f} ± {test['standard_error']:.2f}"
             f" ({test['wins_ties_losses']}): "

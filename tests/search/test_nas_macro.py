@@ -110,6 +110,9 @@ def test_small_space_size_is_exact() -> None:
         width_mults=(0.5, 1.0),
     )
     assert space.size() == 2 * (3 + 3 * 4)
+    # defaults, one stage: 2 kernels x (6 + 6 x 7 + 6 x 7^2); block ops: conv, separable x 3
+    # expansions, grouped x 2 groups (6), and skip after block 1 (7)
+    assert macro_space(1, width_mults=(1.0,)).size() == 2 * (6 + 6 * 7 + 6 * 49) == 684
 
 
 def test_sampled_candidates_build_and_run() -> None:

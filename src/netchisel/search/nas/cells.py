@@ -12,7 +12,8 @@ Dimensions, for `t` in (normal, reduce) and node k = 1..nodes:
 
 Search small, ship large: `cell_net(**candidate)` defaults to one normal cell per stage and
 width 16; the final model is the same candidate with more `cells_per_stage` and a larger
-`width` (NASNet searched with N = 2 and 32 filters on CIFAR and shipped N = 6, 768 filters).
+`width` (NASNet-A on CIFAR-10 ships as "6 @ 768": 6 normal cells per stage, 768 filters in
+the penultimate layer).
 """
 
 from __future__ import annotations

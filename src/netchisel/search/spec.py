@@ -19,9 +19,10 @@ output: runs/nas_digits32
 
 Placeholders: `$x` is the value of dimension `x`; `$candidate` is the whole candidate dict;
 `$g` for a group is `{rest: value}` over the dimensions named `g/rest` (policy spaces name
-theirs `sparsity/<layer>` or `bits/<layer>`). A mapping entry or list item whose placeholder
-names a dimension that is inactive for this candidate (its `when` does not hold) is left
-out, so the builder's default applies.
+theirs `sparsity/<layer>` or `bits/<layer>`). As a mapping key (`{$candidate: merge, width:
+16}`) a placeholder's mapping is merged into that mapping; the fixed keys win. A mapping
+entry or list item whose placeholder names a dimension that is inactive for this candidate
+(its `when` does not hold) is left out, so the builder's default applies.
 """
 
 from __future__ import annotations
@@ -197,8 +198,18 @@ def fill(template: Any, candidate: Candidate, space: Space) -> Any:
             return group
         return _DROP
     if isinstance(template, Mapping):
-        out = {k: fill(v, candidate, space) for k, v in template.items()}
-        return {k: v for k, v in out.items() if v is not _DROP}
+        merged: dict[str, Any] = {}
+        for key in template:
+            if isinstance(key, str) and key.startswith("$"):  # {$candidate: merge, stem: 32}
+                part = fill(key, candidate, space)
+                merged.update(part if isinstance(part, Mapping) else {})
+        out = {
+            k: fill(v, candidate, space)
+            for k, v in template.items()
+            if not (isinstance(k, str) and k.startswith("$"))
+        }
+        merged.update({k: v for k, v in out.items() if v is not _DROP})
+        return merged
     if isinstance(template, list):
         items = [fill(v, candidate, space) for v in template]
         return [v for v in items if v is not _DROP]
@@ -210,7 +221,8 @@ def placeholders(template: Any) -> set[str]:
     if isinstance(template, str) and template.startswith("$"):
         return {template[1:]}
     if isinstance(template, Mapping):
-        return set().union(*(placeholders(v) for v in template.values()))
+        keys = {k[1:] for k in template if isinstance(k, str) and k.startswith("$")}
+        return keys.union(*(placeholders(v) for v in template.values()))
     if isinstance(template, list):
         return set().union(*(placeholders(v) for v in template))
     return set()

@@ -59,43 +59,59 @@ ANCHOR = {
 }
 
 
-def configs(pattern: str) -> dict[str, StageConfig]:
+def configs(
+    pattern: str, layers: tuple[str, ...] = BLOCK_LAYERS, ablations: bool = True
+) -> dict[str, StageConfig]:
     """The methods compared at one pattern (ablations only at 50 % unstructured)."""
     out: dict[str, StageConfig] = {
         "magnitude": UnstructuredConfig(
-            sparsity=0.5, importance="l1", pattern=pattern, layers=BLOCK_LAYERS
+            sparsity=0.5, importance="l1", pattern=pattern, layers=layers
         ),
         "wanda": UnstructuredConfig(
             sparsity=0.5,
             importance="wanda",
             group="row",
             pattern=pattern,
-            layers=BLOCK_LAYERS,
+            layers=layers,
             calibration_samples=CALIBRATION,
         ),
         "sparsegpt": SparseGPTConfig(
-            sparsity=0.5, pattern=pattern, layers=BLOCK_LAYERS, calibration_samples=CALIBRATION
+            sparsity=0.5, pattern=pattern, layers=layers, calibration_samples=CALIBRATION
         ),
     }
-    if pattern == "unstructured":
+    if ablations and pattern == "unstructured":
         out["magnitude (row)"] = UnstructuredConfig(
-            sparsity=0.5, importance="l1", group="row", layers=BLOCK_LAYERS
+            sparsity=0.5, importance="l1", group="row", layers=layers
         )
         out["wanda (layer)"] = UnstructuredConfig(
             sparsity=0.5,
             importance="wanda",
             group="layer",
-            layers=BLOCK_LAYERS,
+            layers=layers,
             calibration_samples=CALIBRATION,
         )
         for size in ABLATION_BLOCKSIZES:
             out[f"sparsegpt (blocksize {size})"] = SparseGPTConfig(
                 sparsity=0.5,
                 blocksize=size,
-                layers=BLOCK_LAYERS,
+                layers=layers,
                 calibration_samples=CALIBRATION,
             )
     return out
+
+
+def input_norm_spread(
+    model: nn.Module, layers: tuple[str, ...], task: Any, samples: int
+) -> dict[str, float]:
+    """Per layer, the largest input-feature norm ||X_j|| over the median one."""
+    selected = select_modules(model, (nn.Linear,), layers)
+    stats = collect_stats(model, selected, task, "activations", samples)
+    spread = {}
+    for name, layer_stats in stats.items():
+        assert layer_stats.input_sq is not None
+        norms = layer_stats.input_sq.sqrt()
+        spread[name] = float(norms.max() / norms.median())
+    return spread
 
 
 def block_weights(model: nn.Module) -> list[str]:
@@ -112,13 +128,7 @@ def main() -> None:
     dense = train.pretrained("gpt")
     task = data.task("text", block_size=128)
     names = block_weights(dense)
-    blocks = select_modules(dense, (nn.Linear,), BLOCK_LAYERS)
-    stats = collect_stats(dense, blocks, task, "activations", CALIBRATION)
-    spread = {}
-    for name, layer_stats in stats.items():
-        assert layer_stats.input_sq is not None
-        norms = layer_stats.input_sq.sqrt()
-        spread[name] = float(norms.max() / norms.median())
+    spread = input_norm_spread(dense, BLOCK_LAYERS, task, CALIBRATION)
     dense_metrics = {split: task.evaluate(dense, split) for split in ("val", "test")}
     ppl = {split: m["perplexity"] for split, m in dense_metrics.items()}
     print(f"dense           val {ppl['val']:7.3f}  test {ppl['test']:7.3f}")

@@ -9,7 +9,7 @@ from torch import nn
 
 from netchisel.core.errors import ArtifactError, ModelError
 from netchisel.core.modules import builder, mark_builder
-from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest, save
+from netchisel.pipeline.artifact import _file_info, artifact_bytes, load, read_manifest, save
 
 
 class Block(nn.Module):
@@ -123,6 +123,57 @@ def test_artifact_bytes_are_the_files(tmp_path: Path) -> None:
     assert 256 * 257 * 4 <= files < 256 * 257 * 4 + 4096
 
 
+def test_manifest_leaves_defaults_out(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2, bias=False))
+    model[0].bias.requires_grad_(False)
+    text = (save(model, tmp_path / "m", metadata={"task": "x"}) / "manifest.json").read_text()
+    manifest = json.loads(text)
+    # No indentation, no raw codec entries, no empty tables; the builder-less root is described
+    # with only what differs from the defaults (float32, requires_grad, no attributes).
+    assert "\n" not in text and ": " not in text
+    assert set(manifest) == {
+        "format",
+        "format_version",
+        "torch_version",
+        "builder",
+        "edits",
+        "metadata",
+        "files",
+    }
+    bias = manifest["edits"][0]["module"]["children"]["0"]["tensors"]["bias"]
+    assert bias == {"kind": "param", "shape": [8], "requires_grad": False}
+    assert len(text) < 760  # version 1 wrote 1,685 bytes for this model
+    loaded = load(tmp_path / "m")
+    assert not loaded[0].bias.requires_grad and loaded[0].weight.requires_grad
+    assert _same_outputs(model, loaded, torch.randn(3, 4))
+
+
+def test_version_1_manifests_still_load(tmp_path: Path) -> None:
+    """Version 1 wrote every default and an entry per raw tensor; version 2 reads both."""
+    model = net()
+    directory = save(model, tmp_path / "v1")
+    manifest = read_manifest(directory)
+    manifest["format_version"] = 1
+    manifest["tensors"] = {
+        name: {"codec": "raw", "meta": {}, "parts": [""]} for name in model.state_dict()
+    }
+    manifest["aliases"], manifest["metadata"] = {}, {}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    assert _same_outputs(model, load(directory), torch.randn(2, 4))
+
+
+def test_a_part_no_codec_claims_is_an_error(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    directory = save(nn.Linear(2, 2), tmp_path / "p")
+    manifest = read_manifest(directory)
+    save_file({"weight::mask": torch.zeros(1)}, str(directory / "model.safetensors"))
+    manifest["files"] = {"model.safetensors": _file_info(directory / "model.safetensors")}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"part 'weight::mask' that no codec"):
+        load(directory)
+
+
 def test_missing_corrupt_and_foreign(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="does not exist"):
         load(tmp_path / "nope")
@@ -227,7 +278,7 @@ def test_load_never_calls_an_unmarked_function(tmp_path: Path) -> None:
         load(directory)
     assert not (tmp_path / "pwned").exists()
     manifest["builder"] = None
-    manifest["edits"][0]["module"]["attrs"]["hook"] = {"__callable__": "os:system"}
+    manifest["edits"][0]["module"].setdefault("attrs", {})["hook"] = {"__callable__": "os:system"}
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="outside torch and netchisel"):
         load(directory)

@@ -6,6 +6,7 @@ from torch import nn
 
 import netchisel as nc
 from netchisel.quantize.modules import (
+    DYNAMIC_BLOCK_ROWS,
     DynamicInt8Linear,
     Int4WeightOnlyLinear,
     Int8WeightOnlyLinear,
@@ -70,6 +71,20 @@ def test_dynamic_int8_is_close_and_row_scaled():
     x = torch.randn(16, 128)
     x[0] *= 100  # a loud row must not hurt the others (scales are per row)
     assert _rel(layer(x)[1:], lin(x)[1:]) < 0.01
+
+
+def test_dynamic_int8_row_blocks_change_nothing_and_train():
+    """Rows are computed in blocks of DYNAMIC_BLOCK_ROWS; each row's output is its own."""
+    torch.manual_seed(0)
+    layer = DynamicInt8Linear.from_float(nn.Linear(32, 8))
+    x = torch.randn(2 * DYNAMIC_BLOCK_ROWS + 5, 32)
+    one_by_one = torch.cat([layer(row[None]) for row in x])
+    assert torch.equal(layer(x), one_by_one)
+    x.requires_grad_(True)
+    layer(x).sum().backward()  # in-place block scaling must not break autograd
+    assert layer.bias.grad is not None and torch.equal(
+        layer.bias.grad, torch.full((8,), float(len(x)))
+    )
 
 
 def test_packed_linear_stores_exact_bits():

@@ -110,7 +110,7 @@ def test_artifact_holds_int8_and_loads_to_identical_outputs(
     weights = [m for m in fp32.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert int8_bytes == sum(m.weight.numel() for m in weights) == 1 * 8 * 9 + 8 * 16 * 9 + 256 * 10
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["tensors"]["0.weight_int8"]["codec"] == "raw"
+    assert "0.weight_int8" not in manifest.get("tensors", {})  # raw: left out of the codec table
     fp32_file = (nc.save(fp32, tmp_path / "fp32") / "model.safetensors").stat().st_size
     ratio = (path / "model.safetensors").stat().st_size / fp32_file
     assert 0.25 < ratio < 0.40  # int8 weights plus float32 per-channel scales and biases

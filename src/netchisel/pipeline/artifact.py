@@ -45,7 +45,7 @@ from netchisel.pipeline.describe import (
 from netchisel.pipeline.export import EXPORTS, export_onnx, export_pt2
 
 FORMAT = "netchisel-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: defaults left out of the manifest, written without indentation
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 _CODEC_ATTR = "_netchisel_codecs"
@@ -86,14 +86,18 @@ def save(
     target = Path(directory)
     if target.exists() and not (target / MANIFEST).exists() and any(target.iterdir()):
         raise ArtifactError(f"{target} exists and is not an artifact; choose another directory")
+    stored, tensors, aliases = _encode_state(model)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "torch_version": torch.__version__.split("+")[0],
         **_structure(model),
-        "metadata": metadata or {},
+        **{
+            k: v
+            for k, v in (("metadata", metadata), ("tensors", tensors), ("aliases", aliases))
+            if v
+        },
     }
-    stored, manifest["tensors"], manifest["aliases"] = _encode_state(model)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -102,8 +106,9 @@ def save(
         for kind in export:
             name = _export(model, kind, example_inputs, tmp, calibration)
             manifest["files"][name] = _file_info(tmp / name)
-        # Key order is kept: it is the order of parameters in the rebuilt modules.
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        # Key order is kept: it is the order of parameters in the rebuilt modules. Compact,
+        # because the manifest counts in the artifact's size (`python -m json.tool` shows it).
+        (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -134,7 +139,8 @@ def load(directory: str | Path) -> nn.Module:
     except (SafetensorError, OSError) as e:
         raise ArtifactError(f"{weights} cannot be read: {e}") from None
     model = _rebuild_structure(manifest)
-    state = _decode_state(stored, manifest["tensors"], manifest["aliases"])
+    codecs = manifest.get("tensors", {})
+    state = _decode_state(stored, codecs, manifest.get("aliases", {}))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -142,7 +148,7 @@ def load(directory: str | Path) -> nn.Module:
         detail = " ".join(line.strip() for line in first[:3])
         raise ArtifactError(f"{root}: the weights do not fit the rebuilt model: {detail}") from None
     params = dict(model.named_parameters())
-    for name, info in manifest["tensors"].items():
+    for name, info in codecs.items():
         if info["codec"] == "bitmask" and name in params:
             set_mask(model, name, state[name] != 0)  # pruned entries stay pruned in fine-tuning
         elif info["codec"] not in ("raw", "bitmask"):
@@ -277,10 +283,10 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
         elif op == "remove":
             parent._modules.pop(name, None)
         elif op == "patch" and target is not None:
-            for key, value in edit["attrs"].items():
+            for key, value in edit.get("attrs", {}).items():
                 object.__setattr__(target, key, decode_value(value))
-            apply_tensor_specs(target, edit["tensors"])
-            for key in edit["drop"]:
+            apply_tensor_specs(target, edit.get("tensors", {}))
+            for key in edit.get("drop", []):
                 target._parameters.pop(key, None)
                 target._buffers.pop(key, None)
             refresh_caches(target)
@@ -299,6 +305,7 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
 
 
 def _encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], JSON, dict[str, str]]:
+    """The tensors to write, the manifest's codec table (raw tensors are left out), aliases."""
     codecs: dict[str, str] = dict(getattr(model, _CODEC_ATTR, {}))
     for name, mask in masks_of(model).items():
         # Pruned weights are stored sparsely when that is smaller; frozen ones are dense.
@@ -324,22 +331,35 @@ def _encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], JSON, dict
         parts, meta = get_codec(codec).encode(tensor)
         for suffix, part in parts.items():
             stored[name + (f"::{suffix}" if suffix else "")] = part.contiguous()
-        tensors[name] = {"codec": codec, "meta": meta, "parts": sorted(parts)}
+        if codec != "raw":
+            info = {"codec": codec, "meta": meta, "parts": sorted(parts)}
+            tensors[name] = {k: v for k, v in info.items() if (v and v != [""]) or k == "codec"}
     return stored, tensors, aliases
 
 
 def _decode_state(
     stored: dict[str, torch.Tensor], tensors: JSON, aliases: dict[str, str]
 ) -> dict[str, torch.Tensor]:
+    """The state dict: tensors in the codec table decoded, every other stored tensor raw."""
     state: dict[str, torch.Tensor] = {}
+    claimed: set[str] = set()
     for name, info in tensors.items():
+        keys = {s: name + (f"::{s}" if s else "") for s in info.get("parts", [""])}
         try:
-            parts = {s: stored[name + (f"::{s}" if s else "")] for s in info["parts"]}
+            parts = {s: stored[key] for s, key in keys.items()}
         except KeyError as e:
             raise ArtifactError(
                 f"{WEIGHTS} lacks tensor {e.args[0]!r} named in the manifest"
             ) from None
-        state[name] = get_codec(info["codec"]).decode(parts, info["meta"])
+        claimed.update(keys.values())
+        state[name] = get_codec(info["codec"]).decode(parts, info.get("meta", {}))
+    for key, tensor in stored.items():
+        if key not in claimed:
+            if "::" in key:
+                raise ArtifactError(
+                    f"{WEIGHTS} has part {key!r} that no codec in the manifest claims"
+                )
+            state[key] = tensor
     for name, canonical in aliases.items():
         state[name] = state[canonical]
     return state

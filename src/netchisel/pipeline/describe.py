@@ -123,13 +123,12 @@ def tensor_specs(module: nn.Module) -> dict[str, JSON]:
             if t is None:
                 specs[name] = {"kind": kind, "none": True}
                 continue
-            spec: dict[str, Any] = {
-                "kind": kind,
-                "shape": list(t.shape),
-                "dtype": str(t.dtype).removeprefix("torch."),
-            }
-            if kind == "param":
-                spec["requires_grad"] = t.requires_grad
+            # Defaults are left out of the manifest: float32, requires_grad true.
+            spec: dict[str, Any] = {"kind": kind, "shape": list(t.shape)}
+            if t.dtype != torch.float32:
+                spec["dtype"] = str(t.dtype).removeprefix("torch.")
+            if kind == "param" and not t.requires_grad:
+                spec["requires_grad"] = False
             if kind == "buffer" and name in module._non_persistent_buffers_set:
                 spec["persistent"] = False
             specs[name] = spec
@@ -168,15 +167,12 @@ def describe(module: nn.Module, path: str = "") -> JSON:
                 "it is not in the state dict, so a rebuilt copy would lose it; give the model a "
                 "builder (netchisel.core.modules.mark_builder) so it is built, not described"
             )
-    return {
-        "class": ref,
-        "attrs": attrs,
-        "tensors": tensor_specs(module),
-        "children": {
-            name: (describe(child, _join(path, name)) if child is not None else None)
-            for name, child in module._modules.items()
-        },
+    children = {
+        name: (describe(child, _join(path, name)) if child is not None else None)
+        for name, child in module._modules.items()
     }
+    full = {"class": ref, "attrs": attrs, "tensors": tensor_specs(module), "children": children}
+    return {key: value for key, value in full.items() if value or key == "class"}
 
 
 def rebuild(data: JSON) -> nn.Module:
@@ -188,10 +184,10 @@ def rebuild(data: JSON) -> nn.Module:
         )
     module = cls.__new__(cls)
     nn.Module.__init__(module)
-    for key, value in data["attrs"].items():
+    for key, value in data.get("attrs", {}).items():
         object.__setattr__(module, key, decode_value(value))
-    apply_tensor_specs(module, data["tensors"])
-    for name, child in data["children"].items():
+    apply_tensor_specs(module, data.get("tensors", {}))
+    for name, child in data.get("children", {}).items():
         module._modules[name] = rebuild(child) if child is not None else None
     refresh_caches(module)
     return module
@@ -207,7 +203,7 @@ def apply_tensor_specs(module: nn.Module, specs: dict[str, JSON]) -> None:
             table = module._parameters if spec["kind"] == "param" else module._buffers
             table[name] = None
             continue
-        t = torch.empty(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+        t = torch.empty(spec["shape"], dtype=getattr(torch, spec.get("dtype", "float32")))
         if spec["kind"] == "param":
             module._parameters[name] = nn.Parameter(
                 t, requires_grad=spec.get("requires_grad", True)

@@ -2,8 +2,11 @@
 
 Run: .venv/bin/python bench/prune_distill_quantize_resnet.py
   ->  bench/results/prune_distill_quantize_resnet.json
+Run: .venv/bin/python bench/prune_distill_quantize_resnet.py --model cnn
+  ->  bench/results/prune_distill_quantize_cnn.json  (the recipe `netchisel demo` runs)
 
-Runs `src/netchisel/recipes/demo_resnet.yaml (`netchisel demo --model resnet`)` as it is, through
+Runs `src/netchisel/recipes/demo_resnet.yaml` (`netchisel demo --model resnet`; with
+`--model cnn`, `demo.yaml`, the same stages on the zoo cnn) as it is, through
 `netchisel.pipeline.runner.run_recipe` (the reference resnet is trained first if it is not
 cached): half the channels removed by `prune.structured` (l1), recovered by `distill` from the
 original (T 4, alpha 0.5, 6 epochs, AdamW lr 0.01), quantized by `quantize.static_int8`
@@ -18,6 +21,7 @@ harness (`compare_latency`) at batch 64 and 1.
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,11 @@ from netchisel.pipeline.runner import run_recipe
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.zoo import data, train
 
-RECIPE = Path(__file__).parents[1] / "src" / "netchisel" / "recipes" / "demo_resnet.yaml"
+RECIPES = Path(__file__).parents[1] / "src" / "netchisel" / "recipes"
+DEMOS = {  # --model -> the recipe `netchisel demo --model` runs, and what the JSON calls it
+    "resnet": ("demo_resnet.yaml", "zoo resnet (ResNet-20, width 16), trained reference"),
+    "cnn": ("demo.yaml", "zoo cnn (three conv-bn-relu-pool stages + Linear), trained reference"),
+}
 PROFILE_KEYS = ("params", "macs", "flops", "bytes_on_disk", "bytes_in_memory", "energy_uj")
 
 
@@ -62,10 +70,10 @@ def stage_rows(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def side_by_side(final: torch.nn.Module) -> dict[str, Any]:
+def side_by_side(zoo_model: str, final: torch.nn.Module) -> dict[str, Any]:
     """Original vs the final artifact, alternating A/B, one thread, eager."""
     task = data.task("digits32")
-    original = train.pretrained("resnet").eval()
+    original = train.pretrained(zoo_model).eval()
     out: dict[str, Any] = {}
     for batch in (64, 1):
         inputs = task.example_inputs(batch, split="test")
@@ -88,8 +96,12 @@ def side_by_side(final: torch.nn.Module) -> dict[str, Any]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(DEMOS), default="resnet")
+    zoo_model = parser.parse_args().model
+    recipe_file, description = DEMOS[zoo_model]
     torch.set_num_threads(1)  # a shared 2-core machine: more threads only add contention
-    recipe = load_recipe(RECIPE)
+    recipe = load_recipe(RECIPES / recipe_file)
     with tempfile.TemporaryDirectory() as tmp:
         result = run_recipe(recipe, output=Path(tmp) / "run", quiet=True)
         final = load(result.directory / "model")
@@ -98,16 +110,16 @@ def main() -> None:
     for row in rows:
         print(row["stage"], row["accuracy"], row["bytes_on_disk"], row["latency_ms"], flush=True)
     result_data = {
-        "recipe": "src/netchisel/recipes/demo_resnet.yaml",
-        "model": "zoo resnet (ResNet-20, width 16), trained reference",
+        "recipe": f"src/netchisel/recipes/{recipe_file}",
+        "model": description,
         "task": "digits32: val (the report's metric) and test splits, 270 images each",
         "profile": recipe.profile.to_dict(),
         "stages": rows,
         "final_artifact_bytes": artifact_bytes,
-        "latency_side_by_side": side_by_side(final),
+        "latency_side_by_side": side_by_side(zoo_model, final),
         "threads": 1,
     }
-    path = write_result("prune_distill_quantize_resnet", result_data)
+    path = write_result(f"prune_distill_quantize_{zoo_model}", result_data)
     print(f"wrote {path}")
 
 

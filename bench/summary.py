@@ -612,11 +612,15 @@ def prune_distill_quantize_section(d: dict[str, Any]) -> list[str]:
         test = "-" if acc["test"] is None else f"{acc['test']:.2f}"
         return f"{test} / {acc['val']:.2f}"
 
+    cnn = d["recipe"].endswith("/demo.yaml")
     lines = [
-        "## One recipe: prune -> distill -> static int8 on ResNet-20"
-        " (`bench/prune_distill_quantize_resnet.py`)",
+        "## One recipe: prune -> distill -> static int8 on "
+        + ("the zoo CNN, the demo" if cnn else "ResNet-20")
+        + " (`bench/prune_distill_quantize_resnet.py"
+        + (" --model cnn" if cnn else "")
+        + "`)",
         "",
-        f"`{d['recipe']}` run as it is (`run_recipe`) on the zoo resnet (digits32). Each row"
+        f"`{d['recipe']}` run as it is (`run_recipe`) on the {d['model']} (digits32). Each row"
         " is the report's profile after that stage: accuracy % test / val (270 images each;"
         " the recipe evaluates test after distill and int8 only),"
         f" bytes of the saved artifact, latency at batch {p['batch_size']} ({p['backend']},"
@@ -1008,6 +1012,7 @@ def main() -> None:
         ("factorize_resnet", factorize_resnet_section),
         ("distill_digits", distill_digits_section),
         ("distill_gpt", distill_gpt_section),
+        ("prune_distill_quantize_cnn", prune_distill_quantize_section),
         ("prune_distill_quantize_resnet", prune_distill_quantize_section),
         ("search_tabular", search_tabular_section),
         ("search_nas_digits32", search_nas_digits32_section),

@@ -153,8 +153,9 @@ def optimize(
 ) -> None:
     """Run trials in this process until the study has `target` counted trials.
 
-    `alone`: no other process works on the study, so exactly the missing trials are run;
-    several workers stop when the shared count is reached (at most one extra trial each).
+    `alone`: no other process works on the study, so exactly the missing trials are run.
+    Workers sharing a study count the other workers' running trials as spent, so together
+    they run the budget (one extra only if two start a trial in the same instant).
     """
     study = optuna.load_study(
         study_name=spec.name,
@@ -169,8 +170,7 @@ def optimize(
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if on_trial is not None:
             on_trial()
-        counted = counted_trials(study)
-        if len(counted) >= target or _all_failed(counted):
+        if budget_spent(study, target, alone):
             study.stop()
 
     study.optimize(
@@ -181,6 +181,21 @@ def optimize(
         callbacks=[after_trial],
         gc_after_trial=True,
     )
+
+
+def budget_spent(study: optuna.Study, target: int, alone: bool) -> bool:
+    """True when no trial should start: `target` counted (other workers' running trials
+    included, unless `alone`), or every trial so far failed.
+
+    Example:
+        >>> study = optuna.create_study()
+        >>> _ = study.ask()  # another worker's running trial
+        >>> budget_spent(study, 1, alone=False), budget_spent(study, 1, alone=True)
+        (True, False)
+    """
+    counted = counted_trials(study)
+    running = 0 if alone else len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return len(counted) + running >= target or _all_failed(counted)
 
 
 def objective(spec: SearchSpec, trial: optuna.Trial, out: Path) -> list[float]:

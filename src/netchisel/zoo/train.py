@@ -314,7 +314,7 @@ def default_task(name: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:
 
     Example:
         >>> default_task("gpt", block_size=64)
-        ('text', {'block_size': 64})
+        ('text', {'batch_size': 32, 'block_size': 64})
     """
     if name == "minilm":
         return "sentences", {}

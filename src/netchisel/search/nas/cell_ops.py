@@ -26,6 +26,7 @@ def cell_op(name: str, channels: int, stride: int) -> nn.Module:
     """One op of `CELL_OPS` on `channels` channels.
 
     Example:
+        >>> import torch
         >>> cell_op("sep5", 8, 2)(torch.zeros(1, 8, 8, 8)).shape
         torch.Size([1, 8, 4, 4])
     """

@@ -124,6 +124,7 @@ def macro_net(
     (the input side) must be at least the product of the strides.
 
     Example:
+        >>> import torch
         >>> net = macro_net(channels=[8, 16], strides=[1, 2], image_size=8,
         ...                 s1_blocks=2, s1_op1="conv", s1_op2="skip", s2_op1="separable")
         >>> net(torch.zeros(2, 1, 8, 8)).shape

@@ -141,6 +141,7 @@ def make_block(
     """The block of one op; `skip` is an identity and needs a shape-keeping position.
 
     Example:
+        >>> import torch
         >>> make_block("separable", 8, 16, 2, 3, expand=4)(torch.zeros(1, 8, 8, 8)).shape
         torch.Size([1, 16, 4, 4])
     """

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.profile.latency import compare_latency, measure_latency, summarise
+from netchisel.profile.latency import compare_latency, measure_latency, round_robin, summarise
 
 
 def test_summary_percentiles() -> None:
@@ -67,3 +67,13 @@ def test_training_flag_is_restored() -> None:
     net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
     measure_latency(net, torch.zeros(2, 4), repeats=2)
     assert net.training and net[1].training
+
+
+def test_round_robin_moves_the_first_runner_along_every_round() -> None:
+    order: list[int] = []
+    runs = [lambda i=i: order.append(i) for i in range(3)]
+    samples, threads = round_robin(runs, threads=1, rounds=3, calls=2, warmup=1)
+    assert order[:3] == [0, 1, 2]  # warm-up, in order
+    timed = order[3:]
+    assert timed == [0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 0, 0, 2, 2, 0, 0, 1, 1]
+    assert [len(s) for s in samples] == [6, 6, 6] and threads == 1

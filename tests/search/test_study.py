@@ -84,6 +84,21 @@ def test_search_reports_the_front_and_exports_loadable_artifacts(out: Path) -> N
     assert len(body["best_trials"]) == len(report["best"])
 
 
+def test_best_candidates_are_re_timed_side_by_side(out: Path) -> None:
+    spec = spec_with(objectives=["accuracy", "latency_ms"], trials=3)
+    spec["recipe"]["profile"] = {"batch_size": 4, "latency": True, "repeats": 10, "warmup": 1}
+    report = run_search(parse_search_spec(spec), output=out, quiet=True).report
+    assert report["retimed"] == {"rounds": 10, "calls_per_round": 1}
+    for row in report["best"]:
+        assert row["latency_ms_retimed"] > 0 and row["metrics"]["latency_ms"] > 0
+    assert all("latency_ms_retimed" not in t for t in report["trials"])
+    md = (out / "report.md").read_text()
+    assert "re-timed ms" in md and "side by side, in turns (10 rounds of 1 calls" in md
+    # without latency in the profile there is nothing to re-time
+    plain = run_search(parse_search_spec(spec_with(trials=2)), output=out / "p", quiet=True)
+    assert plain.report["retimed"] is None
+
+
 def test_running_again_adds_only_the_missing_trials(out: Path) -> None:
     first = run_search(parse_search_spec(spec_with(trials=3)), output=out, quiet=True)
     values = {t.number: t.values for t in first.study.trials}

@@ -14,7 +14,7 @@ import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -184,21 +184,42 @@ def compare_latency(
         >>> cmp.a.repeats
         15
     """
-    with fixed_threads(threads) as n:
-        time_calls(a, warmup)
-        time_calls(b, warmup)
-        samples_a: list[float] = []
-        samples_b: list[float] = []
-        for i in range(rounds):
-            # Swap who goes first every round so neither always runs on a warmer cache.
-            first, second = (a, b) if i % 2 == 0 else (b, a)
-            t1 = time_calls(first, calls_per_round)
-            t2 = time_calls(second, calls_per_round)
-            samples_a += t1 if i % 2 == 0 else t2
-            samples_b += t2 if i % 2 == 0 else t1
-    la = summarise(samples_a, warmup, batch_size, n, labels[0])
-    lb = summarise(samples_b, warmup, batch_size, n, labels[1])
+    samples, n = round_robin(
+        [a, b], threads=threads, rounds=rounds, calls=calls_per_round, warmup=warmup
+    )
+    la = summarise(samples[0], warmup, batch_size, n, labels[0])
+    lb = summarise(samples[1], warmup, batch_size, n, labels[1])
     return Comparison(la, lb, la.median_ms / lb.median_ms)
+
+
+def round_robin(
+    runs: Sequence[Callable[[], Any]],
+    *,
+    threads: int | None = 1,
+    rounds: int = 20,
+    calls: int = 5,
+    warmup: int = 5,
+) -> tuple[list[list[float]], int]:
+    """Time several functions in turns: each round runs `calls` of each, and the one that
+    goes first moves along every round, so slow spells of a shared machine and warm caches
+    fall on all of them alike. Returns the milliseconds of each function and the threads used.
+
+    Example:
+        >>> net = nn.Linear(8, 8)
+        >>> x = torch.zeros(2, 8)
+        >>> samples, _ = round_robin([lambda: net(x)] * 3, rounds=4, calls=2, warmup=1)
+        >>> [len(s) for s in samples]
+        [8, 8, 8]
+    """
+    samples: list[list[float]] = [[] for _ in runs]
+    with fixed_threads(threads) as n:
+        for run in runs:
+            time_calls(run, warmup)
+        for r in range(rounds):
+            for k in range(len(runs)):
+                i = (r + k) % len(runs)
+                samples[i] += time_calls(runs[i], calls)
+    return samples, n
 
 
 def batch_size_of(example_inputs: Any) -> int:

@@ -17,7 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from netchisel.core.errors import NetChiselError
 from netchisel.report.render import human, human_bytes, svg_text, write_atomically
+from netchisel.search.retime import ROUNDS, retime
 from netchisel.search.spec import SearchSpec
 from netchisel.search.storage import counted_trials, describe
 
@@ -60,6 +62,7 @@ def write_search_report(
         "exported": export_best(chosen, out),
         "trials": [trial_row(t) for t in study.get_trials(deepcopy=False)],
     }
+    report["retimed"] = retime_best(report, spec, out)
     write_atomically(
         {
             "report.json": json.dumps(report, indent=1, default=str),
@@ -69,6 +72,25 @@ def write_search_report(
         out,
     )
     return report
+
+
+def retime_best(report: dict[str, Any], spec: SearchSpec, out: Path) -> dict[str, Any] | None:
+    """Time the exported best candidates again, in turns (see `search.retime`); the re-timed
+    milliseconds go into each best row as `latency_ms_retimed`. None when latency is not
+    measured; an error is recorded, not raised, so the report is still written."""
+    rows = {r["number"]: r for r in report["best"] if "latency_ms" in r["metrics"]}
+    paths = {e["trial"]: out / e["path"] for e in report["exported"] if e["path"]}
+    paths = {n: p for n, p in paths.items() if n in rows}
+    if not paths:
+        return None
+    settings = spec.recipe(rows[next(iter(paths))]["candidate"], out).profile
+    try:
+        retimed = retime(paths, settings)
+    except (NetChiselError, RuntimeError, OSError) as e:
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    for number, ms in retimed.items():
+        rows[number]["latency_ms_retimed"] = ms
+    return {"rounds": ROUNDS, "calls_per_round": max(1, settings.repeats // ROUNDS)}
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -152,11 +174,16 @@ COLUMNS = (
     ("accuracy", "accuracy (val)"),
     ("test", "accuracy (test)"),
     ("latency_ms", "latency ms"),
+    ("retimed", "re-timed ms"),
     ("macs", "MACs"),
     ("params", "params"),
     ("bytes_on_disk", "on disk"),
     ("candidate", "candidate"),
 )
+
+
+# Only the exported best candidates are re-timed.
+TRIAL_COLUMNS = tuple(c for c in COLUMNS if c[0] != "retimed")
 
 
 def table_cells(row: dict[str, Any]) -> dict[str, str]:
@@ -173,6 +200,7 @@ def table_cells(row: dict[str, Any]) -> dict[str, str]:
         "accuracy": num(m.get("accuracy")),
         "test": num(test.get("accuracy")),
         "latency_ms": num(m.get("latency_ms"), ".3g"),
+        "retimed": num(row.get("latency_ms_retimed"), ".3g"),
         "macs": human(m["macs"]) if "macs" in m else "-",
         "params": human(m["params"]) if "params" in m else "-",
         "bytes_on_disk": human_bytes(m.get("bytes_on_disk")),
@@ -180,11 +208,11 @@ def table_cells(row: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| " + " | ".join(t for _, t in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def _table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]] = COLUMNS) -> list[str]:
+    lines = ["| " + " | ".join(t for _, t in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = table_cells(row)
-        lines.append("| " + " | ".join(cells[k] for k, _ in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cells[k] for k, _ in columns) + " |")
     return lines
 
 
@@ -212,18 +240,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "**No trial met the constraints.** The best infeasible trials are kept."]
     lines += ["", "## Best candidates", "", "Selected on the validation split.", ""]
     lines += _table(report["best"])
+    if note := retime_note(report):
+        lines += ["", note]
     exported = [e for e in report["exported"] if e["path"]]
     lines += [
         "",
         "Exported artifacts: " + (", ".join(f"`{e['path']}`" for e in exported) or "none"),
     ]
     lines += ["", "## Every trial", ""]
-    lines += _table([r for r in report["trials"] if r["state"] == "complete"])
+    lines += _table([r for r in report["trials"] if r["state"] == "complete"], TRIAL_COLUMNS)
     failed = [r for r in report["trials"] if r["state"] == "fail" and r["error"]]
     if failed:
         lines += ["", "## Failed trials", ""]
         lines += [f"- trial {r['number']}: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
+
+
+def retime_note(report: dict[str, Any]) -> str | None:
+    """What the `re-timed ms` column is (or why it is empty)."""
+    retimed = report.get("retimed")
+    if not retimed:
+        return None
+    if "error" in retimed:
+        return f"Re-timing the best candidates failed: {retimed['error']}"
+    return (
+        "`latency ms` was measured once per trial, when it ran; `re-timed ms` times the exported"
+        f" candidates again side by side, in turns ({retimed['rounds']} rounds of"
+        f" {retimed['calls_per_round']} calls each, median): compare candidates on it."
+    )
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -246,15 +290,16 @@ th{{background:#f3f3f3}}</style>
 <h1>{title}</h1><ul>{items}</ul>{warning}
 <figure>{objective_plot(report)}</figure>
 <h2>Best candidates (selected on the validation split)</h2>{_html_table(report["best"])}
-<h2>Every trial</h2>{_html_table(complete)}
+<p>{html.escape(retime_note(report) or "").replace("`", "")}</p>
+<h2>Every trial</h2>{_html_table(complete, TRIAL_COLUMNS)}
 </body></html>
 """
 
 
-def _html_table(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
+def _html_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]] = COLUMNS) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(table_cells(r)[k])}</td>" for k, _ in COLUMNS) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(table_cells(r)[k])}</td>" for k, _ in columns) + "</tr>"
         for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"

@@ -174,11 +174,20 @@ def profile(
 
 
 @app.command()
-def report(directory: Annotated[Path, typer.Argument(help="A run's output directory.")]) -> None:
-    """Re-render a run's report.md and report.html from its report.json and show the table."""
-    from netchisel.report.render import read_report, write_reports
+def report(
+    directory: Annotated[Path, typer.Argument(help="A run's or a search's output directory.")],
+) -> None:
+    """Re-render report.md and report.html from report.json (a run's or a search's)."""
+    from netchisel.report.render import read_report, write_atomically, write_reports
 
     data = read_report(directory)
+    if "search" in data:
+        from netchisel.search.report import render_html, render_markdown
+
+        texts = {"report.md": render_markdown(data), "report.html": render_html(data)}
+        write_atomically(texts, directory)
+        _print_search_summary(data, directory)
+        return
     write_reports(data, directory)
     _print_summary(data, directory)
 

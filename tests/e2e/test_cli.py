@@ -154,6 +154,31 @@ def test_bad_recipe_and_corrupt_artifact(
     assert code == 2 and "is corrupt" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (  # a runtime error names the stage that raised it, and the pattern as written
+            {"stages": [{"factorize.svd": {"layers": [r"no\.such"]}}]},
+            r"stages[0] factorize.svd: include pattern 'no\.such' matches no layer",
+        ),
+        (  # the model does not fit the task's inputs: said before any stage runs
+            {"model": {"zoo": "cnn", "pretrained": False}},
+            "the model cannot run on the task's inputs (16x1x8x8): ",
+        ),
+    ],
+)
+def test_runtime_mistakes_are_one_line_naming_the_cause(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, object], message: str
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, **changes}))
+    code, _, err = cli(capsys, "run", str(recipe), "--output", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "out").exists()
+    code, _, err = cli(capsys, "run", str(tmp_path))
+    assert code == 2 and f"recipe {tmp_path} is a directory: give one YAML file in it" in err
+
+
 def test_an_artifact_is_a_model_source(run_dir: Path, tmp_path: Path) -> None:
     from netchisel.pipeline.recipe import parse_recipe
     from netchisel.pipeline.runner import run_recipe

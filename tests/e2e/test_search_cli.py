@@ -32,6 +32,23 @@ def test_search_prints_the_best_and_writes_the_report(
     assert "best:" in out and "report.html" in out
 
 
+def test_running_again_says_it_continues(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(spec_with(trials=2)))
+    run = str(tmp_path / "run")
+    assert cli(capsys, "search", str(spec), "--output", run, "-q")[0] == 0
+    code, out, err = cli(capsys, "search", str(spec), "--output", run, "--trials", "3")
+    assert code == 0, err
+    assert "continuing search 'tiny': 2 of 3 trials already done" in out + err
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["counts"]["complete"] == 3
+    (tmp_path / "run" / "report.md").unlink()
+    code, out, _ = cli(capsys, "report", run)  # a search's report re-renders too
+    assert code == 0 and "tiny (3 trials: 3 complete" in out
+    assert "## Best candidates" in (tmp_path / "run" / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

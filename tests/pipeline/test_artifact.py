@@ -297,3 +297,24 @@ def test_a_loaded_model_saves_with_the_same_codecs(tmp_path):
         for d in (first, again)
     ]
     assert codecs == ["huffman", "huffman"]
+
+
+def test_saved_files_follow_the_umask_not_the_temp_dir(tmp_path: Path) -> None:
+    """mkdtemp makes 0700 and safetensors writes 0600; a served artifact must be readable."""
+    import os
+
+    before = os.umask(0o022)
+    try:
+        directory = save(nn.Linear(2, 2), tmp_path / "shared")
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [directory, *directory.iterdir()]}
+    assert modes == {"shared": 0o755, "manifest.json": 0o644, "model.safetensors": 0o644}
+
+
+def test_save_onto_a_file_is_one_clear_error(tmp_path: Path) -> None:
+    existing = tmp_path / "notes.md"
+    existing.write_text("keep me")
+    with pytest.raises(ArtifactError, match=r"notes\.md is a file: an artifact is a directory"):
+        save(nn.Linear(2, 2), existing)
+    assert existing.read_text() == "keep me"

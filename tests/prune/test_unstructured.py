@@ -82,7 +82,8 @@ def test_freeze_mode_keeps_values_and_trains_nothing_there() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"sparsity": 1.0}, r"sparsity sparsity=1.0 is not in \[0, 1\)"),
+        ({"sparsity": 1.0}, r"^prune\.unstructured\.sparsity: 1\.0 is not in \[0, 1\)$"),
+        ({"per_layer": {"0": 1.2}}, r"^prune\.unstructured\.per_layer: '0': 1\.2 is not in"),
         ({"importance": "snip"}, "unknown importance 'snip'"),
         ({"pattern": "4:2"}, "N:M needs 0 < N < M"),
         ({"pattern": "2:4", "scope": "global"}, "N:M pattern is per layer"),

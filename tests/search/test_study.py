@@ -190,6 +190,14 @@ def test_an_unreachable_storage_is_one_clear_error_and_writes_nothing(out: Path)
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.parametrize("url", ["foo://bar", "runs/study.db", "redis://user:pw@host/0"])
+def test_an_unsupported_storage_lists_the_supported_ones(out: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match=r"unsupported; give one of postgresql://") as e:
+        run_search(parse_search_spec(spec_with()), output=out, storage=url, quiet=True)
+    assert "pw@" not in str(e.value)  # a password is never printed
+    assert not out.exists()
+
+
 def _count(db: Path, state: str) -> int:
     try:
         with sqlite3.connect(db) as c:

@@ -130,11 +130,11 @@ def _matching(
         try:
             regex = re.compile(pattern)
         except re.error as e:
-            raise ConfigError(f"{what} pattern {pattern!r} is not a valid regex ({e})") from None
+            raise ConfigError(f"{what} pattern '{pattern}' is not a valid regex ({e})") from None
         hits = {n: m for n, m in candidates.items() if regex.fullmatch(n)}
         if not hits:
             sample = ", ".join(list(candidates)[:8]) + (", ..." if len(candidates) > 8 else "")
-            raise ConfigError(f"{what} pattern {pattern!r} matches no layer (layers: {sample})")
+            raise ConfigError(f"{what} pattern '{pattern}' matches no layer (layers: {sample})")
         out.update(hits)
     return out
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from netchisel.core.errors import ArtifactError, ConfigError, ModelError
+from netchisel.core.files import as_if_created
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import (
     build,
@@ -84,6 +85,8 @@ def save(
         ['manifest.json', 'model.safetensors']
     """
     target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise ArtifactError(f"{target} is a file: an artifact is a directory; choose another")
     if target.exists() and not (target / MANIFEST).exists() and any(target.iterdir()):
         raise ArtifactError(f"{target} exists and is not an artifact; choose another directory")
     stored, tensors, aliases = _encode_state(model)
@@ -109,6 +112,7 @@ def save(
         # Key order is kept: it is the order of parameters in the rebuilt modules. Compact,
         # because the manifest counts in the artifact's size (`python -m json.tool` shows it).
         (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
+        as_if_created(tmp)
         _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -94,6 +94,8 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def read_yaml(path: Path, what: str) -> Any:
     """A YAML file's data (safe_load); a missing file or bad YAML is one error naming `what`."""
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory: give one YAML file in it")
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:

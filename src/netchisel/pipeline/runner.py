@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError
+from netchisel.core.errors import ConfigError, ModelError, NetChiselError
 from netchisel.core.modules import build
 from netchisel.core.registry import get_stage
 from netchisel.core.task import Task
@@ -61,11 +61,21 @@ def run_recipe(
     inputs = _example_inputs(model, task, recipe)
     metadata = {"inputs": [_input_spec(t) for t in inputs], "task": task.name if task else None}
 
-    steps = [_step("original", {}, model, task, inputs, recipe, metadata, 0.0, {})]
-    for name, config in recipe.stages:
+    try:
+        steps = [_step("original", {}, model, task, inputs, recipe, metadata, 0.0, {})]
+    except RuntimeError as e:  # the first forward: a model that does not fit the task's inputs
+        shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
+        raise ModelError(
+            f"the model cannot run on the task's inputs ({shapes}): "
+            f"{str(e).strip().splitlines()[0]}; check that 'task:' is the one the model is for"
+        ) from None
+    for index, (name, config) in enumerate(recipe.stages):
         ctx.records = {}
         started = time.perf_counter()
-        model = get_stage(name)(model, config, ctx)
+        try:
+            model = get_stage(name)(model, config, ctx)
+        except NetChiselError as e:
+            raise in_stage(e, index, name) from None
         seconds = time.perf_counter() - started
         steps.append(
             _step(
@@ -101,6 +111,18 @@ def run_recipe(
     }
     write_reports(report, out)
     return RunResult(out, report, model)
+
+
+def in_stage(error: NetChiselError, index: int, name: str) -> NetChiselError:
+    """The same error, saying which stage of the recipe raised it (unless it already does).
+
+    Example:
+        >>> str(in_stage(ConfigError("include pattern 'x' matches no layer"), 1, "factorize.svd"))
+        "stages[1] factorize.svd: include pattern 'x' matches no layer"
+    """
+    if str(error).startswith(name):
+        return error
+    return type(error)(f"stages[{index}] {name}: {error}")
 
 
 def check_output_dir(out: Path) -> None:

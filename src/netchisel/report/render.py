@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from netchisel.core.errors import ArtifactError
+from netchisel.core.files import as_if_created
 
 
 def write_reports(report: dict[str, Any], directory: str | Path) -> list[Path]:
@@ -33,13 +34,14 @@ def write_atomically(texts: dict[str, str], directory: str | Path) -> list[Path]
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        as_if_created(Path(tmp))
         os.replace(tmp, out / name)
         paths.append(out / name)
     return paths
 
 
 def read_report(directory: str | Path) -> dict[str, Any]:
-    """The report.json of a run directory, or an error saying what is wrong."""
+    """The report.json of a run (or search) directory, or an error saying what is wrong."""
     path = Path(directory) / "report.json"
     if not path.is_file():
         raise ArtifactError(
@@ -49,8 +51,8 @@ def read_report(directory: str | Path) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path} is corrupt: {e}") from None
-    if "steps" not in data:
-        raise ArtifactError(f"{path} is not a netchisel report (no 'steps')")
+    if "steps" not in data and "search" not in data:
+        raise ArtifactError(f"{path} is not a netchisel report (no 'steps' or 'search')")
     return data
 
 

@@ -40,6 +40,9 @@ CONNECT_ATTEMPTS = 5
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
+SCHEMES = ("postgresql", "mysql", "sqlite", "journal")
+
+
 def storage_url(output: Path, storage: str | None, workers: int) -> str:
     """The storage URL a search uses: the given one, or a file in the output directory.
 
@@ -51,6 +54,13 @@ def storage_url(output: Path, storage: str | None, workers: int) -> str:
         'sqlite:////tmp/run/study.db'
     """
     if storage:
+        scheme = storage.split(":", 1)[0].split("+", 1)[0]
+        if ("://" not in storage and not storage.startswith("journal:")) or scheme not in SCHEMES:
+            raise ConfigError(
+                f"--storage {_redact(storage)}: unsupported; give one of "
+                "postgresql://user:password@host/db, mysql://..., sqlite:///path/study.db "
+                "or journal:/path/study.journal"
+            )
         return storage
     out = output.resolve()
     if (out / SQLITE_FILE).exists():

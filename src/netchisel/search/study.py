@@ -340,6 +340,13 @@ def _progress(
     )
     with Progress(*columns) as bar:
         handle = bar.add_task("", total=target)
+        done = len(counted_trials(study))
+        if done:
+            requeued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            bar.console.print(
+                f"continuing search {spec.name!r}: {done} of {target} trials already done"
+                + (f", {requeued} interrupted ones queued again" if requeued else "")
+            )
 
         def update() -> None:
             counted = counted_trials(study)

@@ -34,6 +34,7 @@ from torch import nn
 
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
+from netchisel.core.files import as_if_created
 from netchisel.core.modules import builder_of
 from netchisel.core.task import Task
 from netchisel.core.train import TrainSettings, fit
@@ -296,6 +297,7 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(name)
     try:
         write(tmp)
+        as_if_created(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -233,7 +233,7 @@ def _model_and_inputs(
         )
     if input_shape is not None:
         try:
-            shape = [int(s) for s in input_shape.replace("x", ",").split(",") if s.strip()]
+            shape = [int(s) for s in input_shape.replace("x", ",").split(",")]
         except ValueError:
             raise ConfigError(
                 f"--input-shape {input_shape!r}: expected numbers like 1,3,32,32"

@@ -125,6 +125,7 @@ def test_info(capsys: pytest.CaptureFixture[str]) -> None:
         (["profile", "cnn", "--input-shape", "1,3,32,32"], "RuntimeError: Given groups=1"),
         (["profile", "cnn", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["profile", "cnn", "--input-shape", "0,1,32,32"], "every size must be >= 1"),
+        (["profile", "cnn", "--input-shape", "1,,32,32"], "expected numbers like 1,3,32,32"),
     ],
 )
 def test_errors_are_one_line(

@@ -283,7 +283,7 @@ def _print_summary(report: dict[str, Any], directory: Path) -> None:
         "params": "params",
         "flops": "FLOPs",
         "bytes_on_disk": "disk",
-        "latency": "ms",
+        "latency": "ms (p10-p90)",  # the spread shows how far to trust one step's timing
         "energy_uj": "µJ est.",
     }
     batch = report["steps"][0]["profile"]["batch_size"]
@@ -292,7 +292,7 @@ def _print_summary(report: dict[str, Any], directory: Path) -> None:
         table.add_column(title, justify="right", no_wrap=True)
     for row in table_rows(report):
         row["metric"] = row["metric"].rpartition(" ")[2]
-        table.add_row(*(row[k].split(" (")[0] for k in columns))
+        table.add_row(*(row[k] if k == "latency" else row[k].split(" (")[0] for k in columns))
     console.print(table)
     missing = uncounted_ops(report)
     if missing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -107,6 +108,9 @@ def test_report_command_rerenders(run_dir: Path, capsys: pytest.CaptureFixture[s
     (run_dir / "report.md").unlink()
     code, out, _ = cli(capsys, "report", str(run_dir))
     assert code == 0 and (run_dir / "report.md").exists() and "report.html" in out
+    assert "ms (p10-p90)" in out
+    # every step's latency shows its spread: "median (p10-p90)"
+    assert len(re.findall(r"\d+\.\d{3} \(\d+\.\d{3}-\d+\.\d{3}\)", out)) == 3
 
 
 def test_info(capsys: pytest.CaptureFixture[str]) -> None:

@@ -129,7 +129,8 @@ def test_manifest_leaves_defaults_out(tmp_path: Path) -> None:
     text = (save(model, tmp_path / "m", metadata={"task": "x"}) / "manifest.json").read_text()
     manifest = json.loads(text)
     # No indentation, no raw codec entries, no empty tables; the builder-less root is described
-    # with only what differs from the defaults (float32, requires_grad, no attributes).
+    # with only what differs from the defaults (requires_grad, no attributes) and without the
+    # shapes and dtypes model.safetensors records.
     assert "\n" not in text and ": " not in text
     assert set(manifest) == {
         "format",
@@ -141,11 +142,28 @@ def test_manifest_leaves_defaults_out(tmp_path: Path) -> None:
         "files",
     }
     bias = manifest["edits"][0]["module"]["children"]["0"]["tensors"]["bias"]
-    assert bias == {"kind": "param", "shape": [8], "requires_grad": False}
-    assert len(text) < 760  # version 1 wrote 1,685 bytes for this model
+    assert bias == {"kind": "param", "requires_grad": False}
+    assert len(text) < 700  # version 1 wrote 1,685 bytes for this model
     loaded = load(tmp_path / "m")
     assert not loaded[0].bias.requires_grad and loaded[0].weight.requires_grad
     assert _same_outputs(model, loaded, torch.randn(3, 4))
+
+
+def test_shapes_come_from_the_weights_file(tmp_path: Path) -> None:
+    """Narrowed and replaced modules load with the shapes and dtypes the weights file holds."""
+    model = net()
+    model[0] = nn.Linear(4, 6)  # narrower than the builder's
+    model[1] = Block(6)
+    model[2] = nn.Linear(6, 3).to(torch.float64)
+    directory = save(model, tmp_path / "s")
+    assert '"shape"' not in (directory / "manifest.json").read_text()
+    loaded = load(directory)
+    assert loaded[2].weight.dtype == torch.float64 and loaded[0].weight.shape == (6, 4)
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(
+            loaded[2](loaded[1](loaded[0](x)).double()), model[2](model[1](model[0](x)).double())
+        )
 
 
 def test_version_1_manifests_still_load(tmp_path: Path) -> None:

@@ -90,11 +90,13 @@ def save(
     if target.exists() and not (target / MANIFEST).exists() and any(target.iterdir()):
         raise ArtifactError(f"{target} exists and is not an artifact; choose another directory")
     stored, tensors, aliases = _encode_state(model)
+    structure = _structure(model)
+    _leave_out_known_shapes(structure["edits"], set(model.state_dict()))
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "torch_version": torch.__version__.split("+")[0],
-        **_structure(model),
+        **structure,
         **{
             k: v
             for k, v in (("metadata", metadata), ("tensors", tensors), ("aliases", aliases))
@@ -142,9 +144,9 @@ def load(directory: str | Path) -> nn.Module:
         stored = load_file(str(weights))
     except (SafetensorError, OSError) as e:
         raise ArtifactError(f"{weights} cannot be read: {e}") from None
-    model = _rebuild_structure(manifest)
     codecs = manifest.get("tensors", {})
     state = _decode_state(stored, codecs, manifest.get("aliases", {}))
+    model = _rebuild_structure(manifest, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -229,9 +231,8 @@ def _diff(cur: nn.Module, fresh: nn.Module, path: str, edits: list[JSON]) -> Non
     tensors = {k: v for k, v in ours_t.items() if theirs_t.get(k) != v}
     dropped = sorted(set(theirs_t) - set(ours_t))
     if attrs or tensors or dropped:
-        edits.append(
-            {"op": "patch", "path": path, "attrs": attrs, "tensors": tensors, "drop": dropped}
-        )
+        patch = {"attrs": attrs, "tensors": tensors, "drop": dropped}
+        edits.append({"op": "patch", "path": path, **{k: v for k, v in patch.items() if v}})
     for name, child in cur._modules.items():
         child_path = f"{path}.{name}" if path else name
         other = fresh._modules.get(name)
@@ -250,6 +251,31 @@ def _diff(cur: nn.Module, fresh: nn.Module, path: str, edits: list[JSON]) -> Non
         edits.append({"op": "order", "path": path, "order": list(cur._modules)})
 
 
+def _leave_out_known_shapes(edits: list[JSON], state_names: set[str]) -> None:
+    """Drop shape and dtype from the specs of tensors the weights file holds: `load` reads
+    them from there (the file already records every stored tensor's shape and dtype)."""
+
+    def strip(specs: dict[str, JSON], path: str) -> None:
+        for name, spec in specs.items():
+            key = f"{path}.{name}" if path else name
+            if key in state_names and not spec.get("none") and spec.get("persistent", True):
+                spec.pop("shape", None)
+                spec.pop("dtype", None)
+
+    def walk(module: JSON | None, path: str) -> None:
+        if module is None:
+            return
+        strip(module.get("tensors", {}), path)
+        for name, child in module.get("children", {}).items():
+            walk(child, f"{path}.{name}" if path else name)
+
+    for edit in edits:
+        if edit["op"] == "patch":
+            strip(edit.get("tensors", {}), edit["path"])
+        elif edit["op"] == "replace":
+            walk(edit["module"], edit["path"])
+
+
 def _same(a: Any, b: Any) -> bool:
     try:
         return bool(a == b) and type(a) is type(b)
@@ -257,7 +283,7 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
 
 
-def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
+def _rebuild_structure(manifest: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     builder = manifest.get("builder")
     model: nn.Module | None = None
     if builder is not None:
@@ -270,7 +296,7 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
     for edit in manifest.get("edits", []):
         op, path = edit["op"], edit["path"]
         if op == "replace" and path == "":
-            model = rebuild(edit["module"])
+            model = rebuild(edit["module"], state)
             continue
         if model is None:
             raise ArtifactError("manifest has edits but no builder and no root module")
@@ -283,13 +309,13 @@ def _rebuild_structure(manifest: dict[str, Any]) -> nn.Module:
                 f"manifest edit {op} names {path!r}, which the model lacks"
             ) from None
         if op == "replace":
-            parent._modules[name] = rebuild(edit["module"]) if edit["module"] else None
+            parent._modules[name] = rebuild(edit["module"], state, path) if edit["module"] else None
         elif op == "remove":
             parent._modules.pop(name, None)
         elif op == "patch" and target is not None:
             for key, value in edit.get("attrs", {}).items():
                 object.__setattr__(target, key, decode_value(value))
-            apply_tensor_specs(target, edit.get("tensors", {}))
+            apply_tensor_specs(target, edit.get("tensors", {}), state, path)
             for key in edit.get("drop", []):
                 target._parameters.pop(key, None)
                 target._buffers.pop(key, None)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import importlib
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from netchisel.core.errors import ArtifactError, ModelError
 
@@ -175,8 +176,11 @@ def describe(module: nn.Module, path: str = "") -> JSON:
     return {key: value for key, value in full.items() if value or key == "class"}
 
 
-def rebuild(data: JSON) -> nn.Module:
-    """Make a module from `describe`'s output; tensors are allocated, not filled."""
+def rebuild(data: JSON, state: Mapping[str, Tensor] | None = None, path: str = "") -> nn.Module:
+    """Make a module from `describe`'s output; tensors are allocated, not filled.
+
+    A tensor spec without a shape takes its shape and dtype from `state[path.name]`.
+    """
     cls = _import_ref(data["class"])
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise ArtifactError(
@@ -186,15 +190,24 @@ def rebuild(data: JSON) -> nn.Module:
     nn.Module.__init__(module)
     for key, value in data.get("attrs", {}).items():
         object.__setattr__(module, key, decode_value(value))
-    apply_tensor_specs(module, data.get("tensors", {}))
+    apply_tensor_specs(module, data.get("tensors", {}), state, path)
     for name, child in data.get("children", {}).items():
-        module._modules[name] = rebuild(child) if child is not None else None
+        module._modules[name] = (
+            rebuild(child, state, _join(path, name)) if child is not None else None
+        )
     refresh_caches(module)
     return module
 
 
-def apply_tensor_specs(module: nn.Module, specs: dict[str, JSON]) -> None:
-    """Give the module empty parameters/buffers of the described shapes and dtypes."""
+def apply_tensor_specs(
+    module: nn.Module,
+    specs: dict[str, JSON],
+    state: Mapping[str, Tensor] | None = None,
+    path: str = "",
+) -> None:
+    """Give the module empty parameters/buffers of the described shapes and dtypes; a spec
+    without a shape (the manifest leaves out what the weights file says) takes the shape and
+    dtype of the state-dict tensor `path.name`."""
     for name, spec in specs.items():
         # Replace in place where the name exists, so parameter order (and state-dict order,
         # which optimizers and users see) stays the builder's.
@@ -203,7 +216,15 @@ def apply_tensor_specs(module: nn.Module, specs: dict[str, JSON]) -> None:
             table = module._parameters if spec["kind"] == "param" else module._buffers
             table[name] = None
             continue
-        t = torch.empty(spec["shape"], dtype=getattr(torch, spec.get("dtype", "float32")))
+        if "shape" in spec:
+            t = torch.empty(spec["shape"], dtype=getattr(torch, spec.get("dtype", "float32")))
+        else:
+            key = _join(path, name)
+            if state is None or key not in state:
+                raise ArtifactError(
+                    f"the manifest gives no shape for {key!r} and the weights lack it"
+                )
+            t = torch.empty(state[key].shape, dtype=state[key].dtype)
         if spec["kind"] == "param":
             module._parameters[name] = nn.Parameter(
                 t, requires_grad=spec.get("requires_grad", True)

@@ -39,6 +39,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import apply_masks_
 from netchisel.core.registry import register
+from netchisel.core.state import restored_on_error
 from netchisel.core.task import Batch, Task
 from netchisel.core.train import fit
 from netchisel.distill._features import (
@@ -58,7 +59,6 @@ from netchisel.distill.losses import (
 from netchisel.prune.schedule import (
     TrainingStageConfig,
     check_training,
-    restored_on_error,
     train_settings,
 )
 

@@ -24,6 +24,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import apply_masks_
 from netchisel.core.registry import register
+from netchisel.core.state import clone_state, restored_on_error
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
     DENSE_KERNEL_NOTE,
@@ -31,9 +32,7 @@ from netchisel.prune.schedule import (
     check_global_budget,
     check_sparsity,
     check_training,
-    clone_state,
     prune_to_,
-    restored_on_error,
     rising_sparsities,
     select_prunable,
     train_settings,

@@ -29,13 +29,13 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.registry import register
+from netchisel.core.state import restored_on_error
 from netchisel.core.task import Batch
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
     TrainingStageConfig,
     check_sparsity,
     check_training,
-    restored_on_error,
     select_prunable,
     train_settings,
 )

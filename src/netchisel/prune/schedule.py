@@ -10,8 +10,8 @@ training-time stages (`lottery.py`, `sparse_training.py`, `penalty.py`) share:
 - `prune_to_`: mask the chosen layers to a sparsity without ever reviving a weight that an
   earlier step pruned, so sparsity only rises; pruned weights are zeroed or, with
   `mode: freeze` / `freeze_initial`, frozen (`prune.unstructured`'s `hold_` does both);
-- `restored_on_error`: a failure (or an interrupt) in the middle of a stage puts the model's
-  weights and masks back as they were.
+- (`netchisel.core.state.restored_on_error` puts a model's weights, masks and mode back when a
+  stage fails or is interrupted midway; every training-time stage runs inside it.)
 
 Masked weights stay dense tensors with zeros: the artifact stores them sparsely (the `bitmask`
 codec), but latency on dense kernels does not improve, and the records say so.
@@ -19,22 +19,20 @@ codec), but latency on dense kernels does not improve, and the records say so.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import typing
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.masks import clear_masks, masks_of, set_mask
+from netchisel.core.masks import masks_of
 from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
+from netchisel.core.state import restored_on_error
 from netchisel.core.train import TrainSettings, fit
 from netchisel.prune.importance import CRITERIA
 from netchisel.prune.unstructured import (
@@ -191,42 +189,6 @@ def masked_fraction(model: nn.Module, layers: dict[str, nn.Module]) -> float:
 def keep_counts(model: nn.Module) -> dict[str, int]:
     """Kept entries of every masked parameter (how SET/RigL show their budget is constant)."""
     return {name: int(mask.keep.sum()) for name, mask in masks_of(model).items()}
-
-
-def clone_state(model: nn.Module) -> dict[str, Tensor]:
-    """A detached copy of the state dict (rewind points, snapshots)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-@contextlib.contextmanager
-def restored_on_error(model: nn.Module) -> Iterator[None]:
-    """Run a block that changes `model`; if it raises, put weights, masks and mode back.
-
-    Example:
-        >>> net = nn.Linear(2, 2)
-        >>> before = net.weight.detach().clone()
-        >>> try:
-        ...     with restored_on_error(net):
-        ...         _ = net.weight.data.zero_()
-        ...         raise RuntimeError("midway")
-        ... except RuntimeError:
-        ...     pass
-        >>> torch.equal(net.weight, before)
-        True
-    """
-    state = clone_state(model)
-    masks = dict(masks_of(model))
-    was_training = model.training
-    try:
-        yield
-    except BaseException:
-        with torch.no_grad():
-            model.load_state_dict(state)
-        clear_masks(model)
-        for name, mask in masks.items():
-            set_mask(model, name, mask.keep, mask.fill)
-        model.train(was_training)
-        raise
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.registry import register
+from netchisel.core.state import restored_on_error
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
     DENSE_KERNEL_NOTE,
@@ -40,7 +41,6 @@ from netchisel.prune.schedule import (
     check_sparsity,
     check_training,
     masked_fraction,
-    restored_on_error,
     select_prunable,
     train_settings,
 )

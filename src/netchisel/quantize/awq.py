@@ -48,6 +48,7 @@ from netchisel.core.sequential import (
     find_blocks,
     run_sequentially,
 )
+from netchisel.core.state import restored_on_error
 from netchisel.quantize.fold import InputScale, divide_outputs, fold_targets, multiply_inputs
 from netchisel.quantize.modules import has_kernel, kernel_qparams, padded_weight, quantized_linear
 from netchisel.quantize.primitives import (
@@ -271,11 +272,10 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
     inputs = calibration_inputs(task, config.calibration_samples, device, stage)
     check = tuple(t[:CHECK_SAMPLES] for t in inputs[0])
     was_training = model.training
-    model.eval()
-    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     solved: dict[str, _Solved] = {}
     folded: dict[str, str] = {}
-    try:
+    with restored_on_error(model):
+        model.eval()
         with torch.no_grad():
             groups = call_groups(model, layers, check, stage)
             allowed = _same_block(model, layers, config, check)
@@ -353,11 +353,7 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already
             swap_linears(model, config, ctx, make)
-    except BaseException:
-        model.load_state_dict(snapshot)
-        raise
-    finally:
-        model.train(was_training)
+    model.train(was_training)
     ctx.record(
         alpha={n: r.alpha for n, r in solved.items()},
         folded_into=folded,

@@ -33,9 +33,10 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import Mask, clear_masks, forget_masks, masks_of, set_mask
 from netchisel.core.modules import replace_module, select_modules
 from netchisel.core.registry import register
+from netchisel.core.state import clone_state
 from netchisel.core.train import TrainSettings, fit
 from netchisel.pipeline.artifact import set_codec
-from netchisel.prune.schedule import TrainingStageConfig, check_training, clone_state
+from netchisel.prune.schedule import TrainingStageConfig, check_training
 
 Init = Literal["linear", "density", "random"]
 CLUSTERABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -9,7 +9,7 @@ to the weight the forward pass uses. `InputFakeQuant` fake-quantizes the layer's
 
 `wrapped_` swaps wrappers in for named layers and, if the block inside raises, puts the
 original layers back, so a training stage that fails midway leaves the model's structure as
-it was (`prune.schedule.restored_on_error` restores the values).
+it was (`core.state.restored_on_error` restores the values).
 """
 
 from __future__ import annotations

@@ -35,11 +35,11 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import forget_masks
 from netchisel.core.modules import replace_module, select_modules
 from netchisel.core.registry import register
+from netchisel.core.state import restored_on_error
 from netchisel.core.train import TrainSettings, fit
 from netchisel.prune.schedule import (
     TrainingStageConfig,
     check_training,
-    restored_on_error,
     train_settings,
 )
 from netchisel.quantize.fake import FAKE_QUANTIZABLE, FakeQuantized, InputFakeQuant, wrapped_

@@ -41,6 +41,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.registry import register
 from netchisel.core.sequential import calibration_inputs, call_groups, collect_inputs
+from netchisel.core.state import restored_on_error
 from netchisel.quantize.fold import InputScale, divide_outputs, fold_targets, multiply_inputs
 from netchisel.quantize.modules import DynamicInt8Linear
 from netchisel.quantize.ptq import DynamicInt8Config, chosen_linears, swap_linears
@@ -113,11 +114,10 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
     inputs = calibration_inputs(task, config.calibration_samples, device, stage)
     check = tuple(t[:CHECK_SAMPLES] for t in inputs[0])
     was_training = model.training
-    model.eval()
-    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     smoothed: dict[str, str] = {}
     kept: dict[str, Tensor] = {}
-    try:
+    with restored_on_error(model):
+        model.eval()
         with torch.no_grad():
             stats = collect_inputs(model, dict(layers), inputs)
             groups = call_groups(model, layers, check, stage)
@@ -151,11 +151,7 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already
             swap_linears(model, config, ctx, make)
-    except BaseException:
-        model.load_state_dict(snapshot)
-        raise
-    finally:
-        model.train(was_training)
+    model.train(was_training)
     ctx.record(
         smoothed=smoothed,
         input_scale_modules=sorted(kept),

@@ -1,0 +1,49 @@
+"""Snapshots of a model's state, and the guard every stage runs in: a failure (an error or an
+interrupt) midway through a stage leaves the model as it was, weights, masks and mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from netchisel.core.masks import clear_masks, masks_of, set_mask
+
+
+def clone_state(model: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of the state dict (rewind points, snapshots)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def restored_on_error(model: nn.Module) -> Iterator[None]:
+    """Run a block that changes `model`; if it raises, put weights, masks and mode back.
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> before = net.weight.detach().clone()
+        >>> try:
+        ...     with restored_on_error(net):
+        ...         _ = net.weight.data.zero_()
+        ...         raise RuntimeError("midway")
+        ... except RuntimeError:
+        ...     pass
+        >>> torch.equal(net.weight, before)
+        True
+    """
+    state = clone_state(model)
+    masks = dict(masks_of(model))
+    was_training = model.training
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            model.load_state_dict(state)
+        clear_masks(model)
+        for name, mask in masks.items():
+            set_mask(model, name, mask.keep, mask.fill)
+        model.train(was_training)
+        raise

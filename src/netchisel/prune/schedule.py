@@ -170,6 +170,8 @@ def masked_fraction(model: nn.Module, layers: dict[str, nn.Module]) -> float:
     """Fraction of the layers' weight entries held by a mask.
 
     Example:
+        >>> import torch
+        >>> from netchisel.core.masks import set_mask
         >>> net = nn.Sequential(nn.Linear(2, 2))
         >>> set_mask(net, "0.weight", torch.tensor([[True, False], [True, True]]))
         >>> masked_fraction(net, {"0": net[0]})

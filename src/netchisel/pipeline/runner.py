@@ -23,7 +23,7 @@ from netchisel.core.modules import build
 from netchisel.core.registry import get_stage
 from netchisel.core.task import Task
 from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest, save
-from netchisel.pipeline.recipe import Recipe, SourceSpec, load_recipe
+from netchisel.pipeline.recipe import ProfileSettings, Recipe, SourceSpec, load_recipe
 from netchisel.profile import Profile, profile
 from netchisel.profile.machine import machine_info
 
@@ -59,7 +59,7 @@ def run_recipe(
     task = load_task(recipe.task, recipe.model, teacher)
     ctx = Context(task, teacher, recipe.device, recipe.seed, out, quiet)
     inputs = _example_inputs(model, task, recipe)
-    metadata = {"inputs": [_input_spec(t) for t in inputs], "task": task.name if task else None}
+    metadata = {"inputs": [input_spec(t) for t in inputs], "task": task.name if task else None}
 
     try:
         steps = [_step("original", {}, model, task, inputs, recipe, metadata, 0.0, {})]
@@ -196,7 +196,25 @@ def inputs_from_specs(specs: list[dict[str, Any]], batch_size: int) -> tuple[tor
     )
 
 
-def _input_spec(t: torch.Tensor) -> dict[str, Any]:
+def profile_with(
+    settings: ProfileSettings, model: nn.Module, inputs: tuple[torch.Tensor, ...]
+) -> Profile:
+    """Profile `model` as a recipe's `profile:` says (bytes on disk left to the caller, who
+    saves the artifact)."""
+    return profile(
+        model,
+        inputs,
+        latency=settings.latency,
+        backend=settings.backend,
+        threads=settings.threads,
+        repeats=settings.repeats,
+        warmup=settings.warmup,
+        on_disk=False,
+    )
+
+
+def input_spec(t: torch.Tensor) -> dict[str, Any]:
+    """What an artifact's metadata records of one example input (`inputs_from_specs` reads it)."""
     return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
 
 
@@ -211,17 +229,7 @@ def _step(
     seconds: float,
     records: dict[str, Any],
 ) -> dict[str, Any]:
-    settings = recipe.profile
-    measured: Profile = profile(
-        model,
-        inputs,
-        latency=settings.latency,
-        backend=settings.backend,
-        threads=settings.threads,
-        repeats=settings.repeats,
-        warmup=settings.warmup,
-        on_disk=False,
-    )
+    measured = profile_with(recipe.profile, model, inputs)
     with tempfile.TemporaryDirectory() as tmp:
         measured = dataclasses.replace(
             measured, bytes_on_disk=artifact_bytes(save(model, f"{tmp}/m", metadata=metadata))

@@ -19,8 +19,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import get_stage
 from netchisel.pipeline.artifact import artifact_bytes, save
-from netchisel.pipeline.runner import load_model, load_task
-from netchisel.profile import profile
+from netchisel.pipeline.runner import input_spec, load_model, load_task, profile_with
 from netchisel.search.space import Candidate
 from netchisel.search.spec import SearchSpec
 
@@ -68,21 +67,9 @@ def evaluate_candidate(
     for name, config in recipe.stages:
         model = get_stage(name)(model, config, ctx)
     inputs = task.example_inputs(recipe.profile.batch_size)
-    settings = recipe.profile
-    measured = profile(
-        model,
-        inputs,
-        latency=settings.latency,
-        backend=settings.backend,
-        threads=settings.threads,
-        repeats=settings.repeats,
-        warmup=settings.warmup,
-        on_disk=False,
-    )
+    measured = profile_with(recipe.profile, model, inputs)
     metadata: dict[str, Any] = {
-        "inputs": [
-            {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")} for t in inputs
-        ],
+        "inputs": [input_spec(t) for t in inputs],
         "task": task.name,
         "candidate": candidate,
     }

@@ -1,10 +1,9 @@
 """Re-time the exported candidates side by side, so the report's latencies compare fairly.
 
-A trial's latency is measured once, when the trial runs. On a shared machine two such
-measurements minutes apart can differ severalfold (the NAS benchmark saw one model at 15.9 ms
-in one run and 1.99 ms in another), so a front chosen on them can hold a candidate only
-because it was timed in a quiet moment. The report therefore times the exported candidates
-again, in turns within one session (`round_robin`), and gives both figures.
+A trial's latency is measured once, when the trial runs. On a shared machine such
+measurements spread widely and drift between moments, so a front chosen on them can hold a
+candidate only because it was timed in a quiet moment. The report therefore times the
+exported candidates again, in turns within one session (`round_robin`), and gives both.
 """
 
 from __future__ import annotations

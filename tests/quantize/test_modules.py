@@ -11,6 +11,7 @@ from netchisel.quantize.modules import (
     Int4WeightOnlyLinear,
     Int8WeightOnlyLinear,
     PackedLinear,
+    fbgemm_full_range,
     has_kernel,
     quantized_linear,
 )
@@ -87,6 +88,54 @@ def test_dynamic_int8_row_blocks_change_nothing_and_train():
     )
 
 
+def _fbgemm_reference(layer: DynamicInt8Linear, x: torch.Tensor) -> torch.Tensor:
+    """fbgemm's dynamic linear written out: uint8 activations over [min(x, 0), max(x, 0)]
+    (7 bits without VNNI), exact integer products, then scales and bias."""
+    qmax = 255 if fbgemm_full_range() else 127
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / qmax
+    zero = min(max(round(-low / scale), 0), qmax)
+    xq = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+    acc = (xq - zero).double() @ layer.weight_int8.double().t()
+    return (acc * scale * layer.weight_scale.double() + layer.bias.double()).float()
+
+
+@pytest.mark.parametrize("weights", ["per_channel", "per_tensor"])
+def test_dynamic_int8_per_tensor_runs_fbgemm_exactly(weights):
+    torch.manual_seed(0)
+    layer = DynamicInt8Linear.from_float(nn.Linear(128, 64), "per_tensor", weights)
+    assert (layer.weight_scale.unique().numel() == 1) == (weights == "per_tensor")
+    x = torch.randn(16, 128) * 3 + 0.5
+    with torch.no_grad():
+        y = layer(x)
+    assert (y - _fbgemm_reference(layer, x)).abs().max() < 1e-5
+    count = nc.count_flops(layer, x)
+    assert count.macs == 16 * 128 * 64 and "quantized.linear_dynamic" in count.flops_by_op
+
+
+def test_dynamic_int8_granularity_decides_who_a_loud_row_hurts():
+    torch.manual_seed(0)
+    lin = nn.Linear(128, 64)
+    x = torch.randn(16, 128)
+    x[0] *= 100
+    per_token = DynamicInt8Linear.from_float(lin)
+    per_tensor = DynamicInt8Linear.from_float(lin, "per_tensor")
+    assert _rel(per_token(x)[1:], lin(x)[1:]) < 0.01
+    assert _rel(per_tensor(x)[1:], lin(x)[1:]) > 0.05  # one scale, set by the loud row
+
+
+def test_dynamic_int8_per_tensor_trains_its_bias_and_matches_inference():
+    torch.manual_seed(0)
+    layer = DynamicInt8Linear.from_float(nn.Linear(32, 8), "per_tensor")
+    x = torch.randn(10, 32)
+    with torch.no_grad():
+        fused = layer(x)  # bias inside the kernel
+    y = layer(x)  # bias added outside, so it gets a gradient
+    assert (y - fused).abs().max() < 1e-5
+    y.sum().backward()
+    assert torch.equal(layer.bias.grad, torch.full((8,), 10.0))
+
+
 def test_packed_linear_stores_exact_bits():
     lin = nn.Linear(10, 7)
     layer = PackedLinear.from_float(lin, QuantSpec(bits=3, symmetric=False))
@@ -110,6 +159,7 @@ def test_kernel_choice():
         lambda lin: Int8WeightOnlyLinear.from_float(lin),
         lambda lin: Int4WeightOnlyLinear.from_float(lin, group_size=64),
         lambda lin: DynamicInt8Linear.from_float(lin),
+        lambda lin: DynamicInt8Linear.from_float(lin, "per_tensor"),
         lambda lin: PackedLinear.from_float(lin, QuantSpec(3, False, "group", 64)),
     ],
 )
@@ -140,15 +190,22 @@ def test_artifact_round_trip_is_exact_and_stores_integers(tmp_path, make):
     )
 
 
-def test_kernel_cache_follows_loaded_weights():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lin: Int4WeightOnlyLinear.from_float(lin, group_size=32),
+        lambda lin: DynamicInt8Linear.from_float(lin, "per_tensor"),
+    ],
+)
+def test_kernel_cache_follows_loaded_weights(make):
     torch.manual_seed(0)
-    a = Int4WeightOnlyLinear.from_float(nn.Linear(64, 16), group_size=32)
-    b = Int4WeightOnlyLinear.from_float(nn.Linear(64, 16), group_size=32)
+    a, b = make(nn.Linear(64, 16)), make(nn.Linear(64, 16))
     x = torch.randn(2, 64)
-    before = a(x)
-    a.load_state_dict(b.state_dict())
-    assert not torch.equal(a(x), before)
-    assert torch.equal(a(x), b(x))
+    with torch.no_grad():
+        before = a(x)
+        a.load_state_dict(b.state_dict())
+        assert not torch.equal(a(x), before)
+        assert torch.equal(a(x), b(x))
 
 
 @pytest.mark.parametrize(
@@ -157,6 +214,7 @@ def test_kernel_cache_follows_loaded_weights():
         (lambda lin: Int8WeightOnlyLinear.from_float(lin), "aten._weight_int8pack_mm"),
         (lambda lin: Int4WeightOnlyLinear.from_float(lin, 32), "aten._weight_int4pack_mm_for_cpu"),
         (lambda lin: DynamicInt8Linear.from_float(lin), "aten._int_mm"),
+        (lambda lin: DynamicInt8Linear.from_float(lin, "per_tensor"), "quantized.linear_dynamic"),
         (lambda lin: PackedLinear.from_float(lin, QuantSpec(3, False, "group", 32)), "aten.mm"),
     ],
 )

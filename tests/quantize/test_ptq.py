@@ -61,6 +61,13 @@ def test_dynamic_int8_replaces_every_linear():
     assert [type(net[i]) for i in (0, 2, 4)] == [DynamicInt8Linear, DynamicInt8Linear, nn.Linear]
 
 
+def test_dynamic_int8_modes_reach_the_layers_and_bad_modes_are_one_line():
+    net = quantize_(_mlp(), DynamicInt8Config(activations="per_tensor", weights="per_tensor"))
+    assert net[0].activations == "per_tensor" and net[0].weight_scale.unique().numel() == 1
+    with pytest.raises(ConfigError, match="activations"):
+        DynamicInt8Config(activations="per_row")
+
+
 def test_pruned_zeros_survive_and_masks_are_forgotten():
     net = _mlp()
     prune_(net, UnstructuredConfig(sparsity=0.5))

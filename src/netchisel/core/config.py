@@ -34,7 +34,14 @@ class StageConfig:
                 f"{type(self).__name__}: version {self.version} is not supported "
                 f"(1..{self.VERSION})"
             )
-        self.validate()
+        self.validate()  # a stage's own messages first; then any Literal field it left
+        for name, choices in _literal_fields(type(self)).items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(
+                    f"{type(self).__name__}.{name}: {value!r} is not one of "
+                    f"{', '.join(map(repr, choices))}"
+                )
 
     def validate(self) -> None:
         """Raise ConfigError naming the field if a value is out of range."""
@@ -61,6 +68,21 @@ class StageConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_LITERAL_FIELDS: dict[type, dict[str, tuple[Any, ...]]] = {}
+
+
+def _literal_fields(cls: type[StageConfig]) -> dict[str, tuple[Any, ...]]:
+    """The fields typed as a plain Literal, with their choices (checked on construction)."""
+    if cls not in _LITERAL_FIELDS:
+        hints = typing.get_type_hints(cls)
+        _LITERAL_FIELDS[cls] = {
+            f.name: typing.get_args(hints[f.name])
+            for f in dataclasses.fields(cls)
+            if typing.get_origin(hints[f.name]) is typing.Literal
+        }
+    return _LITERAL_FIELDS[cls]
 
 
 def _coerce(field: str, value: Any, hint: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_features": [f for f in _FEATURES if f in _cpu_flags()],
+        "cpu_features": [f for f in _FEATURES if f in cpu_flags()],
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "optional": {name: _version(name) for name in OPTIONAL_PACKAGES},
     }
@@ -60,11 +61,18 @@ def _cpuinfo() -> str:
     return path.read_text() if path.exists() else ""
 
 
-def _cpu_flags() -> set[str]:
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them; empty elsewhere.
+
+    Example:
+        >>> isinstance(cpu_flags(), frozenset)
+        True
+    """
     for line in _cpuinfo().splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def _cpu_name() -> str:

@@ -4,8 +4,9 @@
   `aten._weight_int8pack_mm` (CPU and CUDA).
 - `Int4WeightOnlyLinear`: 4-bit weights in groups along the input, on
   `aten._weight_int4pack_mm_for_cpu` (CPU) or `aten._weight_int4pack_mm` (CUDA).
-- `DynamicInt8Linear`: int8 weights and int8 activations quantized per row at run time, on
-  `torch._int_mm` (int8 x int8 -> int32).
+- `DynamicInt8Linear`: int8 weights and int8 activations quantized at run time: per row on
+  `torch._int_mm` (int8 x int8 -> int32), or per tensor on fbgemm's fused
+  `quantized::linear_dynamic` (CPU).
 - `PackedLinear`: any other bit width (1-8) or layout: stored packed at its real size, but
   computed in float after unpacking once. It is simulated for speed: `simulated = True`.
 
@@ -16,12 +17,15 @@ kernel's own layout on first use; the cache is rebuilt when the buffers change.
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from functools import cache
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.profile.machine import cpu_flags
 from netchisel.quantize.primitives import (
     QuantSpec,
     ScaleMethod,
@@ -51,11 +55,14 @@ class _QuantizedLinear(nn.Module):
         self.out_features = out_features
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone())
 
-    def _cached(self, key_tensor: Tensor, build: Any) -> Any:
+    def _cached(self, key_tensors: Tensor | tuple[Tensor | None, ...], build: Any) -> Any:
         # Keyed by storage and version, so load_state_dict (copy or assign) invalidates it.
         # Tensors made under inference_mode have no version counter (and cannot be changed).
-        version = 0 if key_tensor.is_inference() else key_tensor._version
-        key = (key_tensor.data_ptr(), version, key_tensor.device)
+        tensors = key_tensors if isinstance(key_tensors, tuple) else (key_tensors,)
+        key = tuple(
+            None if t is None else (t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
+            for t in tensors
+        )
         cache = self.__dict__.get("_netchisel_kernel_cache")
         if cache is None or cache[0] != key:
             cache = (key, build())
@@ -265,36 +272,75 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
 
 
 DYNAMIC_BLOCK_ROWS = 256  # rows per block: the fastest of 64-512 on MiniLM's layers here
+ActivationGranularity = Literal["per_token", "per_tensor"]
+WeightGranularity = Literal["per_channel", "per_tensor"]
+
+
+@cache
+def fbgemm_full_range() -> bool:
+    """Whether fbgemm may quantize activations to the full 8 bits on this CPU.
+
+    Without AVX512-VNNI its u8 x s8 kernel adds pairs of products in saturating int16, so
+    torch reduces activations to 7 bits (`reduce_range`); with VNNI the sums are int32.
+    """
+    return "avx512_vnni" in cpu_flags()
+
+
+# torch.ao's quantized tensors are deprecated; where they are gone, the per-row path runs.
+FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines and hasattr(
+    torch.ops.quantized, "linear_dynamic"
+)
 
 
 class DynamicInt8Linear(_QuantizedLinear):
-    """int8 weights (a scale per row); activations quantized to int8 per row at run time.
+    """int8 weights (a scale per row); activations quantized to int8 at run time.
+
+    `activations="per_token"` (default) gives every row of the input its own scale and runs
+    `torch._int_mm`: the closest to float. `"per_tensor"` gives the whole input one scale and,
+    on a CPU with fbgemm, runs its fused `quantized::linear_dynamic` (the kernel of torch's
+    `quantize_dynamic`): faster, a little less exact. `from_float(weights="per_tensor")` gives
+    all rows of the weight one scale (stored per row all the same); fbgemm then runs its
+    per-tensor kernel, a few percent faster again and less exact still.
 
     Example:
         >>> layer = DynamicInt8Linear.from_float(nn.Linear(64, 32))
         >>> layer(torch.ones(4, 64)).shape
+        torch.Size([4, 32])
+        >>> DynamicInt8Linear.from_float(nn.Linear(64, 32), "per_tensor")(torch.ones(4, 64)).shape
         torch.Size([4, 32])
     """
 
     weight_int8: Tensor
     weight_scale: Tensor
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        activations: ActivationGranularity = "per_token",
+    ) -> None:
         super().__init__()
         self._setup(in_features, out_features, torch.zeros(out_features) if bias else None)
+        self.activations = activations
         self.register_buffer(
             "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8)
         )
         self.register_buffer("weight_scale", torch.ones(out_features))
 
     @classmethod
-    def from_float(cls, linear: nn.Linear) -> DynamicInt8Linear:
-        """Quantize `linear`'s weight per output row, symmetric, round-to-nearest."""
-        spec = QuantSpec(bits=8)
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        activations: ActivationGranularity = "per_token",
+        weights: WeightGranularity = "per_channel",
+    ) -> DynamicInt8Linear:
+        """Quantize `linear`'s weight per output row (or per tensor), symmetric, to nearest."""
+        spec = QuantSpec(bits=8, granularity="channel" if weights == "per_channel" else "tensor")
         scale, zero = choose_qparams(linear.weight, spec)
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, activations)
         layer.weight_int8.copy_(quantize(linear.weight, scale, zero, spec))
-        layer.weight_scale.copy_(scale.reshape(-1))
+        layer.weight_scale.copy_(scale.reshape(-1).expand(linear.out_features))
         if linear.bias is not None:
             layer.bias = nn.Parameter(linear.bias.detach().float().clone())
         return layer.to(linear.weight.device)
@@ -303,25 +349,80 @@ class DynamicInt8Linear(_QuantizedLinear):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        x2 = x.reshape(-1, self.in_features).float()
-        y = x2.new_empty(x2.shape[0], self.out_features)
-        # Row blocks keep each block's int32 product in cache for the scaling that follows:
-        # unblocked, those element-wise passes over a large output cost as much as the int8
-        # matmul (bench/quant_minilm.py measures both).
-        for start in range(0, x2.shape[0], DYNAMIC_BLOCK_ROWS):
-            stop = start + DYNAMIC_BLOCK_ROWS
-            self._block(x2[start:stop], y[start:stop])
+        # The no-op reshape and casts are skipped: at one row they cost as much as the kernel.
+        x2 = x if x.dim() == 2 and x.dtype == torch.float32 else x.reshape(-1, x.shape[-1]).float()
+        if self.activations == "per_tensor" and x2.device.type == "cpu" and FBGEMM:
+            y = self._fbgemm(x2)
+        else:
+            y = x2.new_empty(x2.shape[0], self.out_features)
+            # Row blocks keep each block's int32 product in cache for the scaling that
+            # follows: unblocked, those element-wise passes over a large output cost as much
+            # as the int8 matmul (bench/quant_minilm.py measures both).
+            amax = None if self.activations == "per_token" else _amax(x2, dim=None)
+            for start in range(0, x2.shape[0], DYNAMIC_BLOCK_ROWS):
+                stop = start + DYNAMIC_BLOCK_ROWS
+                self._block(x2[start:stop], y[start:stop], amax)
+        if x2 is x:
+            return y
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
-    def _block(self, x: Tensor, out: Tensor) -> None:
+    def _block(self, x: Tensor, out: Tensor, amax: Tensor | None) -> None:
         # abs().amax and multiply + round_ were much faster than aminmax and divide + round +
         # clamp on this CPU. |x * 127 / amax| <= 127, so no clamp is needed.
-        amax = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+        amax = _amax(x, dim=1) if amax is None else amax
         xq = (x * (127.0 / amax)).round_().to(torch.int8)
         out.copy_(torch._int_mm(xq, self.weight_int8.t()))
         out.mul_(amax * (1 / 127)).mul_(self.weight_scale)
         if self.bias is not None:
             out.add_(self.bias)
+
+    def prepare_kernels(self) -> None:
+        if self.activations == "per_tensor" and FBGEMM:
+            with torch.no_grad():
+                self._packed(fuse_bias=self.bias is not None)
+
+    def _fbgemm(self, x: Tensor) -> Tensor:
+        # The bias is fused into the kernel unless it is being trained (fbgemm has no
+        # backward); the input gets no gradient either way, as through any rounding.
+        bias = self.bias
+        fused = bias is not None and not (torch.is_grad_enabled() and bias.requires_grad)
+        packed, reduce_range = self._packed(fused)
+        y: Tensor = torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
+        return y if fused or bias is None else y + bias
+
+    def _packed(self, fuse_bias: bool) -> tuple[Any, bool]:
+        """fbgemm's packed weight (with the bias when `fuse_bias`) and its `reduce_range`."""
+        bias = self.bias if fuse_bias else None
+
+        def build() -> tuple[Any, bool]:
+            scales = self.weight_scale
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch.ao's quantized dtypes
+                if bool((scales == scales[0]).all()):  # one scale: fbgemm's faster kernel
+                    weight = torch._make_per_tensor_quantized_tensor(
+                        self.weight_int8, float(scales[0]), 0
+                    )
+                else:
+                    weight = torch._make_per_channel_quantized_tensor(
+                        self.weight_int8,
+                        scales.double(),
+                        torch.zeros(self.out_features, dtype=torch.long),
+                        0,
+                    )
+                packed = torch.ops.quantized.linear_prepack(
+                    weight, None if bias is None else bias.detach()
+                )
+            return packed, not fbgemm_full_range()
+
+        return self._cached((self.weight_int8, self.weight_scale, bias), build)  # type: ignore[no-any-return]
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", activations={self.activations}"
+
+
+def _amax(x: Tensor, dim: int | None) -> Tensor:
+    amax = x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)
+    return amax.clamp_min(1e-12)
 
 
 class PackedLinear(_QuantizedLinear):

@@ -21,8 +21,10 @@ from netchisel.core.masks import forget_masks
 from netchisel.core.modules import replace_module, select_modules
 from netchisel.core.registry import register
 from netchisel.quantize.modules import (
+    ActivationGranularity,
     DynamicInt8Linear,
     Int8Embedding,
+    WeightGranularity,
     kernel_qparams,
     padded_weight,
     quantized_linear,
@@ -179,15 +181,22 @@ def swap_linears(
 
 @dataclass(frozen=True)
 class DynamicInt8Config(StageConfig):
-    """int8 weights, and activations quantized to int8 per row at run time (no calibration).
+    """int8 weights, and activations quantized to int8 at run time (no calibration).
 
-    `layers`, `exclude` and `embeddings` are as in `WeightQuantConfig`.
+    - `activations`: `per_token` (a scale per input row, on `torch._int_mm`: the most exact)
+      or `per_tensor` (one scale per call, on fbgemm's fused kernel on CPU: faster).
+    - `weights`: `per_channel` (a scale per output row) or `per_tensor` (one scale: with
+      per-tensor activations, fbgemm's fastest kernel, and the least exact).
+      docs/quantization.md has the measured trade of each combination.
+    - `layers`, `exclude` and `embeddings` are as in `WeightQuantConfig`.
 
     Example:
         >>> DynamicInt8Config(exclude=("head",)).exclude
         ('head',)
     """
 
+    activations: ActivationGranularity = "per_token"
+    weights: WeightGranularity = "per_channel"
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     embeddings: bool = False
@@ -199,5 +208,12 @@ class DynamicInt8Config(StageConfig):
 @register("quantize.dynamic_int8", DynamicInt8Config)
 def quantize_dynamic_int8(model: nn.Module, config: DynamicInt8Config, ctx: Context) -> nn.Module:
     """Replace the chosen Linear layers by `DynamicInt8Linear` (int8 x int8 kernels)."""
-    swap_linears(model, config, ctx, lambda name, linear: DynamicInt8Linear.from_float(linear))
+    swap_linears(
+        model,
+        config,
+        ctx,
+        lambda name, linear: DynamicInt8Linear.from_float(
+            linear, config.activations, config.weights
+        ),
+    )
     return model

@@ -146,7 +146,10 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
                         kept[name] = 1.0 / s
 
         def make(name: str, linear: nn.Linear) -> nn.Module:
-            return InputScale.around(DynamicInt8Linear.from_float(linear), kept.get(name))
+            return InputScale.around(
+                DynamicInt8Linear.from_float(linear, config.activations, config.weights),
+                kept.get(name),
+            )
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -324,15 +325,34 @@ def _print_search_summary(report: dict[str, Any], directory: Path) -> None:
             console.print(f"best:   {directory / entry['path']}")
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one line: ours as `netchisel: warning: ...`, others with their source."""
+    text = (str(message).strip().splitlines() or [category.__name__])[0]
+    ours = Path(filename).resolve().is_relative_to(Path(__file__).parent.resolve())
+    where = "" if ours else f" ({category.__name__}, {Path(filename).name}:{lineno})"
+    print(f"netchisel: warning: {text}{where}", file=sys.stderr)
+
+
 def main() -> None:
     """Entry point of the console script: one line and exit 2 on any error.
 
     A NetChiselError is ours and its message says what to fix; anything else (a model that
     does not accept its input, a builder that raises) is reported with its type and first
-    line. NETCHISEL_DEBUG=1 shows the traceback instead.
+    line. Warnings are one line each too. NETCHISEL_DEBUG=1 shows tracebacks and warnings'
+    source lines instead.
     """
     try:
-        app()
+        with warnings.catch_warnings():
+            if not os.environ.get("NETCHISEL_DEBUG"):
+                warnings.showwarning = _one_line_warning
+            app()
     except NetChiselError as e:
         print(f"netchisel: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -184,6 +184,24 @@ def test_runtime_mistakes_are_one_line_naming_the_cause(
     assert code == 2 and f"recipe {tmp_path} is a directory: give one YAML file in it" in err
 
 
+def test_warnings_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "r.yaml"
+    changes = {
+        "model": {"zoo": "cnn", "pretrained": False},
+        "task": {"zoo": "digits32"},
+        "stages": [{"quantize.dynamic_int8": {}}],
+        "profile": {"batch_size": 4, "repeats": 2, "warmup": 1},
+    }
+    recipe.write_text(yaml.safe_dump({**RECIPE, **changes}))
+    code, _, err = cli(capsys, "run", str(recipe), "--output", str(tmp_path / "out"), "-q")
+    assert code == 0, err
+    assert err == (
+        "netchisel: warning: quantize.dynamic_int8: no kernel for these layers, they stay in "
+        "float: features.conv1 (Conv2d), features.conv2 (Conv2d), features.conv3 (Conv2d) "
+        "(quantize.static_int8 covers convolutions; embeddings: true stores tables as int8)\n"
+    )
+
+
 def test_an_artifact_is_a_model_source(run_dir: Path, tmp_path: Path) -> None:
     from netchisel.pipeline.recipe import parse_recipe
     from netchisel.pipeline.runner import run_recipe

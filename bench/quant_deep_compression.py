@@ -13,7 +13,10 @@ every fine-tuning):
 3. + k-means: `quantize.kmeans`, 5-bit indices (the paper's FC width; index 0 is the pruned
    zero, so 31 centroids), centroids fine-tuned 300 steps, indices stored with the `packed`
    codec: fixed-width values and relative indices (the paper's stage before Huffman);
-4. + Huffman: the same model, indices stored with the `huffman` codec.
+4. + Huffman: the same model, indices stored with the `huffman` codec;
+5. fp16 floats: the same steps with `float16: true`, which keeps the codebooks and biases in
+   float16 after fine-tuning (not in the paper; in this small model the fp32 biases alone are
+   about a fifth of the k-means + Huffman artifact).
 
 Sizes are real files written by `netchisel.save`: `artifact` = model.safetensors + manifest.json
 (what `load` reads, `artifact_bytes`), `safetensors` = model.safetensors alone. Ratios are
@@ -62,11 +65,12 @@ MODELS = {
     "mlp-64 (digits 8x8)": ({"in_features": 64}, "digits"),
     "mlp-1024 (digits 32x32)": ({"in_features": 1024}, "digits32"),
 }
-STAGES = ("dense", "pruned", "k-means", "k-means + Huffman")
+HALF = "k-means + Huffman, fp16 floats"
+STAGES = ("dense", "pruned", "k-means", "k-means + Huffman", HALF)
 
 
-def kmeans(bits: int, finetune: bool = True) -> KMeansConfig:
-    return KMeansConfig(bits=bits, finetune_steps=300 if finetune else 0, lr=1e-3)
+def kmeans(bits: int, finetune: bool = True, float16: bool = False) -> KMeansConfig:
+    return KMeansConfig(bits=bits, finetune_steps=300 if finetune else 0, lr=1e-3, float16=float16)
 
 
 def sizes(model: nn.Module, path: Path) -> dict[str, Any]:
@@ -135,6 +139,10 @@ def run_seed(dense: nn.Module, task_name: str, seed: int, work: Path) -> dict[st
     ]
     untuned = copy.deepcopy(model)
     quantize_kmeans(untuned, kmeans(BITS, finetune=False), Context(task, quiet=True, seed=seed))
+    half = copy.deepcopy(model)
+    quantize_kmeans(half, kmeans(BITS, float16=True), Context(task, quiet=True, seed=seed))
+    row[HALF] = sizes(half, work / f"half-{seed}")
+    row[HALF]["test_accuracy"] = task.evaluate(nc.load(work / f"half-{seed}"), "test")["accuracy"]
     row["kmeans_no_finetune_test_accuracy"] = task.evaluate(untuned, "test")["accuracy"]
     start = time.perf_counter()
     ctx = Context(task, quiet=True, seed=seed)

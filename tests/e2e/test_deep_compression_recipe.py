@@ -31,6 +31,7 @@ def test_recipe_parses_as_it_is() -> None:
     ]
     kmeans = recipe.stages[1][1]
     assert kmeans.bits == 5 and kmeans.codec == "huffman"  # type: ignore[attr-defined]
+    assert kmeans.float16  # type: ignore[attr-defined]
 
 
 def test_recipe_stages_run_and_the_artifact_is_huffman_coded(tmp_path: Path) -> None:

@@ -243,6 +243,32 @@ def test_artifact_round_trip_is_bit_exact_and_huffman_coded(
     assert expected < 0.25 * 3072
 
 
+def test_float16_halves_codebooks_and_biases_in_the_file(
+    trained: nn.Module, task: Task, tmp_path: Path
+) -> None:
+    full, half = fresh(trained), fresh(trained)
+    quantize_kmeans(full, KMeansConfig(bits=5, finetune_steps=5), Context(task, quiet=True))
+    quantize_kmeans(
+        half, KMeansConfig(bits=5, finetune_steps=5, float16=True), Context(task, quiet=True)
+    )
+    layer, twin = half[1], full[1]
+    assert layer.codebook.dtype == layer.bias.dtype == torch.float16
+    # the same fine-tuning, then each value rounded to float16
+    assert torch.equal(layer.codebook.float(), twin.codebook.detach().half().float())
+    full_bytes, half_bytes = (
+        _tensor_bytes(nc.save(full, tmp_path / "f")),
+        _tensor_bytes(nc.save(half, tmp_path / "h")),
+    )
+    for name, tensor in half.state_dict().items():
+        if name.endswith(("codebook", "bias")):
+            assert half_bytes[name] == 2 * tensor.numel() == full_bytes[name] // 2
+    loaded = nc.load(tmp_path / "h")
+    x = task.example_inputs(16)[0]
+    assert loaded[1].codebook.dtype == torch.float16
+    assert torch.equal(loaded(x), half.eval()(x))
+    assert (half(x) - full.eval()(x)).abs().max() < 1e-2 * full(x).abs().max()
+
+
 def test_failed_finetuning_leaves_the_model_as_it_was(
     trained: nn.Module, task: Task, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,6 +24,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: the rich help shows every flag with a `<bool>` value it does not take.
+    # Piped help is 100 columns wide, so the command list is not cut off.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100}
+    | ({} if sys.stdout.isatty() else {"terminal_width": 100}),
 )
 # Piped output has no terminal width; 120 columns keep the summary table readable in logs.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -39,7 +44,7 @@ def run(
     ] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Run a recipe: profile and evaluate before and after each stage, write artifact and report."""
+    """Run a recipe: each stage measured before and after; writes the artifact and report."""
     from netchisel.pipeline.runner import run_recipe
 
     result = run_recipe(recipe, output=output, quiet=quiet)

@@ -17,6 +17,7 @@ def test_search_help_names_the_options(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0
     for option in ("--workers", "--storage", "--trials", "--output", "--quiet"):
         assert option in out
+    assert "-q, --quiet      No progress bars." in out  # a flag shows no value
 
 
 def test_search_prints_the_best_and_writes_the_report(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netchisel.profile.size import size_stats
+from netchisel.profile.size import memory_bytes, size_stats
 
 
 def test_counts_and_bytes() -> None:
@@ -25,3 +25,11 @@ def test_tied_parameters_count_once() -> None:
     head.weight = emb.weight
     s = size_stats(nn.Sequential(emb, head), on_disk=False)
     assert s.params == 40 and s.bytes_in_memory == 160
+
+
+def test_memory_counts_the_float_weight_a_clustered_layer_keeps() -> None:
+    from netchisel.quantize.cluster import ClusteredLinear
+
+    layer = ClusteredLinear.from_linear(nn.Linear(64, 32), bits=4)
+    # codebook 16 + bias 32 floats, the gathered 32 x 64 float weight, 32 x 64 uint8 indices
+    assert memory_bytes(nn.Sequential(layer)) == {"float32": (16 + 32 + 2048) * 4, "uint8": 2048}

@@ -267,6 +267,24 @@ def test_float16_halves_codebooks_and_biases_in_the_file(
     assert loaded[1].codebook.dtype == torch.float16
     assert torch.equal(loaded(x), half.eval()(x))
     assert (half(x) - full.eval()(x)).abs().max() < 1e-2 * full(x).abs().max()
+    # later training (AdamW) still works: fit steps float16 parameters through fp32 copies
+    from netchisel.core.train import TrainSettings, fit
+
+    losses = fit(half, task, TrainSettings(steps=20), Context(task, quiet=True))
+    assert all(math.isfinite(v) for v in losses) and layer.codebook.dtype == torch.float16
+
+
+def test_float16_refuses_values_it_cannot_hold_and_leaves_the_model(task: Task) -> None:
+    model = nn.Sequential(nn.Linear(8, 4))
+    with torch.no_grad():
+        model[0].weight.mul_(1e6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"float16 cannot hold 0.codebook .* leave float16 off"):
+        quantize_kmeans(model, KMeansConfig(bits=3, float16=True), Context(task, quiet=True))
+    assert isinstance(model[0], nn.Linear)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ConfigError, match="float16: 'no' is not true or false"):
+        KMeansConfig(float16="no")  # type: ignore[arg-type]
 
 
 def test_failed_finetuning_leaves_the_model_as_it_was(

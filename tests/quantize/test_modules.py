@@ -236,3 +236,43 @@ def test_int8_kernel_pads_inputs_that_are_not_a_multiple_of_16(inputs):
     reference = F.linear(x.bfloat16().float(), layer.dequantized_weight(), lin.bias)
     assert _rel(layer(x), reference) < 0.01
     assert tuple(layer.weight_int8.shape) == (10, inputs)  # stored unpadded
+
+
+def test_dynamic_int8_artifact_from_before_the_modes_runs_per_token(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(DynamicInt8Linear.from_float(nn.Linear(32, 8)))
+    path = nc.save(net, tmp_path / "m")
+    manifest = path / "manifest.json"
+    text = manifest.read_text()
+    assert ',"activations":"per_token"' in text
+    manifest.write_text(text.replace(',"activations":"per_token"', ""))  # as saved before
+    loaded = nc.load(path)
+    x = torch.randn(3, 32)
+    assert loaded[0].activations == "per_token" and torch.equal(loaded(x), net(x))
+
+
+def test_dynamic_int8_with_one_input_feature():
+    # torch._int_mm returns uninitialised memory for K=1 on CPU; the layer pads it to 2.
+    torch.manual_seed(0)
+    lin = nn.Linear(1, 16)
+    x = torch.linspace(-1, 1, 5)[:, None]
+    for activations in ("per_token", "per_tensor"):
+        layer = DynamicInt8Linear.from_float(lin, activations)
+        assert _rel(layer(x), lin(x)) < 0.02
+
+
+def test_dynamic_int8_bad_modes_and_export(tmp_path, monkeypatch):
+    from netchisel.core.errors import ConfigError, ModelError
+    from netchisel.quantize import modules
+
+    with pytest.raises(ConfigError, match="activations: 'per_row' is not one of"):
+        DynamicInt8Linear.from_float(nn.Linear(4, 2), "per_row")
+    with pytest.raises(ConfigError, match="weights: 'per_row' is not one of"):
+        DynamicInt8Linear.from_float(nn.Linear(4, 2), weights="per_row")
+    net = nn.Sequential(DynamicInt8Linear.from_float(nn.Linear(8, 4), "per_tensor"))
+    with pytest.raises(ModelError, match="quantize with activations: per_token to export"):
+        nc.save(net, tmp_path / "m", export=["pt2"], example_inputs=(torch.randn(2, 8),))
+    monkeypatch.setattr(modules, "FBGEMM", False)  # where fbgemm is absent (CUDA, later torch)
+    assert net(torch.zeros(0, 8)).shape == (0, 4)
+    x = torch.randn(3, 8)
+    assert _rel(net(x), F.linear(x, net[0].dequantized_weight(), net[0].bias)) < 0.02

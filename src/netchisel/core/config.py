@@ -34,10 +34,12 @@ class StageConfig:
                 f"{type(self).__name__}: version {self.version} is not supported "
                 f"(1..{self.VERSION})"
             )
-        self.validate()  # a stage's own messages first; then any Literal field it left
-        for name, choices in _literal_fields(type(self)).items():
+        self.validate()  # a stage's own messages first; then the Literal and bool fields
+        for name, choices in _checked_fields(type(self)).items():
             value = getattr(self, name)
-            if value not in choices:
+            if choices is bool and not isinstance(value, bool):
+                raise ConfigError(f"{type(self).__name__}.{name}: {value!r} is not true or false")
+            if isinstance(choices, tuple) and value not in choices:
                 raise ConfigError(
                     f"{type(self).__name__}.{name}: {value!r} is not one of "
                     f"{', '.join(map(repr, choices))}"
@@ -70,19 +72,22 @@ class StageConfig:
         return dataclasses.asdict(self)
 
 
-_LITERAL_FIELDS: dict[type, dict[str, tuple[Any, ...]]] = {}
+_CHECKED_FIELDS: dict[type, dict[str, tuple[Any, ...] | type[bool]]] = {}
 
 
-def _literal_fields(cls: type[StageConfig]) -> dict[str, tuple[Any, ...]]:
-    """The fields typed as a plain Literal, with their choices (checked on construction)."""
-    if cls not in _LITERAL_FIELDS:
+def _checked_fields(cls: type[StageConfig]) -> dict[str, tuple[Any, ...] | type[bool]]:
+    """Fields checked on construction: a plain Literal (its choices) or a bool (`bool`)."""
+    if cls not in _CHECKED_FIELDS:
         hints = typing.get_type_hints(cls)
-        _LITERAL_FIELDS[cls] = {
-            f.name: typing.get_args(hints[f.name])
-            for f in dataclasses.fields(cls)
-            if typing.get_origin(hints[f.name]) is typing.Literal
-        }
-    return _LITERAL_FIELDS[cls]
+        checked: dict[str, tuple[Any, ...] | type[bool]] = {}
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if typing.get_origin(hint) is typing.Literal:
+                checked[f.name] = typing.get_args(hint)
+            elif hint is bool:
+                checked[f.name] = bool
+        _CHECKED_FIELDS[cls] = checked
+    return _CHECKED_FIELDS[cls]
 
 
 def _coerce(field: str, value: Any, hint: Any) -> Any:

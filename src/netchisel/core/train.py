@@ -32,6 +32,9 @@ class TrainSettings:
     batch_size: int | None = None
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -68,12 +71,17 @@ def fit(
     if total <= 0:
         raise ConfigError(f"training needs at least one step (epochs/steps gave {total})")
     params = [p for p in model.parameters() if p.requires_grad]
+    # float16/bfloat16 parameters train through fp32 copies: AdamW's second moment underflows
+    # in float16 and its step divides by zero. After each step the copy is rounded back.
+    masters = [(p, p.detach().float()) for p in params if p.dtype in HALF_DTYPES]
+    by_param = {id(p): m for p, m in masters}
+    stepped = [by_param.get(id(p), p) for p in params]
     if settings.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+            stepped, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
         )
     else:
-        opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+        opt = torch.optim.AdamW(stepped, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: _lr_factor(step, total, settings)
     )
@@ -100,7 +108,12 @@ def fit(
                         nn.utils.clip_grad_norm_(params, settings.grad_clip)
                     if before_step is not None:
                         before_step(len(losses))
+                    for param, master in masters:
+                        master.grad = None if param.grad is None else param.grad.float()
                     opt.step()
+                    with torch.no_grad():
+                        for param, master in masters:
+                            param.copy_(master)
                     schedule.step()
                     apply_masks_(model)
                     if after_step is not None:

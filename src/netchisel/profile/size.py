@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,30 @@ def count_params(model: nn.Module) -> tuple[int, int, dict[str, int]]:
 
 
 def memory_bytes(model: nn.Module) -> dict[str, int]:
-    """Bytes of parameters and buffers held in memory, by dtype; shared storage counts once."""
+    """Bytes held in memory, by dtype: parameters, buffers and the kernel caches of netchisel's
+    layers (a quantized layer's repacked weight, a clustered layer's gathered float weight),
+    built first if missing. Shared storage counts once. Opaque kernel layouts (fbgemm's and
+    oneDNN's packed weights) have no storage torch can measure and are not counted.
+
+    Example:
+        >>> memory_bytes(nn.Linear(3, 2))
+        {'float32': 32}
+    """
+    for module in model.modules():
+        prepare = getattr(module, "prepare_kernels", None)
+        if callable(prepare):
+            prepare()
+    caches = [
+        leaf
+        for module in model.modules()
+        for key, value in vars(module).items()
+        if key.startswith("_netchisel_") and key.endswith("_cache")
+        for leaf in tree_flatten(value)[0]
+        if isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided
+    ]
     seen: set[int] = set()
     out: dict[str, int] = {}
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in [*model.parameters(), *model.buffers(), *caches]:
         storage = t.untyped_storage()
         if storage.data_ptr() in seen:
             continue

@@ -170,6 +170,11 @@ class _Clustered(nn.Module):
     bias: nn.Parameter | None
     zero_code: bool
 
+    def prepare_kernels(self) -> None:
+        """Gather the inference weight now (otherwise on the first call without gradients)."""
+        with torch.no_grad():
+            self.weight  # noqa: B018  (the property caches it)
+
     def dequantized_weight(self) -> Tensor:
         """The weight values the layer computes with (for counts and comparisons)."""
         with torch.no_grad():
@@ -328,6 +333,9 @@ CLUSTERED = (ClusteredLinear, ClusteredConv)
 # -- the stage --------------------------------------------------------------------------------
 
 
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
+
+
 @dataclass(frozen=True)
 class KMeansConfig(TrainingStageConfig):
     """Weight sharing: at most 2**bits shared values per layer, optionally fine-tuned.
@@ -424,8 +432,12 @@ def quantize_kmeans(model: nn.Module, config: KMeansConfig, ctx: Context) -> nn.
             f"before_finetune_{task.primary_metric}": before[task.primary_metric],
         }
     if config.float16:
-        for layer in new.values():
-            _halve_floats(layer)
+        try:
+            for name, layer in new.items():
+                _halve_floats(name, layer)
+        except ConfigError:
+            _undo(model, old, state, masks)
+            raise
     if config.codec != "raw":
         for name in new:
             set_codec(model, f"{name}.indices", config.codec)
@@ -442,8 +454,18 @@ def quantize_kmeans(model: nn.Module, config: KMeansConfig, ctx: Context) -> nn.
     return model
 
 
-def _halve_floats(layer: ClusteredLinear | ClusteredConv) -> None:
-    """Codebook and bias to float16 parameters (trainable as before)."""
+def _halve_floats(name: str, layer: ClusteredLinear | ClusteredConv) -> None:
+    """Codebook and bias to float16 parameters (`fit` trains them through fp32 copies)."""
+    for tensor_name in ("codebook", "bias"):
+        tensor = getattr(layer, tensor_name)
+        if tensor is None:
+            continue
+        largest = float(tensor.detach().abs().max()) if tensor.numel() else 0.0
+        if largest > FLOAT16_MAX:
+            raise ConfigError(
+                f"quantize.kmeans: float16 cannot hold {name}.{tensor_name} (|value| up to "
+                f"{largest:.3g} > {FLOAT16_MAX:,.0f}): leave float16 off"
+            )
     layer.codebook = nn.Parameter(layer.codebook.detach().half())
     if layer.bias is not None:
         layer.bias = nn.Parameter(layer.bias.detach().half())

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import warnings
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.core.errors import ConfigError, ModelError
 from netchisel.profile.machine import cpu_flags
 from netchisel.quantize.primitives import (
     QuantSpec,
@@ -274,6 +275,8 @@ class Int4WeightOnlyLinear(_QuantizedLinear):
 DYNAMIC_BLOCK_ROWS = 256  # rows per block: the fastest of 64-512 on MiniLM's layers here
 ActivationGranularity = Literal["per_token", "per_tensor"]
 WeightGranularity = Literal["per_channel", "per_tensor"]
+ACTIVATION_GRANULARITIES: tuple[str, ...] = get_args(ActivationGranularity)
+WEIGHT_GRANULARITIES: tuple[str, ...] = get_args(WeightGranularity)
 
 
 @cache
@@ -302,6 +305,10 @@ class DynamicInt8Linear(_QuantizedLinear):
     all rows of the weight one scale (stored per row all the same); fbgemm then runs its
     per-tensor kernel, a few percent faster again and less exact still.
 
+    The input gets no gradient in either mode (as through any rounding); the bias trains.
+    torch.export (and `torch.compile(fullgraph=True)`) cannot trace fbgemm's packed weight:
+    export a model with per-token layers.
+
     Example:
         >>> layer = DynamicInt8Linear.from_float(nn.Linear(64, 32))
         >>> layer(torch.ones(4, 64)).shape
@@ -312,6 +319,8 @@ class DynamicInt8Linear(_QuantizedLinear):
 
     weight_int8: Tensor
     weight_scale: Tensor
+    # A class default: artifacts saved before the modes existed have no such attribute.
+    activations: ActivationGranularity = "per_token"
 
     def __init__(
         self,
@@ -321,6 +330,7 @@ class DynamicInt8Linear(_QuantizedLinear):
         activations: ActivationGranularity = "per_token",
     ) -> None:
         super().__init__()
+        _check_choice("activations", activations, ACTIVATION_GRANULARITIES)
         self._setup(in_features, out_features, torch.zeros(out_features) if bias else None)
         self.activations = activations
         self.register_buffer(
@@ -336,6 +346,7 @@ class DynamicInt8Linear(_QuantizedLinear):
         weights: WeightGranularity = "per_channel",
     ) -> DynamicInt8Linear:
         """Quantize `linear`'s weight per output row (or per tensor), symmetric, to nearest."""
+        _check_choice("weights", weights, WEIGHT_GRANULARITIES)
         spec = QuantSpec(bits=8, granularity="channel" if weights == "per_channel" else "tensor")
         scale, zero = choose_qparams(linear.weight, spec)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, activations)
@@ -351,8 +362,16 @@ class DynamicInt8Linear(_QuantizedLinear):
     def forward(self, x: Tensor) -> Tensor:
         # The no-op reshape and casts are skipped: at one row they cost as much as the kernel.
         x2 = x if x.dim() == 2 and x.dtype == torch.float32 else x.reshape(-1, x.shape[-1]).float()
+        x2 = x2.detach()  # no gradient through the rounding (fbgemm has no backward at all)
         if self.activations == "per_tensor" and x2.device.type == "cpu" and FBGEMM:
+            if torch.compiler.is_exporting():
+                raise ModelError(
+                    "torch.export cannot trace fbgemm's packed weight in a per_tensor "
+                    "DynamicInt8Linear: quantize with activations: per_token to export"
+                )
             y = self._fbgemm(x2)
+        elif x2.shape[0] == 0:
+            y = x2.new_empty(0, self.out_features)
         else:
             y = x2.new_empty(x2.shape[0], self.out_features)
             # Row blocks keep each block's int32 product in cache for the scaling that
@@ -362,7 +381,7 @@ class DynamicInt8Linear(_QuantizedLinear):
             for start in range(0, x2.shape[0], DYNAMIC_BLOCK_ROWS):
                 stop = start + DYNAMIC_BLOCK_ROWS
                 self._block(x2[start:stop], y[start:stop], amax)
-        if x2 is x:
+        if x.dim() == 2 and x.dtype == torch.float32:
             return y
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
@@ -371,7 +390,10 @@ class DynamicInt8Linear(_QuantizedLinear):
         # clamp on this CPU. |x * 127 / amax| <= 127, so no clamp is needed.
         amax = _amax(x, dim=1) if amax is None else amax
         xq = (x * (127.0 / amax)).round_().to(torch.int8)
-        out.copy_(torch._int_mm(xq, self.weight_int8.t()))
+        weight = self.weight_int8
+        if self.in_features == 1:  # the CPU kernel returns garbage for K=1: pad with a zero
+            xq, weight = F.pad(xq, (0, 1)), F.pad(weight, (0, 1))
+        out.copy_(torch._int_mm(xq, weight.t()))
         out.mul_(amax * (1 / 127)).mul_(self.weight_scale)
         if self.bias is not None:
             out.add_(self.bias)
@@ -383,7 +405,7 @@ class DynamicInt8Linear(_QuantizedLinear):
 
     def _fbgemm(self, x: Tensor) -> Tensor:
         # The bias is fused into the kernel unless it is being trained (fbgemm has no
-        # backward); the input gets no gradient either way, as through any rounding.
+        # backward).
         bias = self.bias
         fused = bias is not None and not (torch.is_grad_enabled() and bias.requires_grad)
         packed, reduce_range = self._packed(fused)
@@ -418,6 +440,13 @@ class DynamicInt8Linear(_QuantizedLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activations={self.activations}"
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"DynamicInt8Linear {name}: {value!r} is not one of {', '.join(map(repr, choices))}"
+        )
 
 
 def _amax(x: Tensor, dim: int | None) -> Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -66,5 +67,14 @@ def _eval(model: nn.Module):  # type: ignore[no-untyped-def]
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
+    """The error's first line, without terminal colour codes (the ONNX exporter adds them).
+
+    Example:
+        >>> _first_line(RuntimeError("\x1b[1mbad op\x1b[0m\nmore"))
+        'bad op'
+    """
+    text = _ANSI.sub("", str(e)).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -67,7 +67,7 @@ def _eval(model: nn.Module):  # type: ignore[no-untyped-def]
 
 
 def _first_line(e: BaseException) -> str:
-    """The error's first line, without terminal colour codes (the ONNX exporter adds them).
+    r"""The error's first line, without terminal colour codes (the ONNX exporter adds them).
 
     Example:
         >>> _first_line(RuntimeError("\x1b[1mbad op\x1b[0m\nmore"))

@@ -31,6 +31,8 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_features": [f for f in _FEATURES if f in cpu_flags()],
+        # fbgemm runs dynamic int8 per_tensor layers; avx512_vnni above gives them 8-bit range
+        "quantized_engines": list(torch.backends.quantized.supported_engines),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "optional": {name: _version(name) for name in OPTIONAL_PACKAGES},
     }

@@ -37,12 +37,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
-import logging
 import platform
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +51,7 @@ from torch import Tensor, fx, nn
 from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.logs import TORCHAO_IMPORT_LOGGERS, quiet_loggers
 from netchisel.core.masks import forget_masks
 from netchisel.core.modules import replace_module, select_modules
 from netchisel.core.registry import register
@@ -504,7 +503,7 @@ def calibrate_pt2e(
 
 def _torchao_pt2e() -> tuple[Any, Any, Any]:
     try:
-        with _quiet_logs("torchao", "torch.utils._pytree"):
+        with quiet_loggers(*TORCHAO_IMPORT_LOGGERS):
             x86 = importlib.import_module(
                 "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer"
             )
@@ -514,20 +513,6 @@ def _torchao_pt2e() -> tuple[Any, Any, Any]:
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
     return pt2e.prepare_pt2e, pt2e.convert_pt2e, quantizer
-
-
-@contextlib.contextmanager
-def _quiet_logs(*names: str) -> Iterator[None]:
-    # torchao warns at import about CUDA extensions a CPU machine cannot load.
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 # -- from the converted graph back to modules -------------------------------------------------

@@ -18,21 +18,20 @@ dozen lines each.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import inspect
-import logging
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
+from netchisel.core.logs import TORCHAO_IMPORT_LOGGERS, quiet_loggers
 from netchisel.core.modules import builder, mark_builder
 
 MODEL_NAMES = ("mlp", "cnn", "resnet", "mobilenet", "gpt", "minilm")
@@ -499,22 +498,6 @@ def _transformers() -> Any:
         raise ConfigError(_MINILM_MISSING) from None
 
 
-@contextlib.contextmanager
-def _quiet_loggers(*names: str) -> Iterator[None]:
-    """Errors only from these loggers for a while. Loading the model imports torchao (through
-    transformers), which logs that its CUDA-only libraries are missing and that torch has
-    deprecated one of its calls: four lines of noise on a CPU machine."""
-    loggers = [logging.getLogger(name) for name in names]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 @functools.cache
 def _minilm_tokenizer() -> Any:
     return _transformers().AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
@@ -584,7 +567,7 @@ def minilm() -> nn.Module:
     was_on = bars.is_progress_bar_enabled()
     bars.disable_progress_bar()
     try:
-        with _quiet_loggers("torchao", "torch.utils._pytree"):
+        with quiet_loggers(*TORCHAO_IMPORT_LOGGERS):
             encoder = transformers.AutoModel.from_pretrained(minilm_path(), local_files_only=True)
     finally:
         if was_on:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from netchisel.core.errors import ConfigError, NetChiselError
+from netchisel.core.errors import ConfigError, NetChiselError, first_line
 
 app = typer.Typer(
     help="Make neural networks smaller, faster and cheaper, and prove it with measurements.",
@@ -364,9 +364,9 @@ def main() -> None:
     except Exception as e:
         if os.environ.get("NETCHISEL_DEBUG"):
             raise
-        first = (str(e).strip().splitlines() or [""])[0]
         print(
-            f"netchisel: error: {type(e).__name__}: {first} (NETCHISEL_DEBUG=1 shows where)",
+            f"netchisel: error: {type(e).__name__}: {first_line(e)} "
+            "(NETCHISEL_DEBUG=1 shows where)",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -39,11 +39,8 @@ class StageConfig:
             value = getattr(self, name)
             if choices is bool and not isinstance(value, bool):
                 raise ConfigError(f"{type(self).__name__}.{name}: {value!r} is not true or false")
-            if isinstance(choices, tuple) and value not in choices:
-                raise ConfigError(
-                    f"{type(self).__name__}.{name}: {value!r} is not one of "
-                    f"{', '.join(map(repr, choices))}"
-                )
+            if isinstance(choices, tuple):
+                check_choice(f"{type(self).__name__}.{name}", value, choices)
 
     def validate(self) -> None:
         """Raise ConfigError naming the field if a value is out of range."""
@@ -70,6 +67,16 @@ class StageConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_choice(field: str, value: Any, choices: tuple[Any, ...]) -> None:
+    """Raise ConfigError naming `field` when `value` is not one of `choices`.
+
+    Example:
+        >>> check_choice("mode", "zero", ("zero", "freeze"))
+    """
+    if value not in choices:
+        raise ConfigError(f"{field}: {value!r} is not one of {', '.join(map(repr, choices))}")
 
 
 _CHECKED_FIELDS: dict[type, dict[str, tuple[Any, ...] | type[bool]]] = {}
@@ -107,8 +114,7 @@ def _coerce(field: str, value: Any, hint: Any) -> Any:
         raise ConfigError(f"{field}: {value!r} is not {_type_name(hint)}")
     if origin is typing.Literal:
         choices = typing.get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{field}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        check_choice(field, value, choices)
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):

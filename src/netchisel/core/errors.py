@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class NetChiselError(Exception):
     """Base class of every error netchisel raises on purpose.
@@ -25,3 +27,18 @@ class ArtifactError(NetChiselError):
 
 class ModelError(NetChiselError):
     """A model cannot be built, traced or rebuilt as asked."""
+
+
+def first_line(e: BaseException) -> str:
+    r"""An exception's first line, without terminal colour codes (the ONNX exporter adds them);
+    its type name when the message is empty.
+
+    Example:
+        >>> first_line(RuntimeError("\x1b[1mbad op\x1b[0m\nmore")), first_line(KeyError())
+        ('bad op', 'KeyError')
+    """
+    lines = _ANSI.sub("", str(e)).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")

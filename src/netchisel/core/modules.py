@@ -146,3 +146,16 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     old = parent.get_submodule(child)
     setattr(parent, child, new)
     return old
+
+
+def prepare_kernels(model: nn.Module) -> None:
+    """Let every layer with a kernel cache build it now (a quantized layer repacking its
+    weight), so one-time work is not counted as part of a forward.
+
+    Example:
+        >>> prepare_kernels(nn.Linear(2, 2))  # plain layers have nothing to prepare
+    """
+    for module in model.modules():
+        prepare = getattr(module, "prepare_kernels", None)
+        if callable(prepare):
+            prepare()

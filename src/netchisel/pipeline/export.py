@@ -6,14 +6,13 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.errors import ConfigError, ModelError, first_line
 
 EXPORTS = ("pt2", "onnx", "onnx_int8")  # onnx_int8: QDQ int8 (netchisel.quantize.onnx_int8)
 
@@ -24,7 +23,7 @@ def export_pt2(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path:
         try:
             program = torch.export.export(model, example_inputs)
         except Exception as e:  # torch raises many types for untraceable code
-            raise ModelError(f"torch.export cannot trace the model: {_first_line(e)}") from None
+            raise ModelError(f"torch.export cannot trace the model: {first_line(e)}") from None
         torch.export.save(program, str(path))
 
 
@@ -51,7 +50,7 @@ def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path
     except (ConfigError, ModelError):
         raise
     except Exception as e:
-        raise ModelError(f"ONNX export failed: {_first_line(e)}") from None
+        raise ModelError(f"ONNX export failed: {first_line(e)}") from None
     finally:
         quiet.setLevel(level)
 
@@ -64,17 +63,3 @@ def _eval(model: nn.Module):  # type: ignore[no-untyped-def]
         yield
     finally:
         model.train(was_training)
-
-
-def _first_line(e: BaseException) -> str:
-    r"""The error's first line, without terminal colour codes (the ONNX exporter adds them).
-
-    Example:
-        >>> _first_line(RuntimeError("\x1b[1mbad op\x1b[0m\nmore"))
-        'bad op'
-    """
-    text = _ANSI.sub("", str(e)).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError, ModelError, NetChiselError
+from netchisel.core.errors import ConfigError, ModelError, NetChiselError, first_line
 from netchisel.core.modules import build
 from netchisel.core.registry import get_stage
 from netchisel.core.task import Task
@@ -67,7 +67,7 @@ def run_recipe(
         shapes = ", ".join("x".join(map(str, t.shape)) for t in inputs)
         raise ModelError(
             f"the model cannot run on the task's inputs ({shapes}): "
-            f"{str(e).strip().splitlines()[0]}; check that 'task:' is the one the model is for"
+            f"{first_line(e)}; check that 'task:' is the one the model is for"
         ) from None
     for index, (name, config) in enumerate(recipe.stages):
         ctx.records = {}

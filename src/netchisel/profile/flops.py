@@ -35,6 +35,8 @@ from torch._ops import OpOverload, OpOverloadPacket
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from netchisel.core.modules import prepare_kernels
+
 __all__ = ["FlopCount", "count_flops"]
 
 # softmax(x)_i = exp(x_i - max) / sum_j exp(x_j - max): five passes over the row
@@ -1130,10 +1132,7 @@ def count_flops(model: nn.Module, example_inputs: Any) -> FlopCount:
                 owners.setdefault(id(param), name)
     tally = _Tally(owner_module=owners)
     # One-time work (a quantized layer packing its weight for its kernel) is not per-forward.
-    for module in model.modules():
-        prepare = getattr(module, "prepare_kernels", None)
-        if callable(prepare):
-            prepare()
+    prepare_kernels(model)
     with _eval_mode(model), torch.no_grad(), _module_stack(model, tally), _CountingMode(tally):
         model(*args, **kwargs)
     by_module = {name: tally.flops_by_module.get(name, 0) for name, _ in model.named_modules()}

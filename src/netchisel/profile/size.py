@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from netchisel.core.modules import prepare_kernels
+
 
 @dataclass(frozen=True)
 class SizeStats:
@@ -60,10 +62,7 @@ def memory_bytes(model: nn.Module) -> dict[str, int]:
         >>> memory_bytes(nn.Linear(3, 2))
         {'float32': 32}
     """
-    for module in model.modules():
-        prepare = getattr(module, "prepare_kernels", None)
-        if callable(prepare):
-            prepare()
+    prepare_kernels(model)
     caches = [
         leaf
         for module in model.modules()

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.config import check_choice
+from netchisel.core.errors import ModelError
 from netchisel.profile.machine import cpu_flags
 from netchisel.quantize.primitives import (
     QuantSpec,
@@ -330,7 +331,7 @@ class DynamicInt8Linear(_QuantizedLinear):
         activations: ActivationGranularity = "per_token",
     ) -> None:
         super().__init__()
-        _check_choice("activations", activations, ACTIVATION_GRANULARITIES)
+        check_choice("DynamicInt8Linear activations", activations, ACTIVATION_GRANULARITIES)
         self._setup(in_features, out_features, torch.zeros(out_features) if bias else None)
         self.activations = activations
         self.register_buffer(
@@ -346,7 +347,7 @@ class DynamicInt8Linear(_QuantizedLinear):
         weights: WeightGranularity = "per_channel",
     ) -> DynamicInt8Linear:
         """Quantize `linear`'s weight per output row (or per tensor), symmetric, to nearest."""
-        _check_choice("weights", weights, WEIGHT_GRANULARITIES)
+        check_choice("DynamicInt8Linear weights", weights, WEIGHT_GRANULARITIES)
         spec = QuantSpec(bits=8, granularity="channel" if weights == "per_channel" else "tensor")
         scale, zero = choose_qparams(linear.weight, spec)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, activations)
@@ -440,13 +441,6 @@ class DynamicInt8Linear(_QuantizedLinear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activations={self.activations}"
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(
-            f"DynamicInt8Linear {name}: {value!r} is not one of {', '.join(map(repr, choices))}"
-        )
 
 
 def _amax(x: Tensor, dim: int | None) -> Tensor:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.errors import ConfigError, ModelError, first_line
 from netchisel.pipeline.export import export_onnx
 from netchisel.quantize.static import float_twin, has_static_int8
 
@@ -91,7 +91,7 @@ def export_onnx_int8(
         except (ConfigError, ModelError):
             raise
         except Exception as e:
-            raise ModelError(f"ONNX Runtime quantization failed: {_first_line(e)}") from None
+            raise ModelError(f"ONNX Runtime quantization failed: {first_line(e)}") from None
         os.replace(out, path)
 
 
@@ -158,8 +158,3 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         root.setLevel(level)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

@@ -50,7 +50,7 @@ from torch import Tensor, fx, nn
 
 from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.errors import ConfigError, ModelError, first_line
 from netchisel.core.logs import TORCHAO_IMPORT_LOGGERS, quiet_loggers
 from netchisel.core.masks import forget_masks
 from netchisel.core.modules import replace_module, select_modules
@@ -482,9 +482,7 @@ def calibrate_pt2e(
         with torch.no_grad():
             exported = torch.export.export(work, inputs[0], dynamic_shapes=dynamic).module()
     except Exception as e:  # torch raises many types for untraceable code
-        raise ModelError(
-            f"{STAGE}: torch.export cannot trace the model: {_first_line(e)}"
-        ) from None
+        raise ModelError(f"{STAGE}: torch.export cannot trace the model: {first_line(e)}") from None
     facts = graph_facts(exported)
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
@@ -494,7 +492,7 @@ def calibrate_pt2e(
             except Exception as e:
                 raise ModelError(
                     f"{STAGE}: calibration failed on a batch of shape "
-                    f"{list(batch[0].shape)}: {_first_line(e)}"
+                    f"{list(batch[0].shape)}: {first_line(e)}"
                 ) from None
             if advance is not None:
                 advance(1)
@@ -656,8 +654,3 @@ def _is_batch_norm(node: fx.Node) -> bool:
 
 def _is_op(node: Any, name: str) -> bool:
     return isinstance(node, fx.Node) and str(node.target).startswith(f"quantized_decomposed.{name}")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

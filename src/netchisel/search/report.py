@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from netchisel.core.errors import NetChiselError
+from netchisel.core.errors import NetChiselError, first_line
 from netchisel.report.render import human, human_bytes, svg_text, write_atomically
 from netchisel.search.retime import ROUNDS, retime
 from netchisel.search.spec import SearchSpec
@@ -87,7 +87,7 @@ def retime_best(report: dict[str, Any], spec: SearchSpec, out: Path) -> dict[str
     try:
         retimed = retime(paths, settings)
     except (NetChiselError, RuntimeError, OSError) as e:
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        return {"error": f"{type(e).__name__}: {first_line(e)}"}
     for number, ms in retimed.items():
         rows[number]["latency_ms_retimed"] = ms
     return {"rounds": ROUNDS, "calls_per_round": max(1, settings.repeats // ROUNDS)}

@@ -30,7 +30,7 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from netchisel.core.errors import ConfigError
+from netchisel.core.errors import ConfigError, first_line
 
 SQLITE_FILE = "study.db"
 JOURNAL_FILE = "study.journal"
@@ -98,7 +98,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             if attempt + 1 < (CONNECT_ATTEMPTS if remote else 1) and "unique" in str(e).lower():
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            reason = first_line(e)[:200]
             raise ConfigError(f"storage {_redact(url)} is unreachable: {reason}") from None
     raise AssertionError("unreachable")
 

@@ -24,7 +24,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.errors import ConfigError, ModelError, first_line
 from netchisel.search.evaluate import evaluate_candidate
 from netchisel.search.spec import SearchSpec, load_search_spec, parse_search_spec
 from netchisel.search.storage import (
@@ -209,9 +209,7 @@ def objective(spec: SearchSpec, trial: optuna.Trial, out: Path) -> list[float]:
     except optuna.TrialPruned:
         raise
     except Exception as e:
-        trial.set_user_attr(
-            "error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        )
+        trial.set_user_attr("error", f"{type(e).__name__}: {first_line(e)}")
         raise
     metrics = evaluation.metrics
     trial.set_user_attr("metrics", metrics)

@@ -9,6 +9,7 @@ from netchisel.quantize.primitives import (
     fake_quantize,
     grouped,
     pack_bits,
+    quantile_last,
     quantize,
     unpack_bits,
 )
@@ -68,6 +69,27 @@ def test_percentile_clips_the_range():
     clipped, _ = choose_qparams(w, spec, "percentile", percentile=99.0)
     assert float(full) == pytest.approx(100 / 127)
     assert float(clipped) < 1.01 / 127
+
+
+@pytest.mark.parametrize("q", [0.0, 0.25, 0.999, 1.0])
+def test_quantile_beyond_torchs_limit_matches_torch(monkeypatch, q):
+    torch.manual_seed(0)
+    x = torch.randn(3, 1001)
+    expected = torch.quantile(x, q, dim=-1)
+    monkeypatch.setattr("netchisel.quantize.primitives.QUANTILE_LIMIT", 100)
+    assert torch.allclose(quantile_last(x, q), expected, atol=1e-6)
+
+
+def test_percentile_scale_of_a_tensor_torch_quantile_refuses():
+    n = 2**24 + 1
+    w = torch.zeros(1, n)
+    w[0, :1000] = torch.linspace(-1, 1, 1000)  # the 1,000 largest |w|; all others are 0
+    scale, _ = choose_qparams(w, QuantSpec(bits=8, granularity="tensor"), "percentile", 99.999)
+    top = w[0, :1000].abs().sort().values
+    position = 0.99999 * (n - 1) - (n - 1000)  # the same rank, counted inside the top 1,000
+    below = int(position)
+    expected = top[below] + (position - below) * (top[below + 1] - top[below])
+    assert float(scale) * 127 == pytest.approx(float(expected), rel=1e-6)
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

@@ -61,13 +61,18 @@ class _QuantizedLinear(nn.Module):
         # Keyed by storage and version, so load_state_dict (copy or assign) invalidates it.
         # Tensors made under inference_mode have no version counter (and cannot be changed).
         tensors = key_tensors if isinstance(key_tensors, tuple) else (key_tensors,)
+        cache = self.__dict__.get("_netchisel_kernel_cache")
+        absent = tuple(t is None for t in tensors)
+        if cache is not None and torch.compiler.is_compiling() and cache[2] == absent:
+            # torch.compile cannot read storage or versions (each read would split the graph):
+            # it takes the layout built before compiling, so one graph holds the whole model.
+            return cache[1]
         key = tuple(
             None if t is None else (t.data_ptr(), 0 if t.is_inference() else t._version, t.device)
             for t in tensors
         )
-        cache = self.__dict__.get("_netchisel_kernel_cache")
         if cache is None or cache[0] != key:
-            cache = (key, build())
+            cache = (key, build(), absent)
             self.__dict__["_netchisel_kernel_cache"] = cache
         return cache[1]
 
@@ -345,11 +350,12 @@ class DynamicInt8Linear(_QuantizedLinear):
         linear: nn.Linear,
         activations: ActivationGranularity = "per_token",
         weights: WeightGranularity = "per_channel",
+        scale_method: ScaleMethod = "minmax",
     ) -> DynamicInt8Linear:
         """Quantize `linear`'s weight per output row (or per tensor), symmetric, to nearest."""
         check_choice("DynamicInt8Linear weights", weights, WEIGHT_GRANULARITIES)
         spec = QuantSpec(bits=8, granularity="channel" if weights == "per_channel" else "tensor")
-        scale, zero = choose_qparams(linear.weight, spec)
+        scale, zero = choose_qparams(linear.weight, spec, scale_method)
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, activations)
         layer.weight_int8.copy_(quantize(linear.weight, scale, zero, spec))
         layer.weight_scale.copy_(scale.reshape(-1).expand(linear.out_features))
@@ -361,17 +367,12 @@ class DynamicInt8Linear(_QuantizedLinear):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.activations == "per_tensor" and FBGEMM and x.is_cpu:
+            return self._fbgemm(x)
         # The no-op reshape and casts are skipped: at one row they cost as much as the kernel.
-        x2 = x if x.dim() == 2 and x.dtype == torch.float32 else x.reshape(-1, x.shape[-1]).float()
-        x2 = x2.detach()  # no gradient through the rounding (fbgemm has no backward at all)
-        if self.activations == "per_tensor" and x2.device.type == "cpu" and FBGEMM:
-            if torch.compiler.is_exporting():
-                raise ModelError(
-                    "torch.export cannot trace fbgemm's packed weight in a per_tensor "
-                    "DynamicInt8Linear: quantize with activations: per_token to export"
-                )
-            y = self._fbgemm(x2)
-        elif x2.shape[0] == 0:
+        flat = x.dim() == 2 and x.dtype == torch.float32
+        x2 = (x if flat else x.reshape(-1, x.shape[-1]).float()).detach()  # no gradient
+        if x2.shape[0] == 0:
             y = x2.new_empty(0, self.out_features)
         else:
             y = x2.new_empty(x2.shape[0], self.out_features)
@@ -382,9 +383,7 @@ class DynamicInt8Linear(_QuantizedLinear):
             for start in range(0, x2.shape[0], DYNAMIC_BLOCK_ROWS):
                 stop = start + DYNAMIC_BLOCK_ROWS
                 self._block(x2[start:stop], y[start:stop], amax)
-        if x.dim() == 2 and x.dtype == torch.float32:
-            return y
-        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        return y if flat else y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def _block(self, x: Tensor, out: Tensor, amax: Tensor | None) -> None:
         # abs().amax and multiply + round_ were much faster than aminmax and divide + round +
@@ -402,42 +401,53 @@ class DynamicInt8Linear(_QuantizedLinear):
     def prepare_kernels(self) -> None:
         if self.activations == "per_tensor" and FBGEMM:
             with torch.no_grad():
-                self._packed(fuse_bias=self.bias is not None)
+                self._packed(fuse_bias=True)
 
     def _fbgemm(self, x: Tensor) -> Tensor:
-        # The bias is fused into the kernel unless it is being trained (fbgemm has no
-        # backward).
-        bias = self.bias
-        fused = bias is not None and not (torch.is_grad_enabled() and bias.requires_grad)
-        packed, reduce_range = self._packed(fused)
-        y: Tensor = torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
-        return y if fused or bias is None else y + bias
+        # At one row this layer's Python costs as much as the kernel, so it reads its tensors
+        # from the module's dicts (nn.Module.__getattr__ is slow) and skips no-op calls.
+        if torch.compiler.is_exporting():
+            raise ModelError(
+                "torch.export cannot trace fbgemm's packed weight in a per_tensor "
+                "DynamicInt8Linear: quantize with activations: per_token to export"
+            )
+        flat = x.dim() == 2 and x.dtype == torch.float32
+        x2 = x if flat else x.reshape(-1, x.shape[-1]).float()
+        if x2.requires_grad:
+            x2 = x2.detach()  # no gradient through the rounding (fbgemm has no backward)
+        # The bias is fused into the kernel unless it is being trained.
+        bias = self._parameters.get("bias")
+        trained = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+        packed, reduce_range = self._packed(fuse_bias=not trained)
+        y: Tensor = torch.ops.quantized.linear_dynamic(x2, packed, reduce_range)
+        if trained and bias is not None:
+            y = y + bias
+        return y if flat else y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
     def _packed(self, fuse_bias: bool) -> tuple[Any, bool]:
         """fbgemm's packed weight (with the bias when `fuse_bias`) and its `reduce_range`."""
-        bias = self.bias if fuse_bias else None
+        weight, scales = self._buffers["weight_int8"], self._buffers["weight_scale"]
+        bias = self._parameters.get("bias") if fuse_bias else None
+        assert weight is not None and scales is not None
 
         def build() -> tuple[Any, bool]:
-            scales = self.weight_scale
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # torch.ao's quantized dtypes
                 if bool((scales == scales[0]).all()):  # one scale: fbgemm's faster kernel
-                    weight = torch._make_per_tensor_quantized_tensor(
-                        self.weight_int8, float(scales[0]), 0
-                    )
+                    qweight = torch._make_per_tensor_quantized_tensor(weight, float(scales[0]), 0)
                 else:
-                    weight = torch._make_per_channel_quantized_tensor(
-                        self.weight_int8,
+                    qweight = torch._make_per_channel_quantized_tensor(
+                        weight,
                         scales.double(),
                         torch.zeros(self.out_features, dtype=torch.long),
                         0,
                     )
                 packed = torch.ops.quantized.linear_prepack(
-                    weight, None if bias is None else bias.detach()
+                    qweight, None if bias is None else bias.detach()
                 )
             return packed, not fbgemm_full_range()
 
-        return self._cached((self.weight_int8, self.weight_scale, bias), build)  # type: ignore[no-any-return]
+        return self._cached((weight, scales, bias), build)  # type: ignore[no-any-return]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activations={self.activations}"

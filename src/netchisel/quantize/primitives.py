@@ -131,13 +131,34 @@ def choose_qparams(
             raise ConfigError(f"percentile {percentile} is not in (0, 100]")
         q = percentile / 100.0
         if spec.symmetric:
-            hi = torch.quantile(g.abs(), q, dim=-1) if g.shape[-1] > 1 else g.abs()[..., 0]
+            hi = quantile_last(g.abs(), q)
             return qparams_from_range(-hi, hi, spec)
-        lo = torch.quantile(g, 1.0 - q, dim=-1)
-        return qparams_from_range(lo, torch.quantile(g, q, dim=-1), spec)
+        return qparams_from_range(quantile_last(g, 1.0 - q), quantile_last(g, q), spec)
     if method == "mse":
         return _mse_qparams(g, spec, grid)
     raise ConfigError(f"unknown scale method {method!r} ({', '.join(SCALE_METHODS)})")
+
+
+QUANTILE_LIMIT = 2**24  # torch.quantile refuses larger inputs
+
+
+def quantile_last(x: Tensor, q: float) -> Tensor:
+    """`torch.quantile(x, q, dim=-1)` (linear interpolation), also beyond its 2**24 limit.
+
+    Example:
+        >>> quantile_last(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), 0.5).tolist()
+        [2.5]
+    """
+    n = x.shape[-1]
+    if x.numel() <= QUANTILE_LIMIT:
+        return torch.quantile(x, q, dim=-1)
+    position = q * (n - 1)
+    below = int(position)
+    low = torch.kthvalue(x, below + 1, dim=-1).values
+    if below + 1 == n:
+        return low
+    high = torch.kthvalue(x, below + 2, dim=-1).values
+    return low + (position - below) * (high - low)
 
 
 def _mse_qparams(g: Tensor, spec: QuantSpec, grid: int) -> tuple[Tensor, Tensor]:

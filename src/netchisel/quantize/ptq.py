@@ -32,6 +32,7 @@ from netchisel.quantize.modules import (
 from netchisel.quantize.primitives import (
     SCALE_METHODS,
     QuantSpec,
+    ScaleMethod,
     quantize,
 )
 
@@ -188,6 +189,10 @@ class DynamicInt8Config(StageConfig):
     - `weights`: `per_channel` (a scale per output row) or `per_tensor` (one scale: with
       per-tensor activations, fbgemm's fastest kernel, and the least exact).
       docs/quantization.md has the measured trade of each combination.
+    - `scale_method`: how the weight scales are chosen (`primitives.choose_qparams`). `mse`
+      clips the few largest weights when that lowers the error: with one scale per tensor,
+      where one outlier sets the step for every weight, it matters most (it costs nothing
+      at run time).
     - `layers`, `exclude` and `embeddings` are as in `WeightQuantConfig`.
 
     Example:
@@ -197,6 +202,7 @@ class DynamicInt8Config(StageConfig):
 
     activations: ActivationGranularity = "per_token"
     weights: WeightGranularity = "per_channel"
+    scale_method: ScaleMethod = "minmax"
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     embeddings: bool = False
@@ -213,7 +219,7 @@ def quantize_dynamic_int8(model: nn.Module, config: DynamicInt8Config, ctx: Cont
         config,
         ctx,
         lambda name, linear: DynamicInt8Linear.from_float(
-            linear, config.activations, config.weights
+            linear, config.activations, config.weights, config.scale_method
         ),
     )
     return model

@@ -4,6 +4,10 @@ Example:
     >>> import torch, netchisel as nc
     >>> nc.profile(torch.nn.Linear(4, 2), torch.zeros(1, 4), latency=False, on_disk=False).flops
     18
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    >>> net = nc.prune_(net, nc.prune.UnstructuredConfig(sparsity=0.5))
+    >>> int((net[0].weight == 0).sum())
+    4
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ from netchisel.core.task import (
     language_model_task,
 )
 from netchisel.core.train import TrainSettings, fit
+from netchisel.distill import distill_
+from netchisel.factorize import factorize_
 from netchisel.pipeline.artifact import load, save
 from netchisel.pipeline.recipe import load_recipe
 from netchisel.pipeline.runner import RunResult, run_recipe
 from netchisel.profile import Profile, count_flops, measure_latency, profile
+from netchisel.prune import prune_
+from netchisel.quantize import quantize_
 
 __version__ = "0.1.0"
 
@@ -45,7 +53,9 @@ __all__ = [
     "classification_task",
     "count_flops",
     "custom_task",
+    "distill_",
     "embedding_task",
+    "factorize_",
     "fit",
     "get_stage",
     "language_model_task",
@@ -53,6 +63,8 @@ __all__ = [
     "load_recipe",
     "measure_latency",
     "profile",
+    "prune_",
+    "quantize_",
     "register",
     "run_recipe",
     "save",

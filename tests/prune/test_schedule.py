@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
-from netchisel.core.registry import get_stage
+from netchisel.core.registry import get_stage, stage_for_config
 from netchisel.core.task import Task, classification_task
 from netchisel.prune import schedule, unstructured
 from netchisel.prune.schedule import (
@@ -253,7 +253,20 @@ def test_gradual_freeze_initial_puts_pruned_weights_back_to_the_start() -> None:
         assert torch.equal(held[pruned], initial[w][pruned])
 
 
-def test_a_failure_midway_leaves_the_model_as_it_was() -> None:
+def _failure_configs() -> list[object]:
+    from netchisel.prune import LotteryConfig, PenaltyConfig, SparseTrainingConfig
+
+    return [
+        IterativeConfig(sparsity=0.5, rounds=2, finetune_steps=10),
+        GradualConfig(sparsity=0.5, steps=30, end_step=20, frequency=5),
+        LotteryConfig(sparsity=0.5, rounds=2, steps=10),
+        SparseTrainingConfig(sparsity=0.5, steps=30, update_every=5),
+        PenaltyConfig(sparsity=0.5, steps=30),
+    ]
+
+
+@pytest.mark.parametrize("config", _failure_configs(), ids=lambda c: type(c).__name__)
+def test_a_failure_midway_leaves_the_model_as_it_was(config: object) -> None:
     net, task = tiny_net(), tiny_task()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     calls = {"n": 0}
@@ -265,10 +278,11 @@ def test_a_failure_midway_leaves_the_model_as_it_was() -> None:
         return task.loss_fn(model, batch)
 
     broken = dataclasses.replace(task, loss_fn=failing_loss)
-    config = IterativeConfig(sparsity=0.5, rounds=2, finetune_steps=10)
+    stage = stage_for_config(type(config))  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="data went away"):
-        prune_iterative(net, config, Context(broken, quiet=True))
-    assert masks_of(net) == {}
+        stage(net, config, Context(broken, quiet=True))  # type: ignore[arg-type]
+    assert calls["n"] == 16 and masks_of(net) == {} and net.training
+    assert all(p.grad is None for p in net.parameters())
     for k, v in net.state_dict().items():
         assert torch.equal(v, before[k]), k
 

@@ -241,7 +241,7 @@ def test_bad_input_at_run_time_leaves_the_model_unchanged() -> None:
     with pytest.raises(ConfigError, match="needs a task"):
         prune_sparsegpt(model, SparseGPTConfig(), _ctx(None))
     with pytest.raises(
-        ConfigError, match=r"layer blocks\.0\.attn\.q_proj has 32 inputs, not a multiple of 64"
+        ConfigError, match=r"of 64; 11 layers are not: blocks\.0\.attn\.q_proj \(32\), .* 5 more"
     ):
         prune_sparsegpt(model, SparseGPTConfig(pattern="2:64"), _ctx(_lm_task()))
     with pytest.raises(ConfigError, match="include pattern 'nope' matches no layer"):
@@ -255,3 +255,21 @@ def test_bad_input_at_run_time_leaves_the_model_unchanged() -> None:
         prune_sparsegpt(model, SparseGPTConfig(), _ctx(empty))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert masks_of(model) == {}
+
+
+def test_convolutions_are_left_dense_and_said_so_or_refused_when_named() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    x = torch.randn(32, 1, 8, 8)
+    task = classification_task({"train": TensorDataset(x, torch.zeros(32).long())}, 16)
+    ctx = _ctx(task)
+    prune_sparsegpt(net, SparseGPTConfig(), ctx)
+    assert ctx.records["left_dense"] == ["0"] and int((net[0].weight == 0).sum()) == 0
+    assert int((net[2].weight == 0).sum()) == 144
+    with pytest.raises(ConfigError, match=r"handles Linear layers only; 0 matched `layers`"):
+        prune_sparsegpt(net, SparseGPTConfig(layers=("0", "2")), _ctx(task))
+
+
+def test_a_sparsity_an_n_of_m_pattern_contradicts_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"pattern '2:4' prunes 2 of every 4, not sparsity 0\.9"):
+        SparseGPTConfig(pattern="2:4", sparsity=0.9)
+    assert SparseGPTConfig(pattern="1:4", sparsity=0.75).sparsity == 0.75

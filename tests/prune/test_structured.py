@@ -308,6 +308,8 @@ def test_config_errors_name_the_field() -> None:
         StructuredConfig(per_layer={"conv": 0.5}, scope="global")
     with pytest.raises(ConfigError, match=r"target_macs_ratio: 0.0 is not in"):
         StructuredConfig(target_macs_ratio=0.0)
+    with pytest.raises(ConfigError, match=r"ratio: 0.3 and a target_macs_ratio .* exclude each"):
+        StructuredConfig(ratio=0.3, target_macs_ratio=0.5)
     with pytest.raises(ConfigError, match="importance: unknown 'l3'"):
         StructuredConfig(importance="l3")
     with pytest.raises(ConfigError, match="unknown key 'ratios'"):
@@ -372,6 +374,49 @@ def test_an_untraceable_model_is_an_error_that_says_why() -> None:
     with pytest.raises(ModelError, match=r"Torch-Pruning cannot trace the model .*returns only"):
         prune_structured(net, StructuredConfig(input_shape=(1, 4)), _ctx())
     assert _unchanged(net, before)
+
+
+class _Inner(nn.Module):
+    """Runs without autograd, but not under the tracer: an in-place op on its own leaf weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale.clamp_(max=2.0)
+
+
+class _FailsInside(nn.Module):
+    """Fails under the tracer in the child `inner`, or in its own forward after `a`."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+        self.a, self.b, self.inner = nn.Linear(4, 6), nn.Linear(6, 2), _Inner()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.a(x)
+        inner = self.inner(y) if self.where == "inner" else y * self.inner.scale.clamp_(max=2.0)
+        return self.b(inner)
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("inner", r"failed in layer inner: RuntimeError: a leaf Variable"),
+        ("own", r"failed in the model's own forward, after layer a: RuntimeError: a leaf"),
+    ],
+)
+def test_a_failing_forward_names_where_and_why_and_leaves_no_hooks(
+    where: str, message: str
+) -> None:
+    net = _FailsInside(where)
+    before = _state(net)
+    with pytest.raises(ModelError, match=message):
+        prune_structured(net, StructuredConfig(input_shape=(1, 4)), _ctx())
+    assert _unchanged(net, before)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
 
 
 def test_masks_from_an_earlier_stage_are_refused() -> None:

@@ -140,3 +140,124 @@ def test_wanda_on_a_depthwise_conv() -> None:
     task = ct({"train": TensorDataset(x, torch.zeros(16).long())}, 8)
     prune_(net, UnstructuredConfig(sparsity=0.5, importance="wanda", layers=("0",)), task)
     assert int((net[0].weight == 0).sum()) == 8 * 1 * 9 // 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"per_layer": {"fc9": 0.3}}, r"per_layer: 'fc9' matches none of the chosen layers"),
+        ({"scope": "global", "per_layer": {"0": 0.3}}, "per_layer and group: row are for"),
+        ({"scope": "global", "group": "row"}, "per_layer and group: row are for scope local"),
+    ],
+)
+def test_options_that_would_be_ignored_are_errors(options: dict[str, object], message: str) -> None:
+    net = _net()
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(ConfigError, match=message):
+        prune_(net, UnstructuredConfig.from_dict({"sparsity": 0.5, **options}))
+    assert all(torch.equal(a, net.state_dict()[k]) for k, a in before.items())
+    assert not masks_of(net)
+
+
+@pytest.mark.parametrize("mode", ["zero", "freeze"])
+def test_a_second_stage_prunes_what_the_first_held_before_anything_else(mode: str) -> None:
+    net = _net()
+    prune_(net, UnstructuredConfig(sparsity=0.5, mode=mode))  # type: ignore[arg-type]
+    first = masks_of(net)["2.weight"].keep.clone()
+    prune_(net, UnstructuredConfig(sparsity=0.5, importance="random"))
+    keep = masks_of(net)["2.weight"].keep
+    assert int((~keep).sum()) == 512 and torch.equal(keep, first)  # nothing new: already 50 %
+    prune_(net, UnstructuredConfig(sparsity=0.75, importance="random"))
+    keep = masks_of(net)["2.weight"].keep
+    assert int((~keep).sum()) == 768 and not (keep & ~first).any()
+
+
+def test_taylor_sums_the_absolute_products_over_batches_and_restores_grads() -> None:
+    from netchisel.prune.importance import collect_stats
+
+    net, task = _net(), _task()
+    marker = torch.full_like(net[2].weight, 7.0)
+    net[2].weight.grad = marker
+    stats = collect_stats(net, {"2": net[2]}, task, "gradients", 96)  # type: ignore[arg-type]
+    expected = torch.zeros_like(net[2].weight)
+    batches = task.calibration_batches(96)  # type: ignore[attr-defined]
+    assert len(batches) == 3
+    for x, y in batches:
+        w = net[2].weight.detach().clone().requires_grad_(True)
+        h = torch.relu(net[0](x)).detach()
+        out = net[4](torch.relu(nn.functional.linear(h, w, net[2].bias.detach())))
+        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(out, y), w)
+        expected += (w.detach() * grad).abs()
+    assert torch.allclose(stats["2"].taylor, expected, rtol=1e-5, atol=1e-8)  # type: ignore[arg-type]
+    assert net[2].weight.grad is marker and net[0].weight.grad is None
+
+
+def test_taylor_restores_grads_when_the_loss_fails() -> None:
+    import dataclasses
+
+    from netchisel.prune.importance import collect_stats
+
+    net, task = _net(), _task()
+    calls = []
+
+    def failing(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("loss failed")
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    broken = dataclasses.replace(task, loss_fn=failing)  # type: ignore[type-var]
+    with pytest.raises(RuntimeError, match="loss failed"):
+        collect_stats(net, {"2": net[2]}, broken, "gradients", 96)
+    assert all(p.grad is None for p in net.parameters()) and net.training
+
+
+def test_random_is_seeded_by_the_context_and_leaves_the_callers_rng_alone() -> None:
+    from netchisel.core.context import Context
+    from netchisel.prune.unstructured import score_layers
+
+    net = _net()
+    layers = {"2": net[2]}
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    a = score_layers(net, layers, "random", Context(None, seed=1))["2"]
+    assert torch.equal(torch.get_rng_state(), state)
+    b = score_layers(net, layers, "random", Context(None, seed=1))["2"]
+    c = score_layers(net, layers, "random", Context(None, seed=2))["2"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_l2_ranks_like_l1_by_the_square() -> None:
+    from netchisel.prune.importance import LayerStats, l1, l2
+
+    w = torch.tensor([[-3.0, 0.5], [2.0, -1.0]])
+    assert torch.equal(l2(w, LayerStats()), w**2) and torch.equal(l1(w, LayerStats()), w.abs())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"per_layer": {"fc[": 0.5}}, r"^prune\.unstructured\.per_layer: 'fc\[' is not a valid"),
+        ({"pattern": "4:4"}, r"^prune\.unstructured: pattern '4:4': N:M needs 0 < N < M"),
+        ({"pattern": "2:4", "sparsity": 0.9}, r"'2:4' prunes 2 of every 4, not sparsity 0\.9"),
+    ],
+)
+def test_config_errors_name_the_stage_and_field(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        UnstructuredConfig.from_dict(options)
+
+
+def test_every_layer_an_n_of_m_pattern_cannot_fit_is_named_at_once() -> None:
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(10, 2))
+    with pytest.raises(ConfigError, match=r"of 4; 2 layers are not: 0 \(6\), 4 \(10\): exclude"):
+        prune_(net, UnstructuredConfig(pattern="2:4"))
+    assert not masks_of(net)
+
+
+def test_no_layer_left_to_prune_says_why() -> None:
+    with pytest.raises(ConfigError, match=r"layers/exclude leave no Linear or Conv layer to prune"):
+        prune_(_net(), UnstructuredConfig(exclude=(".*",)))
+    with pytest.raises(ConfigError, match=r"the model is itself one Linear; wrap it"):
+        prune_(nn.Linear(4, 4), UnstructuredConfig())
+    with pytest.raises(ConfigError, match=r"the model has no Linear or Conv layer to prune"):
+        prune_(nn.Sequential(nn.ReLU()), UnstructuredConfig())

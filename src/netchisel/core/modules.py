@@ -122,6 +122,31 @@ def select_modules(
     return chosen
 
 
+def nothing_chosen(
+    model: nn.Module, types: tuple[type[nn.Module], ...], stage: str, kinds: str, verb: str
+) -> ConfigError:
+    """The error for a stage that found no layer to work on, saying which of three causes.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> str(nothing_chosen(net, (nn.Linear,), "s", "Linear", "prune"))
+        's: layers/exclude leave no Linear layer to prune (the model has 1: 0)'
+    """
+    present = [n for n, m in model.named_modules() if n and isinstance(m, types)]
+    if present:
+        sample = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "")
+        return ConfigError(
+            f"{stage}: layers/exclude leave no {kinds} layer to {verb} "
+            f"(the model has {len(present)}: {sample})"
+        )
+    if isinstance(model, types):
+        return ConfigError(
+            f"{stage}: the model is itself one {type(model).__name__}; wrap it "
+            f"(nn.Sequential(layer)) to {verb} it"
+        )
+    return ConfigError(f"{stage}: the model has no {kinds} layer to {verb}")
+
+
 def _matching(
     candidates: dict[str, nn.Module], patterns: list[str], what: str
 ) -> dict[str, nn.Module]:

@@ -20,7 +20,7 @@ def clone_state(model: nn.Module) -> dict[str, Tensor]:
 
 @contextlib.contextmanager
 def restored_on_error(model: nn.Module) -> Iterator[None]:
-    """Run a block that changes `model`; if it raises, put weights, masks and mode back.
+    """Run a block that changes `model`; if it raises, put weights, gradients, masks and mode back.
 
     Example:
         >>> net = nn.Linear(2, 2)
@@ -37,11 +37,14 @@ def restored_on_error(model: nn.Module) -> Iterator[None]:
     state = clone_state(model)
     masks = dict(masks_of(model))
     was_training = model.training
+    grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
     try:
         yield
     except BaseException:
         with torch.no_grad():
             model.load_state_dict(state)
+        for name, param in model.named_parameters():
+            param.grad = grads.get(name)
         clear_masks(model)
         for name, mask in masks.items():
             set_mask(model, name, mask.keep, mask.fill)

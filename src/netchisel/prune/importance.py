@@ -108,6 +108,7 @@ def collect_stats(
     batches = task.calibration_batches(samples)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
+    saved = {n: p.grad for n, p in model.named_parameters()}
     model.eval()
     handles = []
     try:
@@ -118,7 +119,6 @@ def collect_stats(
                 for batch in batches:
                     model(*task.inputs_of(tuple(t.to(device) for t in batch)))
         else:
-            saved = {n: p.grad for n, p in model.named_parameters()}
             for batch in batches:
                 model.zero_grad(set_to_none=True)
                 task.loss(model, tuple(t.to(device) for t in batch)).backward()
@@ -128,11 +128,11 @@ def collect_stats(
                         term = (weight.detach() * weight.grad).abs()
                         prev = stats[name].taylor
                         stats[name].taylor = term if prev is None else prev + term
-            for n, p in model.named_parameters():
-                p.grad = saved[n]
     finally:
         for handle in handles:
             handle.remove()
+        for n, p in model.named_parameters():
+            p.grad = saved[n]
         model.train(was_training)
     total = sum(len(b[0]) for b in batches)
     for s in stats.values():

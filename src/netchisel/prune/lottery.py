@@ -27,17 +27,15 @@ from netchisel.core.registry import register
 from netchisel.core.state import clone_state, restored_on_error
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
-    DENSE_KERNEL_NOTE,
     TrainingStageConfig,
     check_global_budget,
     check_sparsity,
     check_training,
     prune_to_,
     rising_sparsities,
-    select_prunable,
     train_settings,
 )
-from netchisel.prune.unstructured import UnstructuredConfig
+from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, UnstructuredConfig, select_prunable
 
 # The random re-initialisation draws from its own stream, offset from the stage's seed so it
 # never reproduces theta_0 when the caller seeded the model's construction with the same seed.

@@ -36,11 +36,10 @@ from netchisel.prune.schedule import (
     TrainingStageConfig,
     check_sparsity,
     check_training,
-    select_prunable,
     train_settings,
 )
 from netchisel.prune.select import keep_global, keep_lowest_pruned
-from netchisel.prune.unstructured import PRUNABLE
+from netchisel.prune.unstructured import PRUNABLE, select_prunable
 
 # -- pure functions on tensors ----------------------------------------------------------------
 

@@ -30,22 +30,19 @@ from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of
-from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
 from netchisel.core.train import TrainSettings, fit
 from netchisel.prune.importance import CRITERIA
 from netchisel.prune.unstructured import (
-    PRUNABLE,
+    DENSE_KERNEL_NOTE,
+    FREEZE_NOTE,
     UnstructuredConfig,
+    compute_keep_masks,
     current_weights,
     hold_,
-    score_layers,
-    select_keep,
+    select_prunable,
 )
-
-DENSE_KERNEL_NOTE = "masked zeros run on dense kernels: latency does not improve (measured)"
-FREEZE_NOTE = "pruned weights are frozen, not zeroed: the model is not sparse"
 
 FreezeMode = Literal["zero", "freeze", "freeze_initial"]
 
@@ -107,16 +104,6 @@ def agp_steps(start: int, end: int, frequency: int) -> list[int]:
 # -- helpers shared by the training-time stages -----------------------------------------------
 
 
-def select_prunable(
-    model: nn.Module, stage: str, layers: tuple[str, ...] | None, exclude: tuple[str, ...]
-) -> dict[str, nn.Module]:
-    """The Linear/Conv layers a stage prunes, or a ConfigError naming the stage."""
-    chosen = select_modules(model, PRUNABLE, layers, exclude)
-    if not chosen:
-        raise ConfigError(f"{stage}: the model has no Linear or Conv layer to prune")
-    return chosen
-
-
 def check_global_budget(
     stage: str, layers: dict[str, nn.Module], sparsity: float, min_keep: float
 ) -> None:
@@ -140,19 +127,12 @@ def prune_to_(
 ) -> float:
     """Mask the layers' weights to `config.sparsity`; a weight pruned before stays pruned.
 
-    Entries an earlier mask holds are ranked below every other before selection, so they are
-    pruned first and the sparsity reached is exactly what the selection chose, with every
-    criterion (a frozen weight is not zero, so its score alone would not say it is pruned).
-    Held entries are zeroed, or frozen at `freeze_at` (see `prune.unstructured.hold_`).
+    Entries an earlier mask holds are pruned first (`compute_keep_masks`), so the sparsity
+    reached is exactly what the selection chose. Held entries are zeroed, or frozen at
+    `freeze_at` (see `prune.unstructured.hold_`).
     Returns the fraction of the layers' weights now masked.
     """
-    scores = score_layers(model, layers, config.importance, ctx, config.calibration_samples)
-    masks = masks_of(model)
-    for name, score in scores.items():
-        old = masks.get(f"{name}.weight")
-        if old is not None:
-            scores[name] = score.masked_fill(~old.keep.to(score.device), -math.inf)
-    hold_(model, select_keep(scores, config), freeze_at)
+    hold_(model, compute_keep_masks(model, layers, config, ctx), freeze_at)
     return masked_fraction(model, layers)
 
 
@@ -186,11 +166,6 @@ def masked_fraction(model: nn.Module, layers: dict[str, nn.Module]) -> float:
         if mask is not None:
             pruned += int((~mask.keep).sum())
     return pruned / total if total else 0.0
-
-
-def keep_counts(model: nn.Module) -> dict[str, int]:
-    """Kept entries of every masked parameter (how SET/RigL show their budget is constant)."""
-    return {name: int(mask.keep.sum()) for name, mask in masks_of(model).items()}
 
 
 @dataclass(frozen=True)
@@ -270,6 +245,8 @@ class ScheduleConfig(TrainingStageConfig):
         check_mode(stage, self.mode)
         check_selection(stage, self.importance, self.min_keep, self.calibration_samples)
         check_training(stage, self.lr, self.batch_size)
+        if self.scope == "global" and self.group == "row":
+            raise ConfigError(f"{stage}: group: row is for scope local (global has one threshold)")
 
     def selection(self, sparsity: float) -> UnstructuredConfig:
         """One pruning step's selection, exactly as `prune.unstructured` would make it."""

@@ -76,6 +76,22 @@ def keep_n_of_m(scores: Tensor, n: int, m: int, layer: str = "") -> Tensor:
     return keep.reshape(scores.shape)
 
 
+def check_n_of_m(inputs: dict[str, int], m: int, stage: str) -> None:
+    """One ConfigError naming every layer whose inputs per output are not a multiple of `m`.
+
+    Example:
+        >>> check_n_of_m({"fc1": 8, "fc2": 4}, 4, "s")
+    """
+    bad = [f"{name} ({n})" for name, n in inputs.items() if n % m]
+    if bad:
+        more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+        raise ConfigError(
+            f"{stage}: N:M with M={m} needs inputs per output in multiples of {m}; "
+            f"{len(bad)} layers are not: {', '.join(bad[:6])}{more}: exclude them or choose "
+            "another N:M"
+        )
+
+
 def keep_global(scores: dict[str, Tensor], sparsity: float, min_keep: float) -> dict[str, Tensor]:
     """One threshold over all layers, but every layer keeps at least `min_keep` of its entries.
 

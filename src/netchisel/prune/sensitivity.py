@@ -32,7 +32,7 @@ from torch import nn
 from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.modules import select_modules
+from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
 from netchisel.core.task import Task
 from netchisel.prune.importance import CRITERIA
@@ -158,7 +158,7 @@ def analysed_layers(
     except ConfigError as e:
         raise ConfigError(f"{STAGE}: {e}") from None
     if not chosen:
-        raise ConfigError(f"{STAGE}: the model has no Linear or Conv layer to analyse")
+        raise nothing_chosen(model, PRUNABLE, STAGE, "Linear or Conv", "analyse")
     return chosen
 
 

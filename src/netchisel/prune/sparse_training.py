@@ -36,14 +36,13 @@ from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
-    DENSE_KERNEL_NOTE,
     TrainingStageConfig,
     check_sparsity,
     check_training,
     masked_fraction,
-    select_prunable,
     train_settings,
 )
+from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, select_prunable
 
 # -- pure functions on tensors ----------------------------------------------------------------
 
@@ -186,7 +185,7 @@ def sparse_training(model: nn.Module, config: SparseTrainingConfig, ctx: Context
     """Train from a random sparse mask, dropping and regrowing connections (SET / RigL).
 
     Records the sparsity (constant throughout), every update's drop fraction and how many
-    connections it replaced, and the kept count per layer.
+    connections it replaced, and the density per layer.
     """
     stage = "prune.sparse_training"
     task = ctx.require_task(stage)

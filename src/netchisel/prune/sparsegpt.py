@@ -50,10 +50,11 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.hessian import damped_factors, output_error, prepared_hessian, unsolvable
 from netchisel.core.masks import masks_of, set_mask
-from netchisel.core.modules import select_modules
+from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
 from netchisel.core.sequential import LayerInputs, calibration_inputs, run_sequentially
-from netchisel.prune.select import keep_lowest_pruned, keep_n_of_m, parse_pattern
+from netchisel.prune.select import check_n_of_m, keep_lowest_pruned, keep_n_of_m, parse_pattern
+from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, PRUNABLE
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ class SparseGPTConfig(StageConfig):
             nm = parse_pattern(self.pattern)
         except ConfigError as e:
             raise ConfigError(f"prune.sparsegpt.pattern: {e}") from None
+        if nm is not None and self.sparsity not in (0.5, 1 - nm[0] / nm[1]):
+            raise ConfigError(
+                f"prune.sparsegpt: pattern {self.pattern!r} prunes {nm[1] - nm[0]} of every "
+                f"{nm[1]}, not sparsity {self.sparsity}: drop sparsity"
+            )
         if self.blocksize < 1:
             raise ConfigError(f"prune.sparsegpt.blocksize: must be >= 1, got {self.blocksize}")
         if nm is not None and self.blocksize % nm[1]:
@@ -224,21 +230,20 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
         (32, 8)
     """
     task = ctx.require_task("prune.sparsegpt")
-    layers: dict[str, nn.Linear] = {
-        n: m
-        for n, m in select_modules(model, (nn.Linear,), config.layers, config.exclude).items()
-        if isinstance(m, nn.Linear)
-    }
+    chosen = select_modules(model, PRUNABLE, config.layers, config.exclude)
+    layers = {n: m for n, m in chosen.items() if isinstance(m, nn.Linear)}
+    left_dense = [n for n in chosen if n not in layers]  # convolutions: not handled here
+    if left_dense and config.layers is not None:
+        raise ConfigError(
+            f"prune.sparsegpt handles Linear layers only; {', '.join(left_dense)} "
+            "matched `layers`: exclude them, or prune them with prune.unstructured"
+        )
     if not layers:
-        raise ConfigError("prune.sparsegpt: the model has no Linear layer to prune")
+        raise nothing_chosen(model, (nn.Linear,), "prune.sparsegpt", "Linear", "prune")
     pattern = parse_pattern(config.pattern)
     if pattern is not None:
-        for name, layer in layers.items():
-            if layer.in_features % pattern[1]:
-                raise ConfigError(
-                    f"prune.sparsegpt: layer {name} has {layer.in_features} inputs, not a "
-                    f"multiple of {pattern[1]}: exclude it or choose another N:M"
-                )
+        widths = {name: layer.in_features for name, layer in layers.items()}
+        check_n_of_m(widths, pattern[1], "prune.sparsegpt")
     earlier = _earlier_pruned(model, layers)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = calibration_inputs(task, config.calibration_samples, device, "prune.sparsegpt")
@@ -292,7 +297,8 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
         layer_output_error={n: e for n, (_, e) in solved.items()},
         damping={n: r.damping for n, (r, _) in solved.items()},
         calibration_samples=sum(len(x[0]) for x in inputs),
-        note="unstructured and N:M zeros run on dense kernels: latency does not improve",
+        note=DENSE_KERNEL_NOTE,
+        **({"left_dense": left_dense} if left_dense else {}),
     )
     return model
 

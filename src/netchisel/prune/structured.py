@@ -37,7 +37,7 @@ from torch.utils._pytree import tree_flatten
 
 from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.errors import ConfigError, ModelError, first_line
 from netchisel.core.masks import masks_of
 from netchisel.core.modules import replace_module
 from netchisel.core.registry import register
@@ -126,6 +126,11 @@ class StructuredConfig(StageConfig):
         if target is not None and not 0.0 < target <= 1.0:
             raise ConfigError(
                 f"{STAGE}.target_macs_ratio: {target} is not in (0, 1] (MACs after / before)"
+            )
+        if target is not None and self.ratio != 0.5:
+            raise ConfigError(
+                f"{STAGE}.ratio: {self.ratio} and a target_macs_ratio (which searches the ratio) "
+                "exclude each other: drop one of them"
             )
         if target is not None and self.per_layer:
             raise ConfigError(
@@ -602,31 +607,45 @@ def _run(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
 
 
 def _graph(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:
-    """Torch-Pruning's dependency graph of `model`, or a ModelError naming where tracing failed."""
-    entered: list[str] = []
+    """Torch-Pruning's dependency graph of `model`, or a ModelError naming where tracing failed.
+
+    The layer named is the innermost one still running when the forward raised; Torch-Pruning's
+    own hooks are removed if it fails (it leaves them on the model otherwise).
+    """
+    running: list[str] = []
+    done: list[str] = []
+    before = {m: set(m._forward_hooks) for m in model.modules()}
+    handles = []
+    for n, m in model.named_modules():
+        if n:
+            handles.append(m.register_forward_pre_hook(lambda *_, name=n: running.append(name)))
+            handles.append(m.register_forward_hook(lambda *_, name=n: done.append(running.pop())))
     finished: list[bool] = []
-    handles = [
-        m.register_forward_pre_hook(lambda *_, name=n: entered.append(name))
-        for n, m in model.named_modules()
-        if n
-    ]
     handles.append(model.register_forward_hook(lambda *_: finished.append(True)))
     try:
         with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=inputs, verbose=False
+                model, example_inputs=inputs, forward_fn=lambda m, x: m(*x), verbose=False
             )
     except Exception as e:
+        for module, keys in before.items():  # Torch-Pruning's hooks, left behind by the raise
+            for key in set(module._forward_hooks) - keys:
+                del module._forward_hooks[key]
         if finished:
             where = "reading the autograd graph of its outputs"
             fix = "wrap the model so that it returns only tensors"
         else:
-            where = f"in layer {entered[-1]}" if entered else "before its first layer"
+            if running:
+                where = f"in layer {running[-1]}"
+            elif done:
+                where = f"in the model's own forward, after layer {done[-1]}"
+            else:
+                where = "before its first layer"
             fix = "check that the model runs on the example inputs"
         raise ModelError(
             f"{STAGE}: Torch-Pruning cannot trace the model (failed {where}: "
-            f"{type(e).__name__}: {e}); {fix}, or prune it with prune.unstructured, which "
-            "needs no graph"
+            f"{type(e).__name__}: {first_line(e)}); {fix}, or prune it with "
+            "prune.unstructured, which needs no graph"
         ) from e
     finally:
         for handle in handles:
@@ -873,7 +892,7 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: Context) -
         shapes = [list(t.shape) for t in inputs]
         raise ConfigError(
             f"{STAGE}: the model does not run on the example inputs of shape {shapes} "
-            f"({type(e).__name__}: {e}); fix the task or input_shape"
+            f"({type(e).__name__}: {first_line(e)}); fix the task or input_shape"
         ) from e
     base = count_flops(model, inputs).macs
     units, skipped = _score_units(model, inputs, config, ctx)

@@ -7,6 +7,7 @@ error leaves the model as it was.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -18,10 +19,11 @@ from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
-from netchisel.core.modules import select_modules
+from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
 from netchisel.prune.importance import CRITERIA, NEEDS, collect_stats, get_criterion
 from netchisel.prune.select import (
+    check_n_of_m,
     keep_global,
     keep_lowest_pruned,
     keep_n_of_m,
@@ -30,6 +32,11 @@ from netchisel.prune.select import (
 )
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+DENSE_KERNEL_NOTE = (
+    "masked zeros run on dense kernels: no speed-up without a sparse kernel "
+    "(1.00x measured by bench/prune_unstructured.py; the report's latency shows this run's)"
+)
+FREEZE_NOTE = "pruned weights are frozen, not zeroed: the model is not sparse"
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,12 @@ class UnstructuredConfig(StageConfig):
                 raise ConfigError(
                     f"prune.unstructured.per_layer: {name!r}: {value} is not in [0, 1)"
                 )
+            try:
+                re.compile(name)
+            except re.error as e:
+                raise ConfigError(
+                    f"prune.unstructured.per_layer: {name!r} is not a valid regex ({e})"
+                ) from None
         if not 0.0 <= self.min_keep <= 1.0:
             raise ConfigError(f"prune.unstructured: min_keep {self.min_keep} is not in [0, 1]")
         if self.importance not in CRITERIA:
@@ -79,10 +92,24 @@ class UnstructuredConfig(StageConfig):
             raise ConfigError(
                 f"prune.unstructured: unknown importance {self.importance!r} ({known})"
             )
-        pattern = parse_pattern(self.pattern)
+        try:
+            pattern = parse_pattern(self.pattern)
+        except ConfigError as e:
+            raise ConfigError(f"prune.unstructured: {e}") from None
         if pattern is not None and (self.scope == "global" or self.per_layer):
             raise ConfigError(
                 "prune.unstructured: an N:M pattern is per layer: drop scope/per_layer"
+            )
+        if pattern is not None and self.sparsity not in (0.5, 1 - pattern[0] / pattern[1]):
+            raise ConfigError(
+                f"prune.unstructured: pattern {self.pattern!r} prunes "
+                f"{pattern[1] - pattern[0]} of every {pattern[1]}, not sparsity "
+                f"{self.sparsity}: drop sparsity"
+            )
+        if self.scope == "global" and (self.per_layer or self.group == "row"):
+            raise ConfigError(
+                "prune.unstructured: scope global sets one threshold over all layers: "
+                "per_layer and group: row are for scope local"
             )
         if self.calibration_samples < 1:
             raise ConfigError("prune.unstructured: calibration_samples must be >= 1")
@@ -91,9 +118,12 @@ class UnstructuredConfig(StageConfig):
 @register("prune.unstructured", UnstructuredConfig)
 def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Context) -> nn.Module:
     """Score the chosen layers' weights, choose what to keep, then mask the rest."""
-    layers = select_modules(model, PRUNABLE, config.layers, config.exclude)
-    if not layers:
-        raise ConfigError("prune.unstructured: the model has no Linear or Conv layer to prune")
+    layers = select_prunable(model, "prune.unstructured", config.layers, config.exclude)
+    check_per_layer("prune.unstructured", config.per_layer, layers)
+    pattern = parse_pattern(config.pattern)
+    if pattern is not None:
+        inputs = {n: m.get_parameter("weight")[0].numel() for n, m in layers.items()}
+        check_n_of_m(inputs, pattern[1], "prune.unstructured")
     keep = compute_keep_masks(model, layers, config, ctx)
     for name, mask in keep.items():  # check all before changing any
         if mask.shape != layers[name].get_parameter("weight").shape:
@@ -107,16 +137,41 @@ def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Contex
     ctx.record(
         sparsity=sum(int((~k).sum()) for k in held.values()) / total,
         layer_sparsity={n: 1.0 - float(k.float().mean()) for n, k in held.items()},
-        note="unstructured zeros run on dense kernels: latency does not improve (measured)",
+        note=DENSE_KERNEL_NOTE if config.mode == "zero" else FREEZE_NOTE,
     )
     return model
+
+
+def select_prunable(
+    model: nn.Module, stage: str, layers: tuple[str, ...] | None, exclude: tuple[str, ...]
+) -> dict[str, nn.Module]:
+    """The Linear/Conv layers a stage prunes, or a ConfigError naming the stage and the cause.
+
+    Example:
+        >>> list(select_prunable(nn.Sequential(nn.Linear(2, 2)), "s", None, ()))
+        ['0']
+    """
+    chosen = select_modules(model, PRUNABLE, layers, exclude)
+    if not chosen:
+        raise nothing_chosen(model, PRUNABLE, stage, "Linear or Conv", "prune")
+    return chosen
 
 
 def compute_keep_masks(
     model: nn.Module, layers: dict[str, nn.Module], config: UnstructuredConfig, ctx: Context
 ) -> dict[str, Tensor]:
-    """The keep-mask of every chosen layer's weight; the model is not changed."""
+    """The keep-mask of every chosen layer's weight; the model is not changed.
+
+    Entries an earlier mask holds are ranked below every other, so they are pruned first and
+    count toward the sparsity, whatever the criterion (a frozen weight is not zero, so its
+    score alone would not say it is pruned).
+    """
     scores = score_layers(model, layers, config.importance, ctx, config.calibration_samples)
+    masks = masks_of(model)
+    for name, score in scores.items():
+        old = masks.get(f"{name}.weight")
+        if old is not None:
+            scores[name] = score.masked_fill(~old.keep.to(score.device), -math.inf)
     return select_keep(scores, config)
 
 
@@ -137,8 +192,10 @@ def score_layers(
     """
     criterion = get_criterion(importance)
     stats = collect_stats(model, layers, ctx.task, NEEDS.get(importance), calibration_samples)
-    torch.manual_seed(ctx.seed)  # for the random criterion
-    return {n: criterion(m.get_parameter("weight"), stats[n]) for n, m in layers.items()}
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):  # seed `random` without touching the caller's RNG
+        torch.manual_seed(ctx.seed)
+        return {n: criterion(m.get_parameter("weight"), stats[n]) for n, m in layers.items()}
 
 
 def select_keep(scores: dict[str, Tensor], config: UnstructuredConfig) -> dict[str, Tensor]:
@@ -155,6 +212,20 @@ def select_keep(scores: dict[str, Tensor], config: UnstructuredConfig) -> dict[s
         return keep_global(scores, config.sparsity, config.min_keep)
     select = keep_per_row if config.group == "row" else keep_lowest_pruned
     return {n: select(s, _ratio(n, config)) for n, s in scores.items()}
+
+
+def check_per_layer(stage: str, per_layer: dict[str, float], layers: dict[str, nn.Module]) -> None:
+    """A ConfigError for a `per_layer` pattern that matches none of the chosen layers.
+
+    Example:
+        >>> check_per_layer("s", {"fc.*": 0.5}, {"fc1": nn.Linear(1, 1)})
+    """
+    for pattern in per_layer:
+        if not any(re.fullmatch(pattern, name) for name in layers):
+            raise ConfigError(
+                f"{stage}.per_layer: {pattern!r} matches none of the chosen layers "
+                f"({', '.join(layers)}): fix the pattern or its layers/exclude"
+            )
 
 
 def _ratio(layer: str, config: UnstructuredConfig) -> float:

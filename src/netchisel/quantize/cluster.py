@@ -31,7 +31,7 @@ import netchisel.quantize.int_codecs  # noqa: F401  (registers the codecs indice
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import Mask, clear_masks, forget_masks, masks_of, set_mask
-from netchisel.core.modules import replace_module, select_modules
+from netchisel.core.modules import nothing_chosen, replace_module, select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import clone_state
 from netchisel.core.train import TrainSettings, fit
@@ -477,7 +477,7 @@ def _chosen_layers(model: nn.Module, config: KMeansConfig) -> dict[str, nn.Modul
     # out_proj is read by the attention function, not called).
     layers = {n: m for n, m in chosen.items() if type(m) in CLUSTERABLE}
     if not layers:
-        raise ConfigError("quantize.kmeans: the model has no Linear or Conv layer to cluster")
+        raise nothing_chosen(model, CLUSTERABLE, "quantize.kmeans", "Linear or Conv", "cluster")
     owners: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         owners.setdefault(id(param), []).append(name)

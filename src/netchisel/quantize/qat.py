@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import forget_masks
-from netchisel.core.modules import replace_module, select_modules
+from netchisel.core.modules import nothing_chosen, replace_module, select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
 from netchisel.core.train import TrainSettings, fit
@@ -265,7 +265,7 @@ def chosen_layers(
     """The Linear and Conv2d layers a training-time quantization stage works on."""
     chosen = select_modules(model, FAKE_QUANTIZABLE, layers, exclude)
     if not chosen:
-        raise ConfigError(f"{stage}: the model has no Linear or Conv2d layer to quantize")
+        raise nothing_chosen(model, FAKE_QUANTIZABLE, stage, "Linear or Conv2d", "quantize")
     return chosen
 
 

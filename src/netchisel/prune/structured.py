@@ -404,7 +404,7 @@ def _why_not(
     for item in group:
         node = item.dep.target
         if not node.outputs and dg.is_out_channel_pruning_fn(item.dep.handler):
-            return "its channels are the model's output"
+            return "its channels reach the model's output or an op Torch-Pruning cannot follow"
     for name in outs:
         layer = model.get_submodule(name)
         if (

@@ -209,9 +209,19 @@ def prune_llm_section(d: dict[str, Any]) -> list[str]:
         "",
         "Missed with the paper's defaults (block size 128); see docs/pruning.md for why this",
         "small model differs from the published OPT-125M anchor.",
-        "",
     ]
-    return lines
+    wide = d.get("width_check")
+    if wide:
+        ratios = wide["ratio_to_magnitude_increase"]
+        lines += [
+            "",
+            f"Width check, a zoo gpt {wide['n_embd']} wide ({wide['params']:,} parameters, same"
+            f" recipe), 50%: largest input-feature norm over the median at most"
+            f" {wide['input_norm_spread_max']:.1f}x; increase over magnitude's, val / test:"
+            f" Wanda {ratios['val']['wanda']:.2f} / {ratios['test']['wanda']:.2f}, SparseGPT"
+            f" {ratios['val']['sparsegpt']:.2f} / {ratios['test']['sparsegpt']:.2f}.",
+        ]
+    return [*lines, ""]
 
 
 def prune_minilm_section(d: dict[str, Any]) -> list[str]:

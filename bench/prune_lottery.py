@@ -89,7 +89,7 @@ def main() -> None:
             )
             print(f"seed {seed} {arm:22s} s={sparsity:.1f} test {acc:6.2f}%", flush=True)
     table = []
-    for arm, sparsity in sorted({(r["arm"], r["sparsity"]) for r in rows}, key=lambda k: k[1]):
+    for arm, sparsity in dict.fromkeys((r["arm"], r["sparsity"]) for r in rows):  # run order
         accs = [r["test_accuracy"] for r in rows if r["arm"] == arm and r["sparsity"] == sparsity]
         table.append(
             {

@@ -323,3 +323,67 @@ def test_impossible_global_floor_fails_before_training() -> None:
 def test_stages_are_registered() -> None:
     assert get_stage("prune.iterative").config_class is IterativeConfig
     assert get_stage("prune.gradual").config_class is GradualConfig
+
+
+def _layer_zeros(net: nn.Module) -> dict[str, int]:
+    return {w: int((net.get_parameter(w) == 0).sum()) for w in WEIGHTS}
+
+
+def test_iterative_per_layer_ratios_rise_along_the_same_schedule() -> None:
+    net, task = tiny_net(), tiny_task()
+    config = IterativeConfig(
+        sparsity=0.75, per_layer={"4": 0.5}, rounds=2, finetune_steps=2, spacing="linear"
+    )
+    seen = []
+    original = schedule.prune_to_
+
+    def spy(*args: object, **kwargs: object) -> float:
+        reached = original(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(_layer_zeros(args[0]))  # type: ignore[arg-type]
+        return reached
+
+    schedule.prune_to_ = spy  # type: ignore[assignment]
+    try:
+        prune_iterative(net, config, Context(task, quiet=True))
+    finally:
+        schedule.prune_to_ = original
+    # linear rounds: 0.375 then 0.75 for the default, 0.25 then 0.5 for layer 4 (128 weights)
+    assert seen[0] == {"0.weight": 192, "2.weight": 384, "4.weight": 32}
+    assert seen[1] == {"0.weight": 384, "2.weight": 768, "4.weight": 64}
+
+
+def test_gradual_per_layer_ratios_end_exactly() -> None:
+    net, task = tiny_net(), tiny_task()
+    config = GradualConfig(
+        sparsity=0.8, per_layer={"0": 0.5}, steps=30, end_step=20, frequency=5, initial_sparsity=0.1
+    )
+    prune_gradual(net, config, Context(task, quiet=True))
+    assert _layer_zeros(net) == {"0.weight": 256, "2.weight": round(0.8 * 1024), "4.weight": 102}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (lambda: IterativeConfig(per_layer={"0": 1.0}), r"prune\.iterative\.per_layer: '0': 1\.0"),
+        (lambda: IterativeConfig(per_layer={"(": 0.5}), r"'\(' is not a valid regex"),
+        (
+            lambda: GradualConfig(per_layer={"0": 0.5}, scope="global"),
+            "group: row and per_layer are for scope local",
+        ),
+        (
+            lambda: GradualConfig(per_layer={"0": 0.05}, initial_sparsity=0.1),
+            r"initial_sparsity 0\.1 is above per_layer\['0'\] 0\.05",
+        ),
+    ],
+)
+def test_per_layer_mistakes_in_schedules_are_config_errors(config: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config()  # type: ignore[operator]
+
+
+def test_a_per_layer_pattern_matching_no_layer_stops_before_training() -> None:
+    net = tiny_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"prune\.gradual\.per_layer: 'fc' matches none"):
+        prune_gradual(net, GradualConfig(per_layer={"fc": 0.5}), Context(tiny_task(), quiet=True))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -38,6 +39,8 @@ from netchisel.prune.unstructured import (
     DENSE_KERNEL_NOTE,
     FREEZE_NOTE,
     UnstructuredConfig,
+    check_per_layer,
+    check_per_layer_values,
     compute_keep_masks,
     current_weights,
     hold_,
@@ -226,7 +229,8 @@ class ScheduleConfig(TrainingStageConfig):
     """What the training-time schedules prune and how each step chooses it.
 
     `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples` are
-    as in `prune.unstructured`; `mode` is "zero", "freeze" or "freeze_initial".
+    as in `prune.unstructured`; `per_layer` maps regexes to final ratios, reached along the
+    same schedule as `sparsity`; `mode` is "zero", "freeze" or "freeze_initial".
     """
 
     sparsity: float = 0.9
@@ -235,6 +239,7 @@ class ScheduleConfig(TrainingStageConfig):
     group: Literal["layer", "row"] = "layer"
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    per_layer: dict[str, float] = field(default_factory=dict)
     min_keep: float = 0.01
     calibration_samples: int = 128
     mode: FreezeMode = "zero"
@@ -242,21 +247,34 @@ class ScheduleConfig(TrainingStageConfig):
     def check_schedule(self, stage: str) -> None:
         """The checks every schedule shares (its own fields are checked by its `validate`)."""
         check_sparsity(stage, "sparsity", self.sparsity)
+        check_per_layer_values(stage, self.per_layer)
         check_mode(stage, self.mode)
         check_selection(stage, self.importance, self.min_keep, self.calibration_samples)
         check_training(stage, self.lr, self.batch_size)
-        if self.scope == "global" and self.group == "row":
-            raise ConfigError(f"{stage}: group: row is for scope local (global has one threshold)")
+        if self.scope == "global" and (self.group == "row" or self.per_layer):
+            raise ConfigError(
+                f"{stage}: group: row and per_layer are for scope local (global has one threshold)"
+            )
 
-    def selection(self, sparsity: float) -> UnstructuredConfig:
-        """One pruning step's selection, exactly as `prune.unstructured` would make it."""
+    def selection(self, at: Callable[[float], float]) -> UnstructuredConfig:
+        """One pruning step's selection, exactly as `prune.unstructured` would make it.
+
+        `at` maps a final ratio to this step's target, so `sparsity` and every `per_layer`
+        ratio rise along the same schedule.
+
+        Example:
+            >>> config = IterativeConfig(sparsity=0.8, per_layer={"fc": 0.4})
+            >>> config.selection(lambda s: s / 2).per_layer
+            {'fc': 0.2}
+        """
         return UnstructuredConfig(
-            sparsity=sparsity,
+            sparsity=at(self.sparsity),
             importance=self.importance,
             scope=self.scope,
             group=self.group,
             layers=self.layers,
             exclude=self.exclude,
+            per_layer={pattern: at(ratio) for pattern, ratio in self.per_layer.items()},
             min_keep=self.min_keep,
             calibration_samples=self.calibration_samples,
         )
@@ -274,15 +292,17 @@ class IterativeConfig(ScheduleConfig):
       ("geometric": the same fraction of the remaining weights each round; "linear").
     - `train_steps`: training before the first round (0 for an already trained model);
       `finetune_steps`: training after every round.
-    - `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples`:
-      as in `prune.unstructured` (the criterion is re-measured every round).
+    - `importance`, `scope`, `group`, `layers`, `exclude`, `per_layer`, `min_keep`,
+      `calibration_samples`: as in `prune.unstructured` (the criterion is re-measured every
+      round; `per_layer` ratios are final ratios, reached along the same rounds).
     - `mode`: "zero" (pruned weights are 0 and stay 0), "freeze" (they keep the value they
       had when they were pruned and are not trained) or "freeze_initial" (they go back to
       the value they had when the stage began, before any of its training, and stay there).
     - `lr`, `optimizer`, `weight_decay`, `lr_schedule`, `batch_size`: every training run.
 
     Example:
-        >>> IterativeConfig(sparsity=0.875, rounds=3).round_sparsities()
+        >>> config = IterativeConfig(sparsity=0.875, rounds=3)
+        >>> [config.round_target(k)(config.sparsity) for k in (1, 2, 3)]
         [0.5, 0.75, 0.875]
     """
 
@@ -301,8 +321,9 @@ class IterativeConfig(ScheduleConfig):
         if self.finetune_steps < 0:
             raise ConfigError(f"{stage}: finetune_steps must be >= 0, got {self.finetune_steps}")
 
-    def round_sparsities(self) -> list[float]:
-        return rising_sparsities(self.sparsity, self.rounds, self.spacing)
+    def round_target(self, k: int) -> Callable[[float], float]:
+        """Round k's (1-based) target for a final ratio."""
+        return lambda final: rising_sparsities(final, self.rounds, self.spacing)[k - 1]
 
 
 @register("prune.iterative", IterativeConfig)
@@ -314,6 +335,7 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> 
     stage = "prune.iterative"
     task = ctx.require_task(stage)
     layers = select_prunable(model, stage, config.layers, config.exclude)
+    check_per_layer(stage, config.per_layer, layers)
     if config.scope == "global":
         check_global_budget(stage, layers, config.sparsity, config.min_keep)
     rounds: list[dict[str, Any]] = []
@@ -324,9 +346,9 @@ def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> 
         rounds.append(
             {"round": 0, "sparsity": masked_fraction(model, layers), **task.evaluate(model)}
         )
-        for k, target in enumerate(config.round_sparsities(), start=1):
+        for k in range(1, config.rounds + 1):
             held = freeze_values(config.mode, layers, initial)
-            reached = prune_to_(model, layers, config.selection(target), ctx, held)
+            reached = prune_to_(model, layers, config.selection(config.round_target(k)), ctx, held)
             if config.finetune_steps:
                 fit(model, task, train_settings(config, config.finetune_steps), ctx)
             rounds.append({"round": k, "sparsity": reached, **task.evaluate(model)})
@@ -350,8 +372,8 @@ class GradualConfig(ScheduleConfig):
     - `steps`: training steps in all; pruning happens at steps `start_step`,
       `start_step + frequency`, ... and `end_step` (default: 3/4 of `steps`, leaving the last
       quarter to recover at the final sparsity).
-    - `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples`:
-      as in `prune.unstructured`.
+    - `importance`, `scope`, `group`, `layers`, `exclude`, `per_layer`, `min_keep`,
+      `calibration_samples`: as in `prune.unstructured` (a `per_layer` ratio is that layer's s_f).
     - `mode`: "zero", "freeze" or "freeze_initial", as in `prune.iterative`.
     - `lr`, `optimizer`, `weight_decay`, `lr_schedule`, `batch_size`: the training run.
 
@@ -370,11 +392,13 @@ class GradualConfig(ScheduleConfig):
         stage = "prune.gradual"
         self.check_schedule(stage)
         check_sparsity(stage, "initial_sparsity", self.initial_sparsity)
-        if self.initial_sparsity > self.sparsity:
-            raise ConfigError(
-                f"{stage}: initial_sparsity {self.initial_sparsity} is above sparsity "
-                f"{self.sparsity} (AGP only prunes more)"
-            )
+        for name, final in [("sparsity", self.sparsity), *self.per_layer.items()]:
+            if self.initial_sparsity > final:
+                raise ConfigError(
+                    f"{stage}: initial_sparsity {self.initial_sparsity} is above "
+                    f"{'sparsity' if name == 'sparsity' else f'per_layer[{name!r}]'} {final} "
+                    "(AGP only prunes more)"
+                )
         if self.steps < 1:
             raise ConfigError(f"{stage}: steps must be >= 1, got {self.steps}")
         if self.frequency < 1:
@@ -394,11 +418,12 @@ class GradualConfig(ScheduleConfig):
     def pruning_steps(self) -> list[int]:
         return agp_steps(self.start_step, self.pruning_end(), self.frequency)
 
-    def target(self, step: int) -> float:
+    def target(self, step: int, final: float | None = None) -> float:
+        """The AGP target at `step` for a final ratio (default: `sparsity`)."""
         return agp_sparsity(
             step,
             initial=self.initial_sparsity,
-            final=self.sparsity,
+            final=self.sparsity if final is None else final,
             start=self.start_step,
             end=self.pruning_end(),
         )
@@ -414,6 +439,7 @@ def prune_gradual(model: nn.Module, config: GradualConfig, ctx: Context) -> nn.M
     stage = "prune.gradual"
     task = ctx.require_task(stage)
     layers = select_prunable(model, stage, config.layers, config.exclude)
+    check_per_layer(stage, config.per_layer, layers)
     if config.scope == "global":
         check_global_budget(stage, layers, config.sparsity, config.min_keep)
     when = set(config.pruning_steps())
@@ -425,7 +451,8 @@ def prune_gradual(model: nn.Module, config: GradualConfig, ctx: Context) -> nn.M
             return
         target = config.target(step)
         held = freeze_values(config.mode, layers, initial)
-        reached = prune_to_(model, layers, config.selection(target), ctx, held)
+        at_step = config.selection(lambda final: config.target(step, final))
+        reached = prune_to_(model, layers, at_step, ctx, held)
         schedule.append({"step": step, "target": target, "sparsity": reached})
 
     with restored_on_error(model):

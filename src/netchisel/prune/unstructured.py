@@ -74,17 +74,7 @@ class UnstructuredConfig(StageConfig):
     def validate(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"prune.unstructured.sparsity: {self.sparsity} is not in [0, 1)")
-        for name, value in self.per_layer.items():
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(
-                    f"prune.unstructured.per_layer: {name!r}: {value} is not in [0, 1)"
-                )
-            try:
-                re.compile(name)
-            except re.error as e:
-                raise ConfigError(
-                    f"prune.unstructured.per_layer: {name!r} is not a valid regex ({e})"
-                ) from None
+        check_per_layer_values("prune.unstructured", self.per_layer)
         if not 0.0 <= self.min_keep <= 1.0:
             raise ConfigError(f"prune.unstructured: min_keep {self.min_keep} is not in [0, 1]")
         if self.importance not in CRITERIA:
@@ -212,6 +202,21 @@ def select_keep(scores: dict[str, Tensor], config: UnstructuredConfig) -> dict[s
         return keep_global(scores, config.sparsity, config.min_keep)
     select = keep_per_row if config.group == "row" else keep_lowest_pruned
     return {n: select(s, _ratio(n, config)) for n, s in scores.items()}
+
+
+def check_per_layer_values(stage: str, per_layer: dict[str, float]) -> None:
+    """A ConfigError for a `per_layer` ratio outside [0, 1) or a key that is not a regex.
+
+    Example:
+        >>> check_per_layer_values("s", {"fc.*": 0.5})
+    """
+    for name, value in per_layer.items():
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"{stage}.per_layer: {name!r}: {value} is not in [0, 1)")
+        try:
+            re.compile(name)
+        except re.error as e:
+            raise ConfigError(f"{stage}.per_layer: {name!r} is not a valid regex ({e})") from None
 
 
 def check_per_layer(stage: str, per_layer: dict[str, float], layers: dict[str, nn.Module]) -> None:

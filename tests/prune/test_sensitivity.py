@@ -197,3 +197,20 @@ def test_layer_regex_matching_nothing_names_it() -> None:
         sensitivity(net, task, [0.5], exclude=("nope",))
     with pytest.raises(ConfigError, match=r"ratio 1\.5"):
         sensitivity(net, task, [1.5])
+
+
+def test_freeze_mode_holds_the_chosen_weights_at_their_values() -> None:
+    task = tiny_task()
+    net = trained(task)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    ctx = Context(task, quiet=True)
+    prune_sensitivity(
+        net, SensitivityConfig(ratios=(0.5, 0.9), target_sparsity=0.5, mode="freeze"), ctx
+    )
+    chosen, sizes = ctx.records["sensitivity"]["chosen"], ctx.records["sensitivity"]["sizes"]
+    masks = masks_of(net)
+    held = {n: int((~masks[f"{n}.weight"].keep).sum()) for n in chosen}
+    assert held == {n: round(chosen[n] * sizes[n]) for n in chosen}
+    assert sum(held.values()) == round(0.5 * 1664)
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+    assert all(masks[f"{n}.weight"].fill is not None for n in chosen)

@@ -387,3 +387,16 @@ def test_a_per_layer_pattern_matching_no_layer_stops_before_training() -> None:
     with pytest.raises(ConfigError, match=r"prune\.gradual\.per_layer: 'fc' matches none"):
         prune_gradual(net, GradualConfig(per_layer={"fc": 0.5}), Context(tiny_task(), quiet=True))
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+def test_gradients_the_block_made_unfit_are_dropped_not_raised_over() -> None:
+    from netchisel.core.state import restored_on_error
+
+    net = tiny_net()
+    net[0].weight.grad = torch.ones_like(net[0].weight)
+    with pytest.raises(KeyboardInterrupt), restored_on_error(net):
+        net.double()
+        raise KeyboardInterrupt
+    assert net[0].weight.dtype == torch.float64  # load_state_dict keeps the new dtype
+    assert net[0].weight.grad is None  # the float32 grad no longer fits: dropped, not raised
+    assert net[2].weight.grad is None and net.training

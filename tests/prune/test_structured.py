@@ -17,7 +17,7 @@ from netchisel.core.masks import set_mask
 from netchisel.core.task import Task, classification_task, language_model_task
 from netchisel.pipeline.artifact import load, save
 from netchisel.profile import count_flops
-from netchisel.prune import prune_
+from netchisel.prune import prune_, structured
 from netchisel.prune.structured import (
     CriterionImportance,
     StructuredConfig,
@@ -418,7 +418,13 @@ def test_a_failing_forward_names_where_and_why_and_leaves_no_hooks(
     with pytest.raises(ModelError, match=message):
         prune_structured(net, StructuredConfig(input_shape=(1, 4)), _ctx())
     assert _unchanged(net, before)
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    # The stage traces copies; on the model itself, Torch-Pruning's hooks go and the user's stay.
+    own = net.a.register_forward_hook(lambda *_: None)
+    with pytest.raises(ModelError, match=message):
+        structured._graph(net, (torch.zeros(1, 4),))
+    assert list(net.a._forward_hooks) == [own.id]
+    assert all(not m._forward_hooks for m in net.modules() if m is not net.a)
+    assert all(not m._forward_pre_hooks for m in net.modules())
 
 
 def test_masks_from_an_earlier_stage_are_refused() -> None:

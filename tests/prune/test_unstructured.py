@@ -145,7 +145,10 @@ def test_wanda_on_a_depthwise_conv() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"per_layer": {"fc9": 0.3}}, r"per_layer: 'fc9' matches none of the chosen layers"),
+        (
+            {"per_layer": {"fc9": 0.3}},
+            r"per_layer: 'fc9' matches none of the 3 chosen layers \(0, 2, 4\)",
+        ),
         ({"scope": "global", "per_layer": {"0": 0.3}}, "per_layer and group: row are for"),
         ({"scope": "global", "group": "row"}, "per_layer and group: row are for scope local"),
     ],
@@ -261,3 +264,15 @@ def test_no_layer_left_to_prune_says_why() -> None:
         prune_(nn.Linear(4, 4), UnstructuredConfig())
     with pytest.raises(ConfigError, match=r"the model has no Linear or Conv layer to prune"):
         prune_(nn.Sequential(nn.ReLU()), UnstructuredConfig())
+
+
+def test_n_of_m_sparsity_agreement_is_to_three_decimals() -> None:
+    assert UnstructuredConfig(pattern="1:3", sparsity=2 / 3).sparsity == 2 / 3
+    assert UnstructuredConfig(pattern="1:3", sparsity=0.667).sparsity == 0.667
+    with pytest.raises(ConfigError, match=r"prunes 2 of every 3, not sparsity 0\.6"):
+        UnstructuredConfig(pattern="1:3", sparsity=0.6)
+
+
+def test_a_per_layer_key_that_is_not_a_string_says_quote_it() -> None:
+    with pytest.raises(ConfigError, match=r"per_layer: key 0 is not a layer-name regex: quote it"):
+        UnstructuredConfig.from_dict({"per_layer": {0: 0.5}})

@@ -1,5 +1,6 @@
-"""Snapshots of a model's state, and the guard every stage runs in: a failure (an error or an
-interrupt) midway through a stage leaves the model as it was, weights, masks and mode.
+"""Snapshots of a model's state, the guard every stage runs in (a failure, an error or an
+interrupt, midway through a stage leaves the model as it was: weights, gradients, masks and
+mode), and `seeded`, which draws random numbers without touching the caller's generators.
 """
 
 from __future__ import annotations
@@ -43,10 +44,35 @@ def restored_on_error(model: nn.Module) -> Iterator[None]:
     except BaseException:
         with torch.no_grad():
             model.load_state_dict(state)
-        for name, param in model.named_parameters():
-            param.grad = grads.get(name)
         clear_masks(model)
         for name, mask in masks.items():
             set_mask(model, name, mask.keep, mask.fill)
         model.train(was_training)
+        for name, param in model.named_parameters():  # last: a block may have moved them
+            grad = grads.get(name)
+            fits = grad is None or (
+                grad.shape == param.shape
+                and grad.dtype == param.dtype
+                and grad.device == param.device
+            )
+            param.grad = grad if fits else None
         raise
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block under `torch.manual_seed(seed)`; every device's generator is then put back.
+
+    Example:
+        >>> state = torch.get_rng_state()
+        >>> with seeded(0):
+        ...     a = torch.rand(2)
+        >>> with seeded(0):
+        ...     b = torch.rand(2)
+        >>> torch.equal(a, b), torch.equal(torch.get_rng_state(), state)
+        (True, True)
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -24,7 +24,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import apply_masks_
 from netchisel.core.registry import register
-from netchisel.core.state import clone_state, restored_on_error
+from netchisel.core.state import clone_state, restored_on_error, seeded
 from netchisel.core.train import fit
 from netchisel.prune.schedule import (
     TrainingStageConfig,
@@ -191,8 +191,7 @@ def reinitialise_(model: nn.Module, seed: int) -> None:
         >>> torch.equal(net.weight, before)
         False
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         for module in model.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):

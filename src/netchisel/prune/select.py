@@ -76,6 +76,18 @@ def keep_n_of_m(scores: Tensor, n: int, m: int, layer: str = "") -> Tensor:
     return keep.reshape(scores.shape)
 
 
+def n_of_m_agrees(sparsity: float, pattern: tuple[int, int]) -> bool:
+    """Whether a `sparsity` field agrees with an N:M pattern: the default 0.5 (left as it is)
+    or 1 - N/M, to three decimals.
+
+    Example:
+        >>> n_of_m_agrees(0.667, (1, 3)), n_of_m_agrees(0.9, (2, 4))
+        (True, False)
+    """
+    n, m = pattern
+    return sparsity == 0.5 or math.isclose(sparsity, 1 - n / m, abs_tol=5e-4)
+
+
 def check_n_of_m(inputs: dict[str, int], m: int, stage: str) -> None:
     """One ConfigError naming every layer whose inputs per output are not a multiple of `m`.
 

@@ -53,7 +53,13 @@ from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
 from netchisel.core.sequential import LayerInputs, calibration_inputs, run_sequentially
-from netchisel.prune.select import check_n_of_m, keep_lowest_pruned, keep_n_of_m, parse_pattern
+from netchisel.prune.select import (
+    check_n_of_m,
+    keep_lowest_pruned,
+    keep_n_of_m,
+    n_of_m_agrees,
+    parse_pattern,
+)
 from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, PRUNABLE
 
 
@@ -94,7 +100,7 @@ class SparseGPTConfig(StageConfig):
             nm = parse_pattern(self.pattern)
         except ConfigError as e:
             raise ConfigError(f"prune.sparsegpt.pattern: {e}") from None
-        if nm is not None and self.sparsity not in (0.5, 1 - nm[0] / nm[1]):
+        if nm is not None and not n_of_m_agrees(self.sparsity, nm):
             raise ConfigError(
                 f"prune.sparsegpt: pattern {self.pattern!r} prunes {nm[1] - nm[0]} of every "
                 f"{nm[1]}, not sparsity {self.sparsity}: drop sparsity"

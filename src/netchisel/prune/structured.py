@@ -41,6 +41,7 @@ from netchisel.core.errors import ConfigError, ModelError, first_line
 from netchisel.core.masks import masks_of
 from netchisel.core.modules import replace_module
 from netchisel.core.registry import register
+from netchisel.core.state import seeded
 from netchisel.profile.flops import count_flops
 from netchisel.prune.importance import CRITERIA, NEEDS, LayerStats, collect_stats, get_criterion
 from netchisel.prune.select import keep_global
@@ -778,8 +779,7 @@ def _score_units(
     need = NEEDS.get(config.importance)
     by_name = collect_stats(probe, layers, ctx.task, need, config.calibration_samples)
     stats = {layers[n]: s for n, s in by_name.items()}
-    with torch.random.fork_rng(devices=[]), _traceable(probe):
-        torch.manual_seed(ctx.seed)  # the random criterion
+    with seeded(ctx.seed), _traceable(probe):  # seeded: the random criterion
         if config.granularity == "blocks":
             return _block_units(probe, inputs, config, stats), {}
         return _layer_units(probe, inputs, config, stats)

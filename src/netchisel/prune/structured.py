@@ -305,6 +305,17 @@ def _inside(name: str, parent: str) -> bool:
     return parent == "" or name.startswith(parent + ".")
 
 
+def _owns(attention: str, outs: list[str], ins: list[str]) -> bool:
+    """Whether a group is the heads of `attention`: its q/k/v (the group's outputs) are inside
+    it, and the projection that reads them is inside it too (nanoGPT, timm) or beside it,
+    under the same parent (Hugging Face BERT: `attention.self` and `attention.output.dense`).
+    """
+    parent = attention.rpartition(".")[0]
+    return all(_inside(o, attention) for o in outs) and any(
+        _inside(i, attention) or _inside(i, parent) for i in ins
+    )
+
+
 def _layer_units(
     model: nn.Module,
     inputs: tuple[Tensor, ...],
@@ -340,14 +351,7 @@ def _layer_units(
             if isinstance(layer, LAYER_TYPES) and layer in names_of:
                 is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
                 (outs if is_out else ins).append(names_of[layer])
-        owner = next(
-            (
-                a
-                for a in attention
-                if all(_inside(o, a) for o in outs) and any(_inside(i, a) for i in ins)
-            ),
-            None,
-        )
+        owner = next((a for a in attention if _owns(a, outs, ins)), None)
         if heads and owner is None:
             continue
         reason = _why_not(model, dg, group, outs, owner, chosen, heads)
@@ -691,7 +695,10 @@ def _apply(
             prune_out = dg.get_pruner_of_module(root).prune_out_channels
             dg.get_pruning_group(root, prune_out, idxs).prune()
             if unit.head_attr is not None:
-                setattr(model.get_submodule(unit.name), unit.head_attr, int(keep.sum()))
+                attention = model.get_submodule(unit.name)
+                setattr(attention, unit.head_attr, int(keep.sum()))
+                if isinstance(vars(attention).get("all_head_size"), int):  # Hugging Face's
+                    setattr(attention, "all_head_size", int(keep.sum()) * unit.head_dim)  # noqa: B010
 
 
 def _shapes(output: Any) -> list[tuple[int, ...]]:

@@ -368,7 +368,7 @@ def test_gradual_per_layer_ratios_end_exactly() -> None:
         (lambda: IterativeConfig(per_layer={"(": 0.5}), r"'\(' is not a valid regex"),
         (
             lambda: GradualConfig(per_layer={"0": 0.5}, scope="global"),
-            "group: row and per_layer are for scope local",
+            "per_layer and group: row are for scope local",
         ),
         (
             lambda: GradualConfig(per_layer={"0": 0.05}, initial_sparsity=0.1),

@@ -241,7 +241,7 @@ def test_l2_ranks_like_l1_by_the_square() -> None:
     ("options", "message"),
     [
         ({"per_layer": {"fc[": 0.5}}, r"^prune\.unstructured\.per_layer: 'fc\[' is not a valid"),
-        ({"pattern": "4:4"}, r"^prune\.unstructured: pattern '4:4': N:M needs 0 < N < M"),
+        ({"pattern": "4:4"}, r"^prune\.unstructured\.pattern: pattern '4:4': N:M needs 0 < N < M"),
         ({"pattern": "2:4", "sparsity": 0.9}, r"'2:4' prunes 2 of every 4, not sparsity 0\.9"),
     ],
 )

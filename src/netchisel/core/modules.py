@@ -122,6 +122,17 @@ def select_modules(
     return chosen
 
 
+def sample_of(names: Iterable[str], limit: int = 8) -> str:
+    """The first `limit` names, comma-separated, with ", ..." when there are more.
+
+    Example:
+        >>> sample_of(["a", "b", "c"], limit=2)
+        'a, b, ...'
+    """
+    names = list(names)
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def nothing_chosen(
     model: nn.Module, types: tuple[type[nn.Module], ...], stage: str, kinds: str, verb: str
 ) -> ConfigError:
@@ -134,10 +145,9 @@ def nothing_chosen(
     """
     present = [n for n, m in model.named_modules() if n and isinstance(m, types)]
     if present:
-        sample = ", ".join(present[:8]) + (", ..." if len(present) > 8 else "")
         return ConfigError(
             f"{stage}: layers/exclude leave no {kinds} layer to {verb} "
-            f"(the model has {len(present)}: {sample})"
+            f"(the model has {len(present)}: {sample_of(present)})"
         )
     if isinstance(model, types):
         return ConfigError(
@@ -158,8 +168,9 @@ def _matching(
             raise ConfigError(f"{what} pattern '{pattern}' is not a valid regex ({e})") from None
         hits = {n: m for n, m in candidates.items() if regex.fullmatch(n)}
         if not hits:
-            sample = ", ".join(list(candidates)[:8]) + (", ..." if len(candidates) > 8 else "")
-            raise ConfigError(f"{what} pattern '{pattern}' matches no layer (layers: {sample})")
+            raise ConfigError(
+                f"{what} pattern '{pattern}' matches no layer (layers: {sample_of(candidates)})"
+            )
         out.update(hits)
     return out
 

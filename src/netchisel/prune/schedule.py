@@ -39,6 +39,7 @@ from netchisel.prune.unstructured import (
     DENSE_KERNEL_NOTE,
     FREEZE_NOTE,
     UnstructuredConfig,
+    check_local_options,
     check_per_layer,
     check_per_layer_values,
     compute_keep_masks,
@@ -251,10 +252,7 @@ class ScheduleConfig(TrainingStageConfig):
         check_mode(stage, self.mode)
         check_selection(stage, self.importance, self.min_keep, self.calibration_samples)
         check_training(stage, self.lr, self.batch_size)
-        if self.scope == "global" and (self.group == "row" or self.per_layer):
-            raise ConfigError(
-                f"{stage}: group: row and per_layer are for scope local (global has one threshold)"
-            )
+        check_local_options(stage, self.scope, self.group, self.per_layer)
 
     def selection(self, at: Callable[[float], float]) -> UnstructuredConfig:
         """One pruning step's selection, exactly as `prune.unstructured` would make it.
@@ -392,12 +390,13 @@ class GradualConfig(ScheduleConfig):
         stage = "prune.gradual"
         self.check_schedule(stage)
         check_sparsity(stage, "initial_sparsity", self.initial_sparsity)
-        for name, final in [("sparsity", self.sparsity), *self.per_layer.items()]:
+        finals = {"sparsity": self.sparsity}
+        finals.update({f"per_layer[{k!r}]": v for k, v in self.per_layer.items()})
+        for field_name, final in finals.items():
             if self.initial_sparsity > final:
                 raise ConfigError(
-                    f"{stage}: initial_sparsity {self.initial_sparsity} is above "
-                    f"{'sparsity' if name == 'sparsity' else f'per_layer[{name!r}]'} {final} "
-                    "(AGP only prunes more)"
+                    f"{stage}: initial_sparsity {self.initial_sparsity} is above {field_name} "
+                    f"{final} (AGP only prunes more)"
                 )
         if self.steps < 1:
             raise ConfigError(f"{stage}: steps must be >= 1, got {self.steps}")

@@ -76,16 +76,26 @@ def keep_n_of_m(scores: Tensor, n: int, m: int, layer: str = "") -> Tensor:
     return keep.reshape(scores.shape)
 
 
-def n_of_m_agrees(sparsity: float, pattern: tuple[int, int]) -> bool:
-    """Whether a `sparsity` field agrees with an N:M pattern: the default 0.5 (left as it is)
-    or 1 - N/M, to three decimals.
+def checked_pattern(stage: str, pattern: str, sparsity: float) -> tuple[int, int] | None:
+    """`parse_pattern` for a stage's config, which also refuses a `sparsity` the N:M pattern
+    contradicts. The default 0.5 counts as unset; 1 - N/M is compared to three decimals.
 
     Example:
-        >>> n_of_m_agrees(0.667, (1, 3)), n_of_m_agrees(0.9, (2, 4))
-        (True, False)
+        >>> checked_pattern("s", "1:3", 0.667)
+        (1, 3)
     """
-    n, m = pattern
-    return sparsity == 0.5 or math.isclose(sparsity, 1 - n / m, abs_tol=5e-4)
+    try:
+        nm = parse_pattern(pattern)
+    except ConfigError as e:
+        raise ConfigError(f"{stage}.pattern: {e}") from None
+    if nm is not None and sparsity != 0.5:
+        n, m = nm
+        if not math.isclose(sparsity, 1 - n / m, abs_tol=5e-4):
+            raise ConfigError(
+                f"{stage}: pattern {pattern!r} prunes {m - n} of every {m}, not sparsity "
+                f"{sparsity}: drop sparsity"
+            )
+    return nm
 
 
 def check_n_of_m(inputs: dict[str, int], m: int, stage: str) -> None:

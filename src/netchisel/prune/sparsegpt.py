@@ -55,9 +55,9 @@ from netchisel.core.registry import register
 from netchisel.core.sequential import LayerInputs, calibration_inputs, run_sequentially
 from netchisel.prune.select import (
     check_n_of_m,
+    checked_pattern,
     keep_lowest_pruned,
     keep_n_of_m,
-    n_of_m_agrees,
     parse_pattern,
 )
 from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, PRUNABLE
@@ -96,15 +96,7 @@ class SparseGPTConfig(StageConfig):
     def validate(self) -> None:
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"prune.sparsegpt.sparsity: {self.sparsity} is not in [0, 1)")
-        try:
-            nm = parse_pattern(self.pattern)
-        except ConfigError as e:
-            raise ConfigError(f"prune.sparsegpt.pattern: {e}") from None
-        if nm is not None and not n_of_m_agrees(self.sparsity, nm):
-            raise ConfigError(
-                f"prune.sparsegpt: pattern {self.pattern!r} prunes {nm[1] - nm[0]} of every "
-                f"{nm[1]}, not sparsity {self.sparsity}: drop sparsity"
-            )
+        nm = checked_pattern("prune.sparsegpt", self.pattern, self.sparsity)
         if self.blocksize < 1:
             raise ConfigError(f"prune.sparsegpt.blocksize: must be >= 1, got {self.blocksize}")
         if nm is not None and self.blocksize % nm[1]:

@@ -39,7 +39,7 @@ from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError, first_line
 from netchisel.core.masks import masks_of
-from netchisel.core.modules import replace_module
+from netchisel.core.modules import replace_module, sample_of
 from netchisel.core.registry import register
 from netchisel.core.state import seeded
 from netchisel.profile.flops import count_flops
@@ -268,10 +268,9 @@ def _match(names: list[str], patterns: tuple[str, ...], where: str, what: str) -
     for pattern in patterns:
         hits = {n for n in names if re.fullmatch(pattern, n)}
         if not hits:
-            sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
             raise ConfigError(
                 f"{STAGE}.{where}: pattern {pattern!r} matches no {what} (candidates: "
-                f"{sample or 'none'})"
+                f"{sample_of(names) or 'none'})"
             )
         chosen |= hits
     return chosen

@@ -19,17 +19,17 @@ from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
-from netchisel.core.modules import nothing_chosen, select_modules
+from netchisel.core.modules import nothing_chosen, sample_of, select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import seeded
 from netchisel.prune.importance import CRITERIA, NEEDS, collect_stats, get_criterion
 from netchisel.prune.select import (
     check_n_of_m,
+    checked_pattern,
     keep_global,
     keep_lowest_pruned,
     keep_n_of_m,
     keep_per_row,
-    n_of_m_agrees,
     parse_pattern,
 )
 
@@ -84,25 +84,12 @@ class UnstructuredConfig(StageConfig):
             raise ConfigError(
                 f"prune.unstructured: unknown importance {self.importance!r} ({known})"
             )
-        try:
-            pattern = parse_pattern(self.pattern)
-        except ConfigError as e:
-            raise ConfigError(f"prune.unstructured: {e}") from None
+        pattern = checked_pattern("prune.unstructured", self.pattern, self.sparsity)
         if pattern is not None and (self.scope == "global" or self.per_layer):
             raise ConfigError(
                 "prune.unstructured: an N:M pattern is per layer: drop scope/per_layer"
             )
-        if pattern is not None and not n_of_m_agrees(self.sparsity, pattern):
-            raise ConfigError(
-                f"prune.unstructured: pattern {self.pattern!r} prunes "
-                f"{pattern[1] - pattern[0]} of every {pattern[1]}, not sparsity "
-                f"{self.sparsity}: drop sparsity"
-            )
-        if self.scope == "global" and (self.per_layer or self.group == "row"):
-            raise ConfigError(
-                "prune.unstructured: scope global sets one threshold over all layers: "
-                "per_layer and group: row are for scope local"
-            )
+        check_local_options("prune.unstructured", self.scope, self.group, self.per_layer)
         if self.calibration_samples < 1:
             raise ConfigError("prune.unstructured: calibration_samples must be >= 1")
 
@@ -204,6 +191,19 @@ def select_keep(scores: dict[str, Tensor], config: UnstructuredConfig) -> dict[s
     return {n: select(s, _ratio(n, config)) for n, s in scores.items()}
 
 
+def check_local_options(stage: str, scope: str, group: str, per_layer: dict[str, float]) -> None:
+    """A ConfigError for options of local scope (`group: row`, `per_layer`) with scope global.
+
+    Example:
+        >>> check_local_options("s", "global", "layer", {})
+    """
+    if scope == "global" and (group == "row" or per_layer):
+        raise ConfigError(
+            f"{stage}: scope global sets one threshold over all layers: per_layer and "
+            "group: row are for scope local"
+        )
+
+
 def check_per_layer_values(stage: str, per_layer: dict[str, float]) -> None:
     """A ConfigError for a `per_layer` ratio outside [0, 1) or a key that is not a regex.
 
@@ -231,10 +231,9 @@ def check_per_layer(stage: str, per_layer: dict[str, float], layers: dict[str, n
     """
     for pattern in per_layer:
         if not any(re.fullmatch(pattern, name) for name in layers):
-            sample = ", ".join(list(layers)[:8]) + (", ..." if len(layers) > 8 else "")
             raise ConfigError(
                 f"{stage}.per_layer: {pattern!r} matches none of the {len(layers)} chosen "
-                f"layers ({sample}): fix the pattern or its layers/exclude"
+                f"layers ({sample_of(layers)}): fix the pattern or its layers/exclude"
             )
 
 

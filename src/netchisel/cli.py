@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from netchisel.core.errors import ConfigError, NetChiselError, first_line
+from netchisel.core.errors import ConfigError, Interrupted, NetChiselError, first_line
 
 app = typer.Typer(
     help="Make neural networks smaller, faster and cheaper, and prove it with measurements.",
@@ -34,6 +34,26 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from netchisel import __version__
+
+        print(f"netchisel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Options before the command (`netchisel --version`)."""
 
 
 @app.command()
@@ -351,13 +371,22 @@ def main() -> None:
     A NetChiselError is ours and its message says what to fix; anything else (a model that
     does not accept its input, a builder that raises) is reported with its type and first
     line. Warnings are one line each too. NETCHISEL_DEBUG=1 shows tracebacks and warnings'
-    source lines instead.
+    source lines instead. Ctrl-C prints one line saying what was kept and exits 130.
     """
     try:
         with warnings.catch_warnings():
             if not os.environ.get("NETCHISEL_DEBUG"):
                 warnings.showwarning = _one_line_warning
             app()
+    except (KeyboardInterrupt, SystemExit) as e:
+        if isinstance(e, SystemExit) and e.code != 130:
+            raise
+        # typer turns Ctrl-C into exit status 130; the run's own message is in the chain
+        cause: BaseException | None = e
+        while cause is not None and not isinstance(cause, Interrupted):
+            cause = cause.__cause__ or cause.__context__
+        print(f"netchisel: {cause or 'interrupted'}", file=sys.stderr)
+        sys.exit(130)
     except NetChiselError as e:
         print(f"netchisel: error: {e}", file=sys.stderr)
         sys.exit(2)

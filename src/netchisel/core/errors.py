@@ -29,6 +29,11 @@ class ModelError(NetChiselError):
     """A model cannot be built, traced or rebuilt as asked."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says what was kept. Still a KeyboardInterrupt, so
+    code that stops on Ctrl-C keeps stopping."""
+
+
 def first_line(e: BaseException) -> str:
     r"""An exception's first line, without terminal colour codes (the ONNX exporter adds them);
     its type name when the message is empty.

@@ -1,13 +1,17 @@
 """The runner: build the model and task, then profile and evaluate before and after each stage.
 
 It writes the final model as an artifact (`model/`), and report.json, report.md and
-report.html in the output directory.
+report.html in the output directory. All four are written into a staging directory beside
+the output and put in place in one rename, so an interrupted run (Ctrl-C, kill -9) leaves
+the previous run there whole, and a report always sits beside the model it describes.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,7 +22,14 @@ import torch
 from torch import nn
 
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError, ModelError, NetChiselError, first_line
+from netchisel.core.errors import (
+    ConfigError,
+    Interrupted,
+    ModelError,
+    NetChiselError,
+    first_line,
+)
+from netchisel.core.files import commit_dir, remove_stale, sigint_held, staging_dir
 from netchisel.core.modules import build
 from netchisel.core.registry import get_stage
 from netchisel.core.task import Task
@@ -47,17 +58,50 @@ def run_recipe(
         >>> result.report["steps"][-1]["metrics"]["accuracy"]  # doctest: +SKIP
         98.9
     """
-    from netchisel.report.render import write_reports
-
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(output) if output is not None else recipe.output
+    if out.is_symlink():
+        out = out.resolve()  # the commit replaces the directory, not the link to it
     check_output_dir(out)
-    torch.manual_seed(recipe.seed)
-    model = load_model(recipe.model).to(recipe.device)
+    had_run = (out / "report.json").is_file()
+    staging: Path | None = None
+    committed = False
+    try:
+        torch.manual_seed(recipe.seed)
+        if recipe.model.kind == "artifact":
+            check_free_space(out, artifact_bytes(recipe.model.ref))
+        model = load_model(recipe.model).to(recipe.device)
+        check_free_space(out, _tensor_bytes(model))
+        remove_stale(out)
+        staging = staging_dir(out)
+        report, model = _run(recipe, model, staging, quiet)
+        with sigint_held():  # a Ctrl-C during the commit arrives once `committed` is right
+            commit_dir(staging, out)
+            committed = True
+    except KeyboardInterrupt:
+        if committed:
+            raise Interrupted(f"interrupted after the run was written: {out} is complete") from None
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        kept = "the previous run there is intact" if had_run else "it was not created"
+        raise Interrupted(f"interrupted: nothing written to {out} ({kept})") from None
+    except BaseException:
+        if staging is not None and not committed:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return RunResult(out, report, model)
+
+
+def _run(
+    recipe: Recipe, model: nn.Module, staging: Path, quiet: bool
+) -> tuple[dict[str, Any], nn.Module]:
+    """Run the stages and write the artifact and the reports into `staging`."""
+    from netchisel.report.render import write_reports
+
     teacher = copy.deepcopy(model).eval()
     task = load_task(recipe.task, recipe.model, teacher)
-    ctx = Context(task, teacher, recipe.device, recipe.seed, out, quiet)
+    ctx = Context(task, teacher, recipe.device, recipe.seed, staging, quiet)
     inputs = _example_inputs(model, task, recipe)
     metadata = {"inputs": [input_spec(t) for t in inputs], "task": task.name if task else None}
 
@@ -89,7 +133,7 @@ def run_recipe(
     )
     artifact = save(
         model,
-        out / "model",
+        staging / "model",
         metadata=metadata,
         export=recipe.export,
         example_inputs=inputs,
@@ -104,13 +148,15 @@ def run_recipe(
         "artifact": {
             "path": "model",
             "bytes": artifact_bytes(artifact),
+            # which model this report describes: the checksums of the artifact's files
+            "files": read_manifest(artifact)["files"],
             "exports": {
                 kind: (artifact / f"model.{kind}").stat().st_size for kind in recipe.export
             },
         },
     }
-    write_reports(report, out)
-    return RunResult(out, report, model)
+    write_reports(report, staging)
+    return report, model
 
 
 def in_stage(error: NetChiselError, index: int, name: str) -> NetChiselError:
@@ -125,19 +171,77 @@ def in_stage(error: NetChiselError, index: int, name: str) -> NetChiselError:
     return type(error)(f"stages[{index}] {name}: {error}")
 
 
-def check_output_dir(out: Path) -> None:
-    """Refuse, before any work, an output that is a file or a folder of something else.
+RUN_FILES = ("model", "report.json", "report.md", "report.html")
 
-    An earlier run's directory (it has report.json) is overwritten; an empty one is used.
+
+def check_output_dir(out: Path) -> None:
+    """Refuse, before any work, an output the run could not write or would wrongly replace.
+
+    The output's first existing ancestor must be a writable directory. An earlier run's
+    directory (it has report.json and nothing else of the user's) is replaced as a whole;
+    an empty one is used.
+
+    Example:
+        >>> import tempfile
+        >>> check_output_dir(Path(tempfile.mkdtemp()) / "new" / "out")
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output {out} is a file: choose a directory")
+    parent = _existing_ancestor(out.parent)
+    if not parent.is_dir():
+        raise ConfigError(
+            f"output {out}: {parent} is a file, not a directory: choose another output"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output {out}: {parent} is not writable: choose another output")
     if out.is_dir() and any(out.iterdir()) and not (out / "report.json").is_file():
         raise ConfigError(
             f"output {out} is not empty and is not a netchisel run: choose another directory"
         )
     if (out / "model").exists() and not (out / "model" / "manifest.json").is_file():
         raise ConfigError(f"{out / 'model'} exists and is not an artifact: remove it first")
+    if out.is_dir():
+        foreign = sorted(
+            p.name
+            for p in out.iterdir()
+            if p.name not in RUN_FILES and not p.name.startswith(".report.")
+        )
+        if foreign:
+            raise ConfigError(
+                f"output {out} is an earlier run with other files in it ({', '.join(foreign)}), "
+                "which the new run would delete: move them or choose another directory"
+            )
+
+
+def check_free_space(out: Path, needed: int) -> None:
+    """Refuse an output whose disk has less than `needed` bytes free (the input model's
+    size: the compressed model and its reports are rarely larger).
+
+    Example:
+        >>> import tempfile
+        >>> check_free_space(Path(tempfile.mkdtemp()) / "out", 1)
+    """
+    from netchisel.report.render import human_bytes
+
+    parent = _existing_ancestor(out.parent)
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise ConfigError(
+            f"output {out}: {human_bytes(free)} free on its disk, the model needs about "
+            f"{human_bytes(needed)}: free some space or choose another output"
+        )
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _tensor_bytes(model: nn.Module) -> int:
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def load_model(spec: SourceSpec) -> nn.Module:

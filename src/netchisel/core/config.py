@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, ClassVar, Self
@@ -98,7 +99,9 @@ def _checked_fields(cls: type[StageConfig]) -> dict[str, tuple[Any, ...] | type[
 
 
 def _coerce(field: str, value: Any, hint: Any) -> Any:
-    """Check a YAML value against a field's type hint; widen int to float."""
+    """Check a YAML value against a field's type hint; widen int to float; refuse NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{field}: nan is not a number: give a value")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
@@ -133,9 +136,11 @@ def _coerce(field: str, value: Any, hint: Any) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads 3e-4 (no dot) as a string
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
+        else:
+            return _coerce(field, number, hint)
     if hint is int and isinstance(value, bool):
         raise ConfigError(f"{field}: expected an integer, got {value!r}")
     if isinstance(hint, type) and not isinstance(value, hint):

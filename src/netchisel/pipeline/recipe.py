@@ -14,15 +14,19 @@ export: [onnx]              # optional: also write model.pt2 / model.onnx beside
 profile: {batch_size: 64, latency: true, backend: eager, threads: 1, repeats: 30}
 seed: 0
 ```
-Every unknown key is an error that names it and lists the known ones.
+Every unknown key is an error that names it and lists the known ones; so are a key written
+twice in one mapping (YAML would keep the last silently), a `.nan`, and a `device:` this machine
+does not have.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 import yaml
 
 from netchisel.core.config import StageConfig
@@ -93,17 +97,96 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """A YAML file's data (safe_load); a missing file or bad YAML is one error naming `what`."""
+    """A YAML file's data (safe_load); a missing, binary or bad YAML file, a key written twice
+    in one mapping and a `.nan` value are each one error naming `what` and the line.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.yaml"
+        >>> _ = f.write_text("seed: 1\\nseed: 2\\n")
+        >>> try:
+        ...     read_yaml(f, "recipe")
+        ... except ConfigError as e:
+        ...     print(str(e).split(": ", 1)[1])
+        key 'seed' is written twice (lines 1 and 2): keep one
+    """
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory: give one YAML file in it")
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
+    data = path.read_bytes()
     try:
-        return yaml.safe_load(path.read_text())
+        if b"\0" in data:
+            raise UnicodeError
+        text = data.decode("utf-8")
+    except UnicodeError:
+        raise ConfigError(
+            f"{what} {path} is a binary file, not YAML: give a YAML text file"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no object tags
+    except _BadValue as e:
+        raise ConfigError(f"{what} {path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{what} {path} is not valid YAML{where}") from None
+
+
+class _BadValue(yaml.YAMLError):
+    """A duplicated key or a NaN, found while building a mapping."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key written twice in one mapping and a `.nan` value."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _BadValue(
+                    f"key {key!r} is written twice (lines {seen[key]} and {line}): keep one"
+                )
+            seen[key] = line
+            if isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":float"):
+                value = self.construct_object(value_node)
+                if isinstance(value, float) and math.isnan(value):
+                    raise _BadValue(f"{key}: .nan at line {line} is not a number: give a value")
+        return super().construct_mapping(node, deep=deep)
+
+
+def check_device(device: str, where: str = "recipe.device") -> None:
+    """Refuse, before any work, a device this machine does not have.
+
+    Example:
+        >>> check_device("cpu")
+        >>> try:
+        ...     check_device("gpu")
+        ... except ConfigError as e:
+        ...     print(e)
+        recipe.device: 'gpu' is not a device (cpu, cuda, cuda:1, mps)
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{where}: {device!r} is not a device (cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(
+                f"{where}: {device!r}, but this machine has no CUDA device: use device: cpu"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(
+                f"{where}: {device!r}, but this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{where}: 'mps', but this machine has no Apple GPU: use device: cpu")
 
 
 def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
@@ -132,6 +215,8 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
             raise ConfigError(
                 f"recipe.export: unknown export {kind!r} (known: {', '.join(EXPORTS)})"
             )
+    device = str(data.get("device", "cpu"))
+    check_device(device)
     return Recipe(
         model=model,
         task=task,
@@ -139,7 +224,7 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
         output=Path(str(data.get("output", f"runs/{name}"))),
         profile=ProfileSettings.from_dict(data.get("profile"), "recipe.profile"),
         seed=seed,
-        device=str(data.get("device", "cpu")),
+        device=device,
         name=name,
         export=export,
         raw=data,

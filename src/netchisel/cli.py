@@ -30,8 +30,9 @@ app = typer.Typer(
     context_settings={"max_content_width": 100}
     | ({} if sys.stdout.isatty() else {"terminal_width": 100}),
 )
-# Piped output has no terminal width; 120 columns keep the summary table readable in logs.
-console = Console(width=None if sys.stdout.isatty() else 120)
+# Piped output has no terminal width: COLUMNS when set (rich reads it), else 120 columns, which
+# keep the summary table readable in logs. The summaries drop columns to fit narrower widths.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
@@ -298,28 +299,49 @@ def _totals(p: Any) -> dict[str, str]:
     }
 
 
-def _print_summary(report: dict[str, Any], directory: Path) -> None:
-    from netchisel.report.render import table_rows, uncounted_ops
+# The run summary's columns, widest layout first: the terminal gets the first that fits.
+RUN_LAYOUTS = (
+    ("step", "score", "params_nz", "flops", "bytes_on_disk", "latency", "energy_uj"),
+    ("step", "score", "params_nz", "flops", "bytes_on_disk", "latency"),
+    ("step", "score", "params_nz", "bytes_on_disk", "latency"),
+    ("step", "score", "params_nz", "bytes_on_disk", "latency_ms"),
+    ("step", "score", "params_nz", "latency_ms"),
+)
 
-    # The terminal gets the headline columns; report.md/html have them all.
+
+def _print_summary(report: dict[str, Any], directory: Path) -> None:
+    from netchisel.report.render import (
+        fit_layout,
+        latency_setup,
+        table_rows,
+        table_width,
+        uncounted_ops,
+    )
+
+    # The terminal gets the headline columns that fit its width; report.md/html have them all.
     task = report.get("task") or {}
-    columns = {
+    titles = {
         "step": "step",
-        "metric": f"{task.get('primary_metric', 'metric')} ({task.get('eval_split', '-')})",
-        "params": "params",
+        "score": f"{task.get('primary_metric', 'metric')} ({task.get('eval_split', '-')})",
+        "params_nz": "params",
         "flops": "FLOPs",
         "bytes_on_disk": "disk",
         "latency": "ms (p10-p90)",  # the spread shows how far to trust one step's timing
+        "latency_ms": "ms",
         "energy_uj": "µJ est.",
     }
+    rows = table_rows(report)
+    layout = fit_layout(RUN_LAYOUTS, titles, rows, console.width)
     batch = report["steps"][0]["profile"]["batch_size"]
     table = Table(title=f"netchisel: {report['recipe'].get('name')} (batch {batch})")
-    for title in columns.values():
-        table.add_column(title, justify="right", no_wrap=True)
-    for row in table_rows(report):
-        row["metric"] = row["metric"].rpartition(" ")[2]
-        table.add_row(*(row[k] if k == "latency" else row[k].split(" (")[0] for k in columns))
+    fits = table_width(layout, titles, rows) <= console.width
+    for key in layout:  # too narrow even so: cells fold onto a second line, never end in "…"
+        table.add_column(titles[key], justify="right", no_wrap=fits, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[key] for key in layout))
     console.print(table)
+    if setup := latency_setup(report):
+        console.print(setup)
     missing = uncounted_ops(report)
     if missing:
         console.print(f"FLOPs do not include these ops (no formula): {', '.join(missing)}")
@@ -327,21 +349,61 @@ def _print_summary(report: dict[str, Any], directory: Path) -> None:
     console.print(f"model:  {directory / 'model'}")
 
 
+# The search summary's columns, widest layout first; the candidate wraps, so it counts 16.
+SEARCH_LAYOUTS = (
+    (
+        "number",
+        "values",
+        "accuracy",
+        "test",
+        "latency_ms",
+        "retimed",
+        "macs",
+        "params",
+        "bytes_on_disk",
+        "candidate",
+    ),
+    ("number", "accuracy", "test", "latency_ms", "retimed", "params", "bytes_on_disk", "candidate"),
+    ("number", "accuracy", "test", "latency_ms", "params", "candidate"),
+    ("number", "accuracy", "latency_ms", "candidate"),
+)
+
+
 def _print_search_summary(report: dict[str, Any], directory: Path) -> None:
-    from netchisel.search.report import COLUMNS, table_cells
+    from netchisel.report.render import fit_layout, table_width
+    from netchisel.search.report import COLUMNS, domination_note, table_cells
 
     counts = report["counts"]
     title = (
         f"netchisel search: {report['search']['name']} ({counts['counted']} trials: "
         f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['fail']} failed)"
     )
+    front = report.get("front") or []
+    rows = front or report["best"]
+    cells = [table_cells(row) for row in rows]
+    for cell in cells:
+        if front and cell["exported"] == "yes":
+            cell["number"] += " *"
+    titles = dict(COLUMNS)
+    fitted = [{**c, "candidate": c["candidate"][:16]} for c in cells]
+    layout = fit_layout(SEARCH_LAYOUTS, titles, fitted, console.width)
+    fits = table_width(layout, titles, fitted) <= console.width
     table = Table(title=title)
-    for _, name in COLUMNS:
-        table.add_column(name, justify="right")
-    for row in report["best"]:
-        cells = table_cells(row)
-        table.add_row(*(cells[k] for k, _ in COLUMNS))
+    for key in layout:  # the candidate wraps; numbers only when even the last layout is too wide
+        table.add_column(
+            titles[key],
+            justify="left" if key == "candidate" else "right",
+            no_wrap=fits and key != "candidate",
+            overflow="fold",
+        )
+    for cell in cells:
+        table.add_row(*(cell[key] for key in layout))
     console.print(table)
+    if front:
+        exported = sum(1 for r in front if r["exported"])
+        console.print(f"Pareto front: {len(front)} trial(s); * marks the {exported} exported.")
+        if note := domination_note(report):
+            console.print(note)
     if not report["feasible_found"]:
         console.print("No trial met the constraints; the closest infeasible trials are shown.")
     console.print(f"report: {directory / 'report.html'} (also report.md, report.json)")

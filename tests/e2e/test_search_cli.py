@@ -47,7 +47,7 @@ def test_running_again_says_it_continues(
     (tmp_path / "run" / "report.md").unlink()
     code, out, _ = cli(capsys, "report", run)  # a search's report re-renders too
     assert code == 0 and "tiny (3 trials: 3 complete" in out
-    assert "## Best candidates" in (tmp_path / "run" / "report.md").read_text()
+    assert "## Pareto front" in (tmp_path / "run" / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

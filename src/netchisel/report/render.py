@@ -8,6 +8,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,35 +74,137 @@ COLUMNS = (
 
 
 def table_rows(report: dict[str, Any]) -> list[dict[str, str]]:
-    """One row of formatted cells per step."""
+    """One row of formatted cells per step.
+
+    `metric` is the task's primary metric on its evaluation split, except in an `evaluate`
+    step's row, which shows the split that step evaluated (`accuracy 97.04 (test split)`);
+    `score` is the same number for the terminal. `params_nz` adds the nonzero count when
+    pruning zeroed weights; `latency_ms` is the median alone.
+
+    Example:
+        >>> step = {"name": "evaluate", "config": {"split": "test"}, "seconds": 0.1,
+        ...         "metrics": {"accuracy": 98.2}, "records": {"test_accuracy": 97.04},
+        ...         "profile": {"params": 100, "params_nonzero": 40, "flops": 2000,
+        ...                     "bytes_on_disk": 900, "latency_ms": 0.5,
+        ...                     "peak_memory_bytes": 64, "energy_uj": 0.25}}
+        >>> row = table_rows({"task": {"primary_metric": "accuracy"}, "steps": [step]})[0]
+        >>> row["metric"], row["score"], row["params_nz"]
+        ('accuracy 97.04 (test split)', '97.04 (test)', '100 (nz 40)')
+    """
     task = report.get("task") or {}
     primary = task.get("primary_metric")
     rows = []
     for step in report["steps"]:
         p = step["profile"]
-        metrics = step["metrics"]
-        metric = f"{primary} {metrics[primary]:.4g}" if primary in metrics else "-"
-        latency = "-"
+        metric, score = "-", "-"
+        split = evaluated_split(step)
+        value = (
+            step.get("records", {}).get(f"{split}_{primary}")
+            if split
+            else step["metrics"].get(primary)
+        )
+        if value is not None:
+            score = f"{value:.4g}" + (f" ({split})" if split else "")
+            metric = f"{primary} {value:.4g}" + (f" ({split} split)" if split else "")
+        latency = median = "-"
         if p.get("latency_ms") is not None:
             lat = step.get("latency") or {}
-            latency = f"{p['latency_ms']:.3f}"
+            latency = median = f"{p['latency_ms']:.3f}"
             if lat:
                 latency += f" ({lat['p10_ms']:.3f}-{lat['p90_ms']:.3f})"
+        params, nonzero = p["params"], p["params_nonzero"]
         rows.append(
             {
                 "step": step["name"],
                 "metric": metric,
-                "params": f"{p['params']:,}",
-                "params_nonzero": f"{p['params_nonzero']:,}",
+                "score": score,
+                "params": f"{params:,}",
+                "params_nonzero": f"{nonzero:,}",
+                "params_nz": f"{params:,}" + (f" (nz {nonzero:,})" if nonzero < params else ""),
                 "flops": human(p["flops"]),
                 "bytes_on_disk": human_bytes(p["bytes_on_disk"]),
                 "latency": latency,
+                "latency_ms": median,
                 "peak_memory_bytes": human_bytes(p["peak_memory_bytes"]),
                 "energy_uj": f"{p['energy_uj']:.3g}",
                 "seconds": f"{step['seconds']:.1f}",
             }
         )
     return rows
+
+
+def evaluated_split(step: dict[str, Any]) -> str | None:
+    """The split an `evaluate` step evaluated (None for any other step).
+
+    Example:
+        >>> evaluated_split({"name": "evaluate", "config": {"split": "test"}})
+        'test'
+    """
+    if step["name"] != "evaluate":
+        return None
+    split = (step.get("config") or {}).get("split")
+    return str(split) if split else None
+
+
+def latency_setup(report: dict[str, Any]) -> str | None:
+    """How latency was measured, from what each step's timing really used: the backend, the
+    intra-op threads, the calls timed. Steps that differ are named.
+
+    Example:
+        >>> lat = {"backend": "eager", "threads": 1, "repeats": 20, "warmup": 5}
+        >>> latency_setup({"steps": [{"name": "original", "latency": lat}]})
+        'Latency: eager backend, 1 thread, median and p10-p90 of 20 calls after 5 warm-up calls.'
+    """
+    setups: dict[str, list[str]] = {}
+    for step in report["steps"]:
+        lat = step.get("latency") or {}
+        if "backend" not in lat or "threads" not in lat:
+            continue
+        threads = f"{lat['threads']} thread" + ("s" if lat["threads"] != 1 else "")
+        text = f"{lat['backend']} backend, {threads}"
+        if "repeats" in lat:
+            text += f", median and p10-p90 of {lat['repeats']} calls"
+            text += f" after {lat['warmup']} warm-up calls" if "warmup" in lat else ""
+        setups.setdefault(text, []).append(step["name"])
+    if not setups:
+        return None
+    if len(setups) == 1:
+        return f"Latency: {next(iter(setups))}."
+    return "Latency: " + "; ".join(f"{t} ({', '.join(names)})" for t, names in setups.items()) + "."
+
+
+def fit_layout(
+    layouts: Sequence[Sequence[str]],
+    titles: dict[str, str],
+    rows: Sequence[dict[str, str]],
+    width: int,
+) -> Sequence[str]:
+    """The first of `layouts` (column keys, widest first) whose table fits in `width`
+    terminal columns, or the last one: columns are left out rather than numbers cut.
+
+    Example:
+        >>> rows = [{"step": "original", "params": "50,610 (nz 5,430)", "ms": "0.112"}]
+        >>> titles = {"step": "step", "params": "params", "ms": "ms"}
+        >>> fit_layout([("step", "params", "ms"), ("step", "ms")], titles, rows, 30)
+        ('step', 'ms')
+    """
+    for layout in layouts:
+        if table_width(layout, titles, rows) <= width:
+            return layout
+    return layouts[-1]
+
+
+def table_width(
+    layout: Sequence[str], titles: dict[str, str], rows: Sequence[dict[str, str]]
+) -> int:
+    """Terminal columns a rich table (default box) takes unwrapped: per column its widest
+    cell or title plus 3 (padding and a rule), and 1 for the closing edge.
+
+    Example:
+        >>> table_width(("a", "b"), {"a": "a", "b": "bee"}, [{"a": "12345", "b": "1"}])
+        15
+    """
+    return 1 + sum(3 + max([len(titles[key]), *(len(row[key]) for row in rows)]) for key in layout)
 
 
 def human(n: float) -> str:
@@ -130,6 +233,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Profiled at batch size {batch}; FLOPs are per batch, energy per sample and an "
         "estimate; bytes on disk are the saved artifact's size.",
         "",
+    ]
+    if setup := latency_setup(report):
+        lines += [setup, ""]
+    lines += [
         "| " + " | ".join(title for _, title in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
@@ -217,6 +324,7 @@ def render_html(report: dict[str, Any]) -> str:
     warning = f"<p><b>FLOPs do not include these ops (no formula):</b> {html.escape(missing)}</p>"
     title = html.escape(f"netchisel report: {report['recipe'].get('name', 'recipe')}")
     machine = html.escape(json.dumps(report.get("machine", {}), indent=1))
+    setup = f"<p>{html.escape(latency_setup(report) or '')}</p>"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -228,6 +336,7 @@ th{{background:#f3f3f3}}figure{{display:inline-block;margin:.5em}}pre{{backgroun
 <p>FLOPs are per batch of {rows and report["steps"][0]["profile"]["batch_size"]}; energy is per
 sample and an <b>estimate</b> from op counts (Horowitz, ISSCC 2014); bytes on disk are the saved
 artifact's size; latency is measured.</p>
+{setup}
 <table><tr>{head}</tr>{body}</table>
 {warning if missing else ""}
 <h2>Metrics</h2><ul>{metric_items}</ul>

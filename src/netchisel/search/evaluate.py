@@ -1,7 +1,8 @@
 """Evaluate one candidate: build it from the recipe template, run the stages, measure it.
 
 The metrics a search optimises are those of the validation split; the test split's are
-recorded beside them for the report and never used to choose.
+recorded beside them for the report and never used to choose. Latency's p10 and p90 are
+recorded beside its median: the report's front ties candidates whose ranges overlap.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from netchisel.pipeline.artifact import artifact_bytes, save
 from netchisel.pipeline.runner import input_spec, load_model, load_task, profile_with
 from netchisel.search.space import Candidate
 from netchisel.search.spec import SearchSpec
+
+# Timed calls per candidate at least: with 20, p10 and p90 are the 3rd fastest and 3rd
+# slowest call, a spread a single outlier does not set (fewer in `profile: repeats` are raised).
+MIN_LATENCY_REPEATS = 20
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,10 @@ def evaluate_candidate(
     for name, config in recipe.stages:
         model = get_stage(name)(model, config, ctx)
     inputs = task.example_inputs(recipe.profile.batch_size)
-    measured = profile_with(recipe.profile, model, inputs)
+    settings = recipe.profile
+    if settings.latency and settings.repeats < MIN_LATENCY_REPEATS:
+        settings = dataclasses.replace(settings, repeats=MIN_LATENCY_REPEATS)
+    measured = profile_with(settings, model, inputs)
     metadata: dict[str, Any] = {
         "inputs": [input_spec(t) for t in inputs],
         "task": task.name,
@@ -76,6 +84,9 @@ def evaluate_candidate(
     artifact = save(model, directory / "model", metadata=metadata)
     measured = dataclasses.replace(measured, bytes_on_disk=artifact_bytes(artifact))
     metrics = {**measured.summary(), **task.evaluate(model, split=val)}
+    if measured.latency is not None:
+        metrics["latency_p10_ms"] = measured.latency.p10_ms
+        metrics["latency_p90_ms"] = measured.latency.p90_ms
     test = task.evaluate(model, split="test") if "test" in task.splits else {}
     return Evaluation(_numbers(metrics), _numbers(test), artifact)
 

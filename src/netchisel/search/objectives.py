@@ -11,11 +11,15 @@ modes:
   alpha = 0, beta = -1 a hard one), maximised.
 
 Hard limits (`constraints`) follow Optuna's convention: a violation value <= 0 is feasible.
+
+Domination (`dominates`) compares ranges, not points: latency is measured with noise, so a
+candidate is faster than another only when its p10-p90 range lies wholly below the other's;
+overlapping ranges are ties. Every other objective is exact (a range of one point).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,6 +48,18 @@ KNOWN_DIRECTIONS: dict[str, Direction] = {
 }
 
 MODES = ("pareto", "scalarized", "mnasnet")
+
+# Metrics measured with a spread: the keys of their p10 and p90 in a trial's metrics.
+SPREADS: dict[str, tuple[str, str]] = {"latency_ms": ("latency_p10_ms", "latency_p90_ms")}
+
+# One objective of one trial as (low, high), oriented so that higher is better.
+Range = tuple[float, float]
+
+DOMINATION_RULE = (
+    "Domination: a candidate is faster only when its whole p10-p90 latency range lies below"
+    " the other's; overlapping ranges are ties, so both can stay on the front. Other"
+    " objectives compare exactly."
+)
 
 
 @dataclass(frozen=True)
@@ -238,3 +254,66 @@ def _number(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     return float(value)
+
+
+def objective_ranges(
+    values: Sequence[float],
+    directions: Sequence[str],
+    names: Sequence[str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> list[Range]:
+    """Each objective value as a range oriented so that higher is better: `(v, v)` for an
+    exact value, the measured p10-p90 for a metric in `SPREADS` when `metrics` has them.
+
+    Example:
+        >>> objective_ranges([97.0, 1.2], ["maximize", "minimize"], ["accuracy", "latency_ms"],
+        ...                  {"latency_p10_ms": 1.0, "latency_p90_ms": 1.5})
+        [(97.0, 97.0), (-1.5, -1.0)]
+    """
+    ranges = []
+    for i, (value, direction) in enumerate(zip(values, directions, strict=True)):
+        low, high = float(value), float(value)
+        keys = SPREADS.get(names[i]) if names is not None else None
+        if keys is not None and metrics is not None and all(k in metrics for k in keys):
+            low, high = min(low, metrics[keys[0]]), max(high, metrics[keys[1]])
+        ranges.append((low, high) if direction == "maximize" else (-high, -low))
+    return ranges
+
+
+def dominates(a: Sequence[Range], b: Sequence[Range]) -> bool:
+    """Whether `a` is no worse than `b` on every objective and better on one. On an objective
+    `a` is better only when its whole range lies above `b`'s; overlapping ranges are ties.
+
+    Example:
+        >>> dominates([(97.0, 97.0), (-1.5, -1.0)], [(96.0, 96.0), (-1.4, -1.1)])  # latency tie
+        True
+        >>> dominates([(97.0, 97.0), (-1.5, -1.0)], [(97.0, 97.0), (-1.4, -1.1)])  # all ties
+        False
+    """
+    better = False
+    for (a_low, a_high), (b_low, b_high) in zip(a, b, strict=True):
+        if a_high < b_low:
+            return False
+        better = better or a_low > b_high
+    return better
+
+
+def non_dominated(ranges: Sequence[Sequence[Range]]) -> list[int]:
+    """The indices of the entries no other entry dominates (the Pareto front), in order.
+
+    Exact objectives compare as points and ranges only tie, never beat one another when they
+    overlap, so the relation has no cycle and the front is never empty.
+
+    Example:
+        >>> fast, slow = (-1.0, -0.9), (-1.2, -1.1)  # latency p10-p90, negated
+        >>> non_dominated([[(97.0, 97.0), fast], [(98.0, 98.0), (-1.05, -0.95)],
+        ...                [(96.0, 96.0), slow]])
+        [1]
+        >>> non_dominated([[(97.0, 97.0), fast], [(96.0, 96.0), (-0.6, -0.5)]])
+        [0, 1]
+    """
+    return [
+        i
+        for i, entry in enumerate(ranges)
+        if not any(dominates(other, entry) for j, other in enumerate(ranges) if j != i)
+    ]

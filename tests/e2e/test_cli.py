@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -276,3 +278,43 @@ def test_the_demo_prunes_distills_and_quantizes(tmp_path: Path) -> None:
 def test_an_unknown_demo_model_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(capsys, "demo", "--model", "vgg")
     assert code == 2 and err == "netchisel: error: --model 'vgg': the demos are cnn, resnet\n"
+
+
+def _summary_at(width: int, report: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> str:
+    """What `_print_summary` prints on a terminal `width` columns wide."""
+    from rich.console import Console
+
+    import netchisel.cli
+
+    console = Console(width=width, file=io.StringIO())
+    monkeypatch.setattr(netchisel.cli, "console", console)
+    netchisel.cli._print_summary(report, Path("out"))
+    return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+
+
+def test_the_summary_fits_80_columns_and_shows_nonzero_params(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.report.test_render import _pruned_then_tested
+
+    report = _pruned_then_tested()
+    report["steps"][1]["name"] = "prune.unstructured_long_name"  # a wide step column too
+    out = _summary_at(80, report, monkeypatch)
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out
+    assert "1,000 (nz 100)" in out and "97.25 (test)" in out  # the evaluate row's test split
+    assert "Latency: eager backend, 2 threads" in out
+    wide = _summary_at(160, report, monkeypatch)  # room for every column
+    assert "1.250 (1.000-1.500)" in wide and "µJ est." in wide and "FLOPs" in wide
+
+
+def test_the_summary_of_a_run_names_the_test_split_at_80_columns(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = json.loads((run_dir / "report.json").read_text())
+    out = _summary_at(80, report, monkeypatch)
+    assert max(len(line) for line in out.splitlines()) <= 80
+    test_accuracy = report["steps"][2]["records"]["test_accuracy"]
+    row = next(line for line in out.splitlines() if "evaluate" in line)
+    assert f"{test_accuracy:.4g} (test)" in row
+    assert "(nz" not in out  # nothing was pruned

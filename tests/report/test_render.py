@@ -1,12 +1,28 @@
 from __future__ import annotations
 
+import copy
+import html
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
+from rich.table import Table
 
 from netchisel.core.errors import ArtifactError
-from netchisel.report.render import human, human_bytes, read_report, render_markdown, write_reports
+from netchisel.report.render import (
+    fit_layout,
+    human,
+    human_bytes,
+    latency_setup,
+    read_report,
+    render_html,
+    render_markdown,
+    table_rows,
+    write_reports,
+)
 
 
 def _report() -> dict[str, object]:
@@ -30,7 +46,14 @@ def _report() -> dict[str, object]:
             "metrics": {"accuracy": acc},
             "records": {},
             "profile": profile,
-            "latency": {"p10_ms": 1.0, "p90_ms": 1.5},
+            "latency": {
+                "p10_ms": 1.0,
+                "p90_ms": 1.5,
+                "backend": "eager",
+                "threads": 2,
+                "repeats": 30,
+                "warmup": 5,
+            },
             "per_module": {"params": {"": 1000, "fc": 1000}, "flops": {"": flops, "fc": flops}},
         }
 
@@ -100,3 +123,71 @@ def test_sensitivity_curves_are_a_table_in_markdown_and_a_plot_in_html(tmp_path:
     page = (tmp_path / "report.html").read_text()
     assert page.count("<svg") == 5
     assert "sensitivity (finetune): x = chosen" in page and "fc2" in page
+
+
+def _pruned_then_tested() -> dict[str, Any]:
+    """`_report` with a pruning step (900 of 1,000 weights left) and `evaluate: {split: test}`."""
+    report: dict[str, Any] = _report()
+    original, finetune = report["steps"]
+    pruned = copy.deepcopy(finetune)
+    pruned["name"] = "prune.unstructured"
+    pruned["profile"]["params_nonzero"] = 100
+    tested = copy.deepcopy(pruned)
+    tested.update(name="evaluate", config={"split": "test"}, seconds=0.2)
+    tested["records"] = {"test_accuracy": 97.25, "test_loss": 0.1}
+    report["steps"] = [original, pruned, tested]
+    report["task"] = {"primary_metric": "accuracy", "eval_split": "val"}
+    return report
+
+
+def test_the_evaluate_row_shows_the_split_it_evaluated() -> None:
+    md = render_markdown(_pruned_then_tested())
+    # the test split's accuracy, not the validation accuracy the runner measured beside it
+    assert (
+        "| evaluate | accuracy 97.25 (test split) | 1,000 | 100 | 1M | 2.93 KiB "
+        "| 1.250 (1.000-1.500) | 8.79 KiB | 0.5 | 0.2 |"
+    ) in md
+    assert "| prune.unstructured | accuracy 98.5 | 1,000 | 100 |" in md
+    rows = table_rows(_pruned_then_tested())
+    assert [r["score"] for r in rows] == ["98", "98.5", "97.25 (test)"]
+    assert [r["params_nz"] for r in rows] == ["1,000 (nz 900)", "1,000 (nz 100)", "1,000 (nz 100)"]
+
+
+def test_the_latency_backend_and_threads_used_are_stated() -> None:
+    line = (
+        "Latency: eager backend, 2 threads, median and p10-p90 of 30 calls after 5 warm-up calls."
+    )
+    assert line in render_markdown(_report())
+    assert html.escape(line) in render_html(_report())
+    report = _report()
+    report["steps"][1]["latency"] = {
+        "p10_ms": 1.0,
+        "p90_ms": 1.5,
+        "backend": "compile",
+        "threads": 1,
+    }
+    assert latency_setup(report) == (
+        "Latency: eager backend, 2 threads, median and p10-p90 of 30 calls after 5 warm-up calls"
+        " (original); compile backend, 1 thread (finetune)."
+    )
+    report["steps"] = [{"name": "old", "latency": {"p10_ms": 1.0, "p90_ms": 1.5}}]
+    assert latency_setup(report) is None  # a report written before the fields existed
+
+
+def test_fit_layout_leaves_out_columns_rather_than_cutting_numbers() -> None:
+    rows = [{"a": "1,000 (nz 100)", "b": "1.250 (1.000-1.500)", "c": "1.250"}]
+    titles = {"a": "params", "b": "ms (p10-p90)", "c": "ms"}
+    layouts = [("a", "b"), ("a", "c")]
+    assert fit_layout(layouts, titles, rows, 40) == ("a", "b")  # 1 + (14 + 3) + (19 + 3)
+    assert fit_layout(layouts, titles, rows, 39) == ("a", "c")
+    assert fit_layout(layouts, titles, rows, 10) == ("a", "c")  # nothing fits: the narrowest
+    # the width it counts is the width rich draws: at 40 columns every cell is whole
+    table = Table()
+    for key in ("a", "b"):
+        table.add_column(titles[key], no_wrap=True)
+    table.add_row(rows[0]["a"], rows[0]["b"])
+    console = Console(width=40, file=io.StringIO())
+    console.print(table)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "1,000 (nz 100)" in text and "1.250 (1.000-1.500)" in text and "…" not in text
+    assert max(len(line) for line in text.splitlines()) == 40

@@ -1,7 +1,14 @@
 import pytest
 
 from netchisel.core.errors import ConfigError
-from netchisel.search.objectives import MnasReward, parse_objectives
+from netchisel.search.objectives import (
+    MnasReward,
+    Range,
+    dominates,
+    non_dominated,
+    objective_ranges,
+    parse_objectives,
+)
 
 METRICS = {"accuracy": 90.0, "latency_ms": 4.0, "params": 1000.0, "bytes_on_disk": 5000.0}
 
@@ -61,3 +68,31 @@ def test_a_metric_that_was_not_measured_is_named() -> None:
 def test_bad_objectives_are_one_clear_error(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_objectives(data)
+
+
+def test_latency_ranges_that_overlap_are_ties() -> None:
+    directions, names = ["maximize", "minimize"], ["accuracy", "latency_ms"]
+
+    def ranges(acc: float, p10: float, median: float, p90: float) -> list[Range]:
+        spread = {"latency_p10_ms": p10, "latency_p90_ms": p90}
+        return objective_ranges([acc, median], directions, names, spread)
+
+    a = ranges(95.0, 0.9, 1.0, 1.2)  # faster by the median ...
+    b = ranges(95.0, 1.0, 1.1, 1.3)  # ... but inside each other's p10-p90
+    assert a == [(95.0, 95.0), (-1.2, -0.9)]
+    assert not dominates(a, b) and not dominates(b, a)
+    assert non_dominated([a, b]) == [0, 1]  # both stay on the front
+    c = ranges(95.0, 1.21, 1.25, 1.3)  # wholly slower than a (1.21 > 1.2), not than b
+    assert dominates(a, c) and not dominates(b, c)
+    assert non_dominated([a, b, c]) == [0, 1]
+    d = ranges(96.0, 1.1, 1.15, 1.25)  # more accurate, latency tied with a and b
+    assert non_dominated([a, b, c, d]) == [3]
+    # without the spread the medians decide, as Optuna's front does
+    points = [objective_ranges([95.0, m], directions) for m in (1.0, 1.1)]
+    assert non_dominated(points) == [0]
+
+
+def test_only_a_metric_with_a_measured_spread_is_a_range() -> None:
+    spread = {"latency_p10_ms": 1.0, "latency_p90_ms": 2.0}
+    assert objective_ranges([10.0], ["minimize"], ["params"], spread) == [(-10.0, -10.0)]
+    assert objective_ranges([1.5], ["minimize"], ["latency_ms"], {}) == [(-1.5, -1.5)]

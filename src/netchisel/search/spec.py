@@ -27,13 +27,16 @@ entry or list item whose placeholder names a dimension that is inactive for this
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from netchisel.core.errors import ConfigError
+import torch
+
+from netchisel.core.errors import ConfigError, ModelError
 from netchisel.pipeline.recipe import Recipe, parse_recipe, read_yaml
 from netchisel.search.objectives import Objectives, parse_objectives
 from netchisel.search.space import Candidate, Space, parse_space
@@ -58,6 +61,21 @@ SPEC_KEYS = (
 )
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 _DROP = object()
+# What `Profile.summary()` gives every candidate (tests keep this in step with it), and the
+# latency spread the search records beside the median.
+PROFILE_METRICS = (
+    "params",
+    "params_nonzero",
+    "flops",
+    "macs",
+    "bytes_in_memory",
+    "bytes_on_disk",
+    "peak_memory_bytes",
+    "energy_uj",
+    "latency_ms",
+    "batch_size",
+)
+LATENCY_METRICS = ("latency_ms", "latency_p10_ms", "latency_p90_ms")
 
 
 @dataclass(frozen=True)
@@ -145,6 +163,71 @@ def parse_search_spec(data: Any, default_name: str = "search") -> SearchSpec:
     _check_placeholders(template, space)
     spec.recipe(space.sample(random.Random(spec.seed)), spec.output / "trials" / "check")
     return spec
+
+
+def check_metrics(spec: SearchSpec) -> None:
+    """Refuse, before trial 1, an objective, constraint or weight on a metric no trial measures.
+
+    The profile's names are known (`PROFILE_METRICS`; the latency ones only when the recipe
+    measures latency); the task's are those its metrics function returns for one batch on
+    the first candidate's model before training, which costs one forward pass. A candidate
+    that cannot be built is left to its trial, which records why.
+
+    Example:
+        >>> spec = load_search_spec("examples/search/hpo_cnn.yaml")  # doctest: +SKIP
+        >>> check_metrics(spec)  # doctest: +SKIP
+    """
+    recipe = spec.recipe(spec.space.sample(random.Random(spec.seed)), spec.output / "check")
+    task_metrics = _task_metrics(recipe)
+    if task_metrics is None:
+        return
+    profile = [m for m in PROFILE_METRICS if recipe.profile.latency or m not in LATENCY_METRICS]
+    if recipe.profile.latency:
+        profile += [m for m in LATENCY_METRICS if m not in profile]
+    objectives = spec.objectives
+    wanted = [("objectives", t.metric) for t in objectives.targets if objectives.mode == "pareto"]
+    wanted += [(f"constraints.{lim.metric}", lim.metric) for lim in objectives.limits]
+    wanted += [(f"weights.{m}", m) for m in objectives.weights]
+    if objectives.reward is not None:
+        wanted += [("reward.metric", objectives.reward.metric)]
+        wanted += [("reward.latency", objectives.reward.latency)]
+    for where, metric in wanted:
+        if metric not in task_metrics and metric not in profile:
+            latency = (
+                " (latency_ms needs profile: {latency: true})" if metric in LATENCY_METRICS else ""
+            )
+            raise ConfigError(
+                f"search.{where}: no trial measures {metric!r}{latency}; the task gives "
+                f"{', '.join(task_metrics)} and the profile {', '.join(profile)}"
+            )
+    if spec.pruner != "none" and objectives.targets[0].metric not in task_metrics:
+        raise ConfigError(
+            f"search.pruner: the objective {objectives.targets[0].metric!r} is not a task "
+            f"metric measured while training (the task gives {', '.join(task_metrics)}); "
+            "drop the pruner"
+        )
+
+
+def _task_metrics(recipe: Recipe) -> list[str] | None:
+    """The names of the task's metrics, from one batch of its evaluation split (the search
+    evaluates on `val` where the task has one)."""
+    from netchisel.pipeline.runner import load_model, load_task
+
+    try:
+        torch.manual_seed(recipe.seed)
+        model = load_model(recipe.model).to(recipe.device)
+        task = load_task(recipe.task, recipe.model, copy.deepcopy(model).eval())
+        if task is None:
+            raise ConfigError(
+                "search.recipe: add 'task:' so candidates can be trained and evaluated"
+            )
+        split = "val" if "val" in task.splits else task.eval_split
+        batch = tuple(t.to(recipe.device) for t in next(iter(task.loader(split))))
+        model.eval()
+        with torch.no_grad():
+            return list(task.metrics_fn(model, [batch]))
+    except (ModelError, RuntimeError, ValueError, ArithmeticError, StopIteration):
+        return None  # this candidate's trial will fail and record why
 
 
 def build_space(data: Any, template: Mapping[str, Any]) -> Space:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,8 @@ def storage_url(output: Path, storage: str | None, workers: int) -> str:
     Example:
         >>> storage_url(Path("/tmp/run"), None, 1)
         'sqlite:////tmp/run/study.db'
+        >>> storage_url(Path("/tmp/run?v=2#b"), None, 1)  # escaped: the file stays inside
+        'sqlite:////tmp/run%3Fv%3D2%23b/study.db'
     """
     if storage:
         scheme = storage.split(":", 1)[0].split("+", 1)[0]
@@ -69,10 +72,22 @@ def storage_url(output: Path, storage: str | None, workers: int) -> str:
                 f"{out} holds a one-process SQLite study: continue it without --workers, or "
                 "start the parallel search in a new output"
             )
-        return f"sqlite:///{out / SQLITE_FILE}"
+        return sqlite_url(out / SQLITE_FILE)
     if (out / JOURNAL_FILE).exists() or workers > 1:
         return f"journal:{out / JOURNAL_FILE}"
-    return f"sqlite:///{out / SQLITE_FILE}"
+    return sqlite_url(out / SQLITE_FILE)
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file, its path percent-escaped: SQLAlchemy unescapes it,
+    and unescaped, a `?` or `#` in a directory name would start the URL's query or fragment
+    (the database would land in a parent directory), a `{` would break Optuna's URL template.
+
+    Example:
+        >>> sqlite_url(Path("/tmp/a b/study.db"))
+        'sqlite:////tmp/a%20b/study.db'
+    """
+    return "sqlite:///" + urllib.parse.quote(str(path), safe="/")
 
 
 def is_local(url: str) -> bool:

@@ -24,9 +24,9 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from netchisel.core.errors import ConfigError, ModelError, first_line
+from netchisel.core.errors import ConfigError, Interrupted, ModelError, first_line
 from netchisel.search.evaluate import evaluate_candidate
-from netchisel.search.spec import SearchSpec, load_search_spec, parse_search_spec
+from netchisel.search.spec import SearchSpec, check_metrics, load_search_spec, parse_search_spec
 from netchisel.search.storage import (
     counted_trials,
     is_local,
@@ -64,15 +64,15 @@ def run_search(
     """Run (or continue) a search and write its report and best candidates.
 
     Running the same command again after an interruption continues the study: completed
-    trials are kept and the interrupted ones are run again.
+    trials are kept and the interrupted ones are run again. Everything the spec names is
+    checked before the study is opened (`check_metrics`), so a corrected spec runs under the
+    same output.
 
     Example:
         >>> result = run_search("examples/search/hpo_cnn.yaml", quiet=True)  # doctest: +SKIP
         >>> len(result.report["pareto"]) >= 1  # doctest: +SKIP
         True
     """
-    from netchisel.search.report import write_search_report
-
     if not isinstance(spec, SearchSpec):
         spec = load_search_spec(spec)
     if workers < 1:
@@ -83,21 +83,36 @@ def run_search(
     out = Path(output) if output is not None else spec.output
     check_search_output(out)
     url = storage_url(out, storage or spec.storage, workers)
+    check_metrics(spec)
     lock = search_lock(out) if is_local(url) else contextlib.nullcontext()
-    with lock:
-        study = open_study(spec, url)
-        out.mkdir(parents=True, exist_ok=True)
-        if is_local(url):
-            requeue_interrupted(study)
-        (out / SPEC_FILE).write_text(yaml.safe_dump(dict(spec.raw), sort_keys=False))
-        with _progress(study, target, spec, quiet) as update:
-            if workers == 1:
-                optimize(spec, url, out, target, alone=True, on_trial=update)
-            else:
-                _run_workers(spec, url, out, target, workers, update)
-            update()
-        _check_not_all_failed(study)
-        report = write_search_report(study, spec, out, url)
+    try:
+        with lock:
+            return _search(spec, out, url, workers, target, quiet)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted: the finished trials are kept in {out}; run the same command to continue"
+        ) from None
+
+
+def _search(
+    spec: SearchSpec, out: Path, url: str, workers: int, target: int, quiet: bool
+) -> SearchResult:
+    """Open the study, run the missing trials and write the report (holding the lock)."""
+    from netchisel.search.report import write_search_report
+
+    study = open_study(spec, url)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_local(url):
+        requeue_interrupted(study)
+    (out / SPEC_FILE).write_text(yaml.safe_dump(dict(spec.raw), sort_keys=False))
+    with _progress(study, target, spec, quiet) as update:
+        if workers == 1:
+            optimize(spec, url, out, target, alone=True, on_trial=update)
+        else:
+            _run_workers(spec, url, out, target, workers, update)
+        update()
+    _check_not_all_failed(study)
+    report = write_search_report(study, spec, out, url)
     return SearchResult(out, report, study)
 
 
@@ -208,6 +223,10 @@ def objective(spec: SearchSpec, trial: optuna.Trial, out: Path) -> list[float]:
         evaluation = evaluate_candidate(spec, candidate, directory, report=report)
     except optuna.TrialPruned:
         raise
+    except KeyboardInterrupt:  # Optuna fails the trial; it is not counted and is run again
+        trial.set_user_attr("interrupted", True)
+        trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        raise
     except Exception as e:
         trial.set_user_attr("error", f"{type(e).__name__}: {first_line(e)}")
         raise
@@ -279,7 +298,10 @@ def _worker_main(raw: dict[str, Any], name: str, url: str, out: str, target: int
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = parse_search_spec(raw, name)
-    optimize(spec, url, Path(out), target)
+    try:
+        optimize(spec, url, Path(out), target)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker; the main process says it once
+        sys.exit(130)
 
 
 def _die_with_parent() -> None:
@@ -367,4 +389,4 @@ def _status(study: optuna.Study, spec: SearchSpec) -> str:
     if len(directions) == 1:
         best = best_trials(feasible, directions)[0]
         return f"best {spec.objectives.names()[0]} {best.values[0]:.4g}"
-    return f"Pareto front {len(best_trials(feasible, directions))}"
+    return f"Pareto front {len(best_trials(feasible, directions, spec.objectives.names()))}"

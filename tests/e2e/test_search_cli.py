@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -68,3 +69,26 @@ def test_a_broken_spec_is_one_line_and_exit_2(
     assert code == 2
     assert err.count("\n") == 1 and message.format(path=path) in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_search_summary_fits_80_columns_and_marks_the_exported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    import netchisel.cli
+    from netchisel.search.report import write_search_report
+    from netchisel.search.spec import parse_search_spec
+    from tests.search.test_report import _study
+
+    spec = parse_search_spec(spec_with(objectives=["accuracy", "latency_ms"], export=2))
+    report = write_search_report(_study(), spec, tmp_path, "sqlite:///study.db")
+    console = Console(width=80, file=io.StringIO())
+    monkeypatch.setattr(netchisel.cli, "console", console)
+    netchisel.cli._print_search_summary(report, tmp_path)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
+    rows = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│ ")]
+    assert [r for r in rows if r] == ["0 *", "1 *", "3"]
+    assert "1.1 (1-1.3)" in out and "Pareto front: 3 trial(s); * marks the 2 exported." in out
+    assert "overlapping ranges are ties" in out

@@ -94,6 +94,9 @@ def test_best_candidates_are_re_timed_side_by_side(out: Path) -> None:
     for row in report["best"]:
         assert row["latency_ms_retimed"] > 0 and row["metrics"]["latency_ms"] > 0
     assert all("latency_ms_retimed" not in t for t in report["trials"])
+    for t in report["trials"]:  # the spread the front's domination rule reads
+        m = t["metrics"]
+        assert 0 < m["latency_p10_ms"] <= m["latency_ms"] <= m["latency_p90_ms"]
     md = (out / "report.md").read_text()
     assert "re-timed ms" in md and "side by side, in turns (10 rounds of 1 calls" in md
     # without latency in the profile there is nothing to re-time

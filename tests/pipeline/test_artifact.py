@@ -292,13 +292,13 @@ def test_load_never_calls_an_unmarked_function(tmp_path: Path) -> None:
         "kwargs": {"command": "touch " + str(tmp_path / "pwned")},
     }
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"not marked with @netchisel\.builder"):
+    with pytest.raises(ArtifactError, match=r"builder 'os:system', which is not trusted"):
         load(directory)
     assert not (tmp_path / "pwned").exists()
     manifest["builder"] = None
     manifest["edits"][0]["module"].setdefault("attrs", {})["hook"] = {"__callable__": "os:system"}
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="outside torch and netchisel"):
+    with pytest.raises(ArtifactError, match="function 'os:system', which is not trusted"):
         load(directory)
 
 

@@ -30,16 +30,18 @@ def mark_builder(model: nn.Module, ref: str, kwargs: dict[str, Any]) -> nn.Modul
 
 
 _TRUSTED_ATTR = "__netchisel_builder__"
+_REGISTERED: dict[str, object] = {}
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 
 def builder(fn: F) -> F:
-    """Mark a function as a model builder that artifacts may call when they are loaded.
+    """Mark a function (or an nn.Module class) as one that artifacts may name when loaded.
 
-    Loading an artifact calls its builder with kwargs read from the file; only functions
-    marked with this decorator (and nn.Module classes) are called, so a tampered manifest
-    cannot make `load` run an arbitrary function. Models from unmarked builders are saved
-    with their whole structure described instead.
+    Loading an artifact calls its builder with kwargs read from the file, and rebuilds module
+    classes it names; `netchisel.load` accepts only names it holds in an allow-list (see
+    docs/security.md). This decorator adds `fn` to it, under its "module:qualname", once the
+    code defining it has been imported. Models from unmarked builders are saved with their
+    whole structure described instead.
 
     Example:
         >>> @builder
@@ -49,7 +51,13 @@ def builder(fn: F) -> F:
         True
     """
     setattr(fn, _TRUSTED_ATTR, True)
+    _REGISTERED[f"{fn.__module__}:{fn.__qualname__}"] = fn
     return fn
+
+
+def registered_builders() -> dict[str, object]:
+    """Every function and class marked with `@builder` so far, by "module:qualname"."""
+    return dict(_REGISTERED)
 
 
 def is_trusted_builder(fn: object) -> bool:

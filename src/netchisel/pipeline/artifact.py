@@ -8,6 +8,7 @@ removed modules), then the codec of every tensor. See docs/formats.md.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -21,7 +22,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from netchisel.core.errors import ArtifactError, ConfigError, ModelError
+from netchisel.core.errors import (
+    ArtifactError,
+    ConfigError,
+    ModelError,
+    NetChiselError,
+    first_line,
+)
 from netchisel.core.files import as_if_created
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import (
@@ -31,22 +38,33 @@ from netchisel.core.modules import (
     mark_builder,
     resolve_builder,
 )
-from netchisel.pipeline.codecs import get_codec, smallest_codec
+from netchisel.pipeline.codecs import decode_checked, get_codec, smallest_codec
 from netchisel.pipeline.describe import (
+    DTYPES,
     JSON,
     apply_tensor_specs,
     attributes,
-    decode_value,
     describe,
     encode_value,
     rebuild,
     refresh_caches,
+    set_attributes,
     tensor_specs,
 )
 from netchisel.pipeline.export import EXPORTS, export_onnx, export_pt2
+from netchisel.pipeline.schema import check_manifest
+from netchisel.pipeline.trust import Allowed, Trusted
 
 FORMAT = "netchisel-artifact"
-FORMAT_VERSION = 2  # 2: defaults left out of the manifest, written without indentation
+# 2: defaults left out of the manifest, written without indentation.
+# 3: the dtype of every tensor is declared (float32 when absent), so a swapped one is caught.
+FORMAT_VERSION = 3
+MAX_MANIFEST_BYTES = 64 << 20
+# What a builder may allocate, beside the weights file it will be filled from: generous for
+# pruned and entropy-coded files (Deep Compression reaches 60x), small enough that a manifest
+# asking nn.Linear for a terabyte is refused before anything is allocated.
+BUILD_BYTES_PER_FILE_BYTE = 256
+MIN_BUILD_BUDGET = 1 << 30
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 _CODEC_ATTR = "_netchisel_codecs"
@@ -89,6 +107,7 @@ def save(
         raise ArtifactError(f"{target} is a file: an artifact is a directory; choose another")
     if target.exists() and not (target / MANIFEST).exists() and any(target.iterdir()):
         raise ArtifactError(f"{target} exists and is not an artifact; choose another directory")
+    _refuse_nan(model)
     stored, tensors, aliases = _encode_state(model)
     structure = _structure(model)
     _leave_out_known_shapes(structure["edits"], set(model.state_dict()))
@@ -122,8 +141,13 @@ def save(
     return target
 
 
-def load(directory: str | Path) -> nn.Module:
+def load(directory: str | Path, *, trust: Iterable[Trusted] = ()) -> nn.Module:
     """Rebuild the saved model (in eval mode) from an artifact directory.
+
+    The manifest is untrusted data: it may name only torch's layers and functions,
+    netchisel's, `@netchisel.builder` ones, and what `trust` lists (classes, functions or
+    "module:name" strings); anything else, or a file that does not match its manifest, is an
+    ArtifactError before any of it is built (docs/security.md).
 
     Example:
         >>> import tempfile
@@ -133,26 +157,22 @@ def load(directory: str | Path) -> nn.Module:
         True
     """
     root = Path(directory)
+    allowed = Allowed.with_trust(trust)
     manifest = read_manifest(root)
-    weights = root / WEIGHTS
-    expected = manifest["files"].get(WEIGHTS, {})
-    if not weights.is_file():
-        raise ArtifactError(f"{root}: {WEIGHTS} is missing")
-    if _file_info(weights) != expected:
+    weights = _regular_file(root, WEIGHTS)
+    expected = manifest["files"][WEIGHTS]
+    if weights.stat().st_size != expected["bytes"] or _file_info(weights) != expected:
         raise ArtifactError(f"{weights} is corrupt: its size or checksum differs from the manifest")
     try:
         stored = load_file(str(weights))
     except (SafetensorError, OSError) as e:
-        raise ArtifactError(f"{weights} cannot be read: {e}") from None
+        raise ArtifactError(f"{weights} cannot be read: {first_line(e)}") from None
     codecs = manifest.get("tensors", {})
-    state = _decode_state(stored, codecs, manifest.get("aliases", {}))
-    model = _rebuild_structure(manifest, state)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ArtifactError(f"{root}: the weights do not fit the rebuilt model: {detail}") from None
+    budget = max(BUILD_BYTES_PER_FILE_BYTE * expected["bytes"], MIN_BUILD_BUDGET)
+    state = _decode_state(stored, codecs, manifest.get("aliases", {}), budget)
+    model = _rebuild_structure(manifest, state, allowed, budget)
+    _check_fit(model, state)
+    model.load_state_dict(state, strict=True)
     params = dict(model.named_parameters())
     for name, info in codecs.items():
         if info["codec"] == "bitmask" and name in params:
@@ -163,24 +183,46 @@ def load(directory: str | Path) -> nn.Module:
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    """The parsed manifest, or an ArtifactError saying why the directory is not an artifact."""
+    """The manifest, parsed and checked against the schema; or an ArtifactError saying why
+    the directory is not an artifact."""
+    root = Path(root)
     if not root.exists():
         raise ArtifactError(f"{root} does not exist")
-    path = root / MANIFEST
-    if not path.is_file():
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is a file: an artifact is a directory")
+    if not (root / MANIFEST).exists() and not (root / MANIFEST).is_symlink():
         raise ArtifactError(f"{root} is not a netchisel artifact (no {MANIFEST})")
+    path = _regular_file(root, MANIFEST)
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB: refused")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is corrupt: {e}") from None
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ArtifactError(f"{path} is corrupt: {first_line(e)}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a netchisel manifest")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArtifactError(f"{path} has no valid format_version")
+    if version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{path} has format version {manifest['format_version']}; this netchisel reads up to "
+            f"{path} has format version {version}; this netchisel reads up to "
             f"{FORMAT_VERSION}: upgrade netchisel"
         )
+    check_manifest(manifest, frozenset(DTYPES))
     return manifest
+
+
+def _regular_file(root: Path, name: str) -> Path:
+    """`root/name` if it is a regular file, not a link (which could lead anywhere) or a pipe."""
+    path = root / name
+    if path.is_symlink():
+        raise ArtifactError(f"{path} is a symbolic link: an artifact holds its own files")
+    if not path.exists():
+        raise ArtifactError(f"{root}: {name} is missing")
+    if not path.is_file():
+        raise ArtifactError(f"{path} is not a regular file")
+    return path
 
 
 def artifact_bytes(directory: str | Path) -> int:
@@ -195,7 +237,11 @@ def artifact_bytes(directory: str | Path) -> int:
 def _structure(model: nn.Module) -> dict[str, Any]:
     builder = builder_of(model)
     # Only builders marked @builder are recorded: load will call them with the file's kwargs.
-    if builder is None or not is_trusted_builder(resolve_builder(builder[0])):
+    if (
+        builder is None
+        or builder[0].startswith("__main__:")  # another process cannot import it
+        or not is_trusted_builder(resolve_builder(builder[0]))
+    ):
         return {
             "builder": None,
             "edits": [{"op": "replace", "path": "", "module": describe(model)}],
@@ -252,15 +298,14 @@ def _diff(cur: nn.Module, fresh: nn.Module, path: str, edits: list[JSON]) -> Non
 
 
 def _leave_out_known_shapes(edits: list[JSON], state_names: set[str]) -> None:
-    """Drop shape and dtype from the specs of tensors the weights file holds: `load` reads
-    them from there (the file already records every stored tensor's shape and dtype)."""
+    """Drop the shape from the specs of tensors the weights file holds: `load` reads it from
+    there. The dtype stays (float32 is the default, left out), so `load` can check it."""
 
     def strip(specs: dict[str, JSON], path: str) -> None:
         for name, spec in specs.items():
             key = f"{path}.{name}" if path else name
             if key in state_names and not spec.get("none") and spec.get("persistent", True):
                 spec.pop("shape", None)
-                spec.pop("dtype", None)
 
     def walk(module: JSON | None, path: str) -> None:
         if module is None:
@@ -283,20 +328,18 @@ def _same(a: Any, b: Any) -> bool:
         return a is b
 
 
-def _rebuild_structure(manifest: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    builder = manifest.get("builder")
+def _rebuild_structure(
+    manifest: dict[str, Any], state: dict[str, torch.Tensor], allowed: Allowed, budget: int
+) -> nn.Module:
+    builder = manifest["builder"]
+    legacy = manifest["format_version"] < 3  # format 2 left stored tensors' dtypes out
     model: nn.Module | None = None
     if builder is not None:
-        if not is_trusted_builder(resolve_builder(builder["ref"])):
-            raise ArtifactError(
-                f"the manifest names builder {builder['ref']!r}, which is not marked with "
-                "@netchisel.builder: refusing to call it"
-            )
-        model = build(builder["ref"], dict(builder["kwargs"]))
-    for edit in manifest.get("edits", []):
+        model = _call_builder(builder["ref"], builder["kwargs"], allowed, budget)
+    for edit in manifest["edits"]:
         op, path = edit["op"], edit["path"]
         if op == "replace" and path == "":
-            model = rebuild(edit["module"], state)
+            model = rebuild(edit["module"], state, "", allowed, legacy)
             continue
         if model is None:
             raise ArtifactError("manifest has edits but no builder and no root module")
@@ -309,26 +352,96 @@ def _rebuild_structure(manifest: dict[str, Any], state: dict[str, torch.Tensor])
                 f"manifest edit {op} names {path!r}, which the model lacks"
             ) from None
         if op == "replace":
-            parent._modules[name] = rebuild(edit["module"], state, path) if edit["module"] else None
+            module = edit["module"]
+            parent._modules[name] = (
+                rebuild(module, state, path, allowed, legacy) if module else None
+            )
         elif op == "remove":
             parent._modules.pop(name, None)
         elif op == "patch" and target is not None:
-            for key, value in edit.get("attrs", {}).items():
-                object.__setattr__(target, key, decode_value(value))
-            apply_tensor_specs(target, edit.get("tensors", {}), state, path)
+            set_attributes(target, edit.get("attrs", {}), allowed, path)
+            apply_tensor_specs(target, edit.get("tensors", {}), state, path, legacy)
             for key in edit.get("drop", []):
                 target._parameters.pop(key, None)
                 target._buffers.pop(key, None)
             refresh_caches(target)
         elif op == "order" and target is not None:
+            if sorted(edit["order"]) != sorted(target._modules):
+                raise ArtifactError(f"manifest edit order of {path!r} does not list its children")
             target._modules = {k: target._modules[k] for k in edit["order"]}
-        else:
-            raise ArtifactError(f"manifest has an unknown edit {op!r}")
     if model is None:
         raise ArtifactError("manifest has neither a builder nor a root module")
     if builder is not None:
         mark_builder(model, builder["ref"], builder["kwargs"])
     return model
+
+
+def _call_builder(ref: str, kwargs: dict[str, Any], allowed: Allowed, budget: int) -> nn.Module:
+    """Call an allowed builder with the file's kwargs, after a dry run on the meta device has
+    shown that what it builds fits `budget` bytes (a hostile manifest cannot make nn.Linear
+    allocate a terabyte)."""
+    fn = allowed.resolve(ref, "builder")
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        raise ArtifactError(f"manifest builder {ref!r}: {e}") from None
+    except ValueError:  # no signature to check
+        pass
+    try:
+        with torch.device("meta"):
+            dry = fn(**kwargs)
+        size = sum(t.numel() * t.element_size() for t in dry.state_dict().values())
+    except Exception:  # a builder that cannot run on meta is bounded by the checks after it
+        size = 0
+    if size > budget:
+        raise ArtifactError(
+            f"manifest builder {ref!r} with its kwargs makes {size:,} bytes of tensors for a "
+            f"{budget // BUILD_BYTES_PER_FILE_BYTE:,}-byte weights file: refused"
+        )
+    try:
+        model = fn(**kwargs)
+    except NetChiselError:
+        raise
+    except Exception as e:
+        raise ArtifactError(f"manifest builder {ref!r} failed: {first_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise ArtifactError(f"manifest builder {ref!r} returned {type(model).__name__}")
+    return model
+
+
+def _check_fit(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Every stored tensor has the name, shape and dtype the rebuilt model declares, and no NaN.
+
+    load_state_dict would cast a float16 or int64 tensor into a float32 parameter silently.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    if missing or extra:
+        what = f"lacks {missing[0]!r}" if missing else f"has {extra[0]!r}, which the model lacks"
+        raise ArtifactError(
+            f"the weights do not fit the rebuilt model: the file {what} "
+            f"({len(missing) + len(extra)} such)"
+        )
+    for name, want in expected.items():
+        got = state[name]
+        if got.dtype != want.dtype or got.shape != want.shape:
+            raise ArtifactError(
+                f"tensor {name!r} is stored as {_kind(got)}, the model declares {_kind(want)}: "
+                "the file is corrupt or was edited"
+            )
+        if got.is_floating_point() and bool(torch.isnan(got).any()):
+            raise ArtifactError(f"tensor {name!r} holds NaN values: refused")
+
+
+def _kind(t: torch.Tensor) -> str:
+    return f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
+
+
+def _refuse_nan(model: nn.Module) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and bool(torch.isnan(t).any()):
+            raise ModelError(f"tensor {name!r} holds NaN values (did training diverge?): not saved")
 
 
 # -- tensors -----------------------------------------------------------------------------
@@ -368,7 +481,7 @@ def _encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], JSON, dict
 
 
 def _decode_state(
-    stored: dict[str, torch.Tensor], tensors: JSON, aliases: dict[str, str]
+    stored: dict[str, torch.Tensor], tensors: JSON, aliases: dict[str, str], budget: int
 ) -> dict[str, torch.Tensor]:
     """The state dict: tensors in the codec table decoded, every other stored tensor raw."""
     state: dict[str, torch.Tensor] = {}
@@ -382,7 +495,7 @@ def _decode_state(
                 f"{WEIGHTS} lacks tensor {e.args[0]!r} named in the manifest"
             ) from None
         claimed.update(keys.values())
-        state[name] = get_codec(info["codec"]).decode(parts, info.get("meta", {}))
+        state[name] = decode_checked(name, info["codec"], parts, info.get("meta", {}), budget)
     for key, tensor in stored.items():
         if key not in claimed:
             if "::" in key:
@@ -391,6 +504,8 @@ def _decode_state(
                 )
             state[key] = tensor
     for name, canonical in aliases.items():
+        if canonical not in state:
+            raise ArtifactError(f"manifest alias {name!r} names {canonical!r}, which is not stored")
         state[name] = state[canonical]
     return state
 

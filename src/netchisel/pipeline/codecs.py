@@ -8,6 +8,7 @@ the codec of every tensor.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,39 @@ def get_codec(name: str) -> Codec:
     return _CODECS[name]
 
 
+def decode_checked(
+    name: str, codec: str, parts: dict[str, Tensor], meta: dict[str, Any], budget: int = 1 << 30
+) -> Tensor:
+    """Decode one stored tensor; a decoder's failure on corrupt data is one ArtifactError.
+
+    A codec's `meta["shape"]` may describe at most `budget` bytes of int64 (what decoders
+    work in): a few bytes of entropy-coded zeros must not make `load` allocate a terabyte.
+
+    Example:
+        >>> parts = {"mask": torch.zeros(1, dtype=torch.uint8), "values": torch.zeros(0)}
+        >>> decode_checked("w", "bitmask", parts, {"shape": [1000]})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        netchisel.core.errors.ArtifactError: tensor 'w' (codec bitmask) is corrupt: its mask ...
+    """
+    shape = meta.get("shape", [])
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ArtifactError(f"tensor {name!r} (codec {codec}) has no valid shape in its meta")
+    if math.prod(shape) * 8 > budget:
+        raise ArtifactError(
+            f"tensor {name!r} (codec {codec}) would decode to {math.prod(shape):,} entries, "
+            f"beyond what its file allows ({budget // 8:,}): refused"
+        )
+    try:
+        return get_codec(codec).decode(parts, meta)
+    except ArtifactError as e:
+        raise ArtifactError(f"tensor {name!r} (codec {codec}) is corrupt: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as e:
+        raise ArtifactError(
+            f"tensor {name!r} (codec {codec}) is corrupt: {type(e).__name__} {e}"
+        ) from None
+
+
 register_codec(
     Codec(
         "raw",
@@ -67,15 +101,19 @@ def _bitmask_encode(t: Tensor) -> Encoded:
 
 
 def _bitmask_decode(stored: dict[str, Tensor], meta: dict[str, Any]) -> Tensor:
-    numel = int(np.prod(meta["shape"])) if meta["shape"] else 1
-    bits = np.unpackbits(stored["mask"].numpy(), bitorder="little", count=numel)
+    shape = [int(s) for s in meta["shape"]]
+    numel = math.prod(shape)
+    mask = stored["mask"]
+    if mask.dtype != torch.uint8 or mask.numel() != (numel + 7) // 8:
+        raise ArtifactError(f"its mask has {mask.numel()} bytes for {numel} entries")
+    bits = np.unpackbits(mask.numpy(), bitorder="little", count=numel)
     keep = torch.from_numpy(bits.astype(bool))
     values = stored["values"]
     if int(keep.sum()) != values.numel():
-        raise ArtifactError("a bitmask tensor's mask and values disagree: the file is corrupt")
+        raise ArtifactError("its mask and values disagree")
     out = torch.zeros(numel, dtype=values.dtype)
     out[keep] = values
-    return out.reshape(meta["shape"])
+    return out.reshape(shape)
 
 
 # Sparse weights: one bit per entry saying "nonzero", then the nonzero values in order.

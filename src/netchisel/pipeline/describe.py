@@ -1,15 +1,17 @@
 """Describe a module's structure as JSON and rebuild it, with no pickle.
 
-A module is its class (imported by name, and only accepted if it is an `nn.Module`), its plain
-attributes (numbers, strings, tuples, dtypes, importable functions), the shapes and dtypes of
-its own parameters and buffers, and its children. That is enough to rebuild every torch.nn
-layer and most user modules after pruning changed their widths or a rewrite changed their type,
-without calling their constructors. Values come from the state dict afterwards.
+A module is its class (named "module:qualname"; `load` finds it only in the allow-lists of
+`trust.py`), its plain attributes (numbers, strings, tuples, dtypes, allowed functions), the
+shapes and dtypes of its own parameters and buffers, and its children. That is enough to
+rebuild every torch.nn layer and most user modules after pruning changed their widths or a
+rewrite changed their type, without calling their constructors. Values come from the state
+dict afterwards.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -18,14 +20,21 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ArtifactError, ModelError
+from netchisel.pipeline.trust import Allowed, ref_of
 
 # Attributes every nn.Module has; they are rebuilt by nn.Module.__init__, not stored.
 # The train/eval flag is not structure either: `load` returns the model in eval mode.
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _PRIMITIVES = (bool, int, float, str, type(None))
 _OURS = "_netchisel_"  # netchisel's own markers (builder, masks, codecs): not module state
+DTYPES: dict[str, torch.dtype] = {
+    str(v).removeprefix("torch."): v for v in vars(torch).values() if isinstance(v, torch.dtype)
+}
 
 JSON = Any
+# A tensor the weights file does not hold (a non-persistent buffer) is allocated from the
+# manifest's shape alone; this caps what a hostile manifest can make `load` allocate (1 GiB f32).
+MAX_DECLARED_NUMEL = 1 << 28
 
 
 def encode_value(value: Any) -> JSON:
@@ -46,37 +55,58 @@ def encode_value(value: Any) -> JSON:
         return {"__dtype__": str(value).removeprefix("torch.")}
     if isinstance(value, (set, frozenset)):
         return {"__set__": sorted(encode_value(v) for v in value)}
-    if callable(value) and _import_ref(_ref(value)) is value:
-        return {"__callable__": _ref(value)}
+    if callable(value) and _import_ref(ref_of(value)) is value:
+        if getattr(value, "__module__", None) == "__main__":
+            raise TypeError(f"function {value.__qualname__} is defined in __main__")
+        return {"__callable__": ref_of(value)}
     raise TypeError(f"{type(value).__name__} value cannot be stored")
 
 
-def decode_value(data: JSON) -> Any:
+def decode_value(data: JSON, allowed: Allowed | None = None) -> Any:
+    """The value `encode_value` stored; functions only from the allow-list (see trust.py).
+
+    Example:
+        >>> decode_value({"__tuple__": [1, {"__dtype__": "int8"}]})
+        (1, torch.int8)
+    """
+    allowed = allowed or Allowed()
     if isinstance(data, list):
-        return [decode_value(v) for v in data]
+        return [decode_value(v, allowed) for v in data]
     if not isinstance(data, dict):
         return data
     (tag, inner), *_ = data.items()
     if tag == "__tuple__":
-        return tuple(decode_value(v) for v in inner)
+        return tuple(decode_value(v, allowed) for v in inner)
     if tag == "__dict__":
-        return {k: decode_value(v) for k, v in inner.items()}
+        return {k: decode_value(v, allowed) for k, v in inner.items()}
     if tag == "__dtype__":
-        return getattr(torch, inner)
+        if inner not in DTYPES:
+            raise ArtifactError(f"manifest names dtype {inner!r}, which torch does not have")
+        return DTYPES[inner]
     if tag == "__set__":
-        return set(decode_value(v) for v in inner)
+        return set(decode_value(v, allowed) for v in inner)
     if tag == "__float__":
         return float(inner)
     if tag == "__callable__":
-        # Only functions of torch and netchisel: a manifest must not smuggle in os.system.
-        if not str(inner).startswith(("torch.", "torch:", "netchisel.")):
-            raise ArtifactError(f"manifest names function {inner!r}, outside torch and netchisel")
-        return _import_ref(inner)
+        return allowed.resolve(inner, "function")
     raise ArtifactError(f"manifest has an unknown value tag {tag!r}")
 
 
-def _ref(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
+def set_attributes(module: nn.Module, attrs: dict[str, JSON], allowed: Allowed, path: str) -> None:
+    """Set a rebuilt module's plain attributes, refusing names that would shadow its code.
+
+    A manifest that sets `train` or `_init_flat_weights` to a function of its choosing would
+    have it called during loading; dunder names and the class's methods are never attributes.
+    """
+    cls = type(module)
+    for key, value in attrs.items():
+        shadows = callable(getattr(cls, key, None)) or isinstance(getattr(cls, key, None), property)
+        if key.startswith("__") or key in _MODULE_INTERNALS or shadows:
+            raise ArtifactError(
+                f"manifest sets attribute {key!r} of {path or '<root>'} ({cls.__name__}), "
+                "which names the module's own code or internals: refused"
+            )
+        object.__setattr__(module, key, decode_value(value, allowed))
 
 
 def _import_ref(ref: str) -> Any:
@@ -145,7 +175,13 @@ def describe(module: nn.Module, path: str = "") -> JSON:
         ('torch.nn.modules.linear:Linear', [2, 3])
     """
     cls = type(module)
-    ref = _ref(cls)
+    ref = ref_of(cls)
+    if cls.__module__ == "__main__":
+        raise ModelError(
+            f"module {path or '<root>'} is a {cls.__name__} defined in __main__, which another "
+            "process cannot import: move it to a module (then load with trust=[its class]) or "
+            "save a model made by a @netchisel.builder function"
+        )
     if _import_ref(ref) is not cls:
         raise ModelError(
             f"module {path or '<root>'} is a {cls.__name__} that cannot be imported by name "
@@ -176,24 +212,33 @@ def describe(module: nn.Module, path: str = "") -> JSON:
     return {key: value for key, value in full.items() if value or key == "class"}
 
 
-def rebuild(data: JSON, state: Mapping[str, Tensor] | None = None, path: str = "") -> nn.Module:
+def rebuild(
+    data: JSON,
+    state: Mapping[str, Tensor] | None = None,
+    path: str = "",
+    allowed: Allowed | None = None,
+    dtype_from_file: bool = False,
+) -> nn.Module:
     """Make a module from `describe`'s output; tensors are allocated, not filled.
 
-    A tensor spec without a shape takes its shape and dtype from `state[path.name]`.
+    Classes and functions come only from `allowed` (torch's and netchisel's by default). A
+    tensor spec without a shape takes its shape from `state[path.name]`.
+
+    Example:
+        >>> rebuild(describe(nn.Linear(3, 2))).weight.shape
+        torch.Size([2, 3])
     """
-    cls = _import_ref(data["class"])
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise ArtifactError(
-            f"manifest names {data['class']!r}, which is not an importable nn.Module"
-        )
+    allowed = allowed or Allowed()
+    cls: type[nn.Module] = allowed.resolve(data["class"], "class")
     module = cls.__new__(cls)
     nn.Module.__init__(module)
-    for key, value in data.get("attrs", {}).items():
-        object.__setattr__(module, key, decode_value(value))
-    apply_tensor_specs(module, data.get("tensors", {}), state, path)
+    set_attributes(module, data.get("attrs", {}), allowed, path)
+    apply_tensor_specs(module, data.get("tensors", {}), state, path, dtype_from_file)
     for name, child in data.get("children", {}).items():
         module._modules[name] = (
-            rebuild(child, state, _join(path, name)) if child is not None else None
+            rebuild(child, state, _join(path, name), allowed, dtype_from_file)
+            if child is not None
+            else None
         )
     refresh_caches(module)
     return module
@@ -204,10 +249,15 @@ def apply_tensor_specs(
     specs: dict[str, JSON],
     state: Mapping[str, Tensor] | None = None,
     path: str = "",
+    dtype_from_file: bool = False,
 ) -> None:
-    """Give the module empty parameters/buffers of the described shapes and dtypes; a spec
-    without a shape (the manifest leaves out what the weights file says) takes the shape and
-    dtype of the state-dict tensor `path.name`."""
+    """Give the module empty parameters/buffers of the described shapes and dtypes.
+
+    A spec without a shape (the manifest leaves out what the weights file says) takes the shape
+    of the state-dict tensor `path.name`. Its dtype is the declared one (float32 when absent),
+    so a stored tensor of another dtype is caught by the caller; format-2 manifests left the
+    dtype out too (`dtype_from_file`).
+    """
     for name, spec in specs.items():
         # Replace in place where the name exists, so parameter order (and state-dict order,
         # which optimizers and users see) stays the builder's.
@@ -216,15 +266,27 @@ def apply_tensor_specs(
             table = module._parameters if spec["kind"] == "param" else module._buffers
             table[name] = None
             continue
+        key = _join(path, name)
+        stored = state.get(key) if state is not None else None
+        dtype = DTYPES[spec.get("dtype", "float32")]
         if "shape" in spec:
-            t = torch.empty(spec["shape"], dtype=getattr(torch, spec.get("dtype", "float32")))
-        else:
-            key = _join(path, name)
-            if state is None or key not in state:
+            shape = list(spec["shape"])
+            if stored is not None and list(stored.shape) != shape:
                 raise ArtifactError(
-                    f"the manifest gives no shape for {key!r} and the weights lack it"
+                    f"tensor {key!r} is stored with shape {list(stored.shape)}, the manifest "
+                    f"declares {shape}: the file is corrupt"
                 )
-            t = torch.empty(state[key].shape, dtype=state[key].dtype)
+            if math.prod(shape) > MAX_DECLARED_NUMEL:
+                raise ArtifactError(
+                    f"the manifest declares tensor {key!r} of {math.prod(shape):,} elements, "
+                    f"which the weights do not hold (at most {MAX_DECLARED_NUMEL:,}): refused"
+                )
+        elif stored is None:
+            raise ArtifactError(f"the manifest gives no shape for {key!r} and the weights lack it")
+        else:
+            shape = list(stored.shape)
+            dtype = stored.dtype if dtype_from_file and "dtype" not in spec else dtype
+        t = torch.empty(shape, dtype=dtype)
         if spec["kind"] == "param":
             module._parameters[name] = nn.Parameter(
                 t, requires_grad=spec.get("requires_grad", True)

@@ -1,0 +1,415 @@
+"""Hostile and corrupt artifacts: each is one ArtifactError line and no side effect.
+
+Every case starts from a real saved artifact and edits it the way an attacker (or a bad disk)
+would, fixing the checksums where the attack needs them to pass. After `load` refuses it, the
+canary file an attack would create does not exist, `os.environ` is unchanged and the process is
+alive (the cases that would kill it also run in a child process, below).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from netchisel.core.errors import ArtifactError
+from netchisel.pipeline.artifact import _file_info, load, save
+from netchisel.zoo import models
+
+Manifest = dict[str, Any]
+Weights = dict[str, torch.Tensor]
+
+
+def _described(tmp: Path) -> Path:
+    """A model saved by description (no builder): every module named in the manifest."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.LSTM(8, 4, batch_first=True))
+    return save(net, tmp / "described")
+
+
+def _built(tmp: Path) -> Path:
+    """A zoo model saved by builder + edits (a pruned-to-zero bitmask tensor among them)."""
+    torch.manual_seed(0)
+    net = models.build("mlp", in_features=16, hidden=(8,))
+    return save(net, tmp / "built")
+
+
+def _edit_manifest(directory: Path, change: Callable[[Manifest], None]) -> None:
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _edit_weights(directory: Path, change: Callable[[Weights], None]) -> None:
+    """Rewrite model.safetensors and fix the manifest's checksum, as an attacker can."""
+    weights = load_file(str(directory / "model.safetensors"))
+    change(weights)
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "x"})
+    _fix_checksum(directory)
+
+
+def _fix_checksum(directory: Path) -> None:
+    info = _file_info(directory / "model.safetensors")
+    _edit_manifest(directory, lambda m: m["files"].__setitem__("model.safetensors", info))
+
+
+def _module(m: Manifest, index: int = 0) -> Manifest:
+    """The described module `index` of the root Sequential."""
+    return m["edits"][0]["module"]["children"][str(index)]  # type: ignore[no-any-return]
+
+
+def _set_attr(key: str, value: Any, index: int = 1) -> Callable[[Manifest], None]:
+    return lambda m: _module(m, index).setdefault("attrs", {}).__setitem__(key, value)
+
+
+def _callable(ref: str) -> Callable[[Manifest], None]:
+    return _set_attr("_flat_weights_names", {"__callable__": ref})
+
+
+def _set_class(ref: str) -> Callable[[Manifest], None]:
+    return lambda m: _module(m).__setitem__("class", ref)
+
+
+def _set_builder(ref: str, **kwargs: Any) -> Callable[[Manifest], None]:
+    return lambda m: m.__setitem__("builder", {"ref": ref, "kwargs": kwargs})
+
+
+def _pop(*keys: str) -> Callable[[Manifest], None]:
+    def change(m: Manifest) -> None:
+        target = m
+        for key in keys[:-1]:
+            target = target[key]
+        del target[keys[-1]]
+
+    return change
+
+
+def _swap(name: str, make: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Weights], None]:
+    return lambda w: w.__setitem__(name, make(w[name]).contiguous())
+
+
+def _write(name: str, data: bytes) -> Callable[[Path], None]:
+    return lambda d: (d / name).write_bytes(data)
+
+
+def _symlink(name: str, target: str) -> Callable[[Path], None]:
+    def change(d: Path) -> None:
+        (d / name).unlink()
+        (d / name).symlink_to(target)
+
+    return change
+
+
+def _fifo(d: Path) -> None:
+    (d / "model.safetensors").unlink()
+    os.mkfifo(d / "model.safetensors")
+
+
+def _huge_header(d: Path) -> None:
+    (d / "model.safetensors").write_bytes(struct.pack("<Q", 1 << 62) + b"{}")
+    _fix_checksum(d)
+
+
+def _sparse_manifest(d: Path) -> None:
+    with open(d / "manifest.json", "r+b") as f:
+        f.truncate(65 << 20)  # a hole: large on paper, nothing on disk
+
+
+def _codec(name: str, codec: str, meta: dict[str, Any], parts: list[str]) -> Callable[[Path], None]:
+    """Declare `name` stored with `codec`: the parts replace the raw tensor."""
+
+    def change(d: Path) -> None:
+        weights = load_file(str(d / "model.safetensors"))
+        del weights[name]
+        for part in parts:
+            weights[f"{name}::{part}" if part else name] = torch.zeros(1, dtype=torch.uint8)
+        save_file(weights, str(d / "model.safetensors"))
+        _fix_checksum(d)
+        entry = {"codec": codec, "meta": meta, "parts": parts}
+        _edit_manifest(d, lambda m: m.setdefault("tensors", {}).__setitem__(name, entry))
+
+    return change
+
+
+def _m(change: Callable[[Manifest], None]) -> Callable[[Path], None]:
+    return lambda d: _edit_manifest(d, change)
+
+
+def _w(change: Callable[[Weights], None]) -> Callable[[Path], None]:
+    return lambda d: _edit_weights(d, change)
+
+
+CANARY = "/tmp/netchisel-hostile-canary"
+# (id, which artifact, how it is edited, a fragment of the one-line error)
+CASES: list[tuple[str, Callable[[Path], Path], Callable[[Path], None], str]] = [
+    # -- names that would reach foreign code --------------------------------------------------
+    ("torch-os-environ-clear", _described, _m(_callable("torch:os.environ.clear")), "not trusted"),
+    ("torch-os-abort", _described, _m(_callable("torch:os.abort")), "not trusted"),
+    ("torch-os-exit", _described, _m(_callable("torch:os._exit")), "not trusted"),
+    ("os-system", _described, _m(_callable("os:system")), "function 'os:system'"),
+    ("builtins-eval", _described, _m(_callable("builtins:eval")), "not trusted"),
+    ("functional-walk", _described, _m(_callable("torch.nn.functional:torch.os.system")), "not"),
+    (
+        "netchisel-walk",
+        _described,
+        _m(_callable("netchisel.core.modules:importlib.import_module")),
+        "not trusted",
+    ),
+    ("netchisel-module", _described, _m(_callable("netchisel.core.modules:importlib")), "not"),
+    ("bad-ref", _described, _m(_callable("os;rm -rf /")), "not a 'module:name'"),
+    ("this-side-effect", _described, _m(_set_class("this:s")), "class 'this:s'"),
+    ("popen-class", _described, _m(_set_class("subprocess:Popen")), "not trusted"),
+    (
+        "netchisel-non-module",
+        _described,
+        _m(_set_class("netchisel.core.errors:ArtifactError")),
+        "not trusted",
+    ),
+    (
+        "foreign-module-class",
+        _described,
+        _m(_set_class("transformers.models.bert.modeling_bert:BertModel")),
+        "trust=[BertModel]",
+    ),
+    (
+        "builder-os-system",
+        _described,
+        _m(_set_builder("os:system", command=f"touch {CANARY}")),
+        "builder 'os:system'",
+    ),
+    (
+        "builder-unmarked-netchisel",
+        _built,
+        _m(_set_builder("netchisel.pipeline.artifact:save")),
+        "not trusted",
+    ),
+    (
+        "builder-terabyte",
+        _built,
+        _m(
+            _set_builder(
+                "torch.nn.modules.linear:Linear", in_features=1 << 20, out_features=1 << 20
+            )
+        ),
+        "refused",
+    ),
+    (
+        "builder-zoo-huge",
+        _built,
+        _m(lambda m: m["builder"]["kwargs"].__setitem__("hidden", [1 << 16, 1 << 16])),
+        "refused",
+    ),
+    (
+        "builder-bad-kwargs",
+        _built,
+        _m(lambda m: m["builder"]["kwargs"].__setitem__("bogus", 1)),
+        "bogus",
+    ),
+    (
+        "attr-shadows-train",
+        _described,
+        _m(_set_attr("train", {"__callable__": "torch.nn.functional:relu"})),
+        "'train'",
+    ),
+    (
+        "attr-flat-weights-init",
+        _described,
+        _m(_set_attr("_init_flat_weights", {"__callable__": "torch:relu"})),
+        "own code",
+    ),
+    ("attr-dunder", _described, _m(_set_attr("__class__", 1)), "own code"),
+    ("dtype-os", _described, _m(_set_attr("x", {"__dtype__": "os"})), "dtype 'os'"),
+    ("unknown-tag", _described, _m(_set_attr("x", {"__import__": "os"})), "value tag"),
+    # -- tensors that do not match what the model declares --------------------------------------
+    ("float16-swap", _built, _w(_swap("fc1.weight", lambda t: t.half())), "float16"),
+    ("int64-swap", _described, _w(_swap("0.weight", lambda t: t.long())), "int64"),
+    ("shape-swap", _built, _w(_swap("fc1.bias", lambda t: torch.cat([t, t]))), "[16]"),
+    ("nan-tensor", _built, _w(_swap("fc1.weight", lambda t: t.fill_(float("nan")))), "NaN"),
+    ("extra-tensor", _built, _w(lambda w: w.__setitem__("evil", torch.zeros(1))), "'evil'"),
+    ("missing-tensor", _built, _w(lambda w: w.pop("fc1.bias")), "lacks 'fc1.bias'"),
+    (
+        "huge-declared-buffer",
+        _described,
+        _m(
+            lambda m: (
+                _module(m, 0)
+                .setdefault("tensors", {})
+                .__setitem__("buf", {"kind": "buffer", "shape": [1 << 40], "persistent": False})
+            )
+        ),
+        "refused",
+    ),
+    (
+        "bitmask-mask-size",
+        _built,
+        _codec("fc1.weight", "bitmask", {"shape": [8, 16]}, ["mask", "values"]),
+        "mask has 1 bytes",
+    ),
+    (
+        "codec-huge-shape",
+        _built,
+        _codec("fc1.weight", "huffman", {"shape": [1 << 40]}, [""]),
+        "refused",
+    ),
+    ("codec-corrupt-meta", _built, _codec("fc1.weight", "packed", {"shape": [4]}, [""]), "corrupt"),
+    (
+        "codec-unknown",
+        _built,
+        _codec("fc1.weight", "pickle", {}, [""]),
+        "unknown tensor codec 'pickle'",
+    ),
+    # -- a manifest that is not one ---------------------------------------------------------------
+    ("missing-files", _built, _m(_pop("files")), "lacks 'files'"),
+    ("missing-kwargs", _built, _m(_pop("builder", "kwargs")), "builder"),
+    (
+        "missing-alias-target",
+        _built,
+        _m(lambda m: m.__setitem__("aliases", {"fc1.bias": "nope"})),
+        "'nope'",
+    ),
+    ("not-json", _built, _write("manifest.json", b"\x80\x81garbage"), "corrupt"),
+    ("deep-json", _built, _write("manifest.json", b"[" * 200_000), "corrupt"),
+    ("huge-manifest", _built, _sparse_manifest, "over 64 MiB"),
+    ("future-version", _built, _m(lambda m: m.__setitem__("format_version", 99)), "upgrade"),
+    (
+        "string-version",
+        _built,
+        _m(lambda m: m.__setitem__("format_version", "2")),
+        "format_version",
+    ),
+    ("unknown-op", _built, _m(lambda m: m["edits"].append({"op": "exec", "path": ""})), "edits"),
+    (
+        "path-traversal-file",
+        _built,
+        _m(lambda m: m["files"].__setitem__("../../etc/passwd", m["files"]["model.safetensors"])),
+        "files",
+    ),
+    (
+        "edit-path-dunder",
+        _built,
+        _m(lambda m: m["edits"].append({"op": "patch", "path": "fc1.__class__"})),
+        "lacks",
+    ),
+    (
+        "order-unknown-child",
+        _built,
+        _m(lambda m: m["edits"].append({"op": "order", "path": "", "order": ["evil"]})),
+        "order",
+    ),
+    ("unknown-top-key", _built, _m(lambda m: m.__setitem__("exec", "import os")), "exec"),
+    # -- files that are not what they claim -----------------------------------------------------
+    ("weights-symlink", _built, _symlink("model.safetensors", "/etc/passwd"), "symbolic link"),
+    ("manifest-symlink", _built, _symlink("manifest.json", "/etc/passwd"), "symbolic link"),
+    ("weights-fifo", _built, _fifo, "not a regular file"),
+    (
+        "weights-flipped-byte",
+        _built,
+        lambda d: _write(
+            "model.safetensors", (d / "model.safetensors").read_bytes()[:-1] + b"\x00"
+        )(d),
+        "checksum",
+    ),
+    ("weights-huge-header", _built, _huge_header, "cannot be read"),
+    ("weights-missing", _built, lambda d: (d / "model.safetensors").unlink(), "missing"),
+]
+
+
+@pytest.fixture()
+def untouched() -> Any:
+    """Assert after the test that the attack had no effect on this process or the disk."""
+    Path(CANARY).unlink(missing_ok=True)
+    before = _environment()
+    yield
+    assert not Path(CANARY).exists()
+    assert _environment() == before
+
+
+def _environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+@pytest.mark.parametrize(
+    ("make", "attack", "fragment"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_hostile_artifact_is_one_line_and_harmless(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    untouched: None,
+    make: Callable[[Path], Path],
+    attack: Callable[[Path], None],
+    fragment: str,
+) -> None:
+    directory = make(tmp_path)
+    attack(directory)
+    with pytest.raises(ArtifactError) as raised:
+        load(directory)
+    message = str(raised.value)
+    assert fragment in message
+    assert "\n" not in message
+    assert capsys.readouterr().out == ""  # "this:s" would have printed the Zen of Python
+
+
+def test_there_are_at_least_thirty_cases() -> None:
+    assert len(CASES) >= 30
+    assert len({c[0] for c in CASES}) == len(CASES)
+
+
+_CHILD = """
+import json, sys
+from pathlib import Path
+from netchisel.core.errors import ArtifactError
+from netchisel.pipeline.artifact import load
+for d in sys.argv[1:]:
+    try:
+        load(d)
+        print("LOADED", d)
+    except ArtifactError as e:
+        print("REFUSED", d)
+print("ALIVE")
+"""
+
+
+def test_the_process_killers_leave_the_process_alive(tmp_path: Path) -> None:
+    """os.abort and os._exit through an RNN's cache refresh, in a child so a failure shows."""
+    directories = []
+    for i, ref in enumerate(("torch:os.abort", "torch:os._exit", "torch:os.environ.clear")):
+        directory = _described(tmp_path / str(i))
+        _edit_manifest(directory, _set_attr("_init_flat_weights", {"__callable__": ref}))
+        directories.append(str(directory))
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, *directories], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [w for d in directories for w in ("REFUSED", d)] + ["ALIVE"]
+
+
+def test_trusting_a_class_lets_its_artifact_load(tmp_path: Path) -> None:
+    from tests.pipeline._user_models import Scaled
+
+    directory = save(nn.Sequential(Scaled(3)), tmp_path / "user")
+    with pytest.raises(ArtifactError, match=r"trust=\[Scaled\]"):
+        load(directory)
+    assert load(directory, trust=[Scaled])[0].factor == 3
+    assert load(directory, trust=["tests.pipeline._user_models:Scaled"])[0].factor == 3
+
+
+def test_format_2_artifacts_still_load() -> None:
+    """Two artifacts written by the format-2 release (pruned bitmask; int4 packed)."""
+    fixtures = Path(__file__).parent.parent / "fixtures"
+    expected = load_file(str(fixtures / "format2_outputs.safetensors"))
+    with torch.no_grad():
+        for name in ("pruned", "int4"):
+            model = load(fixtures / f"format2_{name}_mlp")
+            # The reference outputs were computed with autograd on: addmm may round the last bit.
+            assert torch.allclose(model(expected["x"]), expected[name], rtol=0, atol=1e-6)

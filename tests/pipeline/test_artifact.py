@@ -336,3 +336,30 @@ def test_save_onto_a_file_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match=r"notes\.md is a file: an artifact is a directory"):
         save(nn.Linear(2, 2), existing)
     assert existing.read_text() == "keep me"
+
+
+def test_a_class_from_main_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    class Notebook(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    Notebook.__module__ = "__main__"  # as if defined in a notebook or a script
+    with pytest.raises(ModelError, match=r"defined in __main__, .* move it to a module"):
+        save(nn.Sequential(Notebook()), tmp_path / "nb")
+    assert not (tmp_path / "nb").exists()
+
+
+def test_a_builder_from_main_is_saved_by_description(tmp_path: Path) -> None:
+    net = mark_builder(nn.Sequential(nn.Linear(3, 2)), "__main__:make", {})
+    directory = save(net, tmp_path / "m")
+    assert read_manifest(directory)["builder"] is None
+    assert load(directory)[0].out_features == 2
+
+
+def test_a_model_holding_nan_is_not_saved(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    with pytest.raises(ModelError, match=r"'0.weight' holds NaN values"):
+        save(net, tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()

@@ -115,6 +115,12 @@ def test_report_command_rerenders(run_dir: Path, capsys: pytest.CaptureFixture[s
     assert len(re.findall(r"\d+\.\d{3} \(\d+\.\d{3}-\d+\.\d{3}\)", out)) == 3
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import netchisel
+
+    assert cli(capsys, "--version") == (0, f"netchisel {netchisel.__version__}\n", "")
+
+
 def test_info(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "info")
     data = json.loads(out)

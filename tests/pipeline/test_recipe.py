@@ -63,3 +63,32 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     bad.write_text("model: cnn\nstages: [evaluate\n")
     with pytest.raises(ConfigError, match="is not valid YAML at line"):
         load_recipe(bad)
+
+
+def test_nan_and_devices_are_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^recipe.stages\[0\].finetune: lr: nan is not a number"):
+        parse_recipe({"model": "cnn", "stages": [{"finetune": {"lr": float("nan")}}]})
+    with pytest.raises(
+        ConfigError, match="lr: nan is not a number"
+    ):  # YAML 1.1 reads "nan" as text
+        parse_recipe({"model": "cnn", "stages": [{"finetune": {"lr": "nan"}}]})
+    with pytest.raises(ConfigError, match=r"recipe.device: 'tpu:x' is not a device"):
+        parse_recipe({"model": "cnn", "device": "tpu:x"})
+    assert parse_recipe({"model": "cnn", "device": "cpu"}).device == "cpu"
+
+
+def test_yaml_mistakes_name_the_line(tmp_path: Path) -> None:
+    f = tmp_path / "r.yaml"
+    f.write_text("model: cnn\nstages:\n  - finetune:\n      lr: 0.1\n      lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' is written twice \(lines 4 and 5\): keep one"):
+        load_recipe(f)
+    # a merge key may be overridden: that is YAML's own rule, not a duplicate
+    f.write_text("base: &b {epochs: 1}\nmodel: cnn\nstages: [{finetune: {<<: *b, epochs: 2}}]\n")
+    with pytest.raises(ConfigError, match="unknown key 'base'"):
+        load_recipe(f)
+    f.write_text("model: cnn\nseed: .NaN\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: seed: .nan at line 2 is not a number"):
+        load_recipe(f)
+    f.write_bytes("model: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 10\): save it as UTF-8"):
+        load_recipe(f)

@@ -249,3 +249,38 @@ def test_an_earlier_run_with_other_files_in_it_is_not_replaced(
     err = run_fails_early(capsys, b, out)
     assert "is an earlier run with other files in it (notes.txt)" in err
     assert (out / "notes.txt").read_text() == "mine"
+
+
+TINY = yaml.safe_dump(RECIPE)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            TINY.replace("lr: 0.01", "lr: .nan"),
+            ": lr: .nan at line 14 is not a number: give a value",
+        ),
+        (TINY + "device: cuda\n", "recipe.device: 'cuda', but this machine has no CUDA device"),
+        (
+            TINY + "seed: 1\nseed: 2\n",
+            ": key 'seed' is written twice (lines 20 and 21): keep one",
+        ),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is a binary file, not YAML"),
+    ],
+    ids=["nan", "cuda", "duplicate", "binary"],
+)
+def test_bad_recipes_fail_before_work_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | bytes, message: str
+) -> None:
+    import torch
+
+    if "cuda" in message and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    recipe = tmp_path / "r.yaml"
+    if isinstance(text, bytes):
+        recipe.write_bytes(text)
+    else:
+        recipe.write_text(text)
+    err = run_fails_early(capsys, recipe, tmp_path / "out")
+    assert message in err and not (tmp_path / "out").exists()

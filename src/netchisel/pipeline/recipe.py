@@ -115,13 +115,13 @@ def read_yaml(path: Path, what: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     data = path.read_bytes()
+    if b"\0" in data:
+        raise ConfigError(f"{what} {path} is a binary file, not YAML: give a YAML text file")
     try:
-        if b"\0" in data:
-            raise UnicodeError
         text = data.decode("utf-8")
-    except UnicodeError:
+    except UnicodeDecodeError as e:
         raise ConfigError(
-            f"{what} {path} is a binary file, not YAML: give a YAML text file"
+            f"{what} {path} is not UTF-8 text (byte {e.start}): save it as UTF-8 YAML"
         ) from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no object tags

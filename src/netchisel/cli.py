@@ -150,6 +150,13 @@ def profile(
     threads: Annotated[int, typer.Option(help="Intra-op threads while timing.")] = 1,
     repeats: Annotated[int, typer.Option(help="Timed repeats.")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    trust: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="package.module:Name of your own class or builder that an artifact may name "
+            "(repeatable; docs/security.md)."
+        ),
+    ] = None,
 ) -> None:
     """Exact FLOPs/MACs per module, params, bytes in memory and on disk, latency, energy."""
     from netchisel.profile import profile as measure
@@ -161,7 +168,7 @@ def profile(
     ):
         if number < 1:
             raise ConfigError(f"{flag} must be >= 1, got {number}")
-    net, inputs, disk = _model_and_inputs(model, input_shape, dtype, batch_size)
+    net, inputs, disk = _model_and_inputs(model, input_shape, dtype, batch_size, trust or [])
     result = measure(
         net,
         inputs,
@@ -230,7 +237,7 @@ def info() -> None:
 
 
 def _model_and_inputs(
-    ref: str, input_shape: str | None, dtype: str, batch_size: int
+    ref: str, input_shape: str | None, dtype: str, batch_size: int, trust: list[str]
 ) -> tuple[Any, tuple[Any, ...], int | None]:
     import torch
 
@@ -250,7 +257,7 @@ def _model_and_inputs(
     elif ":" in ref and not Path(ref).exists():
         net = build(ref, {})
     elif Path(ref).exists():
-        net = load(ref)
+        net = load(ref, trust=trust)
         disk = artifact_bytes(ref)
         specs = read_manifest(Path(ref)).get("metadata", {}).get("inputs")
     else:

@@ -413,3 +413,19 @@ def test_format_2_artifacts_still_load() -> None:
             model = load(fixtures / f"format2_{name}_mlp")
             # The reference outputs were computed with autograd on: addmm may round the last bit.
             assert torch.allclose(model(expected["x"]), expected[name], rtol=0, atol=1e-6)
+
+
+def test_the_cli_loads_a_users_class_only_with_trust(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from netchisel.cli import app
+    from tests.pipeline._user_models import Scaled
+
+    directory = str(save(nn.Sequential(nn.Linear(3, 3), Scaled(2)), tmp_path / "user"))
+    args = ["profile", directory, "--no-latency", "--input-shape", "1,3", "--json"]
+    refused = CliRunner().invoke(app, args)
+    assert isinstance(refused.exception, ArtifactError)
+    assert "--trust tests.pipeline._user_models:Scaled" in str(refused.exception)
+    trusted = CliRunner().invoke(app, [*args, "--trust", "tests.pipeline._user_models:Scaled"])
+    assert trusted.exit_code == 0, trusted.output
+    assert json.loads(trusted.output)["macs"] == 9

@@ -193,5 +193,6 @@ def _refusal(ref: str, kind: Kind) -> str:
     name = ref.rpartition(":")[2].rpartition(".")[2]
     return (
         f"manifest names {what} {ref!r}, which is not trusted: if you trust this file, pass "
-        f"netchisel.load(path, trust=[{name}]) or mark it with @netchisel.builder"
+        f"netchisel.load(path, trust=[{name}]) (CLI: --trust {ref}) or mark it with "
+        "@netchisel.builder"
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 from netchisel.search.space import Space, categorical
 from netchisel.search.spec import fill, parse_search_spec, placeholders
 
@@ -59,3 +61,13 @@ def test_a_cell_search_runs_small_with_fixed_builder_arguments() -> None:
     kwargs = spec.recipe(candidate, spec.output).model.kwargs
     assert kwargs == {**candidate, "width": 8, "image_size": 8}
     assert "normal1_op1" in kwargs
+
+
+def test_the_profile_metrics_a_spec_may_name_are_those_a_profile_gives() -> None:
+    from torch import nn
+
+    from netchisel.profile import profile
+    from netchisel.search.spec import PROFILE_METRICS
+
+    measured = profile(nn.Linear(4, 2), torch.zeros(1, 4), latency=False, on_disk=False)
+    assert set(PROFILE_METRICS) == set(measured.summary())

@@ -362,3 +362,9 @@ def test_ctrl_c_keeps_the_finished_trials_and_the_interrupted_one_runs_again(
     assert trials[2].user_attrs["interrupted"] is True
     assert trials[3].user_attrs["retry_of"] == 2 and trials[3].params == trials[2].params
     assert result.report["counts"]["counted"] == 4
+
+
+def test_an_output_under_a_file_is_one_line_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "notes").write_text("a file")
+    with pytest.raises(ConfigError, match="notes is a file, not a directory: choose another"):
+        run_search(parse_search_spec(spec_with()), output=tmp_path / "notes" / "out", quiet=True)

@@ -185,15 +185,7 @@ def check_output_dir(out: Path) -> None:
         >>> import tempfile
         >>> check_output_dir(Path(tempfile.mkdtemp()) / "new" / "out")
     """
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output {out} is a file: choose a directory")
-    parent = _existing_ancestor(out.parent)
-    if not parent.is_dir():
-        raise ConfigError(
-            f"output {out}: {parent} is a file, not a directory: choose another output"
-        )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"output {out}: {parent} is not writable: choose another output")
+    check_output_parent(out)
     if out.is_dir() and any(out.iterdir()) and not (out / "report.json").is_file():
         raise ConfigError(
             f"output {out} is not empty and is not a netchisel run: choose another directory"
@@ -211,6 +203,28 @@ def check_output_dir(out: Path) -> None:
                 f"output {out} is an earlier run with other files in it ({', '.join(foreign)}), "
                 "which the new run would delete: move them or choose another directory"
             )
+
+
+def check_output_parent(out: Path) -> None:
+    """Refuse an output that is a file, or whose first existing ancestor is not a writable
+    directory (the run could not create it).
+
+    Example:
+        >>> try:
+        ...     check_output_parent(Path("/dev/null/out"))
+        ... except ConfigError as e:
+        ...     print(e)
+        output /dev/null/out: /dev/null is a file, not a directory: choose another output
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output {out} is a file: choose a directory")
+    parent = _existing_ancestor(out.parent)
+    if not parent.is_dir():
+        raise ConfigError(
+            f"output {out}: {parent} is a file, not a directory: choose another output"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output {out}: {parent} is not writable: choose another output")
 
 
 def check_free_space(out: Path, needed: int) -> None:

@@ -25,6 +25,7 @@ import yaml
 from optuna.trial import TrialState
 
 from netchisel.core.errors import ConfigError, Interrupted, ModelError, first_line
+from netchisel.pipeline.runner import check_output_parent
 from netchisel.search.evaluate import evaluate_candidate
 from netchisel.search.spec import SearchSpec, check_metrics, load_search_spec, parse_search_spec
 from netchisel.search.storage import (
@@ -117,9 +118,9 @@ def _search(
 
 
 def check_search_output(out: Path) -> None:
-    """Refuse an output that is a file, or a non-empty folder that is not a search."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output {out} is a file: choose a directory")
+    """Refuse an output that is a file, under a file or not writable, or a non-empty folder
+    that is not a search."""
+    check_output_parent(out)
     if out.is_dir() and any(out.iterdir()) and not (out / SPEC_FILE).is_file():
         raise ConfigError(
             f"output {out} is not empty and is not a netchisel search: choose another directory"

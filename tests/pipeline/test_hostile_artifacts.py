@@ -429,3 +429,16 @@ def test_the_cli_loads_a_users_class_only_with_trust(tmp_path: Path) -> None:
     trusted = CliRunner().invoke(app, [*args, "--trust", "tests.pipeline._user_models:Scaled"])
     assert trusted.exit_code == 0, trusted.output
     assert json.loads(trusted.output)["macs"] == 9
+
+
+def test_a_recipe_vouches_for_its_artifacts_classes(tmp_path: Path) -> None:
+    from netchisel.pipeline.recipe import parse_recipe
+    from netchisel.pipeline.runner import load_model
+    from tests.pipeline._user_models import Scaled
+
+    directory = str(save(nn.Sequential(nn.Linear(3, 3), Scaled(2)), tmp_path / "user"))
+    plain = parse_recipe({"model": {"artifact": directory}}, "r").model
+    with pytest.raises(ArtifactError, match="not trusted"):
+        load_model(plain)
+    trusting = {"artifact": directory, "trust": ["tests.pipeline._user_models:Scaled"]}
+    assert load_model(parse_recipe({"model": trusting}, "r").model)[1].factor == 2

@@ -55,12 +55,17 @@ class ProfileSettings(StageConfig):
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """Where a model or task comes from: `zoo`, `builder` or `artifact`, plus kwargs."""
+    """Where a model or task comes from: `zoo`, `builder` or `artifact`, plus kwargs.
+
+    `trust` lists the user's own classes and builders ("package.module:Name") that an
+    artifact may name (docs/security.md): a recipe is code, so it may vouch for them.
+    """
 
     kind: Literal["zoo", "builder", "artifact"]
     ref: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = True
+    trust: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ def parse_source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
 
     Example:
         >>> parse_source("recipe.model", {"zoo": "cnn", "kwargs": {"width": 8}}, ("zoo",))
-        SourceSpec(kind='zoo', ref='cnn', kwargs={'width': 8}, pretrained=True)
+        SourceSpec(kind='zoo', ref='cnn', kwargs={'width': 8}, pretrained=True, trust=())
     """
     if isinstance(value, str):
         return SourceSpec("zoo", value)
@@ -252,7 +257,7 @@ def parse_source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
     allowed = {
         "zoo": ("zoo", "kwargs", "pretrained"),
         "builder": ("builder", "kwargs"),
-        "artifact": ("artifact",),
+        "artifact": ("artifact", "trust"),
     }[kind]
     extra = {k: v for k, v in value.items() if k not in allowed}
     if kind == "zoo" and where == "recipe.task":
@@ -265,7 +270,11 @@ def parse_source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
     pretrained = value.get("pretrained", True)
     if not isinstance(pretrained, bool):
         raise ConfigError(f"{where}.pretrained: expected true or false, got {pretrained!r}")
-    return SourceSpec(kind, str(value[kind]), dict(kwargs), pretrained)  # type: ignore[arg-type]
+    trust = value.get("trust", [])
+    if not isinstance(trust, list) or not all(isinstance(t, str) for t in trust):
+        raise ConfigError(f"{where}.trust: expected a list of 'package.module:Name', got {trust!r}")
+    ref = str(value[kind])
+    return SourceSpec(kind, ref, dict(kwargs), pretrained, tuple(trust))  # type: ignore[arg-type]
 
 
 def _stage(index: int, entry: Any) -> tuple[str, StageConfig]:

@@ -261,7 +261,7 @@ def _tensor_bytes(model: nn.Module) -> int:
 def load_model(spec: SourceSpec) -> nn.Module:
     """The recipe's model: a zoo model (trained reference or fresh), a builder, or an artifact."""
     if spec.kind == "artifact":
-        return load(spec.ref)
+        return load(spec.ref, trust=spec.trust)
     if spec.kind == "builder":
         return build(spec.ref, spec.kwargs)
     from netchisel.zoo import models, train

@@ -231,6 +231,43 @@ CASES: list[tuple[str, Callable[[Path], Path], Callable[[Path], None], str]] = [
     ("attr-dunder", _described, _m(_set_attr("__class__", 1)), "own code"),
     ("dtype-os", _described, _m(_set_attr("x", {"__dtype__": "os"})), "dtype 'os'"),
     ("unknown-tag", _described, _m(_set_attr("x", {"__import__": "os"})), "value tag"),
+    (
+        "call-netchisel-cli",
+        _described,
+        _m(_set_attr("_init_flat_weights", {"__callable__": "netchisel.cli:demo"}, 0)),
+        "not trusted",
+    ),
+    (
+        "call-netchisel-function",
+        _described,
+        _m(_callable("netchisel.zoo.models:mlp")),
+        "not trusted",
+    ),
+    (
+        "marker-builder",
+        _described,
+        _m(_set_attr("_netchisel_builder", {"__tuple__": ["this:s", {"__dict__": {}}]}, 0)),
+        "own code",
+    ),
+    (
+        "marker-codecs",
+        _described,
+        _m(_set_attr("_netchisel_codecs", {"__dict__": {}}, 0)),
+        "own code",
+    ),
+    ("unhashable-set", _described, _m(_set_attr("x", {"__set__": [[1]]})), "unhashable"),
+    (
+        "builder-unmeasurable",
+        _described,
+        _m(
+            _set_builder(
+                "torch.ao.nn.quantized.modules.embedding_ops:Embedding",
+                num_embeddings=3_000_000,
+                embedding_dim=1024,
+            )
+        ),
+        "cannot be measured",
+    ),
     # -- tensors that do not match what the model declares --------------------------------------
     ("float16-swap", _built, _w(_swap("fc1.weight", lambda t: t.half())), "float16"),
     ("int64-swap", _described, _w(_swap("0.weight", lambda t: t.long())), "int64"),
@@ -269,6 +306,93 @@ CASES: list[tuple[str, Callable[[Path], Path], Callable[[Path], None], str]] = [
         _codec("fc1.weight", "pickle", {}, [""]),
         "unknown tensor codec 'pickle'",
     ),
+    (
+        "bias-shape-described",
+        _described,
+        _w(_swap("0.bias", lambda t: t[:1].clone())),
+        "Linear with its attributes has [8]",
+    ),
+    (
+        "many-declared-buffers",
+        _described,
+        _m(
+            lambda m: (
+                _module(m, 0)
+                .setdefault("tensors", {})
+                .update(
+                    {
+                        f"b{i}": {
+                            "kind": "buffer",
+                            "shape": [1 << 26],
+                            "dtype": "complex128",
+                            "persistent": False,
+                        }
+                        for i in range(16)
+                    }
+                )
+            )
+        ),
+        "does not hold",
+    ),
+    (
+        "packed-zero-width",
+        _built,
+        _codec(
+            "fc1.weight",
+            "packed",
+            {
+                "shape": [8, 16],
+                "layout": "sparse",
+                "width": 0,
+                "index_bits": 0,
+                "entries": 10**12,
+                "dtype": "int8",
+                "offset": 0,
+                "alphabet": 1,
+            },
+            [""],
+        ),
+        "impossible index_bits",
+    ),
+    (
+        "huffman-index-bits",
+        _built,
+        _codec(
+            "fc1.weight",
+            "huffman",
+            {
+                "shape": [8, 16],
+                "layout": "sparse",
+                "index_bits": 10**12,
+                "entries": 1,
+                "nbits": 1,
+                "gap_nbits": 1,
+                "dtype": "int8",
+                "offset": 0,
+                "alphabet": 1,
+            },
+            [""],
+        ),
+        "impossible index_bits",
+    ),
+    (
+        "codec-dtype-getattr",
+        _built,
+        _codec(
+            "fc1.weight",
+            "packed",
+            {
+                "shape": [1],
+                "layout": "dense",
+                "width": 1,
+                "dtype": "_inductor",
+                "offset": 0,
+                "alphabet": 1,
+            },
+            [""],
+        ),
+        "dtype '_inductor'",
+    ),
     # -- a manifest that is not one ---------------------------------------------------------------
     ("missing-files", _built, _m(_pop("files")), "lacks 'files'"),
     ("missing-kwargs", _built, _m(_pop("builder", "kwargs")), "builder"),
@@ -281,6 +405,12 @@ CASES: list[tuple[str, Callable[[Path], Path], Callable[[Path], None], str]] = [
     ("not-json", _built, _write("manifest.json", b"\x80\x81garbage"), "corrupt"),
     ("deep-json", _built, _write("manifest.json", b"[" * 200_000), "corrupt"),
     ("huge-manifest", _built, _sparse_manifest, "over 64 MiB"),
+    (
+        "huge-integer",
+        _built,
+        _write("manifest.json", b'{"format": ' + b"9" * 5000 + b"}"),
+        "corrupt",
+    ),
     ("future-version", _built, _m(lambda m: m.__setitem__("format_version", 99)), "upgrade"),
     (
         "string-version",
@@ -442,3 +572,35 @@ def test_a_recipe_vouches_for_its_artifacts_classes(tmp_path: Path) -> None:
         load_model(plain)
     trusting = {"artifact": directory, "trust": ["tests.pipeline._user_models:Scaled"]}
     assert load_model(parse_recipe({"model": trusting}, "r").model)[1].factor == 2
+
+
+def test_a_module_beside_the_artifact_is_never_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's layer list is walked with full names: a quantized.py in the current directory
+    (on sys.path in a notebook or `python -m`) is not what `load` imports."""
+    from netchisel.pipeline import trust
+
+    canary = tmp_path / "ran"
+    for name in ("quantized", "intrinsic", "qat", "quantizable", "sparse", "dynamic"):
+        (tmp_path / f"{name}.py").write_text(f"open({str(canary)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    trust.torch_classes.cache_clear()
+    try:
+        classes = trust.torch_classes()
+    finally:
+        trust.torch_classes.cache_clear()
+    assert not canary.exists()
+    assert "torch.ao.nn.quantized.dynamic.modules.linear:Linear" in classes
+
+
+def test_a_torch_dynamic_quantized_model_is_one_clear_error(tmp_path: Path) -> None:
+    from netchisel.core.errors import ModelError
+
+    net = torch.ao.quantization.quantize_dynamic(
+        nn.Sequential(nn.Linear(4, 8)), {nn.Linear}, dtype=torch.qint8
+    )
+    with pytest.raises(ModelError, match="use quantize.dynamic_int8"):
+        save(net, tmp_path / "q")
+    assert not (tmp_path / "q").exists()

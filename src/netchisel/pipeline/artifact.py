@@ -38,12 +38,13 @@ from netchisel.core.modules import (
     mark_builder,
     resolve_builder,
 )
-from netchisel.pipeline.codecs import decode_checked, get_codec, smallest_codec
+from netchisel.pipeline.codecs import DTYPES, decode_checked, get_codec, smallest_codec
 from netchisel.pipeline.describe import (
-    DTYPES,
     JSON,
     apply_tensor_specs,
     attributes,
+    check_layer_shapes,
+    declared_bytes,
     describe,
     encode_value,
     rebuild,
@@ -169,10 +170,24 @@ def load(directory: str | Path, *, trust: Iterable[Trusted] = ()) -> nn.Module:
         raise ArtifactError(f"{weights} cannot be read: {first_line(e)}") from None
     codecs = manifest.get("tensors", {})
     budget = max(BUILD_BYTES_PER_FILE_BYTE * expected["bytes"], MIN_BUILD_BUDGET)
-    state = _decode_state(stored, codecs, manifest.get("aliases", {}), budget)
-    model = _rebuild_structure(manifest, state, allowed, budget)
-    _check_fit(model, state)
-    model.load_state_dict(state, strict=True)
+    if declared_bytes(manifest) > budget:
+        raise ArtifactError(
+            f"the manifest declares {declared_bytes(manifest):,} bytes of tensors that the weights "
+            f"file does not hold (at most {budget:,}): refused"
+        )
+    try:
+        state = _decode_state(stored, codecs, manifest.get("aliases", {}), budget)
+        model = _rebuild_structure(manifest, state, allowed, budget)
+        _check_fit(model, state)
+        check_layer_shapes(model)
+        model.load_state_dict(state, strict=True)
+    except NetChiselError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, RuntimeError, MemoryError) as e:
+        # Whatever a malformed file still provokes is one line, not a traceback.
+        raise ArtifactError(
+            f"{root} cannot be rebuilt: {type(e).__name__}: {first_line(e)}"
+        ) from None
     params = dict(model.named_parameters())
     for name, info in codecs.items():
         if info["codec"] == "bitmask" and name in params:
@@ -197,7 +212,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB: refused")
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSON, UTF-8, or an int of 5,000 digits
         raise ArtifactError(f"{path} is corrupt: {first_line(e)}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a netchisel manifest")
@@ -391,7 +406,13 @@ def _call_builder(ref: str, kwargs: dict[str, Any], allowed: Allowed, budget: in
         with torch.device("meta"):
             dry = fn(**kwargs)
         size = sum(t.numel() * t.element_size() for t in dry.state_dict().values())
-    except Exception:  # a builder that cannot run on meta is bounded by the checks after it
+    except Exception:
+        # A @netchisel.builder (netchisel's zoo, or one the caller marked) is trusted to bound
+        # its own kwargs; a bare layer class that cannot be measured is not called at all.
+        if not is_trusted_builder(fn) or isinstance(fn, type):
+            raise ArtifactError(
+                f"manifest builder {ref!r} cannot be measured before it runs: refused"
+            ) from None
         size = 0
     if size > budget:
         raise ArtifactError(
@@ -440,6 +461,11 @@ def _kind(t: torch.Tensor) -> str:
 
 def _refuse_nan(model: nn.Module) -> None:
     for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            raise ModelError(
+                f"state entry {name!r} is a {type(t).__name__}, not a tensor (torch.ao dynamic "
+                "quantization packs weights so): use quantize.dynamic_int8 to save int8 layers"
+            )
         if t.is_floating_point() and bool(torch.isnan(t).any()):
             raise ModelError(f"tensor {name!r} holds NaN values (did training diverge?): not saved")
 

@@ -20,6 +20,11 @@ from torch import Tensor
 from netchisel.core.errors import ArtifactError
 
 Encoded = tuple[dict[str, Tensor], dict[str, Any]]
+# Every torch dtype by its name ("float32"): files name dtypes, and are looked up only here,
+# never with getattr(torch, name) (which imports submodules such as torch._inductor).
+DTYPES: dict[str, torch.dtype] = {
+    str(v).removeprefix("torch."): v for v in vars(torch).values() if isinstance(v, torch.dtype)
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,10 @@ def decode_checked(
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as e:
         raise ArtifactError(
             f"tensor {name!r} (codec {codec}) is corrupt: {type(e).__name__} {e}"
+        ) from None
+    except MemoryError:
+        raise ArtifactError(
+            f"tensor {name!r} (codec {codec}) asks for more memory than there is: refused"
         ) from None
 
 

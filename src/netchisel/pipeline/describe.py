@@ -10,7 +10,9 @@ dict afterwards.
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
+import inspect
 import math
 import weakref
 from collections.abc import Mapping
@@ -20,16 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ArtifactError, ModelError
-from netchisel.pipeline.trust import Allowed, ref_of
+from netchisel.pipeline.codecs import DTYPES
+from netchisel.pipeline.trust import Allowed, ref_of, torch_classes
 
 # Attributes every nn.Module has; they are rebuilt by nn.Module.__init__, not stored.
 # The train/eval flag is not structure either: `load` returns the model in eval mode.
 _MODULE_INTERNALS = frozenset(nn.Module().__dict__)
 _PRIMITIVES = (bool, int, float, str, type(None))
 _OURS = "_netchisel_"  # netchisel's own markers (builder, masks, codecs): not module state
-DTYPES: dict[str, torch.dtype] = {
-    str(v).removeprefix("torch."): v for v in vars(torch).values() if isinstance(v, torch.dtype)
-}
 
 JSON = Any
 # A tensor the weights file does not hold (a non-persistent buffer) is allocated from the
@@ -84,7 +84,10 @@ def decode_value(data: JSON, allowed: Allowed | None = None) -> Any:
             raise ArtifactError(f"manifest names dtype {inner!r}, which torch does not have")
         return DTYPES[inner]
     if tag == "__set__":
-        return set(decode_value(v, allowed) for v in inner)
+        items = [decode_value(v, allowed) for v in inner]
+        if not all(isinstance(v, collections.abc.Hashable) for v in items):
+            raise ArtifactError("manifest has a __set__ of unhashable values")
+        return set(items)
     if tag == "__float__":
         return float(inner)
     if tag == "__callable__":
@@ -101,7 +104,7 @@ def set_attributes(module: nn.Module, attrs: dict[str, JSON], allowed: Allowed, 
     cls = type(module)
     for key, value in attrs.items():
         shadows = callable(getattr(cls, key, None)) or isinstance(getattr(cls, key, None), property)
-        if key.startswith("__") or key in _MODULE_INTERNALS or shadows:
+        if key.startswith(("__", _OURS)) or key in _MODULE_INTERNALS or shadows:
             raise ArtifactError(
                 f"manifest sets attribute {key!r} of {path or '<root>'} ({cls.__name__}), "
                 "which names the module's own code or internals: refused"
@@ -135,9 +138,9 @@ def attributes(module: nn.Module) -> dict[str, Any]:
 
 def refresh_caches(module: nn.Module) -> None:
     """Rebuild what `attributes` left out (today: RNN flat weights) after tensors changed."""
-    init = getattr(module, "_init_flat_weights", None)
+    init = getattr(type(module), "_init_flat_weights", None)  # the class's, never an attribute
     if callable(init):
-        init()
+        init(module)
 
 
 def _is_cache(value: Any) -> bool:
@@ -299,3 +302,88 @@ def apply_tensor_specs(
 
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
+
+
+def declared_bytes(manifest: JSON) -> int:
+    """Bytes of every tensor the manifest gives a shape for: what `load` allocates from the
+    manifest alone, before the weights fill it (bounded by the caller).
+
+    Example:
+        >>> declared_bytes({"edits": [{"op": "patch", "path": "", "tensors": {
+        ...     "w": {"kind": "buffer", "shape": [2, 3], "dtype": "float16"}}}]})
+        12
+    """
+    total = 0
+
+    def specs(table: JSON) -> None:
+        nonlocal total
+        for spec in table.values():
+            if "shape" in spec:
+                size = torch.empty(0, dtype=DTYPES[spec.get("dtype", "float32")]).element_size()
+                total += math.prod(spec["shape"]) * size
+
+    def walk(module: JSON | None) -> None:
+        if module is not None:
+            specs(module.get("tensors", {}))
+            for child in module.get("children", {}).values():
+                walk(child)
+
+    for edit in manifest.get("edits", []):
+        specs(edit.get("tensors", {}))
+        walk(edit.get("module"))
+    return total
+
+
+def check_layer_shapes(model: nn.Module) -> None:
+    """Refuse a torch layer whose tensors disagree with its own attributes.
+
+    A described `nn.Linear(4, 8)` takes its bias from the weights file; a file with a
+    one-element bias would load and broadcast silently. Each torch layer is built again on the
+    meta device from its recorded constructor arguments, and its tensor shapes compared.
+
+    Example:
+        >>> layer = nn.Linear(4, 8)
+        >>> layer.bias = nn.Parameter(torch.zeros(1))
+        >>> check_layer_shapes(nn.Sequential(layer))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        netchisel.core.errors.ArtifactError: tensor '0.bias' has shape [1], but Linear ... [8]
+    """
+    layers = set(torch_classes().values())
+    for path, module in model.named_modules():
+        if type(module) not in layers:
+            continue
+        reference = _rebuilt_on_meta(module)
+        if reference is None:
+            continue
+        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            expected = getattr(reference, name, None)
+            if tensor is None or not isinstance(expected, Tensor):
+                continue
+            if tensor.shape != expected.shape:
+                raise ArtifactError(
+                    f"tensor {_join(path, name)!r} has shape {list(tensor.shape)}, but "
+                    f"{type(module).__name__} with its attributes has {list(expected.shape)}"
+                )
+
+
+def _rebuilt_on_meta(module: nn.Module) -> nn.Module | None:
+    cls = type(module)
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    values = vars(module)
+    kwargs: dict[str, Any] = {}
+    for name, param in list(params.items())[1:]:
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in values and isinstance(values[name], (*_PRIMITIVES, tuple, list)):
+            kwargs[name] = values[name]
+        elif param.default is param.empty:
+            return None  # a required argument it does not keep: nothing to compare with
+    try:
+        with torch.device("meta"):
+            return cls(**kwargs)
+    except Exception:  # a layer whose constructor wants more than its attributes say
+        return None

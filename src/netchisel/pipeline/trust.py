@@ -62,8 +62,10 @@ def torch_classes() -> dict[str, type[nn.Module]]:
     found: dict[str, type[nn.Module]] = {}
     for package in _TORCH_CLASS_PACKAGES:
         root = importlib.import_module(package)
+        # The prefix makes walk_packages import "torch.ao.nn.quantized", never a bare
+        # "quantized" that the current directory could supply; it also walks nested packages.
         names = [package] + [
-            f"{package}.{info.name}" for info in pkgutil.walk_packages(root.__path__)
+            info.name for info in pkgutil.walk_packages(root.__path__, f"{package}.")
         ]
         for name in names:
             module = importlib.import_module(name)
@@ -118,14 +120,16 @@ class Allowed:
         """The object `ref` names if an allow-list holds it for `kind`; else ArtifactError."""
         if not isinstance(ref, str) or not _well_formed(ref):
             raise ArtifactError(f"manifest names {ref!r}, which is not a 'module:name' reference")
-        obj = self._lookup(ref)
+        obj = self._lookup(ref, kind)
         if obj is None or not _fits(obj, kind):
             raise ArtifactError(_refusal(ref, kind))
         return obj
 
-    def _lookup(self, ref: str) -> Any:
+    def _lookup(self, ref: str, kind: Kind) -> Any:
         if ref in self.extra:
             return self.extra[ref]
+        if kind == "function":  # attribute values: torch's functions only, or the caller's
+            return torch_functions().get(ref)
         registered = registered_builders()
         if ref in registered:
             return registered[ref]

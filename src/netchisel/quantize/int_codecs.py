@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from netchisel.core.errors import ArtifactError
-from netchisel.pipeline.codecs import Codec, Encoded, register_codec
+from netchisel.pipeline.codecs import DTYPES, Codec, Encoded, register_codec
 from netchisel.quantize.huffman import Array, code_lengths, decode, encode
 from netchisel.quantize.primitives import pack_bits, unpack_bits
 
@@ -112,14 +112,28 @@ def _base_meta(t: Tensor, layout: str, offset: int, alphabet: int) -> dict[str, 
 
 def _finish(values: Array, meta: dict[str, Any]) -> Tensor:
     """The decoded values (with their offset added back) as the stored dtype and shape."""
-    dtype = getattr(torch, str(meta["dtype"]), None)
+    dtype = DTYPES.get(str(meta["dtype"]))
     if dtype not in INTEGER_DTYPES:
         raise ArtifactError(f"an integer codec names dtype {meta['dtype']!r}: the file is corrupt")
     return torch.from_numpy(values).to(dtype).reshape(meta["shape"])
 
 
 def _numel(meta: dict[str, Any]) -> int:
-    return math.prod(int(s) for s in meta["shape"])
+    """The entry count, after checking the layout fields a hostile file could inflate: a sparse
+    layout has at most one entry per element and 1-8 index bits, a packed value 1-8 bits."""
+    numel = math.prod(int(s) for s in meta["shape"])
+    if meta["layout"] == "sparse":
+        if int(meta["index_bits"]) not in INDEX_BITS or not 0 <= int(meta["entries"]) <= numel:
+            raise ArtifactError("a sparse integer layout has impossible index_bits or entries")
+    elif meta["layout"] != "dense":
+        raise ArtifactError(f"an integer codec has an unknown layout {meta['layout']!r}")
+    if "width" in meta and not 1 <= int(meta["width"]) <= 8:
+        raise ArtifactError(f"a packed tensor has width {meta['width']}, not 1-8 bits")
+    if not 1 <= int(meta["alphabet"]) <= MAX_ALPHABET:
+        raise ArtifactError(
+            f"an integer codec has alphabet {meta['alphabet']}, not 1-{MAX_ALPHABET}"
+        )
+    return numel
 
 
 def _split(blob: Array, sizes: list[int]) -> list[Array]:

@@ -601,6 +601,6 @@ def test_a_torch_dynamic_quantized_model_is_one_clear_error(tmp_path: Path) -> N
     net = torch.ao.quantization.quantize_dynamic(
         nn.Sequential(nn.Linear(4, 8)), {nn.Linear}, dtype=torch.qint8
     )
-    with pytest.raises(ModelError, match="use quantize.dynamic_int8"):
+    with pytest.raises(ModelError, match=r"use quantize\.dynamic_int8"):
         save(net, tmp_path / "q")
     assert not (tmp_path / "q").exists()

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from netchisel.core.errors import ConfigError
+from netchisel.core.finetune import FinetuneConfig
 from netchisel.pipeline.recipe import load_recipe, parse_recipe
-from netchisel.pipeline.stages import FinetuneConfig
 
 
 def test_full_recipe_parses() -> None:
@@ -80,7 +80,9 @@ def test_nan_and_devices_are_refused_naming_the_key() -> None:
 def test_yaml_mistakes_name_the_line(tmp_path: Path) -> None:
     f = tmp_path / "r.yaml"
     f.write_text("model: cnn\nstages:\n  - finetune:\n      lr: 0.1\n      lr: 0.2\n")
-    with pytest.raises(ConfigError, match=r"key 'lr' is written twice \(lines 4 and 5\): keep one"):
+    with pytest.raises(
+        ConfigError, match=r"key 'lr' is written twice \(line 4 and line 5\): keep one"
+    ):
         load_recipe(f)
     # a merge key may be overridden: that is YAML's own rule, not a duplicate
     f.write_text("base: &b {epochs: 1}\nmodel: cnn\nstages: [{finetune: {<<: *b, epochs: 2}}]\n")
@@ -92,3 +94,12 @@ def test_yaml_mistakes_name_the_line(tmp_path: Path) -> None:
     f.write_bytes("model: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 10\): save it as UTF-8"):
         load_recipe(f)
+
+
+def test_a_key_written_twice_on_one_line_names_the_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "r.yaml"
+    path.write_text("model: mlp\nstages:\n  - finetune: {epochs: 2, lr: 0.003, lr: 0.1}\n")
+    with pytest.raises(
+        ConfigError, match=r"'lr' is written twice \(line 3 column 27 and line 3 column 38\)"
+    ):
+        load_recipe(path)

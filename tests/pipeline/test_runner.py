@@ -264,7 +264,7 @@ TINY = yaml.safe_dump(RECIPE)
         (TINY + "device: cuda\n", "recipe.device: 'cuda', but this machine has no CUDA device"),
         (
             TINY + "seed: 1\nseed: 2\n",
-            ": key 'seed' is written twice (lines 20 and 21): keep one",
+            ": key 'seed' is written twice (line 20 and line 21): keep one",
         ),
         (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "is a binary file, not YAML"),
     ],

@@ -31,8 +31,8 @@ import yaml
 
 from netchisel.core.config import StageConfig
 from netchisel.core.errors import ConfigError
-from netchisel.core.registry import get_stage
 from netchisel.pipeline.export import EXPORTS
+from netchisel.stages import get_stage
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def read_yaml(path: Path, what: str) -> Any:
         ...     read_yaml(f, "recipe")
         ... except ConfigError as e:
         ...     print(str(e).split(": ", 1)[1])
-        key 'seed' is written twice (lines 1 and 2): keep one
+        key 'seed' is written twice (line 1 and line 2): keep one
     """
     if path.is_dir():
         raise ConfigError(f"{what} {path} is a directory: give one YAML file in it")
@@ -146,17 +146,19 @@ class _StrictLoader(yaml.SafeLoader):
     """safe_load that refuses a key written twice in one mapping and a `.nan` value."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
+        seen: dict[Any, str] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
                 continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            where = f"line {line} column {key_node.start_mark.column + 1}"
             if key in seen:
-                raise _BadValue(
-                    f"key {key!r} is written twice (lines {seen[key]} and {line}): keep one"
-                )
-            seen[key] = line
+                first, second = seen[key], where
+                if first.split()[1] != second.split()[1]:  # different lines: lines say enough
+                    first, second = first.split(" column")[0], second.split(" column")[0]
+                raise _BadValue(f"key {key!r} is written twice ({first} and {second}): keep one")
+            seen[key] = where
             if isinstance(value_node, yaml.ScalarNode) and value_node.tag.endswith(":float"):
                 value = self.construct_object(value_node)
                 if isinstance(value, float) and math.isnan(value):

@@ -42,7 +42,7 @@ from torch import nn
 import netchisel as nc
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
-from netchisel.core.registry import stage_for_config
+from netchisel.core.registry import handler
 from netchisel.distill import DistillConfig
 from netchisel.distill.distiller import distill
 from netchisel.factorize import CPConfig, SeparableConfig, TuckerConfig
@@ -127,12 +127,12 @@ def main() -> None:
         model = copy.deepcopy(original)
         ctx = Context(task, teacher=original, quiet=True)
         start = time.perf_counter()
-        stage_for_config(type(config))(model, config, ctx)
+        handler(type(config))(model, config, ctx)
         rewrite_seconds = time.perf_counter() - start
         records = dict(ctx.records)
         before_recovery = accuracies(model, task)
         weights_only = copy.deepcopy(original)
-        stage_for_config(type(config))(
+        handler(type(config))(
             weights_only, dataclasses.replace(config, recalibrate_bn=0), Context(task, quiet=True)
         )
         rewrite_only = accuracies(weights_only, task)

@@ -39,7 +39,7 @@ from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.masks import sparsity
 from netchisel.core.modules import select_modules
-from netchisel.core.registry import stage_for_config
+from netchisel.core.registry import handler
 from netchisel.prune.importance import collect_stats
 from netchisel.prune.sparsegpt import SparseGPTConfig
 from netchisel.prune.unstructured import UnstructuredConfig
@@ -134,7 +134,7 @@ def width_check(n_embd: int) -> dict[str, Any]:
     }
     for method, config in configs("unstructured", ablations=False).items():
         model = copy.deepcopy(dense)
-        stage_for_config(type(config))(model, config, Context(task, quiet=True, seed=0))
+        handler(type(config))(model, config, Context(task, quiet=True, seed=0))
         ppl = {split: task.evaluate(model, split)["perplexity"] for split in ("val", "test")}
         out["increase"][method] = {split: ppl[split] - base[split] for split in ppl}
     out["ratio_to_magnitude_increase"] = {
@@ -172,7 +172,7 @@ def main() -> None:
             model = copy.deepcopy(dense)
             ctx = Context(task, quiet=True, seed=0)
             t0 = time.perf_counter()
-            stage_for_config(type(config))(model, config, ctx)
+            handler(type(config))(model, config, ctx)
             seconds = time.perf_counter() - t0
             metrics = {split: task.evaluate(model, split) for split in ("val", "test")}
             row: dict[str, Any] = {

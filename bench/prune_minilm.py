@@ -28,7 +28,7 @@ from prune_llm import configs, input_norm_spread
 
 from netchisel import zoo
 from netchisel.core.context import Context
-from netchisel.core.registry import stage_for_config
+from netchisel.core.registry import handler
 
 LAYERS = (r"encoder\.encoder\.layer\..*",)
 CALIBRATION = 128
@@ -46,7 +46,7 @@ def main() -> None:
         for method, config in configs(pattern, LAYERS, ablations=False).items():
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
-            stage_for_config(type(config))(model, config, Context(task, quiet=True, seed=0))
+            handler(type(config))(model, config, Context(task, quiet=True, seed=0))
             seconds = time.perf_counter() - t0
             row: dict[str, Any] = {"pattern": pattern, "method": method}
             row["prune_seconds"] = round(seconds, 2)

@@ -53,7 +53,7 @@ import netchisel as nc
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.registry import stage_for_config
+from netchisel.core.registry import handler
 from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.quantize import (
@@ -223,7 +223,7 @@ def gpt_rows(root: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         ctx = Context(task, quiet=True, seed=0)
         t0 = time.perf_counter()
         if config is not None:
-            stage_for_config(type(config))(model, config, ctx)
+            handler(type(config))(model, config, ctx)
         seconds = time.perf_counter() - t0
         info = artifact_info(model, root, name.replace(" ", "_").replace("+", "plus"))
         loaded = nc.load(info.pop("path"))  # what ships is what is measured
@@ -299,7 +299,7 @@ def minilm_rows() -> dict[str, Any]:
     for name, config in configs.items():
         model = copy.deepcopy(reference)
         ctx = Context(task, quiet=True)
-        stage_for_config(type(config))(model, config, ctx)
+        handler(type(config))(model, config, ctx)
         metrics = {split: task.evaluate(model, split) for split in ("val", "test")}
         out[name] = {
             **{f"{s}_{k}": v for s, m in metrics.items() for k, v in m.items()},

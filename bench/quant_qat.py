@@ -39,7 +39,7 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 import netchisel as nc
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
-from netchisel.core.registry import stage_for_config
+from netchisel.core.registry import handler
 from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.quantize import BinaryConfig, QATConfig, RTNConfig
 from netchisel.zoo import data, train
@@ -95,7 +95,7 @@ def run(config: StageConfig, seed: int, work: Path, tag: str) -> dict[str, Any]:
     model = train.pretrained("cnn")
     ctx = Context(task, quiet=True, seed=seed)
     start = time.perf_counter()
-    stage_for_config(type(config))(model, config, ctx)
+    handler(type(config))(model, config, ctx)
     seconds = time.perf_counter() - start
     path = nc.save(model, work / tag)
     loaded = nc.load(path)
@@ -128,7 +128,7 @@ def main() -> None:
         row = {
             "group": group,
             "variant": name,
-            "stage": stage_for_config(type(config)).name,
+            "stage": handler(type(config)).name,
             "trained": trained,
             "config": config.to_dict(),
             "median_test_accuracy": test,

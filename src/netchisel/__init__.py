@@ -18,7 +18,7 @@ from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ArtifactError, ConfigError, ModelError, NetChiselError
 from netchisel.core.modules import builder
-from netchisel.core.registry import get_stage, register, stage_names
+from netchisel.core.registry import register
 from netchisel.core.task import (
     Task,
     classification_task,
@@ -35,6 +35,7 @@ from netchisel.pipeline.runner import RunResult, run_recipe
 from netchisel.profile import Profile, count_flops, measure_latency, profile
 from netchisel.prune import prune_
 from netchisel.quantize import quantize_
+from netchisel.stages import get_stage, stage_names
 
 __version__ = "0.1.0"
 

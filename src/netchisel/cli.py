@@ -229,8 +229,8 @@ def report(
 @app.command()
 def info() -> None:
     """Versions, threads, CPU features, the registered stages."""
-    from netchisel.core.registry import stage_names
     from netchisel.profile.machine import machine_info
+    from netchisel.stages import stage_names
 
     data = {**machine_info(), "stages": stage_names()}
     print(json.dumps(data, indent=1))

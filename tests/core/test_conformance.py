@@ -8,7 +8,7 @@ import pytest
 
 from netchisel.core.config import StageConfig
 from netchisel.core.errors import ConfigError
-from netchisel.core.registry import get_stage, stage_names
+from netchisel.stages import get_stage, stage_names
 
 
 @pytest.mark.parametrize("name", stage_names())

@@ -101,7 +101,7 @@ def test_hint_adapters_train_and_are_not_kept() -> None:
     modules = [n for n, _ in student.named_modules()]
     ctx = Context(task, teacher(), quiet=True)
     config = DistillConfig(steps=5, hints=(("2", "2"),), attention=())
-    from netchisel.core.registry import get_stage
+    from netchisel.stages import get_stage
 
     get_stage("distill")(student, config, ctx)
     assert list(student.state_dict()) == keys
@@ -201,7 +201,7 @@ def test_language_model_distillation_with_attention_transfer() -> None:
     with torch.no_grad():
         x = task.example_inputs(4, split="train")[0]
         before = float(soft_target_loss(student(x), t(x), 1.0))
-    from netchisel.core.registry import get_stage
+    from netchisel.stages import get_stage
 
     get_stage("distill")(student, config, ctx)
     with torch.no_grad():
@@ -238,7 +238,7 @@ def test_conv_attention_transfer_and_recipe_teacher_source() -> None:
     student = models.cnn(width=4, image_size=8)
     keys = list(student.state_dict())
     ctx = Context(data.task("digits", batch_size=32), quiet=True)
-    from netchisel.core.registry import get_stage
+    from netchisel.stages import get_stage
 
     get_stage("distill")(student, config, ctx)
     assert list(student.state_dict()) == keys
@@ -264,7 +264,7 @@ def test_a_saved_artifact_can_teach(tmp_path: Path) -> None:
     path = nc.save(teacher(), tmp_path / "teacher")
     config = DistillConfig.from_dict({"teacher": {"artifact": str(path)}, "steps": 3})
     ctx = Context(task, quiet=True)  # no ctx.teacher: the artifact is the teacher
-    from netchisel.core.registry import get_stage
+    from netchisel.stages import get_stage
 
     get_stage("distill")(mlp(16), config, ctx)
     assert ctx.records["teacher_params"] == 64 * 128 + 128 + 128 * 10 + 10

@@ -7,9 +7,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from netchisel.core.context import Context
-from netchisel.core.registry import get_stage
 from netchisel.core.task import classification_task
 from netchisel.distill.distiller import DistillConfig
+from netchisel.stages import get_stage
 
 
 def test_epoch_reports_name_the_student() -> None:

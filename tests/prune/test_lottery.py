@@ -7,9 +7,9 @@ from torch import nn
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of
-from netchisel.core.registry import get_stage
 from netchisel.core.train import TrainSettings, fit
 from netchisel.prune.lottery import LotteryConfig, prune_lottery, reinitialise_
+from netchisel.stages import get_stage
 from tests.prune.test_schedule import WEIGHTS, tiny_net, tiny_task, total_weights
 
 

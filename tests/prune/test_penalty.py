@@ -9,7 +9,6 @@ from torch import nn
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
-from netchisel.core.registry import get_stage
 from netchisel.prune.penalty import (
     PenaltyConfig,
     group_lasso,
@@ -18,6 +17,7 @@ from netchisel.prune.penalty import (
     growing_strength,
     prune_penalty,
 )
+from netchisel.stages import get_stage
 from tests.prune.test_schedule import tiny_net, tiny_task
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
-from netchisel.core.registry import get_stage, stage_for_config
+from netchisel.core.registry import handler
 from netchisel.core.task import Task, classification_task
 from netchisel.prune import schedule, unstructured
 from netchisel.prune.schedule import (
@@ -23,6 +23,7 @@ from netchisel.prune.schedule import (
     prune_iterative,
     rising_sparsities,
 )
+from netchisel.stages import get_stage
 
 WEIGHTS = ("0.weight", "2.weight", "4.weight")
 
@@ -278,7 +279,7 @@ def test_a_failure_midway_leaves_the_model_as_it_was(config: object) -> None:
         return task.loss_fn(model, batch)
 
     broken = dataclasses.replace(task, loss_fn=failing_loss)
-    stage = stage_for_config(type(config))  # type: ignore[arg-type]
+    stage = handler(type(config))  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="data went away"):
         stage(net, config, Context(broken, quiet=True))  # type: ignore[arg-type]
     assert calls["n"] == 16 and masks_of(net) == {} and net.training

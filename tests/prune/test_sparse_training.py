@@ -9,7 +9,6 @@ from torch import nn
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
-from netchisel.core.registry import get_stage
 from netchisel.prune import sparse_training as st
 from netchisel.prune.sparse_training import (
     SparseTrainingConfig,
@@ -19,6 +18,7 @@ from netchisel.prune.sparse_training import (
     random_keep,
     sparse_training,
 )
+from netchisel.stages import get_stage
 from tests.prune.test_schedule import WEIGHTS, tiny_net, tiny_task, total_weights
 
 

@@ -9,7 +9,6 @@ from torch import nn
 import netchisel as nc
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of
-from netchisel.core.registry import get_stage
 from netchisel.prune import UnstructuredConfig, prune_
 from netchisel.quantize import DynamicInt8Config, RTNConfig, quantize_
 from netchisel.quantize.modules import (
@@ -20,6 +19,7 @@ from netchisel.quantize.modules import (
     PackedLinear,
 )
 from netchisel.quantize.primitives import QuantSpec, choose_qparams
+from netchisel.stages import get_stage
 
 
 def _mlp():

@@ -26,6 +26,7 @@ class StageConfig:
         2.0
     """
 
+    NAME: ClassVar[str] = ""  # the YAML name of the stage ("prune.unstructured"), set once
     VERSION: ClassVar[int] = 1
     version: int = 1
 

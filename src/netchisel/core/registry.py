@@ -1,7 +1,9 @@
-"""The stage registry: a stage name maps to its config class and its apply function.
+"""The handler table: a stage's config class maps to the function that applies it.
 
-Recipes, the CLI and search all go through `get_stage`, so a new algorithm is one file
-plus one `@register` line.
+A config's YAML name is its class attribute `NAME`, written once. Algorithms register their
+`apply(model, config, ctx)` against the config type (`@register(UnstructuredConfig)`), as
+torchao's handlers are keyed by config type; `netchisel.stages` lists every stage explicitly,
+and the family entry points (`prune_`, `quantize_`, ...) run a config through `apply_stage`.
 """
 
 from __future__ import annotations
@@ -20,76 +22,102 @@ if TYPE_CHECKING:
     from netchisel.core.task import Task
 
 ApplyFn = Callable[["nn.Module", Any, "Context"], "nn.Module"]
+FAMILY_ENTRIES = {
+    "prune": "prune_",
+    "quantize": "quantize_",
+    "factorize": "factorize_",
+    "distill": "distill_",
+}
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A registered algorithm: its name, its config class and `apply(model, config, ctx)`."""
+    """A registered algorithm: its config class and `apply(model, config, ctx)`."""
 
-    name: str
     config_class: type[StageConfig]
     apply: ApplyFn
+
+    @property
+    def name(self) -> str:
+        """The YAML name, `config_class.NAME`."""
+        return self.config_class.NAME
 
     def __call__(self, model: nn.Module, config: StageConfig, ctx: Context) -> nn.Module:
         return self.apply(model, config, ctx)
 
 
-_STAGES: dict[str, Stage] = {}
+_HANDLERS: dict[type[StageConfig], Stage] = {}
 
 
-def register(name: str, config_class: type[StageConfig]) -> Callable[[ApplyFn], ApplyFn]:
-    """Register `apply` under `name`.
+def register(config_class: type[StageConfig]) -> Callable[[ApplyFn], ApplyFn]:
+    """Register `apply` as the handler of `config_class` (whose `NAME` is the stage name).
 
     Example:
-        >>> @register("example.identity", StageConfig)
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class IdentityConfig(StageConfig):
+        ...     NAME = "example.identity"
+        >>> @register(IdentityConfig)
         ... def identity(model, config, ctx):
         ...     return model
-        >>> get_stage("example.identity").config_class is StageConfig
-        True
+        >>> handler(IdentityConfig).name
+        'example.identity'
     """
+    if not config_class.NAME:
+        raise ValueError(f"{config_class.__name__} has no NAME")
 
     def decorate(apply: ApplyFn) -> ApplyFn:
-        if name in _STAGES and _STAGES[name].apply is not apply:
-            raise ValueError(f"stage {name!r} is registered twice")
-        _STAGES[name] = Stage(name, config_class, apply)
+        known = _HANDLERS.get(config_class)
+        if known is not None and known.apply is not apply:
+            raise ValueError(f"{config_class.__name__} is registered twice")
+        _HANDLERS[config_class] = Stage(config_class, apply)
         return apply
 
     return decorate
 
 
-def get_stage(name: str) -> Stage:
-    """Return the stage called `name`, or a ConfigError listing the known ones."""
-    _load_builtin_stages()
-    if name not in _STAGES:
-        raise ConfigError(f"unknown stage {name!r} (known: {', '.join(stage_names())})")
-    return _STAGES[name]
+def handler(config_class: type[StageConfig]) -> Stage:
+    """The stage registered for `config_class`; a ConfigError when there is none."""
+    if config_class not in _HANDLERS:
+        raise ConfigError(f"{config_class.__name__} is not the config of any registered stage")
+    return _HANDLERS[config_class]
 
 
-def stage_for_config(config_class: type[StageConfig]) -> Stage:
-    """The stage whose config class is `config_class` (for `prune_`, `quantize_`, ...)."""
-    _load_builtin_stages()
-    for stage in _STAGES.values():
-        if stage.config_class is config_class:
-            return stage
-    raise ConfigError(f"{config_class.__name__} is not the config of any registered stage")
+def registered() -> list[Stage]:
+    """Every registered stage (the conformance test compares it with `netchisel.stages`)."""
+    return list(_HANDLERS.values())
 
 
-def stage_names() -> list[str]:
-    """All registered stage names, sorted."""
-    _load_builtin_stages()
-    return sorted(n for n in _STAGES if not n.startswith("example."))
-
-
-def _load_builtin_stages() -> None:
-    # Importing the stage modules runs their @register lines.
-    import netchisel.pipeline.stages  # noqa: F401
-
-
-def apply_config(
-    model: nn.Module, config: StageConfig, task: Task | None = None, *, seed: int = 0
+def apply_stage(
+    model: nn.Module,
+    config: StageConfig,
+    task: Task | None = None,
+    *,
+    family: str,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
 ) -> nn.Module:
-    """Run the stage registered for `config` on `model` (the body of `prune_`, `quantize_`)."""
+    """Run `config`'s stage on `model` in place: the body of `prune_`, `quantize_`, ...
+
+    A config of another family is refused with the call to use instead.
+
+    Example:
+        >>> import dataclasses
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class NoopConfig(StageConfig):
+        ...     NAME = "quantize.noop"
+        >>> apply_stage(None, NoopConfig(), family="prune")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        netchisel.core.errors.ConfigError: prune_ got NoopConfig, a quantize stage: call ...
+    """
     from netchisel.core.context import Context
 
-    stage = stage_for_config(type(config))
-    return stage(model, config, Context(task, quiet=True, seed=seed))
+    own = config.NAME.partition(".")[0]
+    if own != family:
+        right = FAMILY_ENTRIES.get(own)
+        fix = f"call netchisel.{right}" if right else "run it in a recipe"
+        raise ConfigError(
+            f"{FAMILY_ENTRIES[family]} got {type(config).__name__}, a {own} stage: {fix}"
+        )
+    return handler(type(config))(model, config, Context(task, teacher, quiet=True, seed=seed))

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from netchisel.core.context import Context
-from netchisel.core.registry import get_stage
+from netchisel.core.registry import apply_stage
 from netchisel.core.task import Task
 from netchisel.distill.distiller import DistillConfig, distillation_loss
 from netchisel.distill.losses import (
@@ -55,5 +54,4 @@ def distill_(
     seed: int = 0,
 ) -> nn.Module:
     """Distill `teacher` (or the source named by `config.teacher`) into `model`, in place."""
-    ctx = Context(task, teacher, seed=seed, quiet=True)
-    return get_stage("distill")(model, config, ctx)
+    return apply_stage(model, config, task, family="distill", seed=seed, teacher=teacher)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -83,6 +83,8 @@ class DistillConfig(TrainingStageConfig):
         >>> c.temperature, c.alpha, c.kind
         (4.0, 0.1, 'auto')
     """
+
+    NAME: ClassVar[str] = "distill"
 
     epochs: float = 1.0
     steps: int | None = None
@@ -246,7 +248,7 @@ def distillation_loss(
     return soft_target_loss(student_out, teacher_out, config.temperature)
 
 
-@register("distill", DistillConfig)
+@register(DistillConfig)
 def distill(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module:
     """Train `model` in place against the teacher's outputs (and features) and the task's labels."""
     task = ctx.require_task("distill")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from netchisel.core.config import StageConfig
-from netchisel.core.registry import apply_config
+from netchisel.core.registry import apply_stage
 from netchisel.core.task import Task
 from netchisel.factorize.cp import CPConfig
 from netchisel.factorize.separable import SeparableConfig
@@ -27,4 +27,4 @@ def factorize_(
     model: nn.Module, config: StageConfig, task: Task | None = None, *, seed: int = 0
 ) -> nn.Module:
     """Apply a factorization config to `model` in place (through its registered stage)."""
-    return apply_config(model, config, task, seed=seed)
+    return apply_stage(model, config, task, family="factorize", seed=seed)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,6 @@ from netchisel.factorize.rank import (
     rank_for_budget,
 )
 
-STAGE = "factorize.cp"
 DEFAULT_PARAM_RATIO = 0.5
 
 
@@ -84,6 +83,8 @@ class CPConfig(ConvRewriteConfig):
         100
     """
 
+    NAME: ClassVar[str] = "factorize.cp"
+
     rank: int | None = None
     param_ratio: float | None = None
     iterations: int = 100
@@ -96,6 +97,9 @@ class CPConfig(ConvRewriteConfig):
         if self.iterations < 1:
             raise ConfigError(f"{STAGE}: iterations must be >= 1, got {self.iterations}")
         check_recalibration(STAGE, self.recalibrate_bn)
+
+
+STAGE = CPConfig.NAME
 
 
 def cp_params(conv: nn.Conv2d, rank: int) -> int:
@@ -173,7 +177,7 @@ def cp_conv(conv: nn.Conv2d, a_out: Tensor, a_in: Tensor, a_k: Tensor) -> nn.Seq
     return nn.Sequential(first, middle, last)
 
 
-@register(STAGE, CPConfig)
+@register(CPConfig)
 def factorize_cp(model: nn.Module, config: CPConfig, ctx: Context) -> nn.Module:
     """Replace each chosen kxk Conv2d by its rank-R CP decomposition as three convs.
 

@@ -17,7 +17,7 @@ and 1x1 convs are skipped, and the record says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +33,6 @@ from netchisel.factorize.convs import (
 )
 from netchisel.factorize.rank import check_recalibration
 
-STAGE = "factorize.separable"
-
 
 @dataclass(frozen=True)
 class SeparableConfig(ConvRewriteConfig):
@@ -48,10 +46,12 @@ class SeparableConfig(ConvRewriteConfig):
         False
     """
 
+    NAME: ClassVar[str] = "factorize.separable"
+
     batchnorm: bool = False
 
     def validate(self) -> None:
-        check_recalibration(STAGE, self.recalibrate_bn)
+        check_recalibration(SeparableConfig.NAME, self.recalibrate_bn)
 
 
 def separable_factors(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -106,7 +106,7 @@ def separable_params(conv: nn.Conv2d, batchnorm: bool = False) -> int:
     return c_in * kh * kw + c_in * c_out + bias + (2 * c_in if batchnorm else 0)
 
 
-@register(STAGE, SeparableConfig)
+@register(SeparableConfig)
 def factorize_separable(model: nn.Module, config: SeparableConfig, ctx: Context) -> nn.Module:
     """Replace each chosen kxk Conv2d by depthwise + pointwise convs fitted to its weight.
 
@@ -125,4 +125,4 @@ def factorize_separable(model: nn.Module, config: SeparableConfig, ctx: Context)
             "weight_relative_error": relative_error(approx, conv.weight),
         }
 
-    return rewrite_convs_(model, config, ctx, STAGE, rewrite)
+    return rewrite_convs_(model, config, ctx, SeparableConfig.NAME, rewrite)

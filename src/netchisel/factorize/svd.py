@@ -12,7 +12,7 @@ chosen rank would not save parameters are left as they are and the record says w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,6 @@ from netchisel.factorize.rank import (
     swap_all,
 )
 
-STAGE = "factorize.svd"
 DEFAULT_PARAM_RATIO = 0.5
 
 
@@ -53,6 +52,8 @@ class SVDConfig(StageConfig):
         >>> SVDConfig(param_ratio=0.25).rank_for(torch.ones(4), 64, 64, True)
         7
     """
+
+    NAME: ClassVar[str] = "factorize.svd"
 
     rank: int | None = None
     energy: float | None = None
@@ -77,6 +78,9 @@ class SVDConfig(StageConfig):
             return rank_for_energy(singular_values, self.energy)
         ratio = self.param_ratio if self.param_ratio is not None else DEFAULT_PARAM_RATIO
         return rank_for_params(in_features, out_features, bias, ratio)
+
+
+STAGE = SVDConfig.NAME
 
 
 def rank_for_params(in_features: int, out_features: int, bias: bool, ratio: float) -> int:
@@ -127,7 +131,7 @@ def linear_params(layer: nn.Linear) -> int:
     return sum(p.numel() for p in layer.parameters())
 
 
-@register(STAGE, SVDConfig)
+@register(SVDConfig)
 def factorize_svd(model: nn.Module, config: SVDConfig, ctx: Context) -> nn.Module:
     """Replace each chosen Linear by two Linears from its truncated SVD.
 

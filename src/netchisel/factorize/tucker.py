@@ -21,7 +21,7 @@ layers where the ranks would not save parameters; the record says which and why.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,6 @@ from netchisel.factorize.rank import (
     rank_for_energy,
 )
 
-STAGE = "factorize.tucker"
 DEFAULT_PARAM_RATIO = 0.5
 
 
@@ -70,6 +69,8 @@ class TuckerConfig(ConvRewriteConfig):
         (8, 16)
     """
 
+    NAME: ClassVar[str] = "factorize.tucker"
+
     ranks: tuple[int, ...] | None = None
     energy: float | None = None
     param_ratio: float | None = None
@@ -88,6 +89,9 @@ class TuckerConfig(ConvRewriteConfig):
         if self.iterations < 1:
             raise ConfigError(f"{STAGE}: iterations must be >= 1, got {self.iterations}")
         check_recalibration(STAGE, self.recalibrate_bn)
+
+
+STAGE = TuckerConfig.NAME
 
 
 def tucker_params(conv: nn.Conv2d, r_in: int, r_out: int) -> int:
@@ -187,7 +191,7 @@ def tucker_conv(conv: nn.Conv2d, core: Tensor, u_in: Tensor, u_out: Tensor) -> n
     return nn.Sequential(first, middle, last)
 
 
-@register(STAGE, TuckerConfig)
+@register(TuckerConfig)
 def factorize_tucker(model: nn.Module, config: TuckerConfig, ctx: Context) -> nn.Module:
     """Replace each chosen kxk Conv2d by its Tucker-2 decomposition as three convs.
 

@@ -31,12 +31,12 @@ from netchisel.core.errors import (
 )
 from netchisel.core.files import commit_dir, remove_stale, sigint_held, staging_dir
 from netchisel.core.modules import build
-from netchisel.core.registry import get_stage
 from netchisel.core.task import Task
 from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest, save
 from netchisel.pipeline.recipe import ProfileSettings, Recipe, SourceSpec, load_recipe
 from netchisel.profile import Profile, profile
 from netchisel.profile.machine import machine_info
+from netchisel.stages import get_stage
 
 
 @dataclass(frozen=True)

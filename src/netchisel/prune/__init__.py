@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from netchisel.core.config import StageConfig
-from netchisel.core.registry import apply_config
+from netchisel.core.registry import apply_stage
 from netchisel.core.task import Task
 from netchisel.prune.lottery import LotteryConfig
 from netchisel.prune.penalty import PenaltyConfig
@@ -43,4 +43,4 @@ def prune_(
     model: nn.Module, config: StageConfig, task: Task | None = None, *, seed: int = 0
 ) -> nn.Module:
     """Apply a pruning config to `model` in place (through its registered stage)."""
-    return apply_config(model, config, task, seed=seed)
+    return apply_stage(model, config, task, family="prune", seed=seed)

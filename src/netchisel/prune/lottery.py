@@ -15,7 +15,7 @@ experiment. Selection is `prune.unstructured`'s magnitude (l1) criterion, local 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,8 @@ class LotteryConfig(TrainingStageConfig):
         0.9
     """
 
+    NAME: ClassVar[str] = "prune.lottery"
+
     sparsity: float = 0.8
     rounds: int = 5
     steps: int = 600
@@ -95,7 +97,7 @@ class LotteryConfig(TrainingStageConfig):
         return rising_sparsities(self.sparsity, self.rounds, "geometric")
 
 
-@register("prune.lottery", LotteryConfig)
+@register(LotteryConfig)
 def prune_lottery(model: nn.Module, config: LotteryConfig, ctx: Context) -> nn.Module:
     """Iterative magnitude pruning with rewinding; returns the (trained) ticket.
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -122,6 +122,8 @@ class PenaltyConfig(TrainingStageConfig):
         'growing'
     """
 
+    NAME: ClassVar[str] = "prune.penalty"
+
     method: Literal["group_lasso", "growing"] = "group_lasso"
     sparsity: float = 0.5
     scope: Literal["local", "global"] = "local"
@@ -152,7 +154,7 @@ class PenaltyConfig(TrainingStageConfig):
         check_training(stage, self.lr, self.batch_size)
 
 
-@register("prune.penalty", PenaltyConfig)
+@register(PenaltyConfig)
 def prune_penalty(model: nn.Module, config: PenaltyConfig, ctx: Context) -> nn.Module:
     """Drive output groups toward zero with a penalty, then mask the weakest to zero.
 

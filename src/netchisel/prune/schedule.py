@@ -23,7 +23,7 @@ import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
@@ -304,6 +304,8 @@ class IterativeConfig(ScheduleConfig):
         [0.5, 0.75, 0.875]
     """
 
+    NAME: ClassVar[str] = "prune.iterative"
+
     rounds: int = 5
     spacing: Literal["geometric", "linear"] = "geometric"
     train_steps: int = 0
@@ -324,7 +326,7 @@ class IterativeConfig(ScheduleConfig):
         return lambda final: rising_sparsities(final, self.rounds, self.spacing)[k - 1]
 
 
-@register("prune.iterative", IterativeConfig)
+@register(IterativeConfig)
 def prune_iterative(model: nn.Module, config: IterativeConfig, ctx: Context) -> nn.Module:
     """Train, then prune to a rising ratio and fine-tune, round after round (Han et al. 2015).
 
@@ -380,6 +382,8 @@ class GradualConfig(ScheduleConfig):
         [0, 25, 50, 75]
     """
 
+    NAME: ClassVar[str] = "prune.gradual"
+
     initial_sparsity: float = 0.0
     steps: int = 1000
     start_step: int = 0
@@ -428,7 +432,7 @@ class GradualConfig(ScheduleConfig):
         )
 
 
-@register("prune.gradual", GradualConfig)
+@register(GradualConfig)
 def prune_gradual(model: nn.Module, config: GradualConfig, ctx: Context) -> nn.Module:
     """Prune while training, along the cubic AGP schedule (Zhu & Gupta 2017).
 

@@ -24,7 +24,7 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -44,7 +44,6 @@ from netchisel.prune.unstructured import (
     select_keep,
 )
 
-STAGE = "prune.sensitivity"
 DEFAULT_RATIOS = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
@@ -331,6 +330,8 @@ class SensitivityConfig(StageConfig):
         0.98
     """
 
+    NAME: ClassVar[str] = "prune.sensitivity"
+
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     importance: str = "l1"
     layers: tuple[str, ...] | None = None
@@ -357,7 +358,10 @@ class SensitivityConfig(StageConfig):
         check_calibration_samples(STAGE, self.calibration_samples)
 
 
-@register(STAGE, SensitivityConfig)
+STAGE = SensitivityConfig.NAME
+
+
+@register(SensitivityConfig)
 def prune_sensitivity(model: nn.Module, config: SensitivityConfig, ctx: Context) -> nn.Module:
     """Sweep each layer's pruning ratio alone and record the metric curves; with
     `target_sparsity`, prune to the per-layer ratios with the least predicted metric loss.

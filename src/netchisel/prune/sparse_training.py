@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -147,6 +147,8 @@ class SparseTrainingConfig(TrainingStageConfig):
         [50, 100, 150]
     """
 
+    NAME: ClassVar[str] = "prune.sparse_training"
+
     sparsity: float = 0.9
     steps: int = 1000
     distribution: Literal["uniform", "erk"] = "erk"
@@ -180,7 +182,7 @@ class SparseTrainingConfig(TrainingStageConfig):
         return list(range(self.update_every, min(self.update_end(), self.steps), self.update_every))
 
 
-@register("prune.sparse_training", SparseTrainingConfig)
+@register(SparseTrainingConfig)
 def sparse_training(model: nn.Module, config: SparseTrainingConfig, ctx: Context) -> nn.Module:
     """Train from a random sparse mask, dropping and regrowing connections (SET / RigL).
 

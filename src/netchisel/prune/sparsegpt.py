@@ -41,6 +41,7 @@ fine-tuning and the artifact stores them sparsely. Latency does not improve on d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -83,6 +84,8 @@ class SparseGPTConfig(StageConfig):
         >>> SparseGPTConfig(pattern="2:4", layers=("blocks\\\\..*",)).blocksize
         128
     """
+
+    NAME: ClassVar[str] = "prune.sparsegpt"
 
     sparsity: float = 0.5
     pattern: str = "unstructured"
@@ -210,7 +213,7 @@ def _obs_prune(
 # -- the stage: layer by layer through the model ------------------------------------------
 
 
-@register("prune.sparsegpt", SparseGPTConfig)
+@register(SparseGPTConfig)
 def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> nn.Module:
     """Prune the chosen Linear layers with SparseGPT, in call order, from the task's data.
 

@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch_pruning as tp  # type: ignore[import-untyped]
@@ -46,7 +46,6 @@ from netchisel.profile.flops import count_flops
 from netchisel.prune.importance import CRITERIA, NEEDS, LayerStats, collect_stats, get_criterion
 from netchisel.prune.select import keep_global
 
-STAGE = "prune.structured"
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
 """Layers whose output channels can be chosen for pruning."""
 SCORED_TYPES: tuple[type[nn.Module], ...] = (*LAYER_TYPES, nn.Embedding)
@@ -92,6 +91,8 @@ class StructuredConfig(StageConfig):
         >>> StructuredConfig(target_macs_ratio=0.5).granularity
         'channels'
     """
+
+    NAME: ClassVar[str] = "prune.structured"
 
     ratio: float = 0.5
     target_macs_ratio: float | None = None
@@ -174,6 +175,9 @@ class StructuredConfig(StageConfig):
                 raise ConfigError(
                     f"{STAGE}.{where}: {pattern!r} is not a valid regex ({e})"
                 ) from None
+
+
+STAGE = StructuredConfig.NAME
 
 
 # -- importance ---------------------------------------------------------------------------
@@ -867,7 +871,7 @@ def _widths(model: nn.Module) -> dict[str, int]:
     return out
 
 
-@register(STAGE, StructuredConfig)
+@register(StructuredConfig)
 def prune_structured(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.Module:
     """Remove the least important channels, heads or blocks, so the model really shrinks.
 

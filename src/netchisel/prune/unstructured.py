@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +61,8 @@ class UnstructuredConfig(StageConfig):
         0.01
     """
 
+    NAME: ClassVar[str] = "prune.unstructured"
+
     sparsity: float = 0.5
     importance: str = "l1"
     pattern: str = "unstructured"
@@ -94,7 +96,7 @@ class UnstructuredConfig(StageConfig):
             raise ConfigError("prune.unstructured: calibration_samples must be >= 1")
 
 
-@register("prune.unstructured", UnstructuredConfig)
+@register(UnstructuredConfig)
 def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Context) -> nn.Module:
     """Score the chosen layers' weights, choose what to keep, then mask the rest."""
     layers = select_prunable(model, "prune.unstructured", config.layers, config.exclude)

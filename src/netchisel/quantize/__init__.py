@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from netchisel.core.config import StageConfig
-from netchisel.core.registry import apply_config
+from netchisel.core.registry import apply_stage
 from netchisel.core.task import Task
 from netchisel.quantize.awq import AWQConfig
 from netchisel.quantize.binary import BinaryConfig
@@ -47,4 +47,4 @@ def quantize_(
     model: nn.Module, config: StageConfig, task: Task | None = None, *, seed: int = 0
 ) -> nn.Module:
     """Apply a quantization config to `model` in place (through its registered stage)."""
-    return apply_config(model, config, task, seed=seed)
+    return apply_stage(model, config, task, family="quantize", seed=seed)

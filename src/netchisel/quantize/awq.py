@@ -32,6 +32,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -82,14 +83,13 @@ class AWQConfig(WeightQuantConfig):
         128
     """
 
+    NAME: ClassVar[str] = "quantize.awq"
+
     grid: int = 20
     clip: bool = True
     max_shrink: float = 0.5
     calibration_samples: int = 128
     blocks: str | None = None
-
-    def stage_name(self) -> str:
-        return "quantize.awq"
 
     def validate(self) -> None:
         super().validate()
@@ -242,7 +242,7 @@ class _Solved:
     input_scale: Tensor | None  # 1/s kept as an InputScale module (no fold found)
 
 
-@register("quantize.awq", AWQConfig)
+@register(AWQConfig)
 def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module:
     """Scale, clip and quantize the chosen Linear layers with AWQ, from the task's data.
 
@@ -260,7 +260,7 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
         >>> [type(m).__name__ for m in net]
         ['LayerNorm', 'Int4WeightOnlyLinear', 'GELU', 'InputScale']
     """
-    stage = config.stage_name()
+    stage = config.NAME
     task = ctx.require_task(stage)
     layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
     specs = {name: config.spec_for(name) for name in layers}
@@ -378,7 +378,7 @@ def _same_block(
     Blocks run on cached inputs; a fold into an op before the block would leave those inputs
     stale (undivided) for the block's later groups.
     """
-    found = find_blocks(model, layers, config.blocks, example, config.stage_name())
+    found = find_blocks(model, layers, config.blocks, example, config.NAME)
     index_of: dict[int, int] = {}
     for i, block in enumerate(found or []):
         index_of.update({id(sub): i for sub in block.modules()})

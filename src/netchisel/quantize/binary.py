@@ -18,7 +18,7 @@ and last layers stay float by default, as in the papers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -140,6 +140,8 @@ class BinaryConfig(TrainingStageConfig):
         2
     """
 
+    NAME: ClassVar[str] = "quantize.binary"
+
     kind: Kind = "binary"
     threshold: float = 0.7
     steps: int = 300
@@ -185,7 +187,7 @@ def _convert(name: str, wrapper: FakeQuantized) -> nn.Module:
     return quantized_layer(layer, weight_quant.spec, q, scale, zero)
 
 
-@register("quantize.binary", BinaryConfig)
+@register(BinaryConfig)
 def quantize_binary(model: nn.Module, config: BinaryConfig, ctx: Context) -> nn.Module:
     """Train binary/ternary weights with a straight-through estimator, then pack their codes."""
     layers = binary_layers(model, config)

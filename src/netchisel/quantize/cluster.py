@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -361,6 +361,8 @@ class KMeansConfig(TrainingStageConfig):
         6
     """
 
+    NAME: ClassVar[str] = "quantize.kmeans"
+
     bits: int = 5
     per_layer_bits: dict[str, int] = field(default_factory=dict)
     layers: tuple[str, ...] | None = None
@@ -400,7 +402,7 @@ class KMeansConfig(TrainingStageConfig):
         return steps > 0 if steps is not None else self.finetune_epochs > 0
 
 
-@register("quantize.kmeans", KMeansConfig)
+@register(KMeansConfig)
 def quantize_kmeans(model: nn.Module, config: KMeansConfig, ctx: Context) -> nn.Module:
     """Cluster the chosen layers, swap in clustered modules, then fine-tune the centroids."""
     task = ctx.require_task("quantize.kmeans") if config.trains() else None

@@ -42,6 +42,7 @@ import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -83,14 +84,13 @@ class GPTQConfig(WeightQuantConfig):
         64
     """
 
+    NAME: ClassVar[str] = "quantize.gptq"
+
     blocksize: int = 128
     damping: float = 0.01
     act_order: bool = False
     calibration_samples: int = 128
     blocks: str | None = None
-
-    def stage_name(self) -> str:
-        return "quantize.gptq"
 
     def validate(self) -> None:
         super().validate()
@@ -235,7 +235,7 @@ def rtn_weight(weight: Tensor, spec: QuantSpec, method: ScaleMethod = "minmax") 
 # -- the stage: layer by layer through the model ------------------------------------------
 
 
-@register("quantize.gptq", GPTQConfig)
+@register(GPTQConfig)
 def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Module:
     """Quantize the chosen Linear layers with GPTQ, in call order, from the task's data.
 
@@ -254,7 +254,7 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
         >>> type(net[0]).__name__, type(net[2]).__name__
         ('Int4WeightOnlyLinear', 'Int4WeightOnlyLinear')
     """
-    stage = config.stage_name()
+    stage = config.NAME
     task = ctx.require_task(stage)
     layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
     specs = {name: config.spec_for(name) for name in layers}

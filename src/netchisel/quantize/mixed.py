@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -25,8 +26,6 @@ from netchisel.core.task import Task
 from netchisel.quantize.modules import padded_weight
 from netchisel.quantize.primitives import fake_quantize
 from netchisel.quantize.ptq import RTNConfig, WeightQuantConfig, chosen_linears, quantize_rtn
-
-STAGE = "quantize.mixed"
 
 
 @dataclass(frozen=True)
@@ -42,12 +41,11 @@ class MixedPrecisionConfig(WeightQuantConfig):
         (8, 4)
     """
 
+    NAME: ClassVar[str] = "quantize.mixed"
+
     candidates: tuple[int, ...] = (8, 4, 3, 2)
     average_bits: float = 4.0
     calibration_samples: int = 64
-
-    def stage_name(self) -> str:
-        return STAGE
 
     def validate(self) -> None:
         super().validate()
@@ -64,7 +62,10 @@ class MixedPrecisionConfig(WeightQuantConfig):
         check_calibration_samples(STAGE, self.calibration_samples)
 
 
-@register(STAGE, MixedPrecisionConfig)
+STAGE = MixedPrecisionConfig.NAME
+
+
+@register(MixedPrecisionConfig)
 def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, ctx: Context) -> nn.Module:
     """Measure each layer's sensitivity, choose widths under the budget, apply them with RTN."""
     task = ctx.require_task(STAGE)

@@ -11,6 +11,7 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import nn
 
@@ -66,7 +67,7 @@ class WeightQuantConfig(StageConfig):
     embeddings: bool = False
 
     def validate(self) -> None:
-        stage = self.stage_name()
+        stage = self.NAME
         for name, bits in [
             ("bits", self.bits),
             *((f"per_layer_bits[{k!r}]", b) for k, b in self.per_layer_bits.items()),
@@ -81,9 +82,6 @@ class WeightQuantConfig(StageConfig):
             )
         if self.symmetric and min([self.bits, *self.per_layer_bits.values()]) < 2:
             raise ConfigError(f"{stage}: 1-bit weights need symmetric=false (or quantize.binary)")
-
-    def stage_name(self) -> str:
-        return "quantize.rtn"
 
     def spec_for(self, layer: str) -> QuantSpec:
         """The QuantSpec of one layer (its bits after `per_layer_bits`)."""
@@ -106,8 +104,10 @@ class RTNConfig(WeightQuantConfig):
         128
     """
 
+    NAME: ClassVar[str] = "quantize.rtn"
 
-@register("quantize.rtn", RTNConfig)
+
+@register(RTNConfig)
 def quantize_rtn(model: nn.Module, config: RTNConfig, ctx: Context) -> nn.Module:
     """Replace the chosen Linear layers by round-to-nearest quantized ones."""
 
@@ -155,7 +155,7 @@ def swap_linears(
     make: Callable[[str, nn.Linear], nn.Module],
 ) -> dict[str, nn.Module]:
     """Build every replacement first, then swap them in and record what changed."""
-    stage = config.stage_name()
+    stage = config.NAME
     embeddings = getattr(config, "embeddings", False)
     linears = chosen_linears(model, config.layers, config.exclude, stage, embeddings)
     new = {name: make(name, linear) for name, linear in linears.items()}
@@ -200,6 +200,8 @@ class DynamicInt8Config(StageConfig):
         ('head',)
     """
 
+    NAME: ClassVar[str] = "quantize.dynamic_int8"
+
     activations: ActivationGranularity = "per_token"
     weights: WeightGranularity = "per_channel"
     scale_method: ScaleMethod = "minmax"
@@ -207,11 +209,8 @@ class DynamicInt8Config(StageConfig):
     exclude: tuple[str, ...] = ()
     embeddings: bool = False
 
-    def stage_name(self) -> str:
-        return "quantize.dynamic_int8"
 
-
-@register("quantize.dynamic_int8", DynamicInt8Config)
+@register(DynamicInt8Config)
 def quantize_dynamic_int8(model: nn.Module, config: DynamicInt8Config, ctx: Context) -> nn.Module:
     """Replace the chosen Linear layers by `DynamicInt8Linear` (int8 x int8 kernels)."""
     swap_linears(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,8 @@ class QATConfig(WeightQuantConfig, TrainingStageConfig):
         128
     """
 
+    NAME: ClassVar[str] = "quantize.qat"
+
     method: Literal["ste", "lsq"] = "lsq"
     steps: int = 300
     # LSQ's step gradients are scaled for SGD (the paper fine-tunes with SGD, momentum 0.9);
@@ -90,7 +92,7 @@ class QATConfig(WeightQuantConfig, TrainingStageConfig):
     activation_bits: int | None = None
 
     def validate(self) -> None:
-        stage = self.stage_name()
+        stage = self.NAME
         for name, bits in [("bits", self.bits), *self.per_layer_bits.items()]:
             if not 2 <= bits <= 8:
                 raise ConfigError(
@@ -108,9 +110,6 @@ class QATConfig(WeightQuantConfig, TrainingStageConfig):
         if self.activation_bits is not None and not 2 <= self.activation_bits <= 8:
             raise ConfigError(f"{stage}: activation_bits={self.activation_bits} is outside 2-8")
         check_training(stage, self.lr, self.batch_size)
-
-    def stage_name(self) -> str:
-        return "quantize.qat"
 
     def spec_for_layer(self, name: str, layer: nn.Module) -> QuantSpec:
         """The QuantSpec of one Linear or Conv2d layer."""
@@ -210,7 +209,7 @@ def qat_wrapper(name: str, layer: nn.Module, config: QATConfig) -> FakeQuantized
     if spec.granularity == "group" and rows.shape[1] % spec.group_size:
         if not (isinstance(layer, nn.Linear) and has_kernel(spec)):
             raise ConfigError(
-                f"{config.stage_name()}: layer {name}: group_size {spec.group_size} does not "
+                f"{config.NAME}: layer {name}: group_size {spec.group_size} does not "
                 f"divide its {rows.shape[1]} inputs per row; pick a divisor or per_channel=true"
             )
         pad_to = -(-rows.shape[1] // spec.group_size) * spec.group_size
@@ -295,10 +294,10 @@ def train_and_convert_(
     return new, losses
 
 
-@register("quantize.qat", QATConfig)
+@register(QATConfig)
 def quantize_qat(model: nn.Module, config: QATConfig, ctx: Context) -> nn.Module:
     """Train with fake-quantized weights (STE or LSQ), then replace them by stored integers."""
-    stage = config.stage_name()
+    stage = config.NAME
     layers = chosen_layers(model, stage, config.layers, config.exclude)
     new, losses = train_and_convert_(
         model,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -65,12 +66,11 @@ class SmoothQuantConfig(DynamicInt8Config):
         0.75
     """
 
+    NAME: ClassVar[str] = "quantize.smoothquant"
+
     alpha: float = 0.5
     calibration_samples: int = 128
     fold_only: bool = True
-
-    def stage_name(self) -> str:
-        return "quantize.smoothquant"
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -90,7 +90,7 @@ def smoothing_scales(act_max: Tensor, weight_max: Tensor, alpha: float) -> Tenso
     return torch.where((a > 0) & (w > 0), s, torch.ones_like(s))
 
 
-@register("quantize.smoothquant", SmoothQuantConfig)
+@register(SmoothQuantConfig)
 def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Context) -> nn.Module:
     """Smooth the chosen Linear layers' inputs, then make them `DynamicInt8Linear`.
 
@@ -107,7 +107,7 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
         >>> type(net[1]).__name__, ctx.records["smoothed"]
         ('DynamicInt8Linear', {'1': '0'})
     """
-    stage = config.stage_name()
+    stage = config.NAME
     task = ctx.require_task(stage)
     layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))

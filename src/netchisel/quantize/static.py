@@ -42,7 +42,7 @@ import importlib
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,6 @@ from netchisel.core.masks import forget_masks
 from netchisel.core.modules import replace_module, select_modules
 from netchisel.core.registry import register
 
-STAGE = "quantize.static_int8"
 # The x86 (oneDNN) int8 formats: uint8 activations with a zero point, symmetric int8 weights.
 ACT_MIN, ACT_MAX, ACT_DTYPE = 0, 255, torch.uint8
 W_MIN, W_MAX, W_DTYPE = -128, 127, torch.int8
@@ -414,6 +413,8 @@ class StaticInt8Config(StageConfig):
         'train'
     """
 
+    NAME: ClassVar[str] = "quantize.static_int8"
+
     calibration_samples: int = 512
     calibration_split: str = "train"
     layers: tuple[str, ...] | None = None
@@ -423,7 +424,10 @@ class StaticInt8Config(StageConfig):
         check_calibration_samples(STAGE, self.calibration_samples)
 
 
-@register(STAGE, StaticInt8Config)
+STAGE = StaticInt8Config.NAME
+
+
+@register(StaticInt8Config)
 def quantize_static_int8(model: nn.Module, config: StaticInt8Config, ctx: Context) -> nn.Module:
     """Calibrate with PT2E on the task's data, then swap in the int8 layers (all or nothing)."""
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):

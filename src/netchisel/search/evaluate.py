@@ -18,11 +18,11 @@ import torch
 
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.registry import get_stage
 from netchisel.pipeline.artifact import artifact_bytes, save
 from netchisel.pipeline.runner import input_spec, load_model, load_task, profile_with
 from netchisel.search.space import Candidate
 from netchisel.search.spec import SearchSpec
+from netchisel.stages import get_stage
 
 # Timed calls per candidate at least: with 20, p10 and p90 are the 3rd fastest and 3rd
 # slowest call, a spread a single outlier does not set (fewer in `profile: repeats` are raised).

@@ -1,23 +1,12 @@
-"""The stages every recipe can use: `finetune` and `evaluate`.
-
-Other families register their own stages in their own packages; importing this module
-imports them all so the registry is complete.
-"""
+"""The two stages every recipe can use on any model: `finetune` and `evaluate`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from torch import nn
 
-# Each family registers its stages when imported.
-import netchisel.distill
-import netchisel.factorize
-import netchisel.prune
-import netchisel.quantize  # noqa: F401
-
-# The other families' stages register themselves when imported.
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
@@ -33,6 +22,8 @@ class FinetuneConfig(StageConfig):
         >>> FinetuneConfig.from_dict({"epochs": 2, "lr": 0.01}).lr
         0.01
     """
+
+    NAME: ClassVar[str] = "finetune"
 
     epochs: float = 1.0
     steps: int | None = None
@@ -53,7 +44,7 @@ class FinetuneConfig(StageConfig):
             raise ConfigError(f"finetune.batch_size: must be >= 1, got {self.batch_size}")
 
 
-@register("finetune", FinetuneConfig)
+@register(FinetuneConfig)
 def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Module:
     """Train the model in place on the task's train split."""
     settings = TrainSettings(
@@ -74,10 +65,12 @@ def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Modul
 class EvaluateConfig(StageConfig):
     """Evaluate on a named split (the runner already evaluates `eval_split` after each stage)."""
 
+    NAME: ClassVar[str] = "evaluate"
+
     split: str = "test"
 
 
-@register("evaluate", EvaluateConfig)
+@register(EvaluateConfig)
 def evaluate(model: nn.Module, config: EvaluateConfig, ctx: Context) -> nn.Module:
     """Record the task's metrics on `config.split`; the model is unchanged."""
     metrics = ctx.require_task("evaluate").evaluate(model, config.split)

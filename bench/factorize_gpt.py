@@ -29,12 +29,12 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 from torch import nn
 
 import netchisel as nc
+from netchisel.artifact.store import artifact_bytes
 from netchisel.core.context import Context
 from netchisel.distill import DistillConfig
 from netchisel.distill.distiller import distill
 from netchisel.factorize import SVDConfig
 from netchisel.factorize.svd import factorize_svd
-from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.profile import count_flops
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.zoo import data, train

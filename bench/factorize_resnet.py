@@ -40,13 +40,13 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 from torch import nn
 
 import netchisel as nc
+from netchisel.artifact.store import artifact_bytes
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.registry import handler
 from netchisel.distill import DistillConfig
 from netchisel.distill.distiller import distill
 from netchisel.factorize import CPConfig, SeparableConfig, TuckerConfig
-from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.profile import count_flops
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.zoo import data, train

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from common import write_result  # bench/ is on sys.path when a script in it runs
 
-from netchisel.pipeline.artifact import load
+from netchisel.artifact.store import load
 from netchisel.pipeline.recipe import load_recipe
 from netchisel.pipeline.runner import run_recipe
 from netchisel.profile.latency import compare_latency, make_runner

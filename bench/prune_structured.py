@@ -40,10 +40,10 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 from torch import nn
 
 import netchisel as nc
+from netchisel.artifact.store import artifact_bytes
 from netchisel.core.context import Context
 from netchisel.core.task import Task
 from netchisel.core.train import TrainSettings, fit
-from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.profile import count_flops
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.prune.structured import StructuredConfig, prune_structured

@@ -28,8 +28,8 @@ import torch
 from common import write_result  # bench/ is on sys.path when a script in it runs
 
 import netchisel as nc
+from netchisel.artifact.store import artifact_bytes
 from netchisel.core.context import Context
-from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.prune.schedule import (
     GradualConfig,

@@ -48,13 +48,13 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 from torch import nn
 
 import netchisel as nc
+from netchisel.artifact.huffman import code_lengths, decode, encode, entropy_bits
+from netchisel.artifact.int_codecs import INDEX_BITS, to_relative
+from netchisel.artifact.store import WEIGHTS, artifact_bytes, set_codec
 from netchisel.core.context import Context
-from netchisel.pipeline.artifact import WEIGHTS, artifact_bytes, set_codec
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.prune.schedule import IterativeConfig, prune_iterative
 from netchisel.quantize.cluster import ClusteredLinear, KMeansConfig, quantize_kmeans
-from netchisel.quantize.huffman import code_lengths, decode, encode, entropy_bits
-from netchisel.quantize.int_codecs import INDEX_BITS, to_relative
 from netchisel.zoo import data, train
 
 SEEDS = (0, 1, 2)

@@ -50,11 +50,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 import netchisel as nc
+from netchisel.artifact.store import artifact_bytes
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import handler
-from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.profile.latency import compare_latency, make_runner
 from netchisel.quantize import (
     AWQConfig,

@@ -37,10 +37,10 @@ import torch
 from common import write_result  # bench/ is on sys.path when a script in it runs
 
 import netchisel as nc
+from netchisel.artifact.store import artifact_bytes
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.registry import handler
-from netchisel.pipeline.artifact import artifact_bytes
 from netchisel.quantize import BinaryConfig, QATConfig, RTNConfig
 from netchisel.zoo import data, train
 

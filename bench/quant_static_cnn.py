@@ -41,9 +41,9 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 from torch import Tensor, nn
 
 import netchisel as nc
+from netchisel.artifact.exports import export_onnx
+from netchisel.artifact.store import artifact_bytes
 from netchisel.core.task import Task
-from netchisel.pipeline.artifact import artifact_bytes
-from netchisel.pipeline.export import export_onnx
 from netchisel.profile.latency import compare_latency, make_runner, onnx_file_runner
 from netchisel.quantize import StaticInt8Config, quantize_
 from netchisel.quantize.onnx_int8 import export_onnx_int8, rebatch

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 # The subpackage is imported first so that the name `profile` ends up bound to the function.
 import netchisel.profile as _profile_package  # noqa: F401
+from netchisel.artifact.store import load, save
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ArtifactError, ConfigError, ModelError, NetChiselError
@@ -29,7 +30,6 @@ from netchisel.core.task import (
 from netchisel.core.train import TrainSettings, fit
 from netchisel.distill import distill_
 from netchisel.factorize import factorize_
-from netchisel.pipeline.artifact import load, save
 from netchisel.pipeline.recipe import load_recipe
 from netchisel.pipeline.runner import RunResult, run_recipe
 from netchisel.profile import Profile, count_flops, measure_latency, profile

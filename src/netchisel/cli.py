@@ -241,8 +241,8 @@ def _model_and_inputs(
 ) -> tuple[Any, tuple[Any, ...], int | None]:
     import torch
 
+    from netchisel.artifact.store import artifact_bytes, load, read_manifest
     from netchisel.core.modules import build
-    from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest
     from netchisel.pipeline.runner import inputs_from_specs
     from netchisel.zoo import data, models, train
 

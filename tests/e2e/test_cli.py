@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
+from netchisel.artifact.store import artifact_bytes, load
 from netchisel.cli import main
-from netchisel.pipeline.artifact import artifact_bytes, load
 from netchisel.profile import count_flops
 
 RECIPE = {

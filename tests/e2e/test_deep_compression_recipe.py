@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from netchisel.pipeline.artifact import load
+from netchisel.artifact.store import load
 from netchisel.pipeline.recipe import load_recipe, parse_recipe
 from netchisel.pipeline.runner import run_recipe
 from netchisel.quantize.cluster import ClusteredLinear

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from netchisel.pipeline.artifact import load
+from netchisel.artifact.store import load
 from netchisel.pipeline.recipe import load_recipe, parse_recipe
 from netchisel.pipeline.runner import run_recipe
 from netchisel.quantize.modules import Int4WeightOnlyLinear

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from netchisel.artifact.store import load, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.factorize import CPConfig, factorize_
 from netchisel.factorize.cp import cp_factors, cp_params, factorize_cp
 from netchisel.factorize.rank import energy_kept
-from netchisel.pipeline.artifact import load, save
 from netchisel.profile import count_flops
 from tests.factorize._nets import conv_net
 

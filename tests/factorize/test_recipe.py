@@ -8,8 +8,8 @@ import torch
 import yaml
 from torch import nn
 
+from netchisel.artifact.store import load
 from netchisel.factorize import TuckerConfig
-from netchisel.pipeline.artifact import load
 from netchisel.pipeline.recipe import load_recipe, parse_recipe
 from netchisel.pipeline.runner import run_recipe
 from netchisel.zoo import data

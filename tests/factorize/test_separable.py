@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from netchisel.artifact.store import load, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.factorize import SeparableConfig, factorize_
 from netchisel.factorize.separable import factorize_separable, separable_params
-from netchisel.pipeline.artifact import load, save
 from netchisel.profile import count_flops
 
 

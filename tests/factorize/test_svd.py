@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from netchisel.artifact.store import load, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.factorize import SVDConfig, factorize_
@@ -17,7 +18,6 @@ from netchisel.factorize.svd import (
     rank_for_params,
     svd_factors,
 )
-from netchisel.pipeline.artifact import load, save
 from netchisel.profile import count_flops
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from netchisel.artifact.store import load, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.factorize import TuckerConfig, factorize_
@@ -16,7 +17,6 @@ from netchisel.factorize.tucker import (
     tucker_conv,
     tucker_params,
 )
-from netchisel.pipeline.artifact import load, save
 from netchisel.profile import count_flops
 from tests.factorize._nets import conv_net
 

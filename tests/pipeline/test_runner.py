@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from netchisel.artifact.store import artifact_bytes
 from netchisel.cli import main
-from netchisel.pipeline.artifact import artifact_bytes
 
 RECIPE = {
     "name": "tiny",

@@ -12,11 +12,11 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from netchisel.artifact.store import load, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.masks import set_mask
 from netchisel.core.task import Task, classification_task, language_model_task
-from netchisel.pipeline.artifact import load, save
 from netchisel.profile import count_flops
 from netchisel.prune import prune_, structured
 from netchisel.prune.structured import (

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from netchisel.artifact.store import artifact_bytes, load, read_manifest, save
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of
 from netchisel.core.task import classification_task
-from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest, save
 from netchisel.prune import UnstructuredConfig, prune_
 
 

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from netchisel.artifact.store import load, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.task import Task, classification_task
 from netchisel.core.train import TrainSettings, fit
-from netchisel.pipeline.artifact import load, save
 from netchisel.quantize import BinaryConfig, quantize_
 from netchisel.quantize.binary import SignFakeQuant, binary_codes, quantize_binary, ternary_codes
 from netchisel.quantize.modules import PackedLinear

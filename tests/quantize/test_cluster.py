@@ -13,11 +13,13 @@ import torch
 from torch import nn
 
 import netchisel as nc
+from netchisel.artifact.huffman import code_lengths
+from netchisel.artifact.int_codecs import to_relative
+from netchisel.artifact.store import WEIGHTS
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.task import Task
-from netchisel.pipeline.artifact import WEIGHTS
 from netchisel.prune.unstructured import UnstructuredConfig, prune_unstructured
 from netchisel.quantize import cluster
 from netchisel.quantize.cluster import (
@@ -28,8 +30,6 @@ from netchisel.quantize.cluster import (
     kmeans_1d,
     quantize_kmeans,
 )
-from netchisel.quantize.huffman import code_lengths
-from netchisel.quantize.int_codecs import to_relative
 from netchisel.quantize.primitives import QuantSpec, fake_quantize
 from netchisel.zoo import data
 

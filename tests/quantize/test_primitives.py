@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from netchisel.artifact.bits import pack_bits, unpack_bits
 from netchisel.core.errors import ConfigError
 from netchisel.quantize.primitives import (
     QuantSpec,
@@ -8,10 +9,8 @@ from netchisel.quantize.primitives import (
     dequantize,
     fake_quantize,
     grouped,
-    pack_bits,
     quantile_last,
     quantize,
-    unpack_bits,
 )
 
 

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from netchisel.artifact.store import load, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.task import Task, classification_task
 from netchisel.core.train import TrainSettings, fit
-from netchisel.pipeline.artifact import load, save
 from netchisel.prune import UnstructuredConfig, prune_
 from netchisel.quantize import QATConfig, quantize_
 from netchisel.quantize.fake import InputFakeQuant

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
+from netchisel.artifact.store import load, read_manifest, save
 from netchisel.core.errors import ConfigError
-from netchisel.pipeline.artifact import load, read_manifest, save
 from netchisel.profile import count_flops
 from netchisel.search.nas import CELL_OPS, NAS_SPACES, cell_net, cell_space
 from netchisel.search.nas.cells import Cell

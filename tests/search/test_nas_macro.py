@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
+from netchisel.artifact.store import load, read_manifest, save
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import build
-from netchisel.pipeline.artifact import load, read_manifest, save
 from netchisel.profile import count_flops
 from netchisel.search.nas import (
     MOBILENET_KWARGS,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from netchisel.artifact.store import load
 from netchisel.core.errors import ConfigError
-from netchisel.pipeline.artifact import load
 from netchisel.search.evaluate import evaluate_candidate
 from netchisel.search.policy import policy_space
 from netchisel.search.spec import parse_search_spec

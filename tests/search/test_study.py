@@ -17,8 +17,8 @@ import optuna
 import pytest
 import yaml
 
+from netchisel.artifact.store import load
 from netchisel.core.errors import ConfigError
-from netchisel.pipeline.artifact import load
 from netchisel.search.spec import parse_search_spec
 from netchisel.search.study import run_search
 from netchisel.zoo.data import task

@@ -29,9 +29,9 @@ from typing import Any, Literal
 import torch
 import yaml
 
+from netchisel.artifact.exports import export_names
 from netchisel.core.config import StageConfig
 from netchisel.core.errors import ConfigError
-from netchisel.pipeline.export import EXPORTS
 from netchisel.stages import get_stage
 
 
@@ -218,9 +218,9 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
     name = str(data.get("name", default_name))
     export = tuple(str(e) for e in _list("recipe.export", data.get("export", [])))
     for kind in export:
-        if kind not in EXPORTS:
+        if kind not in export_names():
             raise ConfigError(
-                f"recipe.export: unknown export {kind!r} (known: {', '.join(EXPORTS)})"
+                f"recipe.export: unknown export {kind!r} (known: {', '.join(export_names())})"
             )
     device = str(data.get("device", "cpu"))
     check_device(device)

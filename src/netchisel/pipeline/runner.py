@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from netchisel.artifact.store import artifact_bytes, load, read_manifest, save
 from netchisel.core.context import Context
 from netchisel.core.errors import (
     ConfigError,
@@ -32,7 +33,6 @@ from netchisel.core.errors import (
 from netchisel.core.files import commit_dir, remove_stale, sigint_held, staging_dir
 from netchisel.core.modules import build
 from netchisel.core.task import Task
-from netchisel.pipeline.artifact import artifact_bytes, load, read_manifest, save
 from netchisel.pipeline.recipe import ProfileSettings, Recipe, SourceSpec, load_recipe
 from netchisel.profile import Profile, profile
 from netchisel.profile.machine import machine_info

@@ -234,7 +234,7 @@ def _onnxruntime_runner(model: nn.Module, example_inputs: Any, threads: int) -> 
         raise ConfigError(
             "the onnxruntime backend needs the onnx extra: pip install 'netchisel[onnx]'"
         ) from None
-    from netchisel.pipeline.export import export_onnx
+    from netchisel.artifact.exports import export_onnx
 
     if isinstance(example_inputs, dict):
         raise ConfigError("the onnxruntime backend takes positional inputs, not a dict of kwargs")

@@ -85,7 +85,7 @@ def memory_bytes(model: nn.Module) -> dict[str, int]:
 
 def disk_bytes(model: nn.Module) -> int:
     """Save the model as an artifact in a temp dir and return the bytes `load` would read."""
-    from netchisel.pipeline.artifact import artifact_bytes, save
+    from netchisel.artifact.store import artifact_bytes, save
 
     with tempfile.TemporaryDirectory() as tmp:
         return artifact_bytes(save(model, f"{tmp}/model"))

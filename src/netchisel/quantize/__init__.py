@@ -21,6 +21,7 @@ from netchisel.quantize.binary import BinaryConfig
 from netchisel.quantize.cluster import KMeansConfig
 from netchisel.quantize.gptq import GPTQConfig
 from netchisel.quantize.mixed import MixedPrecisionConfig
+from netchisel.quantize.onnx_int8 import export_onnx_int8  # noqa: F401  (registers onnx_int8)
 from netchisel.quantize.primitives import QuantSpec
 from netchisel.quantize.ptq import DynamicInt8Config, RTNConfig
 from netchisel.quantize.qat import QATConfig

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import netchisel.quantize.int_codecs  # noqa: F401  (registers the codecs indices are saved with)
+import netchisel.artifact.int_codecs  # noqa: F401  (registers the codecs indices are saved with)
+from netchisel.artifact.store import set_codec
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import Mask, clear_masks, forget_masks, masks_of, set_mask
@@ -35,7 +36,6 @@ from netchisel.core.modules import nothing_chosen, replace_module, select_module
 from netchisel.core.registry import register
 from netchisel.core.state import clone_state
 from netchisel.core.train import TrainSettings, fit
-from netchisel.pipeline.artifact import set_codec
 from netchisel.prune.schedule import TrainingStageConfig, check_training
 
 Init = Literal["linear", "density", "random"]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.artifact.bits import pack_bits, unpack_bits
 from netchisel.core.config import check_choice
 from netchisel.core.errors import ModelError
 from netchisel.profile.machine import cpu_flags
@@ -33,9 +34,7 @@ from netchisel.quantize.primitives import (
     ScaleMethod,
     choose_qparams,
     dequantize,
-    pack_bits,
     quantize,
-    unpack_bits,
 )
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)

@@ -37,13 +37,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from netchisel.artifact.exports import export_onnx, register_export
 from netchisel.core.errors import ConfigError, ModelError, first_line
-from netchisel.pipeline.export import export_onnx
 from netchisel.quantize.static import float_twin, has_static_int8
 
 Batch = tuple[Tensor, ...]
 
 
+@register_export("onnx_int8")
 def export_onnx_int8(
     model: nn.Module,
     example_inputs: tuple[Tensor, ...],

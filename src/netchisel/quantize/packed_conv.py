@@ -16,15 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.artifact.bits import pack_bits, unpack_bits
 from netchisel.core.errors import ModelError
 from netchisel.quantize.modules import quantized_linear
 from netchisel.quantize.primitives import (
     QuantSpec,
     choose_qparams,
     dequantize,
-    pack_bits,
     quantize,
-    unpack_bits,
 )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -205,28 +204,3 @@ def fake_quantize(w: Tensor, spec: QuantSpec, method: ScaleMethod = "minmax") ->
     """`dequantize(quantize(w))`: what the model computes with after quantization."""
     scale, zero = choose_qparams(w, spec, method)
     return dequantize(quantize(w, scale, zero, spec), scale, zero, spec).to(w.dtype)
-
-
-def pack_bits(q: Tensor, bits: int) -> Tensor:
-    """Pack integers of `bits` bits (two's complement for negatives) into a uint8 stream.
-
-    Element i occupies bits [i * bits, (i + 1) * bits) of the stream, least significant
-    first, so 4-bit values pair into bytes as low nibble then high nibble.
-
-    Example:
-        >>> pack_bits(torch.tensor([1, 2, 3]), 4).tolist()
-        [33, 3]
-    """
-    values = q.reshape(-1).to(torch.int64).numpy() & ((1 << bits) - 1)
-    planes = (values[:, None] >> np.arange(bits)) & 1
-    return torch.from_numpy(np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little"))
-
-
-def unpack_bits(packed: Tensor, bits: int, numel: int, signed: bool = False) -> Tensor:
-    """Inverse of `pack_bits`: `numel` integers as int16 (sign-extended when `signed`)."""
-    flat = np.unpackbits(packed.numpy(), bitorder="little", count=numel * bits)
-    planes = flat.reshape(numel, bits).astype(np.int16)
-    values = (planes << np.arange(bits, dtype=np.int16)).sum(1).astype(np.int16)
-    if signed:
-        values = np.where(values >= 2 ** (bits - 1), values - 2**bits, values).astype(np.int16)
-    return torch.from_numpy(values)

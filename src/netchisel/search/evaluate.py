@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from netchisel.artifact.store import artifact_bytes, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.pipeline.artifact import artifact_bytes, save
 from netchisel.pipeline.runner import input_spec, load_model, load_task, profile_with
 from netchisel.search.space import Candidate
 from netchisel.search.spec import SearchSpec

@@ -11,8 +11,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from netchisel.artifact.store import load, read_manifest
 from netchisel.core.errors import ArtifactError
-from netchisel.pipeline.artifact import load, read_manifest
 from netchisel.pipeline.recipe import ProfileSettings
 from netchisel.pipeline.runner import inputs_from_specs
 from netchisel.profile.latency import make_runner, round_robin
@@ -28,7 +28,7 @@ def retime(artifacts: dict[int, Path], settings: ProfileSettings) -> dict[int, f
 
     Example:
         >>> import tempfile, torch
-        >>> from netchisel.pipeline.artifact import save
+        >>> from netchisel.artifact.store import save
         >>> meta = {"inputs": [{"shape": [1, 8], "dtype": "float32"}]}
         >>> paths = {n: save(torch.nn.Linear(8, 8), tempfile.mkdtemp() + "/m", metadata=meta)
         ...          for n in (3, 7)}

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from netchisel.core.errors import ArtifactError, ConfigError
-from netchisel.quantize.huffman import (
+from netchisel.artifact.huffman import (
     canonical_codes,
     code_lengths,
     decode,
@@ -20,7 +19,7 @@ from netchisel.quantize.huffman import (
     entropy_bits,
     kraft_sum,
 )
-from netchisel.quantize.int_codecs import (
+from netchisel.artifact.int_codecs import (
     from_relative,
     huffman_decode,
     huffman_encode,
@@ -28,6 +27,7 @@ from netchisel.quantize.int_codecs import (
     packed_encode,
     to_relative,
 )
+from netchisel.core.errors import ArtifactError, ConfigError
 
 RNG = np.random.default_rng(0)
 
@@ -199,7 +199,7 @@ def test_codecs_refuse_float_tensors_and_wide_values() -> None:
 
 def test_any_quantized_integer_weight_can_be_huffman_coded(tmp_path: Path) -> None:
     import netchisel as nc
-    from netchisel.pipeline.artifact import set_codec
+    from netchisel.artifact.store import set_codec
     from netchisel.quantize import RTNConfig, quantize_
 
     model = nn.Sequential(nn.Linear(256, 128))

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from netchisel.artifact.codecs import DTYPES
+from netchisel.artifact.trust import Allowed, ref_of, torch_classes
 from netchisel.core.errors import ArtifactError, ModelError
-from netchisel.pipeline.codecs import DTYPES
-from netchisel.pipeline.trust import Allowed, ref_of, torch_classes
 
 # Attributes every nn.Module has; they are rebuilt by nn.Module.__init__, not stored.
 # The train/eval flag is not structure either: `load` returns the model in eval mode.

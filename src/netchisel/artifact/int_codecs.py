@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from netchisel.artifact.bits import pack_bits, unpack_bits
+from netchisel.artifact.codecs import DTYPES, Codec, Encoded, register_codec
+from netchisel.artifact.huffman import Array, code_lengths, decode, encode
 from netchisel.core.errors import ArtifactError
-from netchisel.pipeline.codecs import DTYPES, Codec, Encoded, register_codec
-from netchisel.quantize.huffman import Array, code_lengths, decode, encode
-from netchisel.quantize.primitives import pack_bits, unpack_bits
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 INDEX_BITS = range(1, 9)

@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from netchisel.artifact.store import _file_info, load, save
 from netchisel.core.errors import ArtifactError
-from netchisel.pipeline.artifact import _file_info, load, save
 from netchisel.zoo import models
 
 Manifest = dict[str, Any]
@@ -191,7 +191,7 @@ CASES: list[tuple[str, Callable[[Path], Path], Callable[[Path], None], str]] = [
     (
         "builder-unmarked-netchisel",
         _built,
-        _m(_set_builder("netchisel.pipeline.artifact:save")),
+        _m(_set_builder("netchisel.artifact.store:save")),
         "not trusted",
     ),
     (
@@ -499,7 +499,7 @@ _CHILD = """
 import json, sys
 from pathlib import Path
 from netchisel.core.errors import ArtifactError
-from netchisel.pipeline.artifact import load
+from netchisel.artifact.store import load
 for d in sys.argv[1:]:
     try:
         load(d)
@@ -525,13 +525,13 @@ def test_the_process_killers_leave_the_process_alive(tmp_path: Path) -> None:
 
 
 def test_trusting_a_class_lets_its_artifact_load(tmp_path: Path) -> None:
-    from tests.pipeline._user_models import Scaled
+    from tests.artifact._user_models import Scaled
 
     directory = save(nn.Sequential(Scaled(3)), tmp_path / "user")
     with pytest.raises(ArtifactError, match=r"trust=\[Scaled\]"):
         load(directory)
     assert load(directory, trust=[Scaled])[0].factor == 3
-    assert load(directory, trust=["tests.pipeline._user_models:Scaled"])[0].factor == 3
+    assert load(directory, trust=["tests.artifact._user_models:Scaled"])[0].factor == 3
 
 
 def test_format_2_artifacts_still_load() -> None:
@@ -549,14 +549,14 @@ def test_the_cli_loads_a_users_class_only_with_trust(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from netchisel.cli import app
-    from tests.pipeline._user_models import Scaled
+    from tests.artifact._user_models import Scaled
 
     directory = str(save(nn.Sequential(nn.Linear(3, 3), Scaled(2)), tmp_path / "user"))
     args = ["profile", directory, "--no-latency", "--input-shape", "1,3", "--json"]
     refused = CliRunner().invoke(app, args)
     assert isinstance(refused.exception, ArtifactError)
-    assert "--trust tests.pipeline._user_models:Scaled" in str(refused.exception)
-    trusted = CliRunner().invoke(app, [*args, "--trust", "tests.pipeline._user_models:Scaled"])
+    assert "--trust tests.artifact._user_models:Scaled" in str(refused.exception)
+    trusted = CliRunner().invoke(app, [*args, "--trust", "tests.artifact._user_models:Scaled"])
     assert trusted.exit_code == 0, trusted.output
     assert json.loads(trusted.output)["macs"] == 9
 
@@ -564,13 +564,13 @@ def test_the_cli_loads_a_users_class_only_with_trust(tmp_path: Path) -> None:
 def test_a_recipe_vouches_for_its_artifacts_classes(tmp_path: Path) -> None:
     from netchisel.pipeline.recipe import parse_recipe
     from netchisel.pipeline.runner import load_model
-    from tests.pipeline._user_models import Scaled
+    from tests.artifact._user_models import Scaled
 
     directory = str(save(nn.Sequential(nn.Linear(3, 3), Scaled(2)), tmp_path / "user"))
     plain = parse_recipe({"model": {"artifact": directory}}, "r").model
     with pytest.raises(ArtifactError, match="not trusted"):
         load_model(plain)
-    trusting = {"artifact": directory, "trust": ["tests.pipeline._user_models:Scaled"]}
+    trusting = {"artifact": directory, "trust": ["tests.artifact._user_models:Scaled"]}
     assert load_model(parse_recipe({"model": trusting}, "r").model)[1].factor == 2
 
 
@@ -579,7 +579,7 @@ def test_a_module_beside_the_artifact_is_never_imported(
 ) -> None:
     """torch's layer list is walked with full names: a quantized.py in the current directory
     (on sys.path in a notebook or `python -m`) is not what `load` imports."""
-    from netchisel.pipeline import trust
+    from netchisel.artifact import trust
 
     canary = tmp_path / "ran"
     for name in ("quantized", "intrinsic", "qat", "quantizable", "sparse", "dynamic"):

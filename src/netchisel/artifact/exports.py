@@ -1,5 +1,5 @@
-"""Deployment exports beside an artifact: `model.pt2` (torch.export), `model.onnx`, and
-`model.onnx_int8` (a QDQ int8 ONNX file, made by `netchisel.quantize.onnx_int8`)."""
+"""Deployment exports beside an artifact, a registry by name: `model.pt2` (torch.export) and
+`model.onnx` here; `model.onnx_int8` (QDQ int8) is registered by `netchisel.quantize`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,54 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from netchisel.core.errors import ConfigError, ModelError, first_line
 
-EXPORTS = ("pt2", "onnx", "onnx_int8")  # onnx_int8: QDQ int8 (netchisel.quantize.onnx_int8)
+Inputs = tuple[torch.Tensor, ...]
+Calibration = Sequence[Inputs] | None  # model inputs for exports that quantize (onnx_int8)
+ExportFn = Callable[[nn.Module, Inputs, Path, Calibration], None]
+F = TypeVar("F", bound=ExportFn)
+_EXPORTS: dict[str, ExportFn] = {}
 
 
-def export_pt2(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+def register_export(name: str) -> Callable[[F], F]:
+    """Make `fn(model, example_inputs, path, calibration)` the writer of `model.<name>`.
+
+    The families add theirs (quantize: `onnx_int8`); the artifact format imports none of them.
+    """
+
+    def decorate(fn: F) -> F:
+        _EXPORTS[name] = fn
+        return fn
+
+    return decorate
+
+
+def export_names() -> list[str]:
+    """The exports `save(..., export=[...])` and a recipe's `export:` may name."""
+    return list(_EXPORTS)
+
+
+def get_export(name: str) -> ExportFn:
+    """The writer of `model.<name>`; a ConfigError listing the known ones."""
+    if name not in _EXPORTS:
+        raise ConfigError(f"unknown export {name!r} (known: {', '.join(_EXPORTS)})")
+    return _EXPORTS[name]
+
+
+@register_export("pt2")
+def export_pt2(
+    model: nn.Module,
+    example_inputs: Inputs,
+    path: Path,
+    calibration: Sequence[Inputs] | None = None,
+) -> None:
     """Write a torch.export program of `model` traced on `example_inputs`."""
     with _eval(model):
         try:
@@ -27,7 +64,13 @@ def export_pt2(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path:
         torch.export.save(program, str(path))
 
 
-def export_onnx(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], path: Path) -> None:
+@register_export("onnx")
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Inputs,
+    path: Path,
+    calibration: Sequence[Inputs] | None = None,
+) -> None:
     """Write an ONNX graph of `model` (the onnx extra: onnx, onnxscript)."""
     try:
         import onnxscript  # noqa: F401

@@ -47,8 +47,6 @@ def register_codec(codec: Codec) -> Codec:
 
 def get_codec(name: str) -> Codec:
     if name not in _CODECS:
-        import netchisel.quantize  # noqa: F401  (registers the integer codecs: huffman, packed)
-    if name not in _CODECS:
         raise ArtifactError(f"unknown tensor codec {name!r} (known: {', '.join(sorted(_CODECS))})")
     return _CODECS[name]
 

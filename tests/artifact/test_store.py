@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from netchisel.artifact.store import _file_info, artifact_bytes, load, read_manifest, save
 from netchisel.core.errors import ArtifactError, ModelError
 from netchisel.core.modules import builder, mark_builder
-from netchisel.pipeline.artifact import _file_info, artifact_bytes, load, read_manifest, save
 
 
 class Block(nn.Module):
@@ -30,7 +30,7 @@ class Block(nn.Module):
 @builder
 def net(width: int = 8) -> nn.Module:
     model = nn.Sequential(nn.Linear(4, width), Block(width), nn.Linear(width, 3))
-    return mark_builder(model, "tests.pipeline.test_artifact:net", {"width": width})
+    return mark_builder(model, "tests.artifact.test_store:net", {"width": width})
 
 
 def _same_outputs(a: nn.Module, b: nn.Module, x: torch.Tensor) -> bool:
@@ -67,7 +67,7 @@ def test_narrowed_widths_are_rebuilt(tmp_path: Path) -> None:
     directory = save(model, tmp_path / "p")
     manifest = read_manifest(directory)
     assert manifest["builder"] == {
-        "ref": "tests.pipeline.test_artifact:net",
+        "ref": "tests.artifact.test_store:net",
         "kwargs": {"width": 8},
     }
     ops = {(e["op"], e["path"]) for e in manifest["edits"]}
@@ -275,7 +275,7 @@ def test_export_needs_inputs_and_a_known_kind(tmp_path: Path) -> None:
 def untrusted(width: int = 8) -> nn.Module:
     return mark_builder(
         nn.Sequential(nn.Linear(4, width)),
-        "tests.pipeline.test_artifact:untrusted",
+        "tests.artifact.test_store:untrusted",
         {"width": width},
     )
 
@@ -303,7 +303,7 @@ def test_load_never_calls_an_unmarked_function(tmp_path: Path) -> None:
 
 
 def test_a_loaded_model_saves_with_the_same_codecs(tmp_path):
-    from netchisel.pipeline.artifact import set_codec
+    from netchisel.artifact.store import set_codec
 
     net = nn.Sequential(nn.Linear(4, 4))
     net[0].register_buffer("codes", torch.randint(0, 3, (64,), dtype=torch.uint8))

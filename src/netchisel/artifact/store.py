@@ -22,6 +22,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from netchisel.artifact.codecs import DTYPES, decode_checked, get_codec, smallest_codec
+from netchisel.artifact.describe import (
+    JSON,
+    apply_tensor_specs,
+    attributes,
+    check_layer_shapes,
+    declared_bytes,
+    describe,
+    encode_value,
+    rebuild,
+    refresh_caches,
+    set_attributes,
+    tensor_specs,
+)
+from netchisel.artifact.exports import get_export
+from netchisel.artifact.schema import check_manifest
+from netchisel.artifact.trust import Allowed, Trusted
 from netchisel.core.errors import (
     ArtifactError,
     ConfigError,
@@ -38,23 +55,6 @@ from netchisel.core.modules import (
     mark_builder,
     resolve_builder,
 )
-from netchisel.pipeline.codecs import DTYPES, decode_checked, get_codec, smallest_codec
-from netchisel.pipeline.describe import (
-    JSON,
-    apply_tensor_specs,
-    attributes,
-    check_layer_shapes,
-    declared_bytes,
-    describe,
-    encode_value,
-    rebuild,
-    refresh_caches,
-    set_attributes,
-    tensor_specs,
-)
-from netchisel.pipeline.export import EXPORTS, export_onnx, export_pt2
-from netchisel.pipeline.schema import check_manifest
-from netchisel.pipeline.trust import Allowed, Trusted
 
 FORMAT = "netchisel-artifact"
 # 2: defaults left out of the manifest, written without indentation.
@@ -565,15 +565,9 @@ def _export(
     out: Path,
     calibration: Sequence[tuple[torch.Tensor, ...]] | None = None,
 ) -> str:
-    if kind not in EXPORTS:
-        raise ConfigError(f"unknown export {kind!r} (known: {', '.join(EXPORTS)})")
+    write = get_export(kind)
     if example_inputs is None:
         raise ConfigError(f"export {kind!r} needs example inputs")
     name = f"model.{kind}"
-    if kind == "onnx_int8":
-        from netchisel.quantize.onnx_int8 import export_onnx_int8
-
-        export_onnx_int8(model, example_inputs, out / name, calibration)
-        return name
-    (export_pt2 if kind == "pt2" else export_onnx)(model, example_inputs, out / name)
+    write(model, example_inputs, out / name, calibration)
     return name

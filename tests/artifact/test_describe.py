@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from netchisel.pipeline.describe import decode_value, describe, encode_value, rebuild
+from netchisel.artifact.describe import decode_value, describe, encode_value, rebuild
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from netchisel.profile.machine import machine_info
+from netchisel.measure.machine import machine_info
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -35,8 +35,8 @@ from netchisel.distill import DistillConfig
 from netchisel.distill.distiller import distill
 from netchisel.factorize import SVDConfig
 from netchisel.factorize.svd import factorize_svd
-from netchisel.profile import count_flops
-from netchisel.profile.latency import compare_latency, make_runner
+from netchisel.measure import count_flops
+from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.zoo import data, train
 
 MLP_LAYERS = (r"blocks\.\d+\.mlp\.fc_(in|out)",)

@@ -47,8 +47,8 @@ from netchisel.core.registry import handler
 from netchisel.distill import DistillConfig
 from netchisel.distill.distiller import distill
 from netchisel.factorize import CPConfig, SeparableConfig, TuckerConfig
-from netchisel.profile import count_flops
-from netchisel.profile.latency import compare_latency, make_runner
+from netchisel.measure import count_flops
+from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.zoo import data, train
 
 BLOCK_CONVS = (r"layer\d\.\d+\.conv[12]",)

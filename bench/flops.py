@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from netchisel.profile.flops import count_flops
+from netchisel.measure.flops import count_flops
 
 RESULTS = Path(__file__).resolve().parent / "results" / "flops.json"
 SOFTMAX = 5  # FLOPs per element: max, subtract, exp, sum, divide

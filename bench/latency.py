@@ -3,7 +3,7 @@
 Run: .venv/bin/python bench/latency.py   ->  bench/results/latency.json
 
 For every model and batch size, eager PyTorch is A and each other backend is B, timed
-alternately in one run by `netchisel.profile.compare_latency`; the result is the ratio of
+alternately in one run by `netchisel.measure.compare_latency`; the result is the ratio of
 medians (speedup > 1 means B is faster). One intra-op thread, so the 2-core machine's second
 core absorbs background noise.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from common import write_result  # bench/ is on sys.path when a script in it runs
 
-from netchisel.profile.latency import compare_latency, make_runner
+from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.zoo import data, models
 
 CASES = (("cnn", "digits32"), ("resnet", "digits32"), ("mobilenet", "digits32"), ("gpt", "text"))

@@ -44,8 +44,8 @@ from netchisel.artifact.store import artifact_bytes
 from netchisel.core.context import Context
 from netchisel.core.task import Task
 from netchisel.core.train import TrainSettings, fit
-from netchisel.profile import count_flops
-from netchisel.profile.latency import compare_latency, make_runner
+from netchisel.measure import count_flops
+from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.prune.structured import StructuredConfig, prune_structured
 from netchisel.zoo import data, train
 

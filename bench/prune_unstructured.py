@@ -30,7 +30,7 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 import netchisel as nc
 from netchisel.artifact.store import artifact_bytes
 from netchisel.core.context import Context
-from netchisel.profile.latency import compare_latency, make_runner
+from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.prune.schedule import (
     GradualConfig,
     IterativeConfig,

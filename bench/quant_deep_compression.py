@@ -52,7 +52,7 @@ from netchisel.artifact.huffman import code_lengths, decode, encode, entropy_bit
 from netchisel.artifact.int_codecs import INDEX_BITS, to_relative
 from netchisel.artifact.store import WEIGHTS, artifact_bytes, set_codec
 from netchisel.core.context import Context
-from netchisel.profile.latency import compare_latency, make_runner
+from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.prune.schedule import IterativeConfig, prune_iterative
 from netchisel.quantize.cluster import ClusteredLinear, KMeansConfig, quantize_kmeans
 from netchisel.zoo import data, train

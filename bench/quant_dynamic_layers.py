@@ -22,7 +22,7 @@ import torch
 from common import write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
-from netchisel.profile.latency import round_robin
+from netchisel.measure.latency import round_robin
 from netchisel.quantize.modules import DynamicInt8Linear, fbgemm_full_range
 
 BLOCK = {(384, 384): 4, (384, 1536): 1, (1536, 384): 1}  # (in, out) -> layers per block

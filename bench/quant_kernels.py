@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from common import write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
-from netchisel.profile.latency import compare_latency
+from netchisel.measure.latency import compare_latency
 from netchisel.quantize.modules import (
     DynamicInt8Linear,
     Int4WeightOnlyLinear,

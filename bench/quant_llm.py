@@ -55,7 +55,7 @@ from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import handler
-from netchisel.profile.latency import compare_latency, make_runner
+from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.quantize import (
     AWQConfig,
     DynamicInt8Config,

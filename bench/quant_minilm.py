@@ -36,7 +36,7 @@ from torch import nn
 import netchisel as nc
 from netchisel import zoo
 from netchisel.artifact.store import artifact_bytes
-from netchisel.profile.latency import compare_latency, fixed_threads, round_robin
+from netchisel.measure.latency import compare_latency, fixed_threads, round_robin
 from netchisel.quantize import DynamicInt8Config, RTNConfig, quantize_
 
 BATCH = 32

@@ -44,7 +44,7 @@ import netchisel as nc
 from netchisel.artifact.exports import export_onnx
 from netchisel.artifact.store import artifact_bytes
 from netchisel.core.task import Task
-from netchisel.profile.latency import compare_latency, make_runner, onnx_file_runner
+from netchisel.measure.latency import compare_latency, make_runner, onnx_file_runner
 from netchisel.quantize import StaticInt8Config, quantize_
 from netchisel.quantize.onnx_int8 import export_onnx_int8, rebatch
 from netchisel.zoo import data, train

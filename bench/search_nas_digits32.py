@@ -45,7 +45,7 @@ from common import RESULTS, write_result  # bench/ is on sys.path when a script 
 from optuna.trial import TrialState
 
 import netchisel as nc
-from netchisel.profile.latency import compare_latency, make_runner, time_calls
+from netchisel.measure.latency import compare_latency, make_runner, time_calls
 from netchisel.search.evaluate import evaluate_candidate
 from netchisel.search.nas import MOBILENET_KWARGS
 from netchisel.search.report import best_trials

@@ -7,7 +7,7 @@ Each of the 288 candidates is built with `macro_net(**TABULAR_KWARGS, **candidat
 trained with three seeds (0, 1, 2: weight init and data order) under one fixed short budget
 (`BUDGET`: 8 epochs of AdamW on the 1,257-image train split, batch 64, cosine schedule,
 160 steps), on one torch thread per process. Each row holds the candidate, its parameters and
-MACs (one 8x8 image, `netchisel.profile.count_flops`), and per seed the val and test accuracy
+MACs (one 8x8 image, `netchisel.measure.count_flops`), and per seed the val and test accuracy
 (270 images each, the zoo's fixed stratified split) and the train seconds.
 
 Resumable: workers append finished rows to `nas_tabular_digits.part<k>.jsonl` as they go and
@@ -31,8 +31,8 @@ import torch
 
 from netchisel.core.context import Context
 from netchisel.core.train import TrainSettings, fit
-from netchisel.profile.flops import count_flops
-from netchisel.profile.machine import machine_info
+from netchisel.measure.flops import count_flops
+from netchisel.measure.machine import machine_info
 from netchisel.search.nas import TABULAR_KWARGS, macro_net, tabular_space
 from netchisel.search.tabular import candidate_key
 from netchisel.zoo import data

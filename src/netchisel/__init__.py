@@ -12,8 +12,9 @@ Example:
 
 from __future__ import annotations
 
-# The subpackage is imported first so that the name `profile` ends up bound to the function.
-import netchisel.profile as _profile_package  # noqa: F401
+import importlib
+from types import ModuleType
+
 from netchisel.artifact.store import load, save
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
@@ -32,12 +33,20 @@ from netchisel.distill import distill_
 from netchisel.factorize import factorize_
 from netchisel.pipeline.recipe import load_recipe
 from netchisel.pipeline.runner import RunResult, run_recipe
-from netchisel.profile import Profile, count_flops, measure_latency, profile
+from netchisel.measure import Profile, count_flops, measure_latency, profile
 from netchisel.prune import prune_
 from netchisel.quantize import quantize_
 from netchisel.stages import get_stage, stage_names
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> ModuleType:
+    """`nc.zoo` and `nc.search` without an explicit import; imported on first use (search
+    needs the search extra, optuna)."""
+    if name in ("zoo", "search"):
+        return importlib.import_module(f"netchisel.{name}")
+    raise AttributeError(f"module 'netchisel' has no attribute {name!r}")
 
 __all__ = [
     "ArtifactError",

@@ -159,7 +159,7 @@ def profile(
     ] = None,
 ) -> None:
     """Exact FLOPs/MACs per module, params, bytes in memory and on disk, latency, energy."""
-    from netchisel.profile import profile as measure
+    from netchisel.measure import profile as measure
 
     for flag, number in (
         ("--batch-size", batch_size),
@@ -229,7 +229,7 @@ def report(
 @app.command()
 def info() -> None:
     """Versions, threads, CPU features, the registered stages."""
-    from netchisel.profile.machine import machine_info
+    from netchisel.measure.machine import machine_info
     from netchisel.stages import stage_names
 
     data = {**machine_info(), "stages": stage_names()}

@@ -16,7 +16,7 @@ import yaml
 
 from netchisel.artifact.store import artifact_bytes, load
 from netchisel.cli import main
-from netchisel.profile import count_flops
+from netchisel.measure import count_flops
 
 RECIPE = {
     "name": "tiny",

@@ -13,7 +13,7 @@ from netchisel.core.errors import ConfigError
 from netchisel.factorize import CPConfig, factorize_
 from netchisel.factorize.cp import cp_factors, cp_params, factorize_cp
 from netchisel.factorize.rank import energy_kept
-from netchisel.profile import count_flops
+from netchisel.measure import count_flops
 from tests.factorize._nets import conv_net
 
 

@@ -12,7 +12,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.factorize import SeparableConfig, factorize_
 from netchisel.factorize.separable import factorize_separable, separable_params
-from netchisel.profile import count_flops
+from netchisel.measure import count_flops
 
 
 def _net() -> nn.Sequential:

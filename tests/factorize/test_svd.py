@@ -18,7 +18,7 @@ from netchisel.factorize.svd import (
     rank_for_params,
     svd_factors,
 )
-from netchisel.profile import count_flops
+from netchisel.measure import count_flops
 
 
 def _mlp() -> nn.Sequential:

@@ -17,7 +17,7 @@ from netchisel.factorize.tucker import (
     tucker_conv,
     tucker_params,
 )
-from netchisel.profile import count_flops
+from netchisel.measure import count_flops
 from tests.factorize._nets import conv_net
 
 

@@ -17,7 +17,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.masks import set_mask
 from netchisel.core.task import Task, classification_task, language_model_task
-from netchisel.profile import count_flops
+from netchisel.measure import count_flops
 from netchisel.prune import prune_, structured
 from netchisel.prune.structured import (
     CriterionImportance,

@@ -15,7 +15,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.task import Task
 from netchisel.core.train import TrainSettings, fit
-from netchisel.profile.latency import onnx_file_runner
+from netchisel.measure.latency import onnx_file_runner
 from netchisel.quantize import StaticInt8Config, quantize_
 from netchisel.quantize.onnx_int8 import rebatch
 from netchisel.zoo import data

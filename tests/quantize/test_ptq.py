@@ -170,7 +170,7 @@ def test_embeddings_are_listed_as_float_unless_asked():
 
 
 def test_a_quantized_model_keeps_its_parameter_count_in_profiles():
-    from netchisel.profile.size import count_params
+    from netchisel.measure.size import count_params
 
     net = _mlp()
     prune_(net, UnstructuredConfig(sparsity=0.5, layers=("0",)))

@@ -18,8 +18,8 @@ from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.task import Task, classification_task
 from netchisel.core.train import TrainSettings, fit
 from netchisel.pipeline.recipe import load_recipe
-from netchisel.profile.flops import count_flops
-from netchisel.profile.latency import make_runner
+from netchisel.measure.flops import count_flops
+from netchisel.measure.latency import make_runner
 from netchisel.quantize import StaticInt8Config, quantize_
 from netchisel.quantize.static import (
     StaticInt8Conv2d,

@@ -11,7 +11,7 @@ import torch
 
 from netchisel.artifact.store import load, read_manifest, save
 from netchisel.core.errors import ConfigError
-from netchisel.profile import count_flops
+from netchisel.measure import count_flops
 from netchisel.search.nas import CELL_OPS, NAS_SPACES, cell_net, cell_space
 from netchisel.search.nas.cells import Cell
 

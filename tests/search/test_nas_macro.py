@@ -12,7 +12,7 @@ import torch
 from netchisel.artifact.store import load, read_manifest, save
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import build
-from netchisel.profile import count_flops
+from netchisel.measure import count_flops
 from netchisel.search.nas import (
     MOBILENET_KWARGS,
     NAS_SPACES,

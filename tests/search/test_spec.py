@@ -66,7 +66,7 @@ def test_a_cell_search_runs_small_with_fixed_builder_arguments() -> None:
 def test_the_profile_metrics_a_spec_may_name_are_those_a_profile_gives() -> None:
     from torch import nn
 
-    from netchisel.profile import profile
+    from netchisel.measure import profile
     from netchisel.search.spec import PROFILE_METRICS
 
     measured = profile(nn.Linear(4, 2), torch.zeros(1, 4), latency=False, on_disk=False)

@@ -34,8 +34,8 @@ from netchisel.core.files import commit_dir, remove_stale, sigint_held, staging_
 from netchisel.core.modules import build
 from netchisel.core.task import Task
 from netchisel.pipeline.recipe import ProfileSettings, Recipe, SourceSpec, load_recipe
-from netchisel.profile import Profile, profile
-from netchisel.profile.machine import machine_info
+from netchisel.measure import Profile, profile
+from netchisel.measure.machine import machine_info
 from netchisel.stages import get_stage
 
 

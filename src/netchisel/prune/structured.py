@@ -42,7 +42,7 @@ from netchisel.core.masks import masks_of
 from netchisel.core.modules import replace_module, sample_of
 from netchisel.core.registry import register
 from netchisel.core.state import seeded
-from netchisel.profile.flops import count_flops
+from netchisel.measure.flops import count_flops
 from netchisel.prune.importance import CRITERIA, NEEDS, LayerStats, collect_stats, get_criterion
 from netchisel.prune.select import keep_global
 

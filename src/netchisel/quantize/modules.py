@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from netchisel.artifact.bits import pack_bits, unpack_bits
 from netchisel.core.config import check_choice
 from netchisel.core.errors import ModelError
-from netchisel.profile.machine import cpu_flags
+from netchisel.measure.machine import cpu_flags
 from netchisel.quantize.primitives import (
     QuantSpec,
     ScaleMethod,

@@ -15,7 +15,7 @@ from netchisel.artifact.store import load, read_manifest
 from netchisel.core.errors import ArtifactError
 from netchisel.pipeline.recipe import ProfileSettings
 from netchisel.pipeline.runner import inputs_from_specs
-from netchisel.profile.latency import make_runner, round_robin
+from netchisel.measure.latency import make_runner, round_robin
 
 ROUNDS = 10
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from netchisel.core.errors import ConfigError
-from netchisel.profile.memory import run_model
+from netchisel.measure.memory import run_model
 
 BACKENDS: tuple[str, ...] = ("eager", "compile", "onnxruntime")
 

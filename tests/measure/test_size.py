@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netchisel.profile.size import memory_bytes, size_stats
+from netchisel.measure.size import memory_bytes, size_stats
 
 
 def test_counts_and_bytes() -> None:

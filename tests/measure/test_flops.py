@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from netchisel.profile.flops import FlopCount, count_flops
+from netchisel.measure.flops import FlopCount, count_flops
 
 SOFTMAX = 5
 
@@ -603,7 +603,7 @@ def test_training_flags_and_hooks_restored() -> None:
 
 
 def test_every_table_name_exists_in_torch() -> None:
-    from netchisel.profile import flops
+    from netchisel.measure import flops
 
     names = [*flops._FORMULAS, *flops._ZERO_COST]
     assert [n for n in names if not hasattr(torch.ops.aten, n)] == []

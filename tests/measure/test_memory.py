@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netchisel.profile.memory import peak_forward_bytes
+from netchisel.measure.memory import peak_forward_bytes
 
 
 def test_peak_counts_weights_inputs_and_the_two_live_activations() -> None:

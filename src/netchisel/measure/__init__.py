@@ -15,11 +15,11 @@ from typing import Any
 
 from torch import nn
 
-from netchisel.profile.energy import EnergyEstimate, estimate_energy
-from netchisel.profile.flops import FlopCount, count_flops
-from netchisel.profile.latency import Latency, batch_size_of, compare_latency, measure_latency
-from netchisel.profile.memory import peak_forward_bytes
-from netchisel.profile.size import size_stats
+from netchisel.measure.energy import EnergyEstimate, estimate_energy
+from netchisel.measure.flops import FlopCount, count_flops
+from netchisel.measure.latency import Latency, batch_size_of, compare_latency, measure_latency
+from netchisel.measure.memory import peak_forward_bytes
+from netchisel.measure.size import size_stats
 
 __all__ = [
     "EnergyEstimate",

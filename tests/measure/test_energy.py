@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from netchisel.profile.energy import estimate_energy
+from netchisel.measure.energy import estimate_energy
 
 
 def test_fp32_and_int8_costs_follow_the_table() -> None:

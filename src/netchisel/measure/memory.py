@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from netchisel.profile.size import memory_bytes
+from netchisel.measure.size import memory_bytes
 
 
 class _AllocationTracker(TorchDispatchMode):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.profile.latency import compare_latency, measure_latency, round_robin, summarise
+from netchisel.measure.latency import compare_latency, measure_latency, round_robin, summarise
 
 
 def test_summary_percentiles() -> None:

@@ -30,9 +30,9 @@ import torch
 from common import write_result  # bench/ is on sys.path when a script in it runs
 
 from netchisel.artifact.store import load
+from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.pipeline.recipe import load_recipe
 from netchisel.pipeline.runner import run_recipe
-from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.zoo import data, train
 
 RECIPES = Path(__file__).parents[1] / "src" / "netchisel" / "recipes"

@@ -31,9 +31,9 @@ from netchisel.core.task import (
 from netchisel.core.train import TrainSettings, fit
 from netchisel.distill import distill_
 from netchisel.factorize import factorize_
+from netchisel.measure import Profile, count_flops, measure_latency, profile
 from netchisel.pipeline.recipe import load_recipe
 from netchisel.pipeline.runner import RunResult, run_recipe
-from netchisel.measure import Profile, count_flops, measure_latency, profile
 from netchisel.prune import prune_
 from netchisel.quantize import quantize_
 from netchisel.stages import get_stage, stage_names
@@ -47,6 +47,7 @@ def __getattr__(name: str) -> ModuleType:
     if name in ("zoo", "search"):
         return importlib.import_module(f"netchisel.{name}")
     raise AttributeError(f"module 'netchisel' has no attribute {name!r}")
+
 
 __all__ = [
     "ArtifactError",

@@ -17,9 +17,9 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.task import Task, classification_task
 from netchisel.core.train import TrainSettings, fit
-from netchisel.pipeline.recipe import load_recipe
 from netchisel.measure.flops import count_flops
 from netchisel.measure.latency import make_runner
+from netchisel.pipeline.recipe import load_recipe
 from netchisel.quantize import StaticInt8Config, quantize_
 from netchisel.quantize.static import (
     StaticInt8Conv2d,

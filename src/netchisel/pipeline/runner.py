@@ -33,9 +33,9 @@ from netchisel.core.errors import (
 from netchisel.core.files import commit_dir, remove_stale, sigint_held, staging_dir
 from netchisel.core.modules import build
 from netchisel.core.task import Task
-from netchisel.pipeline.recipe import ProfileSettings, Recipe, SourceSpec, load_recipe
 from netchisel.measure import Profile, profile
 from netchisel.measure.machine import machine_info
+from netchisel.pipeline.recipe import ProfileSettings, Recipe, SourceSpec, load_recipe
 from netchisel.stages import get_stage
 
 

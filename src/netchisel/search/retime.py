@@ -13,9 +13,9 @@ from pathlib import Path
 
 from netchisel.artifact.store import load, read_manifest
 from netchisel.core.errors import ArtifactError
+from netchisel.measure.latency import make_runner, round_robin
 from netchisel.pipeline.recipe import ProfileSettings
 from netchisel.pipeline.runner import inputs_from_specs
-from netchisel.measure.latency import make_runner, round_robin
 
 ROUNDS = 10
 

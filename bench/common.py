@@ -1,4 +1,5 @@
-"""Helpers every benchmark shares: where results go and what machine they came from."""
+"""Helpers the benchmarks share: where results go, what machine they came from, reading them
+back, and the one table two sections draw alike."""
 
 from __future__ import annotations
 
@@ -24,3 +25,23 @@ def write_result(name: str, data: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(payload, indent=1) + "\n")
     return path
+
+
+def load_result(name: str) -> dict[str, Any] | None:
+    """bench/results/NAME.json as written, or None if that benchmark has not been run."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def arms_table(title: str, d: dict[str, Any], with_steps: bool) -> str:
+    """A section of one row per training arm (`d["table"]`): sparsity, mean, min, max test %."""
+    head = "| arm | sparsity |" + (" steps |" if with_steps else "") + " mean test % | min | max |"
+    lines = [title, "", head, "|---|---:|" + ("---:|" if with_steps else "") + "---:|---:|---:|"]
+    for r in d["table"]:
+        steps = f" {r['steps']} |" if with_steps else ""
+        lines.append(
+            f"| {r['arm']} | {100 * r['sparsity']:.0f}% |{steps} {r['mean_test_accuracy']:.2f} |"
+            f" {r['min']:.2f} | {r['max']:.2f} |"
+        )
+    lines.append("")
+    return "\n".join(lines)

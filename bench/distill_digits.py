@@ -174,5 +174,46 @@ def plot(result: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/distill_digits.json)."""
+    s, best, alone = d["setup"], d["best"], d["alone"]
+    pub = d["published_mnist"]
+    lines = [
+        "## Distillation: Hinton soft targets on digits (`bench/distill_digits.py`)",
+        "",
+        f"Teacher: {s['teacher']} ({s['teacher_params']:,} params). Student: {s['student']} "
+        f"({s['student_params']:,} params), trained on {s['labels']} labelled images for "
+        f"{s['steps']} steps (lr {s['lr']}, batch {s['batch_size']}) alone or distilled (soft "
+        f"targets on the same images). Test errors of {s['test_images']}, median of seeds "
+        f"{s['seeds']}; (T, alpha) chosen by median validation errors. Target: the distilled "
+        f"student closes >= {100 * d['target_gap_closed']:.0f}% of the gap. Published (Hinton "
+        f"et al. 2015, MNIST): teacher {pub['teacher']}, alone {pub['alone']}, distilled "
+        f"{pub['distilled']} errors. Plot: `bench/results/distill_digits.svg`.",
+        "",
+        "| model | test errors (median) | per seed |",
+        "|---|---:|---|",
+        f"| teacher | {d['teacher_errors']['test']} | |",
+        f"| student alone | {alone['median_test_errors']} | {alone['test_errors']} |",
+        f"| student distilled, T={best['temperature']:g}, alpha={best['alpha']:g} |"
+        f" {best['median_test_errors']} | {best['test_errors']} |",
+        "",
+        f"Gap closed: {100 * d['gap_closed']:.0f}% "
+        f"({'meets' if d['meets_target'] else 'misses'} the target).",
+        "",
+        "Sweep, median test errors (rows T, columns alpha):",
+        "",
+    ]
+    alphas = sorted({r["alpha"] for r in d["sweep"]})
+    temps = sorted({r["temperature"] for r in d["sweep"]})
+    by = {(r["temperature"], r["alpha"]): r["median_test_errors"] for r in d["sweep"]}
+    lines += [
+        "| T | " + " | ".join(f"alpha {a:g}" for a in alphas) + " |",
+        "|---:|" + "---:|" * len(alphas),
+    ]
+    lines += [f"| {t:g} | " + " | ".join(f"{by[(t, a)]:g}" for a in alphas) + " |" for t in temps]
+    return "\n".join([*lines, ""])
+
+
 if __name__ == "__main__":
     main()

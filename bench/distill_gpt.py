@@ -100,5 +100,37 @@ def main() -> None:
     )
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d` (bench/results/distill_gpt.json)."""
+    s, arms, teacher = d["setup"], d["arms"], d["teacher"]
+    lines = [
+        "## Distillation: a 4x smaller gpt on the pydoc text (`bench/distill_gpt.py`)",
+        "",
+        f"Teacher: {s['teacher']}, {s['teacher_params']:,} params. Student: {s['student']}, "
+        f"{s['student_params']:,} params ({s['param_ratio']:.2f}x fewer), fresh, same seed in "
+        f"both arms. Same {s['steps']} steps of {s['batch_size']} x {s['block_size']} bytes "
+        f"(lr {s['lr']}, cosine) alone (alpha 1) or distilled ({s['divergence']}, T "
+        f"{s['temperature']:g}, alpha {s['alpha']:g}). A short budget (the reference trained "
+        "1,000 steps of 32 x 128): both students are far from converged. Perplexity per byte "
+        f"on {s['block_size']}-byte windows.",
+        "",
+        "| model | params | val perplexity | test perplexity | train s (wall, loaded CPU) |",
+        "|---|---:|---:|---:|---:|",
+        f"| teacher | {s['teacher_params']:,} | {teacher['val']['perplexity']:.2f} |"
+        f" {teacher['test']['perplexity']:.2f} | |",
+    ]
+    for name, arm in arms.items():
+        lines.append(
+            f"| student {name} | {s['student_params']:,} | {arm['val']['perplexity']:.2f} |"
+            f" {arm['test']['perplexity']:.2f} | {arm['train_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        f"Distilled / alone test perplexity: {d['test_perplexity_ratio']:.3f}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

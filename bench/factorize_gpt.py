@@ -151,5 +151,41 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/factorize_gpt.json)."""
+    o, s, r = d["original"], d["svd"], d["recovery"]
+    ranks = sorted(set(s["ranks"].values()))
+    lines = [
+        "## SVD of the gpt's MLP layers at half their parameters (`bench/factorize_gpt.py`)",
+        "",
+        f"`factorize.svd` (param_ratio {d['param_ratio']}) on the 8 MLP Linears of the zoo gpt "
+        f"(ranks {', '.join(map(str, ranks))}), then recovery by `{r['stage']}` (token KL to the "
+        f"original, temperature {r['temperature']}, alpha {r['alpha']}, {r['steps']} AdamW steps "
+        f"of {r['batch_size_used']} windows, lr {r['lr']}). Perplexity per byte; MACs of one "
+        "128-byte window; latency A/B on one thread (original / SVD; > 1 is faster).",
+        "",
+        "| model | params | MLP params | MACs | val ppl | test ppl | artifact B |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| original | {o['params']:,} | {o['mlp_params']:,} | {o['macs']:,} "
+        f"| {o['perplexity']['val']:.3f} | {o['perplexity']['test']:.3f} "
+        f"| {o['artifact_bytes']:,} |",
+        f"| SVD, before recovery | {s['params']:,} | {s['mlp_params']:,} | {s['macs']:,} "
+        f"| {s['perplexity_before_recovery']['val']:.3f} "
+        f"| {s['perplexity_before_recovery']['test']:.3f} | |",
+        f"| SVD, after recovery | {s['params']:,} | {s['mlp_params']:,} | {s['macs']:,} "
+        f"| {s['perplexity_after_recovery']['val']:.3f} "
+        f"| {s['perplexity_after_recovery']['test']:.3f} | {s['artifact_bytes']:,} |",
+        "",
+    ]
+    for key, lat in d["latency"].items():
+        batch = key.split("@")[1]
+        lines.append(
+            f"- batch {batch}: {lat['a_median_ms']:.2f} ms -> {lat['b_median_ms']:.2f} ms "
+            f"(original / SVD = {lat['speedup']:.2f}x)"
+        )
+    return "\n".join([*lines, ""])
+
+
 if __name__ == "__main__":
     main()

@@ -184,5 +184,44 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/factorize_resnet.json)."""
+    o, r = d["original"], d["recovery"]
+    lat = d["latency"]
+    lines = [
+        "## Tucker-2, CP and depthwise-separable rewrites of ResNet-20"
+        " (`bench/factorize_resnet.py`)",
+        "",
+        "The 18 3x3 convs of the residual blocks of the zoo resnet (digits32) rewritten by "
+        "`factorize.tucker` (param_ratio 0.5), by `factorize.cp` (param_ratio 0.5, 1x1 -> "
+        "depthwise 3x3 -> 1x1) and by `factorize.separable` (per-channel rank-1 "
+        f"least-squares init), then recovered by `{r['stage']}` (Hinton KD, temperature "
+        f"{r['temperature']}, alpha {r['alpha']}, {r['epochs']:g} epochs, SGD lr {r['lr']}). "
+        "Accuracy % on test / val (270 images each; the recovered models as saved artifacts): "
+        "right after the rewrite (weights only), after re-estimating BatchNorm statistics "
+        "(`recalibrate_bn`, 512 train images), after recovery. MACs of one 32x32 image; "
+        "latency A/B on one thread (original / rewrite; > 1 is faster).",
+        "",
+        "| model | params | MACs | weights only | BN re-estimated | recovered "
+        "| speed-up b64 | speed-up b1 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| original | {o['params']:,} | {o['macs']:,} | {o['accuracy']['test']:.2f} / "
+        f"{o['accuracy']['val']:.2f} | | | 1.00 | 1.00 |",
+    ]
+    for name, row in d["rows"].items():
+        before, after = row["accuracy_before_recovery"], row["accuracy_after_recovery"]
+        raw = row.get("accuracy_weights_only", {"test": float("nan"), "val": float("nan")})
+        lines.append(
+            f"| {name} | {row['params']:,} | {row['macs']:,} "
+            f"| {raw['test']:.2f} / {raw['val']:.2f} "
+            f"| {before['test']:.2f} / {before['val']:.2f} "
+            f"| {after['test']:.2f} / {after['val']:.2f} "
+            f"| {lat[f'original/{name}@64']['speedup']:.2f} "
+            f"| {lat[f'original/{name}@1']['speedup']:.2f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 if __name__ == "__main__":
     main()

@@ -553,5 +553,44 @@ def main() -> int:
     return 1 if mismatches else 0
 
 
+def _pct(x: float) -> str:
+    return "exact" if x == 0 else f"{100 * x:+.1f}%"
+
+
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d` (bench/results/flops.json)."""
+    peers = sorted({p for m in d["models"].values() for p in m["peers"]})
+    lines = [
+        "## FLOPs: exact on every model (`bench/flops.py`)",
+        "",
+        "FLOPs of one forward, counted by netchisel and by each peer, against a count written",
+        "by hand from each architecture. A peer cell is its error against the full hand count,",
+        "then against the matmul/conv-only hand count (the convention most peers use: 2 x MACs,",
+        "no bias, activations, norms or softmax); peers that report MACs are doubled. A crash",
+        "shows as `error`.",
+        "",
+        "| model | hand FLOPs | netchisel | " + " | ".join(peers) + " |",
+        "|---|---:|---|" + "---|" * len(peers),
+    ]
+    for name, m in d["models"].items():
+        cells = []
+        for p in peers:
+            r = m["peers"].get(p, {})
+            if "rel_err_vs_full" in r:
+                cells.append(f"{_pct(r['rel_err_vs_full'])} / {_pct(r['rel_err_vs_matmul_conv'])}")
+            else:
+                cells.append("error" if r else "-")
+        ours = "exact" if m["netchisel"]["equals_hand"] else f"{m['netchisel']['flops']:,}"
+        lines.append(f"| {name} | {m['hand']['flops']:,} | {ours} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The fused `nn.TransformerEncoderLayer` fast path (eval, no grad) is where peers fail",
+        "most: torch's FlopCounterMode sees one opaque op and counts 0. Conventions:",
+        "[docs/measurement.md](docs/measurement.md).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

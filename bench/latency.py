@@ -10,6 +10,8 @@ core absorbs background noise.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from common import write_result  # bench/ is on sys.path when a script in it runs
 
@@ -49,6 +51,27 @@ def main() -> None:
                 )
     path = write_result("latency", {"threads": 1, "rows": rows})
     print(f"wrote {path}")
+
+
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d` (bench/results/latency.json)."""
+    lines = [
+        "## Latency backends (`bench/latency.py`)",
+        "",
+        f"Untrained zoo models, {d['threads']} thread, A/B alternating (`compare_latency`): eager",
+        "PyTorch vs torch.compile (inductor, with freezing) and vs ONNX Runtime. Speedup = eager",
+        "median / backend median; absolute milliseconds are from a 2-core CPU and only indicative.",
+        "",
+        "| model | batch | eager ms | backend | backend ms | speedup |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['a']['median_ms']:.3f} | {r['backend']} |"
+            f" {r['b']['median_ms']:.3f} | {r['speedup']:.2f}x |"
+        )
+    lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

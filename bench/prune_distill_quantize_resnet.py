@@ -123,5 +123,54 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of one run's result `d` (bench/results/
+    prune_distill_quantize_resnet.json, or _cnn.json for `--model cnn`)."""
+    stages, ab = d["stages"], d["latency_side_by_side"]
+    p = d["profile"]
+
+    def test_val(acc: dict[str, float | None]) -> str:
+        test = "-" if acc["test"] is None else f"{acc['test']:.2f}"
+        return f"{test} / {acc['val']:.2f}"
+
+    cnn = d["recipe"].endswith("/demo.yaml")
+    lines = [
+        "## One recipe: prune -> distill -> static int8 on "
+        + ("the zoo CNN, the demo" if cnn else "ResNet-20")
+        + " (`bench/prune_distill_quantize_resnet.py"
+        + (" --model cnn" if cnn else "")
+        + "`)",
+        "",
+        f"`{d['recipe']}` run as it is (`run_recipe`) on the {d['model']} (digits32). Each row"
+        " is the report's profile after that stage: accuracy % test / val (270 images each;"
+        " the recipe evaluates test after distill and int8 only),"
+        f" bytes of the saved artifact, latency at batch {p['batch_size']} ({p['backend']},"
+        f" {p['threads']} thread, median of {p['repeats']} with p10-p90; stages timed one after"
+        " the other on a shared machine), energy an estimate from per-operation energies.",
+        "",
+        "| stage | accuracy | params | MACs | FLOPs | bytes on disk | latency ms | energy µJ (est.)"
+        " | stage s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in stages:
+        lat = r["latency_ms"]
+        lines.append(
+            f"| {r['stage']} | {test_val(r['accuracy'])} |"
+            f" {r['params']:,} | {r['macs']:,} | {r['flops']:,} | {r['bytes_on_disk']:,} |"
+            f" {lat['median']:.1f} ({lat['p10']:.1f}-{lat['p90']:.1f}) | {r['energy_uj']:.1f} |"
+            f" {r['seconds']:.0f} |"
+        )
+    first, last = stages[0], stages[-1]
+    lines += [
+        "",
+        f"Original -> final: {first['bytes_on_disk'] / last['bytes_on_disk']:.1f}x fewer bytes,"
+        f" {first['macs'] / last['macs']:.2f}x fewer MACs; side by side (alternating A/B, one"
+        f" thread, eager) the final artifact runs {ab['original/final@64']['speedup']:.2f}x"
+        f" faster at batch 64 and {ab['original/final@1']['speedup']:.2f}x at batch 1.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

@@ -238,5 +238,46 @@ def main() -> None:
     print(f"wrote {path} and {figure} in {time.perf_counter() - started:.0f}s")
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/prune_global_local.json)."""
+    lines = [
+        "## Global vs local magnitude pruning (`bench/prune_global_local.py`)",
+        "",
+        f"{d['importance']} magnitude over every Linear/Conv weight at equal overall sparsity: "
+        "local (the same ratio per layer), global (one threshold, every layer keeps "
+        f"{100 * d['global_min_keep']:.0f}%), and sensitivity (per-layer ratios chosen from "
+        "`prune.sensitivity` curves on val for the least predicted loss). Test accuracy %, "
+        "before and after a short fine-tune (median of the seeds). Plots: "
+        + ", ".join(f"`{p}`" for p in d["plots"])
+        + ".",
+        "",
+    ]
+    for name, m in d["models"].items():
+        ft = m["finetune"]
+        lines += [
+            f"**{name}** on {m['task']} ({m['params']:,} params; dense test "
+            f"{m['dense']['test']:.2f}%; fine-tune {ft['steps']} steps, seeds {m['seeds']})",
+            "",
+            "| sparsity | local | global | sensitivity | local FT | global FT | sensitivity FT |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for sparsity in d["sparsities"]:
+            rows = {r["arm"]: r for r in m["rows"] if r["sparsity"] == sparsity}
+            cells = [f"{rows[a]['test_no_ft']:.2f}" for a in ("local", "global", "sensitivity")]
+            cells += [
+                f"{rows[a]['test_ft_median']:.2f}" for a in ("local", "global", "sensitivity")
+            ]
+            lines.append(f"| {100 * sparsity:.0f}% | " + " | ".join(cells) + " |")
+        sens = [r for r in m["rows"] if r["arm"] == "sensitivity"]
+        pairs = ", ".join(
+            f"{100 * r['sparsity']:.0f}%: {r['predicted_val_loss']:.1f} / "
+            f"{r['measured_val_loss']:.1f}"
+            for r in sens
+        )
+        lines += ["", f"Sensitivity arm, val points lost predicted / measured: {pairs}.", ""]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import arms_table, write_result  # bench/ is on sys.path when a script in it runs
 
 from netchisel.core.context import Context
 from netchisel.core.train import TrainSettings, fit
@@ -123,6 +123,13 @@ def main() -> None:
             f"(min {t['min']:.2f}, max {t['max']:.2f})"
         )
     print(f"{seconds:.0f}s; wrote {path}")
+
+
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/prune_lottery.json)."""
+    title = "## Lottery tickets, LeNet-300-100 on digits (`bench/prune_lottery.py`)"
+    return arms_table(title, d, with_steps=False)
 
 
 if __name__ == "__main__":

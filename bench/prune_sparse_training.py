@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import arms_table, write_result  # bench/ is on sys.path when a script in it runs
 
 from netchisel.core.context import Context
 from netchisel.core.train import TrainSettings, fit
@@ -141,6 +141,13 @@ def main() -> None:
             f"{t['mean_test_accuracy']:6.2f}% (min {t['min']:.2f}, max {t['max']:.2f})"
         )
     print(f"{seconds:.0f}s; wrote {path}")
+
+
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/prune_sparse_training.json)."""
+    title = "## Sparse training at 90% from scratch (`bench/prune_sparse_training.py`)"
+    return arms_table(title, d, with_steps=True)
 
 
 if __name__ == "__main__":

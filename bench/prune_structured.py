@@ -266,5 +266,31 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/prune_structured.json)."""
+    o = d["original"]
+    lines = [
+        "## Structured pruning, ResNet-20 on digits32 (`bench/prune_structured.py`)",
+        "",
+        f"{d['importance']}, ratio {d['ratio']}, fine-tune {d['finetune']['epochs']} epochs "
+        f"(SGD lr {d['finetune']['lr']}), seeds {d['finetune']['seeds']}; latency A/B with "
+        f"{d['threads']} thread. Original: {o['macs']:,} MACs, {o['accuracy']:.2f}% test.",
+        "",
+        "| model | MACs | speed-up b1 | speed-up b64 | test % (median) | val % (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in d["rows"].items():
+        b1 = d["latency"][f"original/{name}@1"]["speedup"]
+        b64 = d["latency"][f"original/{name}@64"]["speedup"]
+        lines.append(
+            f"| {name} | {r['macs']:,} | {b1:.2f}x | {b64:.2f}x | {r['accuracy_median']:.2f} |"
+            f" {r['val_accuracy_median']:.2f} |"
+        )
+    same = d["latency"]["torch_pruning/netchisel@64"]["speedup"]
+    lines += ["", f"Torch-Pruning / netchisel latency at batch 64: {same:.3f}.", ""]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

@@ -177,5 +177,36 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/prune_unstructured.json)."""
+    lines = [
+        "## Unstructured pruning, LeNet-300-100 on digits (`bench/prune_unstructured.py`)",
+        "",
+        f"Global magnitude. Dense: {d['dense_test_accuracy']:.2f}% test, "
+        f"{d['dense_artifact_bytes']:,} B artifact. Targets: drop <= "
+        f"{d['targets']['max_drop_points']} points, artifact <= "
+        f"{100 * d['targets']['max_artifact_ratio']:.0f}% of dense. Median and worst of the seeds.",
+        "",
+        "| schedule | sparsity | median test % | median drop (pts, − = gain) | worst drop |"
+        " artifact / dense |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["summary"]:
+        lines.append(
+            f"| {r['method']} | {100 * r['sparsity']:.0f}% | {r['median_test_accuracy']:.2f} |"
+            f" {r['median_drop_points']:+.2f} | {r['worst_drop_points']:+.2f} |"
+            f" {100 * r['artifact_ratio']:.3f}% |"
+        )
+    for lat in d["latency"]:
+        lines.append("")
+        lines.append(
+            f"Latency at batch {lat['batch']}, dense {lat['a']['median_ms']:.4f} ms vs sparse "
+            f"{lat['b']['median_ms']:.4f} ms: {lat['speedup']:.2f}x. {d['latency_note']}."
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

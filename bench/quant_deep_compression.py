@@ -315,5 +315,51 @@ def main() -> None:
     print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/quant_deep_compression.json)."""
+    t = d["targets"]
+    lines = [
+        "## Deep Compression, LeNet-300-100 on digits (`bench/quant_deep_compression.py`)",
+        "",
+        f"Prune 95% (global magnitude, 8 rounds with fine-tuning), share weights by k-means "
+        f"({d['kmeans']['bits']}-bit indices, centroids fine-tuned), then Huffman-code the "
+        "indices (relative-index sparse layout). Sizes are saved files: artifact = "
+        "model.safetensors + manifest.json; ratios against the fp32 file of the same kind; "
+        f"test % median of seeds {d['seeds']}. Targets: >= {t['min_ratio']}x with <= "
+        f"{t['max_drop_points']} points drop. Published (MNIST, 784 inputs): 40x (Han et al., "
+        "ICLR 2016, table 1).",
+        "",
+    ]
+    for m in d["models"]:
+        lines += [
+            f"**{m['model']}**, {m['params']:,} params",
+            "",
+            "| stage | test % | drop (pts, − = gain) | artifact B | ratio | safetensors B"
+            " | ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in m["table"]:
+            lines.append(
+                f"| {r['stage']} | {r['median_test_accuracy']:.2f} |"
+                f" {r['median_drop_points']:+.2f} | {r['artifact_bytes']:,} |"
+                f" {r['artifact_ratio']:.1f}x | {r['safetensors_bytes']:,} |"
+                f" {r['safetensors_ratio']:.1f}x |"
+            )
+        layouts = m["rows"][0]["layouts"].values()
+        dense = sum(x["dense_huffman"] for x in layouts)
+        relative = sum(min(x["dense_huffman"], x["relative_huffman"]) for x in layouts)
+        lat = m["latency_batch64"]
+        lines += [
+            "",
+            f"Indices of seed 0: {dense:,} B Huffman-coding every index, {relative:,} B in "
+            "the relative-index layout (what is stored). Speed of the clustered model vs dense "
+            f"at batch 64: {lat['speedup']:.2f}x (it computes with a gathered float weight; "
+            "< 1 is slower).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

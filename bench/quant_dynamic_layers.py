@@ -96,5 +96,29 @@ def main() -> None:
     )
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/quant_dynamic_layers.json)."""
+    lines = [
+        "## Dynamic int8 per layer, MiniLM shapes (`bench/quant_dynamic_layers.py`)",
+        "",
+        "Each Linear of one MiniLM block timed alone, torch's `quantize_dynamic` layer and "
+        f"netchisel's three modes in turns, {d['threads']} thread; full 8-bit activation range: "
+        f"{d['full_activation_range']}. Microseconds per call (relative output error to float).",
+        "",
+        "| in x out | rows | peer | per-token, per-channel | per-tensor, per-channel "
+        "| per-tensor, per-tensor |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        cells = " | ".join(f"{us:.1f} ({r['relative_error'][k]:.4f})" for k, us in r["us"].items())
+        lines.append(f"| {r['in']} x {r['out']} | {r['rows']} | {cells} |")
+    lines += ["", "A block (4 x 384x384, 384x1536, 1536x384), speed over the peer's:", ""]
+    for rows, b in d["blocks"].items():
+        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in b["speed_ratio_ours_over_peer"].items())
+        lines.append(f"- {rows} rows: {ratios}")
+    return "\n".join([*lines, ""])
+
+
 if __name__ == "__main__":
     main()

@@ -116,5 +116,30 @@ def main() -> None:
     )
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/quant_kernels.json)."""
+    lines = [
+        "## Quantized Linear kernels on one 4096 x 4096 layer (`bench/quant_kernels.py`)",
+        "",
+        "Each netchisel module against fp32 `F.linear` in the alternating A/B harness; error is",
+        "the relative Frobenius error of the output against fp32 on the same random input.",
+        f"Medians of {d['passes']} passes over the whole table, with their min-max.",
+        f"Target: {d['target']} - {'met' if d['target_met'] else 'not met'}; on one thread "
+        f"{'met too' if d['target_met_on_one_thread'] else 'not met'}.",
+        "",
+        "| kernel | batch | threads | fp32 ms | ms | speed-up vs fp32 (min-max) | error |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        low, high = r["speedup_min_max"]
+        lines.append(
+            f"| {r['kernel']} | {r['batch']} | {r['threads']} | {r['fp32_ms']:.3f} "
+            f"| {r['ms']:.3f} | {r['speedup_vs_fp32']:.2f}x ({low:.2f}-{high:.2f}) "
+            f"| {r['relative_error']:.4f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 if __name__ == "__main__":
     main()

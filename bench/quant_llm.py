@@ -361,5 +361,83 @@ def main() -> None:
     print(f"wrote {path} in {time.perf_counter() - start:.0f} s")
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d` (bench/results/quant_llm.json)."""
+    lines = [
+        "## LLM weight quantization, zoo gpt on the pydoc text (`bench/quant_llm.py`)",
+        "",
+        "Every Linear quantized (24 in the blocks + the LM head), embeddings float32 unless the"
+        " row says otherwise; groups of 128 inputs (the gpt's Linear layers have 128 or 512"
+        f" inputs, so no padding). Calibration: {d['calibration']}. Bytes: the artifact"
+        " `netchisel.save` writes (peers: their state dict saved with safetensors). Throughput:"
+        f" {d['throughput']}; `x fp32` is the same-run ratio (the machine was shared: compare"
+        " ratios, not tokens/s across rows). `simulated`: stored packed, computed in float.",
+        "",
+        "| method | library | val ppl | test ppl | bytes | fp32 / bytes |"
+        " float tensors B (bf16 scales incl.) | tokens/s | x fp32 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        size = r.get("artifact_bytes", r.get("weights_file_bytes", 0))
+        floats = f"{r['float_tensor_bytes']:,}" if "float_tensor_bytes" in r else "-"
+        speed = f"{r['tokens_per_s']:,.0f}" if "tokens_per_s" in r else "-"
+        ratio = f"{r['speedup_vs_fp32']:.2f}" if "speedup_vs_fp32" in r else "-"
+        name = r["method"] + (" (simulated)" if r.get("simulated") else "")
+        lines.append(
+            f"| {name} | {r['library']} | {r['val_perplexity']:.4f} | {r['test_perplexity']:.4f} |"
+            f" {size:,} | {r['size_ratio_fp32_over_this']:.2f} | {floats} | {speed} | {ratio} |"
+        )
+    gap = d["gap_closed_vs_rtn_4bit"]
+    lines += [
+        "",
+        "Fraction of int4 RTN's perplexity gap to fp32 that each method closes (target for GPTQ:"
+        " >= 0.5; published anchor, OPT-125M on WikiText-2:"
+        f" {d['anchor']['gap_closed_by_gptq']:.2f} = (37.28 - 31.12) / (37.28 - 27.65)):",
+        "",
+        "| method | val | test |",
+        "|---|---:|---:|",
+    ]
+    for name, value in gap["val"].items():
+        lines.append(f"| {name} | {value:.2f} | {gap['test'][name]:.2f} |")
+    sixth = gap["int4_artifact_at_most_a_sixth"]
+    lines += [
+        "",
+        "Artifact <= 1/6 of fp32: "
+        + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in sixth.items())
+        + ". With float32 embeddings, the two tables (196,608 B) are most of the float bytes"
+        " left; `embeddings: true` stores them as int8 rows.",
+    ]
+    if d.get("failed_peers"):
+        lines += [
+            "",
+            "Peers that failed: " + "; ".join(f"{k}: {v}" for k, v in d["failed_peers"].items()),
+        ]
+    minilm = d.get("minilm_smoothquant", {})
+    if minilm and "skipped" not in minilm:
+        lines += [
+            "",
+            "SmoothQuant on all-MiniLM-L6-v2 (dynamic int8 everywhere; fidelity to fp32 on 51"
+            " held-out sentences). Post-LN BERT: the LayerNorm outputs also feed residuals, so"
+            " only v_proj -> attention output folds; `InputScale` keeps the other 1/s as a"
+            " multiply at run time:",
+            "",
+            "| variant | test cosine | min cosine | top-5 agreement | smoothed groups |"
+            " InputScale modules |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, r in minilm.items():
+            lines.append(
+                f"| {name} | {r['test_cosine']:.5f} | {r['test_cosine_min']:.4f} |"
+                f" {r['test_topk_agreement']:.3f} | {r['smoothed_groups']} |"
+                f" {r['input_scale_modules']} |"
+            )
+    lines += [
+        "",
+        "Methods, choices and limits: [docs/quantization.md](docs/quantization.md#gptq).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

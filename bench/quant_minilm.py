@@ -220,5 +220,58 @@ def main() -> None:
     )
 
 
+def _ratio_spread(r: dict[str, Any]) -> str:
+    low, high = r["ratio_p10_p90"]
+    return f"{r['speed_ratio_ours_over_peer']:.2f}x ({low:.2f}-{high:.2f})"
+
+
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/quant_minilm.json)."""
+    lines = [
+        "## MiniLM (all-MiniLM-L6-v2) int8 and int4 (`bench/quant_minilm.py`)",
+        "",
+        "Embedding fidelity to the fp32 model on the zoo's held-out sentences; speed-up A/B "
+        f"against fp32 on {d['batch']} sentences x {d['tokens_per_sentence']} tokens, "
+        f"{d['threads']} thread; bytes of the saved artifact (torch's `quantize_dynamic` "
+        "cannot be saved as one: `torch.save` of its state dict).",
+        "",
+        "| variant | cosine | min cosine | top-5 agreement | speed-up | MB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['cosine']:.4f} | {r['cosine_min']:.4f} "
+            f"| {r['topk_agreement']:.3f} | {r['speedup_vs_fp32']:.2f}x | {r['bytes'] / 1e6:.2f} |"
+        )
+    h2h = d["head_to_head"]
+    lines += [
+        "",
+        f"Target: {d['target']}. The peer and netchisel's three dynamic int8 modes (activation "
+        f"scales, weight scales) timed in turns in one loop ({h2h['rounds']} rounds of "
+        f"{h2h['calls_per_round']} calls); speed over the peer's is the median of the per-round "
+        "ratios, with their p10-p90:",
+        "",
+        "| mode | cosine above peer | eager ms | eager speed / peer | compiled ms "
+        "| compiled speed / peer |",
+        "|---|---|---:|---:|---:|---:|",
+        f"| peer | - | {h2h['eager']['peer_ms']:.1f} | 1 "
+        f"| {h2h['torch.compile']['peer_ms']:.1f} | 1 |",
+    ]
+    for mode, fidelity in d["fidelity_met"].items():
+        e, c = h2h["eager"][mode], h2h["torch.compile"][mode]
+        lines.append(
+            f"| {mode} | {'yes' if fidelity else 'no'} | {e['ms']:.1f} "
+            f"| {_ratio_spread(e)} | {c['ms']:.1f} | {_ratio_spread(c)} |"
+        )
+    lines += [
+        "",
+        "Profiled matmul time per forward (self CPU ms): "
+        + ", ".join(f"{op} {ms:.0f}" for op, ms in h2h["matmul_ms_per_forward"].items())
+        + ".",
+    ]
+    return "\n".join([*lines, ""])
+
+
 if __name__ == "__main__":
     main()

@@ -262,5 +262,64 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/quant_static_cnn.json)."""
+    t = d["targets"]
+    v = d["versions"]
+    lines = [
+        "## Static int8 and ONNX Runtime int8, zoo CNNs on digits (`bench/quant_static_cnn.py`)",
+        "",
+        f"`quantize.static_int8` (torchao {v['torchao']} PT2E, x86 quantizer) against ONNX"
+        f" Runtime {v['onnxruntime']}'s `quantize_static` and NNCF {v['nncf']}, all calibrated"
+        f" on the same {d['calibration_samples']} training images; torch {v['torch']}."
+        f" Targets: drop <= {t['max_drop_points']} points, >= {t['min_speedup_b64']}x vs fp32"
+        " eager at batch 64. Bytes: netchisel artifacts (weights + manifest) or ONNX files.",
+        "",
+    ]
+    for name, m in d["models"].items():
+        lines += [
+            f"**{name}** ({m['params']:,} params, {m['task']}):",
+            "",
+            "| method | runtime | test % | drop (pts, − = gain) | bytes |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for r in m["rows"]:
+            size = f"{r['bytes']:,}" if r["bytes"] else "-"
+            lines.append(
+                f"| {r['method']} | {r['runtime']} | {r['test_accuracy']:.2f} |"
+                f" {r['drop_points']:+.2f} | {size} |"
+            )
+        lines += [
+            "",
+            f"Latency, {d['threads']} thread, A/B alternating; speed-up = A / B (median):",
+            "",
+            "| A | B | b64: A ms | b64: B ms | b64 speed-up | b1 speed-up |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        by_pair: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        for r in m["latency"]:
+            by_pair.setdefault((r["a"]["backend"], r["b"]["backend"]), {})[r["batch"]] = r
+        for (a, b), runs in by_pair.items():
+            big, one = runs.get(64), runs.get(1)
+            cells = (
+                f"{big['a']['median_ms']:.3f} | {big['b']['median_ms']:.3f} | {big['speedup']:.2f}x"
+                if big
+                else "- | - | -"
+            )
+            small = f"{one['speedup']:.2f}x" if one else "-"
+            lines.append(f"| {a} | {b} | {cells} | {small} |")
+        ok = {True: "met", False: "missed"}
+        lines += [
+            "",
+            f"Targets: accuracy {ok[m['meets_accuracy']]}; speed {ok[m['meets_speed_compiled']]}"
+            f" compiled with freezing, {ok[m['meets_speed_eager']]} in eager.",
+            "",
+        ]
+    lines += [f"- {note}" for note in d["notes"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

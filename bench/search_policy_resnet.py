@@ -46,6 +46,7 @@ from typing import Any
 
 import optuna
 import torch
+import yaml
 from common import write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
@@ -231,6 +232,71 @@ def main() -> None:
         },
     )
     print(f"wrote {path} in {time.perf_counter() - started:.0f} s")
+
+
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/search_policy_resnet.json)."""
+    spec = yaml.safe_load(d["spec_text"])
+    budget = next(s["finetune"] for s in spec["recipe"]["stages"] if "finetune" in s)
+    s, o = d["search"], d["original"]
+    options = ", ".join(f"{k} {v}" for k, v in d["strategy_options"].items())
+    lines = [
+        "## Search: per-layer pruning policy vs uniform on ResNet-20"
+        " (`bench/search_policy_resnet.py`)",
+        "",
+        f"`{d['spec']}` as shipped: one structured-pruning ratio (L1) per channel group of the"
+        f" trained zoo resnet ({len(s['best_policy'])} groups), MACs <= {d['macs_limit']:,.0f}"
+        f" ({100 * d['macs_limit_ratio']:.0f}% of {o['macs']:,}), each policy fine-tuned"
+        f" {budget['epochs']:g} epochs (SGD lr {budget['lr']:g}) and scored by val"
+        f" {spec['objectives'][0]}; strategy"
+        f" {d['strategy']} ({options}), {s['counts']['counted']} trials"
+        f" ({s['counts']['feasible']} feasible). The best policy (trial {s['best_trial']}) and"
+        " uniform pruning (one ratio for every group, `target_macs_ratio`: under the limit, and"
+        " under the policy's own MACs; uniform MACs move in steps) get the same fine-tune with"
+        f" {len(d['seeds'])} seeds (seed 0 is the search's run; arms paired by seed). Original:"
+        f" {o['val_accuracy']:.2f}% val, {o['test_accuracy']:.2f}% test. Search"
+        f" {d['search_seconds'] / 60:.1f} min, whole benchmark {d['wall_seconds'] / 60:.1f} min.",
+        "",
+        "| arm | MACs | params | mean val loss | mean val % | median val | mean test % |"
+        " median test |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, a in d["arms"].items():
+        lines.append(
+            f"| {name} | {a['macs']:,} | {a['params']:,} | {a['val_loss_mean']:.4f} |"
+            f" {a['val_mean']:.2f} |"
+            f" {a['val_median']:.2f} | {a['test_mean']:.2f} | {a['test_median']:.2f} |"
+        )
+    policy = ", ".join(f"{k.replace(chr(92), '')} {v:g}" for k, v in s["best_policy"].items())
+    lines += ["", f"Best policy (fraction of channels removed per group): {policy}.", ""]
+    lines += [
+        "Gains are policy minus uniform, per seed, mean ± one standard error.",
+        "",
+    ]
+    fair = [
+        name
+        for name, v in d["verdict"].items()
+        if v["beats"] and d["arms"]["searched"]["macs"] <= d["arms"][name]["macs"]
+    ]
+    for name, v in d["verdict"].items():
+        val, test, loss = v["val"], v["test"], v["val_loss"]
+        lines.append(
+            f"- policy vs {name}, paired by seed: val loss {loss['mean_difference']:+.4f}"
+            f" ± {loss['standard_error']:.4f}, val {val['mean_gain_points']:+.2f}"
+            f" ± {val['standard_error']:.2f} points (wins/ties/losses {val['wins_ties_losses']}),"
+            f" test {test['mean_gain_points']:+.2f} ± {test['standard_error']:.2f}"
+            f" ({test['wins_ties_losses']}): "
+            + ("higher on both." if v["beats"] else "**not higher on both**.")
+        )
+    lines += [
+        "",
+        "Target (per-layer beats uniform at equal MACs): "
+        + (f"met against {', '.join(fair)}." if fair else "**not met**.")
+        + " An arm counts only if the policy has no more MACs than it.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -275,5 +275,60 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/search_tabular.json)."""
+    s, t = d["setup"], d["table"]
+    meta = s["table_meta"]
+    expect = t["random_expectation"]
+    tol = s["tolerance_points"]
+    ref = d["random_reference"]
+
+    def count(x: float | None) -> str:
+        return "not reached" if x is None else f"{x:g}"
+
+    lines = [
+        "## Search: strategies on the tabular NAS benchmark (`bench/search_tabular.py`)",
+        "",
+        f"Table `bench/data/{s['table']}`: all {s['architectures']} architectures of "
+        f"`tabular_space()` trained on digits (8x8), {meta['budget']['steps']} steps, seeds "
+        f"{meta['seeds']}. Optimum: {t['optimum_val']:.2f}% mean val ({t['optimum_test']:.2f}% "
+        f"test); {expect['architectures_within_tolerance']} architectures lie within {tol} "
+        f"points of it. Each strategy (default options) runs {s['evaluations']} evaluations "
+        f"with seeds 0..{s['seeds'] - 1}; regret = {s['regret']}. Target: "
+        f"{', '.join(s['targeted'])} reach {tol} points in fewer evaluations (median) than "
+        f"random. Reference: {s['reference']}, median {count(ref['median_evaluations'])} "
+        f"evaluations ({count(ref['median_distinct_to_reach'])} distinct architectures), "
+        f"reached in {ref['reached']}/{ref['runs']}; in theory (each active dimension uniform, "
+        f"p = {expect['hit_probability']} per draw) {expect['median_draws']}. p: one-sided "
+        "Mann-Whitney U test that a strategy needs fewer evaluations than the reference runs. "
+        "Plot: `bench/results/search_tabular.svg`.",
+        "",
+        f"| strategy | median evals to {tol} | distinct archs to {tol} | reached | p |"
+        " median regret @10 | @25 | @50 | @100 | test regret @100 | s / run | beats random |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in d["strategies"].items():
+        at, test = r["median_regret_at"], r["median_test_regret_at"]
+        p = r.get("p_fewer_than_random")
+        verdict = "no"
+        if r["beats_random"]:
+            verdict = "yes" if p is not None and p < 0.05 else f"median only (p {p:.2f})"
+        lines.append(
+            f"| {name} | {count(r['median_evaluations'])} |"
+            f" {count(r['median_distinct_to_reach'])} | {r['reached']}/{r['runs']} |"
+            f" {'' if p is None else '<0.001' if p < 0.001 else f'{p:.3f}'} |"
+            f" {at['10']:.2f} | {at['25']:.2f} | {at['50']:.2f} | {at['100']:.2f} |"
+            f" {test['100']:+.2f} | {r['median_seconds_per_run']:g} | {verdict} |"
+        )
+    missed = [name for name, met in d["target_met"].items() if not met]
+    lines += [
+        "",
+        f"Target missed by: {', '.join(missed)}." if missed else "Target met by all three.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     main()

@@ -134,5 +134,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/zoo_reference.json)."""
+    lines = [
+        "## Reference models (`bench/zoo_reference.py`)",
+        "",
+        "Trained deterministically by `netchisel.zoo.train` on 2 CPU cores (wall times are from a",
+        "shared machine and vary).",
+        "",
+        "| model | params | task | steps | train s | val | test |",
+        "|---|---:|---|---:|---:|---|---|",
+    ]
+    for name, m in d["models"].items():
+        if "val" not in m:
+            lines.append(
+                f"| {name} | {m['params']:,} | pretrained by its authors | - | - | - | - |"
+            )
+            continue
+        if "perplexity" in m["val"]:
+            val = f"ppl {m['val']['perplexity']:.2f}, {m['val']['bits_per_char']:.3f} bits/char"
+            test = f"ppl {m['test']['perplexity']:.2f}, {m['test']['bits_per_char']:.3f} bits/char"
+        else:
+            val = f"{m['val']['accuracy']:.2f}%"
+            test = f"{m['test']['accuracy']:.2f}%"
+        lines.append(
+            f"| {name} | {m['params']:,} | {m['task']} | {m['steps']} | {m['train_seconds']:.1f}"
+            f" | {val} | {test} |"
+        )
+    lines.append("")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

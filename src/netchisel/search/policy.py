@@ -24,6 +24,7 @@ from torch import nn
 
 from netchisel.core.errors import ConfigError
 from netchisel.search.space import Space, categorical
+from netchisel.search.template import placeholders
 
 KINDS = ("sparsity", "bits")
 SPEC_KEYS = ("policy", "choices", "layers")
@@ -86,9 +87,7 @@ def policy_space_from_spec(
 
 
 def _model_and_inputs(template: Mapping[str, Any]) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    from netchisel.pipeline.recipe import parse_source
-    from netchisel.pipeline.runner import load_model, load_task
-    from netchisel.search.spec import placeholders
+    from netchisel.pipeline.sources import load_model, load_task, parse_source
 
     if placeholders(template.get("model")) or placeholders(template.get("task")):
         raise ConfigError(

@@ -17,12 +17,7 @@ trials: 40
 output: runs/nas_digits32
 ```
 
-Placeholders: `$x` is the value of dimension `x`; `$candidate` is the whole candidate dict;
-`$g` for a group is `{rest: value}` over the dimensions named `g/rest` (policy spaces name
-theirs `sparsity/<layer>` or `bits/<layer>`). As a mapping key (`{$candidate: merge, width:
-16}`) a placeholder's mapping is merged into that mapping; the fixed keys win. A mapping
-entry or list item whose placeholder names a dimension that is inactive for this candidate
-(its `when` does not hold) is left out, so the builder's default applies.
+Placeholders (`$name`) and how a candidate fills them: `netchisel.search.template`.
 """
 
 from __future__ import annotations
@@ -39,7 +34,9 @@ import torch
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.pipeline.recipe import Recipe, parse_recipe, read_yaml
 from netchisel.search.objectives import Objectives, parse_objectives
+from netchisel.search.policy import policy_space_from_spec
 from netchisel.search.space import Candidate, Space, parse_space
+from netchisel.search.template import check_placeholders, fill
 
 SPEC_KEYS = (
     "name",
@@ -60,7 +57,6 @@ SPEC_KEYS = (
     "export",
 )
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
-_DROP = object()
 # What `Profile.summary()` gives every candidate (tests keep this in step with it), and the
 # latency spread the search records beside the median.
 PROFILE_METRICS = (
@@ -160,7 +156,7 @@ def parse_search_spec(data: Any, default_name: str = "search") -> SearchSpec:
         export=_int("export", data.get("export", 3)),
         raw=dict(data),
     )
-    _check_placeholders(template, space)
+    check_placeholders(template, space)
     spec.recipe(space.sample(random.Random(spec.seed)), spec.output / "trials" / "check")
     return spec
 
@@ -211,7 +207,7 @@ def check_metrics(spec: SearchSpec) -> None:
 def _task_metrics(recipe: Recipe) -> list[str] | None:
     """The names of the task's metrics, from one batch of its evaluation split (the search
     evaluates on `val` where the task has one)."""
-    from netchisel.pipeline.runner import load_model, load_task
+    from netchisel.pipeline.sources import load_model, load_task
 
     try:
         torch.manual_seed(recipe.seed)
@@ -255,79 +251,8 @@ def _space_part(part: Any, template: Mapping[str, Any], where: str) -> Space:
             )
         return NAS_SPACES[name](**kwargs)
     if isinstance(part, Mapping) and "policy" in part:
-        from netchisel.search.policy import policy_space_from_spec
-
         return policy_space_from_spec(part, template, where)
     return parse_space(part, where)
-
-
-def fill(template: Any, candidate: Candidate, space: Space) -> Any:
-    """The template with every `$placeholder` replaced by the candidate's value.
-
-    Example:
-        >>> from netchisel.search.space import categorical
-        >>> s = Space({"op": categorical("conv", "skip"), "k": categorical(3, when={"op": "conv"})})
-        >>> fill({"kwargs": {"op": "$op", "k": "$k"}}, {"op": "skip"}, s)
-        {'kwargs': {'op': 'skip'}}
-    """
-    if isinstance(template, str) and template.startswith("$"):
-        name = template[1:]
-        if name == "candidate":
-            return dict(candidate)
-        if name in candidate:
-            return candidate[name]
-        group = {k[len(name) + 1 :]: v for k, v in candidate.items() if k.startswith(name + "/")}
-        if group:
-            return group
-        return _DROP
-    if isinstance(template, Mapping):
-        merged: dict[str, Any] = {}
-        for key in template:
-            if isinstance(key, str) and key.startswith("$"):  # {$candidate: merge, stem: 32}
-                part = fill(key, candidate, space)
-                merged.update(part if isinstance(part, Mapping) else {})
-        out = {
-            k: fill(v, candidate, space)
-            for k, v in template.items()
-            if not (isinstance(k, str) and k.startswith("$"))
-        }
-        merged.update({k: v for k, v in out.items() if v is not _DROP})
-        return merged
-    if isinstance(template, list):
-        items = [fill(v, candidate, space) for v in template]
-        return [v for v in items if v is not _DROP]
-    return template
-
-
-def placeholders(template: Any) -> set[str]:
-    """Every `$name` the template uses."""
-    if isinstance(template, str) and template.startswith("$"):
-        return {template[1:]}
-    if isinstance(template, Mapping):
-        keys = {k[1:] for k in template if isinstance(k, str) and k.startswith("$")}
-        return keys.union(*(placeholders(v) for v in template.values()))
-    if isinstance(template, list):
-        return set().union(*(placeholders(v) for v in template))
-    return set()
-
-
-def _check_placeholders(template: Mapping[str, Any], space: Space) -> None:
-    used = placeholders(template)
-    names = set(space.dimensions)
-    groups = {n.split("/", 1)[0] for n in names if "/" in n}
-    for name in sorted(used):
-        if name != "candidate" and name not in names and name not in groups:
-            raise ConfigError(
-                f"search.recipe: placeholder ${name} is not a dimension of the space "
-                f"(dimensions: {', '.join(sorted(names))})"
-            )
-    if "candidate" in used:
-        return
-    for name in space.dimensions:
-        if name not in used and name.split("/", 1)[0] not in used:
-            raise ConfigError(
-                f"search.space.{name}: the recipe never uses it; add ${name} to the recipe"
-            )
 
 
 def _strategy(value: Any) -> tuple[str, dict[str, Any]]:

@@ -15,7 +15,7 @@ non-dominated trials after 10 random ones, which is what a budget this small nee
 The two hand-designed zoo models are evaluated in the same run, the same way: built by
 `macro_net` at their points (the zoo ResNet-20 is a point of the searched space; the zoo
 MobileNetV2 is a point of the 5-stage macro space under `MOBILENET_KWARGS`, same layers and
-parameter count as `zoo.models.mobilenet`, see tests/search/test_nas_macro.py), trained and
+parameter count as `zoo.models.mobilenet`, see tests/search/nas/test_macro.py), trained and
 measured by `evaluate_candidate` with the spec's recipe, before the search starts.
 
 The latencies the search saw are single measurements taken minutes apart on a shared machine

@@ -17,7 +17,7 @@ candidate; that is the price of letting each block choose its op.
 
 The zoo models are points of the space: `resnet(depth=6n+2, width=w)` is `RESNET_KWARGS` with
 n `conv` blocks per stage, and `mobilenet(1.0)` is `MOBILENET_KWARGS` (same layers, same
-parameter count; `tests/search/test_nas_macro.py` checks both).
+parameter count; `tests/search/nas/test_macro.py` checks both).
 """
 
 from __future__ import annotations

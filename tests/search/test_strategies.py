@@ -1,4 +1,4 @@
-"""Conformance of every search strategy (Optuna's and netchisel's) plus the samplers' pieces.
+"""Conformance of every search strategy (Optuna's and netchisel's) in STRATEGIES.
 
 Every name in STRATEGIES: values stay in their distributions on a mixed conditional space;
 the same seed gives the same trials and another seed others; a search stopped after 15 trials
@@ -17,20 +17,10 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from optuna.storages import RDBStorage
-from optuna.study import StudyDirection
-from optuna.trial import TrialState, create_trial
+from optuna.trial import TrialState
 
 from netchisel.core.errors import ConfigError
-from netchisel.search.samplers import GeneticSampler
-from netchisel.search.samplers._population import badness, pareto_fronts
-from netchisel.search.samplers._space import decode, encode, fits, other_value
 from netchisel.search.strategies import STRATEGIES, make_sampler
 
 OURS = ("ga", "de", "anneal", "evolution", "reinforce")
@@ -254,68 +244,3 @@ def test_optuna_samplers_alone_repeat_their_draws_after_a_restart() -> None:
     study.sampler = optuna.samplers.RandomSampler(seed=0)
     _optimize(study, _error, 3)
     assert _params(study)[3:] == _params(study)[:3]
-
-
-# -- the samplers' pieces -----------------------------------------------------------------------
-
-
-def test_badness_ranks_feasible_first_then_value_or_front() -> None:
-    ts = [
-        create_trial(value=5.0),
-        create_trial(value=9.0),  # maximize: the best
-        create_trial(value=99.0, user_attrs={"constraints": [0.5, -1.0]}),
-        create_trial(value=99.0, system_attrs={"constraints": [2.0]}),
-        create_trial(value=5.0),
-    ]
-    assert badness(ts, [StudyDirection.MAXIMIZE]).tolist() == [0.2, 0.0, 0.6, 0.8, 0.2]
-    two = [create_trial(values=v) for v in ([1, 2], [2, 1], [2, 2], [3, 3], [1, 2])]
-    assert pareto_fronts(np.array([t.values for t in two])).tolist() == [0, 0, 1, 2, 0]
-    # Maximizing the second: [3, 3] joins the front, [2, 2] beats [2, 1].
-    directions = [StudyDirection.MINIMIZE, StudyDirection.MAXIMIZE]
-    assert badness(two, directions).tolist() == [0.0, 0.8, 0.6, 0.0, 0.0]
-
-
-def test_genetic_parents_are_the_best_feasible_trials() -> None:
-    study = optuna.create_study()
-    x_dist: dict[str, BaseDistribution] = {"x": IntDistribution(0, 9)}
-    for x in range(10):  # x < 5 has the best values but violates its constraint
-        cons = [1.0] if x < 5 else [-1.0]
-        study.add_trial(
-            create_trial(
-                params={"x": x}, distributions=x_dist, value=x, user_attrs={"constraints": cons}
-            )
-        )
-    study.sampler = GeneticSampler(seed=0, population_size=3, tournament_size=1, mutation_rate=0.0)
-    xs = []
-    for _ in range(20):
-        trial = study.ask()
-        xs.append(trial.suggest_int("x", 0, 9))
-        study.tell(trial, 100.0)  # worse than all: the population stays {5, 6, 7}
-    assert set(xs) == {5, 6, 7}
-
-
-@pytest.mark.parametrize(
-    "dist",
-    [
-        CategoricalDistribution([None, 4, "fp16", 2.5]),
-        IntDistribution(3, 11, step=2),
-        IntDistribution(1, 300, log=True),
-        FloatDistribution(0.0, 0.5, step=0.1),
-        FloatDistribution(1e-4, 1e-1, log=True),
-        FloatDistribution(-2.0, 2.0),
-    ],
-)
-def test_unit_view_round_trips_and_stays_valid(dist: Any) -> None:
-    rng = np.random.default_rng(0)
-    values = [decode(dist, u) for u in np.linspace(-0.5, 1.5, 401)]
-    assert all(fits(dist, v) for v in values)
-    for v in values:
-        back = decode(dist, encode(dist, v))
-        assert (
-            back == v
-            if not isinstance(dist, FloatDistribution) or dist.step
-            else math.isclose(back, v, rel_tol=1e-12)
-        )
-        other = other_value(dist, v, rng)
-        assert fits(dist, other) and other != v
-    assert decode(dist, 0.0) == values[0] and decode(dist, 1.0) == values[-1]

@@ -7,10 +7,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.masks import masks_of
-from netchisel.core.task import Task, classification_task, language_model_task
+from netchisel.core.task import classification_task, language_model_task
 from netchisel.core.train import TrainSettings, fit
 from netchisel.prune import UnstructuredConfig, prune_
 from netchisel.prune.importance import LayerStats, wanda
@@ -21,39 +20,13 @@ from netchisel.prune.sparsegpt import (
     prune_sparsegpt,
     sparsegpt_solve,
 )
-from netchisel.zoo.models import gpt
+from tests._models import layer_data, lm_task, quiet_context, tiny_gpt
 
 BLOCK_LAYERS = (r"blocks\..*",)
 
 
-def _layer_data(rows: int = 16, cols: int = 64, tokens: int = 512) -> tuple[Tensor, Tensor]:
-    """A weight and correlated inputs with a few large features, as LLM activations have."""
-    g = torch.Generator().manual_seed(0)
-    mixing = torch.randn(cols, cols, generator=g) / cols**0.5
-    x = torch.randn(tokens, cols, generator=g) @ mixing + 0.1 * torch.randn(
-        tokens, cols, generator=g
-    )
-    x[:, :4] *= 10.0  # outlier features
-    return torch.randn(rows, cols, generator=g), x
-
-
 def _reconstruction(weight: Tensor, pruned: Tensor, x: Tensor) -> float:
     return float(((x @ (weight - pruned).T) ** 2).sum())
-
-
-def _tiny_gpt() -> nn.Module:
-    torch.manual_seed(0)
-    return gpt(n_layer=2, n_head=2, n_embd=32, block_size=16)
-
-
-def _lm_task(samples: int = 32) -> Task:
-    tokens = torch.randint(0, 256, (samples, 17), generator=torch.Generator().manual_seed(0))
-    data = TensorDataset(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
-    return language_model_task({"train": data, "val": data}, batch_size=16)
-
-
-def _ctx(task: Task | None) -> Context:
-    return Context(task, quiet=True)
 
 
 # -- the solver -------------------------------------------------------------------------------
@@ -61,7 +34,7 @@ def _ctx(task: Task | None) -> Context:
 
 @pytest.mark.parametrize("sparsity", [0.37, 0.5, 0.9])
 def test_solver_prunes_exactly_the_requested_count(sparsity: float) -> None:
-    weight, x = _layer_data()
+    weight, x = layer_data(16, 64, 512)
     result = sparsegpt_solve(weight, x.T @ x, sparsity, blocksize=24)  # blocks of unequal size
     assert int((~result.keep).sum()) == round(sparsity * weight.numel())
     assert torch.equal(result.weight == 0, ~result.keep)
@@ -70,7 +43,7 @@ def test_solver_prunes_exactly_the_requested_count(sparsity: float) -> None:
 
 @pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8)])
 def test_solver_n_of_m_structure(n: int, m: int) -> None:
-    weight, x = _layer_data()
+    weight, x = layer_data(16, 64, 512)
     result = sparsegpt_solve(weight, x.T @ x, pattern=(n, m), blocksize=32)
     assert (result.keep.reshape(16, -1, m).sum(dim=2) == n).all()
     assert torch.equal(result.weight == 0, ~result.keep)
@@ -79,7 +52,7 @@ def test_solver_n_of_m_structure(n: int, m: int) -> None:
 def test_lazy_block_updates_are_the_column_by_column_math() -> None:
     # With N:M the mask is chosen per group of M whatever the block size, so the block size
     # only regroups the same updates.
-    weight, x = _layer_data()
+    weight, x = layer_data(16, 64, 512)
     one = sparsegpt_solve(weight, x.T @ x, pattern=(2, 4), blocksize=4)
     big = sparsegpt_solve(weight, x.T @ x, pattern=(2, 4), blocksize=64)
     assert torch.equal(one.keep, big.keep)
@@ -87,7 +60,7 @@ def test_lazy_block_updates_are_the_column_by_column_math() -> None:
 
 
 def test_sparse_gpt_reconstructs_better_than_magnitude_and_wanda() -> None:
-    weight, x = _layer_data()
+    weight, x = layer_data(16, 64, 512)
     gram = x.T @ x
     for pattern, keep_mag, keep_wanda in [
         (None, keep_lowest_pruned(weight.abs(), 0.5), None),
@@ -107,7 +80,7 @@ def test_sparse_gpt_reconstructs_better_than_magnitude_and_wanda() -> None:
 
 
 def test_rank_deficient_hessian_raises_damping_instead_of_nan() -> None:
-    weight, _ = _layer_data()
+    weight, _ = layer_data(16, 64, 512)
     x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1))  # rank 3 of 64
     x[:, 10] = 0.0  # a dead input
     x[:, 11] = x[:, 12]  # two inputs that move together
@@ -118,7 +91,7 @@ def test_rank_deficient_hessian_raises_damping_instead_of_nan() -> None:
 
 
 def test_non_finite_inputs_are_an_error() -> None:
-    weight, x = _layer_data()
+    weight, x = layer_data(16, 64, 512)
     x[0, 0] = float("nan")
     with pytest.raises(ModelError, match="not finite"):
         sparsegpt_solve(weight, x.T @ x)
@@ -129,9 +102,9 @@ def test_non_finite_inputs_are_an_error() -> None:
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
 def test_stage_prunes_every_block_layer_and_sets_masks(pattern: str) -> None:
-    model, task = _tiny_gpt(), _lm_task()
+    model, task = tiny_gpt(), lm_task()
     dense = copy.deepcopy(model)
-    ctx = _ctx(task)
+    ctx = quiet_context(task)
     prune_sparsegpt(model, SparseGPTConfig(sparsity=0.5, pattern=pattern, layers=BLOCK_LAYERS), ctx)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     pruned = [n for n in linears if n.startswith("blocks.")]
@@ -148,10 +121,10 @@ def test_stage_prunes_every_block_layer_and_sets_masks(pattern: str) -> None:
 
 
 def test_blockwise_passes_equal_whole_model_passes() -> None:
-    task = _lm_task()
-    by_block, by_model = _tiny_gpt(), _tiny_gpt()
-    prune_sparsegpt(by_block, SparseGPTConfig(layers=BLOCK_LAYERS), _ctx(task))
-    prune_sparsegpt(by_model, SparseGPTConfig(layers=BLOCK_LAYERS, blocks=""), _ctx(task))
+    task = lm_task()
+    by_block, by_model = tiny_gpt(), tiny_gpt()
+    prune_sparsegpt(by_block, SparseGPTConfig(layers=BLOCK_LAYERS), quiet_context(task))
+    prune_sparsegpt(by_model, SparseGPTConfig(layers=BLOCK_LAYERS, blocks=""), quiet_context(task))
     for a, b in zip(by_block.parameters(), by_model.parameters(), strict=True):
         assert torch.equal(a, b)
 
@@ -167,14 +140,14 @@ def test_later_layers_see_the_pruned_earlier_layers() -> None:
         expected[0].weight.copy_(first.weight)
         hidden = expected[1](expected[0](x))
     second = sparsegpt_solve(expected[2].weight, 2 * hidden.T @ hidden / 64, 0.5)
-    prune_sparsegpt(net, SparseGPTConfig(calibration_samples=64), _ctx(task))
+    prune_sparsegpt(net, SparseGPTConfig(calibration_samples=64), quiet_context(task))
     assert torch.allclose(net[0].weight, first.weight)
     assert torch.allclose(net[2].weight, second.weight, atol=1e-6)
 
 
 def test_model_output_closer_to_dense_than_magnitude() -> None:
-    task = _lm_task()
-    dense = _tiny_gpt()
+    task = lm_task()
+    dense = tiny_gpt()
     tokens = task.splits["train"].tensors[0]  # type: ignore[attr-defined]
     with torch.no_grad():
         reference = dense(tokens)
@@ -183,18 +156,18 @@ def test_model_output_closer_to_dense_than_magnitude() -> None:
         with torch.no_grad():
             return float(((model(tokens) - reference) ** 2).mean())
 
-    ours, magnitude = _tiny_gpt(), _tiny_gpt()
-    prune_sparsegpt(ours, SparseGPTConfig(layers=BLOCK_LAYERS), _ctx(task))
+    ours, magnitude = tiny_gpt(), tiny_gpt()
+    prune_sparsegpt(ours, SparseGPTConfig(layers=BLOCK_LAYERS), quiet_context(task))
     prune_(magnitude, UnstructuredConfig(layers=BLOCK_LAYERS))
     assert error(ours) < 0.8 * error(magnitude)
 
 
 def test_zeros_stay_zero_through_fine_tuning_and_earlier_masks_are_kept() -> None:
-    model, task = _tiny_gpt(), _lm_task()
+    model, task = tiny_gpt(), lm_task()
     prune_(model, UnstructuredConfig(sparsity=0.3, layers=BLOCK_LAYERS))
     earlier = model.blocks[0].mlp.fc_in.weight == 0  # type: ignore[index, union-attr]
-    prune_sparsegpt(model, SparseGPTConfig(sparsity=0.5, layers=BLOCK_LAYERS), _ctx(task))
-    fit(model, task, TrainSettings(steps=2, lr=1e-2, optimizer="sgd"), _ctx(task))
+    prune_sparsegpt(model, SparseGPTConfig(sparsity=0.5, layers=BLOCK_LAYERS), quiet_context(task))
+    fit(model, task, TrainSettings(steps=2, lr=1e-2, optimizer="sgd"), quiet_context(task))
     weight = model.blocks[0].mlp.fc_in.weight  # type: ignore[index, union-attr]
     assert (weight[earlier] == 0).all()
     assert int((weight == 0).sum()) == weight.numel() // 2
@@ -211,7 +184,7 @@ def test_a_failure_midway_leaves_the_model_as_it_was() -> None:
     task = classification_task({"train": TensorDataset(x, torch.zeros(32, dtype=torch.long))})
     before = copy.deepcopy(net.state_dict())
     with pytest.raises(ModelError, match="layer 2: the layer's calibration inputs are not finite"):
-        prune_sparsegpt(net, SparseGPTConfig(), _ctx(task))
+        prune_sparsegpt(net, SparseGPTConfig(), quiet_context(task))
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
     assert masks_of(net) == {}
 
@@ -236,23 +209,23 @@ def test_bad_config_is_one_clear_error(options: dict[str, object], message: str)
 
 
 def test_bad_input_at_run_time_leaves_the_model_unchanged() -> None:
-    model = _tiny_gpt()
+    model = tiny_gpt()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ConfigError, match="needs a task"):
-        prune_sparsegpt(model, SparseGPTConfig(), _ctx(None))
+        prune_sparsegpt(model, SparseGPTConfig(), quiet_context(None))
     with pytest.raises(
         ConfigError, match=r"of 64; 11 layers are not: blocks\.0\.attn\.q_proj \(32\), .* 5 more"
     ):
-        prune_sparsegpt(model, SparseGPTConfig(pattern="2:64"), _ctx(_lm_task()))
+        prune_sparsegpt(model, SparseGPTConfig(pattern="2:64"), quiet_context(lm_task()))
     with pytest.raises(ConfigError, match="include pattern 'nope' matches no layer"):
-        prune_sparsegpt(model, SparseGPTConfig(layers=("nope",)), _ctx(_lm_task()))
+        prune_sparsegpt(model, SparseGPTConfig(layers=("nope",)), quiet_context(lm_task()))
     with pytest.raises(ConfigError, match="blocks: the model has no module 'layers'"):
-        prune_sparsegpt(model, SparseGPTConfig(blocks="layers"), _ctx(_lm_task()))
+        prune_sparsegpt(model, SparseGPTConfig(blocks="layers"), quiet_context(lm_task()))
     empty = language_model_task(
         {"train": TensorDataset(torch.zeros(0, 16, dtype=torch.long), torch.zeros(0, 16))}
     )
     with pytest.raises(ConfigError, match="gave no calibration samples"):
-        prune_sparsegpt(model, SparseGPTConfig(), _ctx(empty))
+        prune_sparsegpt(model, SparseGPTConfig(), quiet_context(empty))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert masks_of(model) == {}
 
@@ -261,12 +234,12 @@ def test_convolutions_are_left_dense_and_said_so_or_refused_when_named() -> None
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
     x = torch.randn(32, 1, 8, 8)
     task = classification_task({"train": TensorDataset(x, torch.zeros(32).long())}, 16)
-    ctx = _ctx(task)
+    ctx = quiet_context(task)
     prune_sparsegpt(net, SparseGPTConfig(), ctx)
     assert ctx.records["left_dense"] == ["0"] and int((net[0].weight == 0).sum()) == 0
     assert int((net[2].weight == 0).sum()) == 144
     with pytest.raises(ConfigError, match=r"handles Linear layers only; 0 matched `layers`"):
-        prune_sparsegpt(net, SparseGPTConfig(layers=("0", "2")), _ctx(task))
+        prune_sparsegpt(net, SparseGPTConfig(layers=("0", "2")), quiet_context(task))
 
 
 def test_a_sparsity_an_n_of_m_pattern_contradicts_is_an_error() -> None:

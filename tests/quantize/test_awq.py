@@ -9,9 +9,8 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import netchisel as nc
-from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
-from netchisel.core.task import Task, classification_task, language_model_task
+from netchisel.core.task import classification_task
 from netchisel.quantize.awq import (
     AWQConfig,
     awq_scales,
@@ -24,7 +23,7 @@ from netchisel.quantize.fold import InputScale, divide_outputs, fold_targets, mu
 from netchisel.quantize.gptq import rtn_weight
 from netchisel.quantize.primitives import QuantSpec, dequantize, quantize
 from netchisel.quantize.ptq import RTNConfig, quantize_rtn
-from netchisel.zoo.models import gpt
+from tests._models import lm_task, quiet_context, tiny_gpt
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*they stay in float")
 
@@ -35,21 +34,6 @@ def _outlier_inputs(tokens: int = 2048, cols: int = 128) -> tuple[Tensor, Tensor
     x = torch.randn(tokens, cols, generator=g)
     x[:, [3, 40, 77, 100]] *= 20.0
     return torch.randn(64, cols, generator=g), x
-
-
-def _tiny_gpt() -> nn.Module:
-    torch.manual_seed(0)
-    return gpt(n_layer=2, n_head=2, n_embd=32, block_size=16)
-
-
-def _lm_task(samples: int = 32) -> Task:
-    tokens = torch.randint(0, 256, (samples, 17), generator=torch.Generator().manual_seed(0))
-    data = TensorDataset(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
-    return language_model_task({"train": data, "val": data}, batch_size=16)
-
-
-def _ctx(task: Task | None) -> Context:
-    return Context(task, quiet=True)
 
 
 # -- the searches ------------------------------------------------------------------------------
@@ -92,7 +76,7 @@ def test_clipping_search_lowers_the_output_error() -> None:
 
 
 def test_folded_scales_leave_the_float_function_unchanged() -> None:
-    model = _tiny_gpt().eval()
+    model = tiny_gpt().eval()
     tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         before = model(tokens)
@@ -112,7 +96,7 @@ def test_folded_scales_leave_the_float_function_unchanged() -> None:
 
 
 def test_fold_targets_are_found_and_checked() -> None:
-    model = _tiny_gpt().eval()
+    model = tiny_gpt().eval()
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     groups = [
         ["blocks.0.attn.q_proj", "blocks.0.attn.k_proj", "blocks.0.attn.v_proj"],
@@ -153,8 +137,8 @@ def test_a_layernorm_that_also_feeds_a_residual_is_not_folded_into() -> None:
 
 
 def test_stage_is_closer_to_float_than_rtn_and_round_trips(tmp_path: Path) -> None:
-    task = _lm_task()
-    dense = _tiny_gpt().eval()
+    task = lm_task()
+    dense = tiny_gpt().eval()
     tokens = task.splits["train"].tensors[0]  # type: ignore[attr-defined]
     with torch.no_grad():
         # LLM-like outlier channels in the residual stream, which every LayerNorm passes on.
@@ -168,9 +152,9 @@ def test_stage_is_closer_to_float_than_rtn_and_round_trips(tmp_path: Path) -> No
             return float(((model(tokens) - reference) ** 2).mean())
 
     ours, rtn = copy.deepcopy(dense), copy.deepcopy(dense)
-    ctx = _ctx(task)
+    ctx = quiet_context(task)
     quantize_awq(ours, AWQConfig(bits=3, group_size=32), ctx)
-    quantize_rtn(rtn, RTNConfig(bits=3, group_size=32), _ctx(task))
+    quantize_rtn(rtn, RTNConfig(bits=3, group_size=32), quiet_context(task))
     assert error(ours) < 0.5 * error(rtn)  # measured 0.38 (0.64 without clipping)
     assert ctx.records["folded_into"]["blocks.1.attn.q_proj"] == "blocks.1.ln_1"
     assert ctx.records["input_scale_modules"] == ["blocks.0.mlp.fc_out", "blocks.1.mlp.fc_out"]
@@ -190,7 +174,7 @@ def test_a_failure_midway_leaves_the_model_as_it_was() -> None:
     task = classification_task({"train": TensorDataset(x, torch.zeros(32, dtype=torch.long))})
     before = copy.deepcopy(net.state_dict())
     with pytest.raises(ModelError, match="not finite"):
-        quantize_awq(net, AWQConfig(bits=4, group_size=32), _ctx(task))
+        quantize_awq(net, AWQConfig(bits=4, group_size=32), quiet_context(task))
     assert [type(m) for m in net] == [nn.LayerNorm, nn.Linear, Log, nn.Linear]
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
 

@@ -9,43 +9,16 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import netchisel as nc
-from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.hessian import output_error
-from netchisel.core.task import Task, classification_task, language_model_task
+from netchisel.core.task import classification_task
 from netchisel.quantize.gptq import GPTQConfig, gptq_solve, quantize_gptq, rtn_weight
 from netchisel.quantize.modules import Int4WeightOnlyLinear, PackedLinear
 from netchisel.quantize.primitives import QuantSpec, choose_qparams
 from netchisel.quantize.ptq import RTNConfig, quantize_rtn
-from netchisel.zoo.models import gpt
+from tests._models import layer_data, lm_task, quiet_context, tiny_gpt
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*they stay in float")
-
-
-def _layer_data(rows: int = 32, cols: int = 128, tokens: int = 1024) -> tuple[Tensor, Tensor]:
-    """A weight and correlated inputs with a few large features, as LLM activations have."""
-    g = torch.Generator().manual_seed(0)
-    mixing = torch.randn(cols, cols, generator=g) / cols**0.5
-    x = torch.randn(tokens, cols, generator=g) @ mixing + 0.1 * torch.randn(
-        tokens, cols, generator=g
-    )
-    x[:, :4] *= 10.0
-    return torch.randn(rows, cols, generator=g), x
-
-
-def _tiny_gpt() -> nn.Module:
-    torch.manual_seed(0)
-    return gpt(n_layer=2, n_head=2, n_embd=32, block_size=16)
-
-
-def _lm_task(samples: int = 32) -> Task:
-    tokens = torch.randint(0, 256, (samples, 17), generator=torch.Generator().manual_seed(0))
-    data = TensorDataset(tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
-    return language_model_task({"train": data, "val": data}, batch_size=16)
-
-
-def _ctx(task: Task | None) -> Context:
-    return Context(task, quiet=True)
 
 
 # -- the solver -------------------------------------------------------------------------------
@@ -64,7 +37,7 @@ def _ctx(task: Task | None) -> Context:
     ],
 )
 def test_gptq_output_error_is_well_below_rtn(bits: int, granularity: str, bound: float) -> None:
-    weight, x = _layer_data()
+    weight, x = layer_data(32, 128, 1024)
     spec = QuantSpec(bits, bits == 8, granularity, 32)  # type: ignore[arg-type]
     gram = x.T @ x
     ours = gptq_solve(weight, gram, spec)
@@ -86,13 +59,13 @@ def test_gptq_output_error_is_well_below_rtn(bits: int, granularity: str, bound:
 )
 def test_identity_hessian_is_round_to_nearest(spec: QuantSpec) -> None:
     # No correlation between inputs: no error is fed forward, so GPTQ is RTN exactly.
-    weight, _ = _layer_data()
+    weight, _ = layer_data(32, 128, 1024)
     ours = gptq_solve(weight, torch.eye(128), spec)
     assert torch.allclose(ours.weight, rtn_weight(weight, spec), atol=1e-6)
 
 
 def test_lazy_block_updates_are_the_column_by_column_math() -> None:
-    weight, x = _layer_data()
+    weight, x = layer_data(32, 128, 1024)
     spec = QuantSpec(4, False, "group", 32)
     one = gptq_solve(weight, x.T @ x, spec, blocksize=1)  # rounded up to one group
     big = gptq_solve(weight, x.T @ x, spec, blocksize=128)
@@ -100,7 +73,7 @@ def test_lazy_block_updates_are_the_column_by_column_math() -> None:
 
 
 def test_act_order_uses_static_groups_and_still_beats_rtn() -> None:
-    weight, x = _layer_data()
+    weight, x = layer_data(32, 128, 1024)
     spec = QuantSpec(4, False, "group", 32)
     gram = x.T @ x
     ours = gptq_solve(weight, gram, spec, act_order=True)
@@ -112,7 +85,7 @@ def test_act_order_uses_static_groups_and_still_beats_rtn() -> None:
 
 
 def test_rank_deficient_hessian_raises_damping_instead_of_nan() -> None:
-    weight, _ = _layer_data()
+    weight, _ = layer_data(32, 128, 1024)
     x = torch.randn(3, 128, generator=torch.Generator().manual_seed(1))  # rank 3 of 128
     x[:, 10] = 0.0  # a dead input
     x[:, 11] = x[:, 12]  # two inputs that move together
@@ -122,7 +95,7 @@ def test_rank_deficient_hessian_raises_damping_instead_of_nan() -> None:
 
 
 def test_non_finite_inputs_are_an_error() -> None:
-    weight, x = _layer_data()
+    weight, x = layer_data(32, 128, 1024)
     x[0, 0] = float("nan")
     with pytest.raises(ModelError, match="not finite"):
         gptq_solve(weight, x.T @ x, QuantSpec(4, False, "group", 32))
@@ -132,8 +105,8 @@ def test_non_finite_inputs_are_an_error() -> None:
 
 
 def test_stage_beats_rtn_on_a_tiny_gpt_and_saves_packed() -> None:
-    task = _lm_task()
-    dense = _tiny_gpt().eval()
+    task = lm_task()
+    dense = tiny_gpt().eval()
     tokens = task.splits["train"].tensors[0]  # type: ignore[attr-defined]
     with torch.no_grad():
         reference = dense(tokens)
@@ -143,9 +116,9 @@ def test_stage_beats_rtn_on_a_tiny_gpt_and_saves_packed() -> None:
             return float(((model(tokens) - reference) ** 2).mean())
 
     ours, rtn = copy.deepcopy(dense), copy.deepcopy(dense)
-    ctx = _ctx(task)
+    ctx = quiet_context(task)
     quantize_gptq(ours, GPTQConfig(bits=3, group_size=32, calibration_samples=32), ctx)
-    quantize_rtn(rtn, RTNConfig(bits=3, group_size=32), _ctx(task))
+    quantize_rtn(rtn, RTNConfig(bits=3, group_size=32), quiet_context(task))
     assert error(ours) < 0.7 * error(rtn)
     assert isinstance(ours.blocks[0].attn.q_proj, PackedLinear)  # type: ignore[index, union-attr]
     per_layer = ctx.records["layer_output_error"]
@@ -154,8 +127,8 @@ def test_stage_beats_rtn_on_a_tiny_gpt_and_saves_packed() -> None:
 
 
 def test_int4_stage_runs_the_kernel_and_round_trips(tmp_path: Path) -> None:
-    model, task = _tiny_gpt(), _lm_task()
-    quantize_gptq(model, GPTQConfig(bits=4, group_size=32), _ctx(task))
+    model, task = tiny_gpt(), lm_task()
+    quantize_gptq(model, GPTQConfig(bits=4, group_size=32), quiet_context(task))
     assert isinstance(model.blocks[1].mlp.fc_out, Int4WeightOnlyLinear)  # type: ignore[index, union-attr]
     tokens = torch.randint(0, 256, (2, 16))
     path = nc.save(model, tmp_path / "gptq")
@@ -172,7 +145,9 @@ def test_later_layers_see_the_quantized_earlier_layers() -> None:
     with torch.no_grad():
         hidden = torch.tanh(x @ first.weight.T + net[0].bias)
     second = gptq_solve(net[2].weight, 2 * hidden.T @ hidden / 64, spec)
-    quantize_gptq(net, GPTQConfig(bits=3, group_size=32, calibration_samples=64), _ctx(task))
+    quantize_gptq(
+        net, GPTQConfig(bits=3, group_size=32, calibration_samples=64), quiet_context(task)
+    )
     assert torch.allclose(net[0].dequantized_weight(), first.weight, atol=1e-6)  # type: ignore[operator]
     assert torch.allclose(net[2].dequantized_weight(), second.weight, atol=1e-5)  # type: ignore[operator]
 
@@ -188,20 +163,22 @@ def test_a_failure_midway_leaves_the_model_as_it_was() -> None:
     task = classification_task({"train": TensorDataset(x, torch.zeros(32, dtype=torch.long))})
     before = copy.deepcopy(net.state_dict())
     with pytest.raises(ModelError, match="layer 2: the layer's calibration inputs are not finite"):
-        quantize_gptq(net, GPTQConfig(bits=4, group_size=32), _ctx(task))
+        quantize_gptq(net, GPTQConfig(bits=4, group_size=32), quiet_context(task))
     assert [type(m) for m in net] == [nn.Linear, Log, nn.Linear]
     assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items())
 
 
 def test_bad_input_at_run_time_leaves_the_model_unchanged() -> None:
-    model = _tiny_gpt()
+    model = tiny_gpt()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ConfigError, match="needs a task"):
-        quantize_gptq(model, GPTQConfig(bits=4), _ctx(None))
+        quantize_gptq(model, GPTQConfig(bits=4), quiet_context(None))
     with pytest.raises(ConfigError, match="group_size 48 does not divide in_features 32"):
-        quantize_gptq(model, GPTQConfig(bits=3, group_size=48), _ctx(_lm_task()))
+        quantize_gptq(model, GPTQConfig(bits=3, group_size=48), quiet_context(lm_task()))
     with pytest.raises(ConfigError, match=r"quantize\.gptq\.blocks: the model has no module 'x'"):
-        quantize_gptq(model, GPTQConfig(bits=4, group_size=32, blocks="x"), _ctx(_lm_task()))
+        quantize_gptq(
+            model, GPTQConfig(bits=4, group_size=32, blocks="x"), quiet_context(lm_task())
+        )
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
 
 

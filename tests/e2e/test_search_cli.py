@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -92,3 +93,38 @@ def test_the_search_summary_fits_80_columns_and_marks_the_exported(
     assert [r for r in rows if r] == ["0 *", "1 *", "3"]
     assert "1.1 (1-1.3)" in out and "Pareto front: 3 trial(s); * marks the 2 exported." in out
     assert "overlapping ranges are ties" in out
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"constraints": {"latncy_ms": {"max": 2.0}}},
+            "search.constraints.latncy_ms: no trial measures 'latncy_ms'; the task gives "
+            "accuracy, loss and the profile params, params_nonzero, ",
+        ),
+        (
+            {"objectives": ["accuracy", "latency_ms"]},
+            "search.objectives: no trial measures 'latency_ms' (latency_ms needs profile: "
+            "{latency: true})",
+        ),
+        (
+            {"objectives": [{"top1": "maximize"}]},
+            "search.objectives: no trial measures 'top1'",
+        ),
+    ],
+    ids=["constraint", "latency-off", "objective"],
+)
+def test_an_unknown_metric_fails_before_trial_1_and_the_fixed_spec_runs_in_the_same_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, Any], message: str
+) -> None:
+    spec, out = tmp_path / "spec.yaml", tmp_path / "out"
+    spec.write_text(yaml.safe_dump(spec_with(**changes)))
+    run = ("search", str(spec), "--output", str(out), "--trials", "1", "-q")
+    code, _, err = cli(capsys, *run)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+    spec.write_text(yaml.safe_dump(spec_with()))
+    code, _, err = cli(capsys, *run)
+    assert (code, err) == (0, "")
+    assert (out / "study.db").is_file()

@@ -276,53 +276,6 @@ def test_two_local_workers_share_one_journal(out: Path) -> None:
     assert all(t["state"] == "complete" for t in report["trials"])
 
 
-def search_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    from netchisel.cli import main
-
-    argv, sys.argv = sys.argv, ["netchisel", "search", *args, "-q"]
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        (
-            {"constraints": {"latncy_ms": {"max": 2.0}}},
-            "search.constraints.latncy_ms: no trial measures 'latncy_ms'; the task gives "
-            "accuracy, loss and the profile params, params_nonzero, ",
-        ),
-        (
-            {"objectives": ["accuracy", "latency_ms"]},
-            "search.objectives: no trial measures 'latency_ms' (latency_ms needs profile: "
-            "{latency: true})",
-        ),
-        (
-            {"objectives": [{"top1": "maximize"}]},
-            "search.objectives: no trial measures 'top1'",
-        ),
-    ],
-    ids=["constraint", "latency-off", "objective"],
-)
-def test_an_unknown_metric_fails_before_trial_1_and_the_fixed_spec_runs_in_the_same_output(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, Any], message: str
-) -> None:
-    spec, out = tmp_path / "spec.yaml", tmp_path / "out"
-    spec.write_text(yaml.safe_dump(spec_with(**changes)))
-    code, err = search_cli(capsys, str(spec), "--output", str(out), "--trials", "1")
-    assert code == 2 and err.count("\n") == 1 and message in err, err
-    assert not out.exists()
-    spec.write_text(yaml.safe_dump(spec_with()))
-    assert search_cli(capsys, str(spec), "--output", str(out), "--trials", "1") == (0, "")
-    assert (out / "study.db").is_file()
-
-
 def test_a_question_mark_or_hash_in_the_output_keeps_the_study_inside(tmp_path: Path) -> None:
     out = tmp_path / "run?v=2#b"
     run_search(parse_search_spec(spec_with(trials=1)), output=out, quiet=True)

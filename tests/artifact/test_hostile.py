@@ -563,7 +563,7 @@ def test_the_cli_loads_a_users_class_only_with_trust(tmp_path: Path) -> None:
 
 def test_a_recipe_vouches_for_its_artifacts_classes(tmp_path: Path) -> None:
     from netchisel.pipeline.recipe import parse_recipe
-    from netchisel.pipeline.runner import load_model
+    from netchisel.pipeline.sources import load_model
     from tests.artifact._user_models import Scaled
 
     directory = str(save(nn.Sequential(nn.Linear(3, 3), Scaled(2)), tmp_path / "user"))

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.task import classification_task
-from netchisel.core.train import TrainSettings, fit
+from netchisel.core.train import TrainConfig, TrainSettings, fit, train_settings
 
 
 def _task() -> object:
@@ -74,3 +74,57 @@ def test_half_parameters_train_through_fp32_copies_with_adamw() -> None:
     assert model.inner.weight.dtype == torch.float16
     assert all(map(math.isfinite, losses))
     assert task.evaluate(model)["accuracy"] >= 95.0  # type: ignore[attr-defined]
+
+
+def test_fit_without_a_context_seeds_with_zero() -> None:
+    task = _task()
+    weights = []
+    for ctx in (None, Context(task, quiet=True)):  # type: ignore[arg-type]
+        torch.manual_seed(1)
+        model = nn.Linear(2, 2)
+        fit(model, task, TrainSettings(steps=4), ctx)  # type: ignore[arg-type]
+        weights.append(model.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_every_training_stage_shares_train_config() -> None:
+    from netchisel.stages import STAGES
+
+    training = sorted(c.NAME for c in STAGES if issubclass(c, TrainConfig))
+    assert training == [
+        "distill",
+        "finetune",
+        "prune.gradual",
+        "prune.iterative",
+        "prune.lottery",
+        "prune.penalty",
+        "prune.sparse_training",
+        "quantize.binary",
+        "quantize.kmeans",
+        "quantize.qat",
+    ]
+    for config in STAGES:
+        fields = config.field_names()
+        assert "schedule" not in fields, config.NAME  # one name: lr_schedule
+
+
+@pytest.mark.parametrize("name", ["finetune", "distill", "prune.gradual", "quantize.qat"])
+def test_the_old_name_schedule_still_reads_as_lr_schedule(name: str) -> None:
+    from netchisel.stages import get_stage
+
+    config_class = get_stage(name).config_class
+    config = config_class.from_dict({"schedule": "constant"})
+    assert isinstance(config, TrainConfig) and config.lr_schedule == "constant"
+    assert "schedule" not in config.to_dict()
+    with pytest.raises(ConfigError, match="'schedule' is the old name of 'lr_schedule'"):
+        config_class.from_dict({"schedule": "constant", "lr_schedule": "cosine"}, name)
+
+
+def test_train_settings_carry_the_training_fields() -> None:
+    from netchisel.core.finetune import FinetuneConfig
+
+    config = FinetuneConfig(epochs=2.5, lr=0.1, optimizer="sgd", lr_schedule="constant")
+    settings = train_settings(config, config.steps, config.epochs)
+    assert settings == TrainSettings(
+        epochs=2.5, lr=0.1, optimizer="sgd", schedule="constant", batch_size=None
+    )

@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from netchisel.measure import count_flops
-from netchisel.pipeline.runner import load_model
+from netchisel.pipeline.sources import load_model
 from netchisel.prune.structured import StructuredConfig
 from netchisel.search.spec import SearchSpec, parse_search_spec
 from netchisel.zoo import models, train

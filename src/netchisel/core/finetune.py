@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from torch import nn
 
@@ -11,12 +11,13 @@ from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
-from netchisel.core.train import TrainSettings, fit
+from netchisel.core.train import TrainConfig, fit, train_settings
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(StageConfig):
-    """Train through the task for `epochs` (or exactly `steps` when given).
+class FinetuneConfig(TrainConfig):
+    """Train through the task for `epochs` (or exactly `steps` when given); the training
+    fields are `TrainConfig`'s (`lr_schedule` was `schedule` here: still read).
 
     Example:
         >>> FinetuneConfig.from_dict({"epochs": 2, "lr": 0.01}).lr
@@ -27,11 +28,6 @@ class FinetuneConfig(StageConfig):
 
     epochs: float = 1.0
     steps: int | None = None
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: int | None = None
 
     def validate(self) -> None:
         if self.lr <= 0:
@@ -47,15 +43,7 @@ class FinetuneConfig(StageConfig):
 @register(FinetuneConfig)
 def finetune(model: nn.Module, config: FinetuneConfig, ctx: Context) -> nn.Module:
     """Train the model in place on the task's train split."""
-    settings = TrainSettings(
-        epochs=config.epochs,
-        steps=config.steps,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        weight_decay=config.weight_decay,
-        schedule=config.schedule,
-        batch_size=config.batch_size,
-    )
+    settings = train_settings(config, config.steps, config.epochs)
     losses = fit(model, ctx.require_task("finetune"), settings, ctx)
     ctx.record(steps=len(losses), final_train_loss=losses[-1])
     return model

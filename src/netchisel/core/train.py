@@ -1,15 +1,20 @@
-"""The one training loop: zoo reference training, the `finetune` stage and recovery use it."""
+"""The one training loop (`fit`) and the one set of training fields every training stage has
+(`TrainConfig`): finetune, distill, the pruning schedules and the quantization stages that
+train all derive their config from it, so `lr`, `optimizer`, `weight_decay`, `lr_schedule` and
+`batch_size` mean the same thing, with the same defaults and checks, in every recipe.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Self
 
 import torch
 from torch import nn
 
+from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import apply_masks_
@@ -33,13 +38,81 @@ class TrainSettings:
 
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+OLD_FIELD_NAMES = {"schedule": "lr_schedule"}
+"""Training fields renamed since recipes were first written: old name -> the name now."""
+
+
+@dataclass(frozen=True)
+class TrainConfig(StageConfig):
+    """The training fields of every stage that trains (one meaning, default and check each).
+
+    - `lr`, `optimizer` ("adamw" or "sgd"), `weight_decay`;
+    - `lr_schedule`: "cosine" (decay to 0 over the run) or "constant";
+    - `batch_size`: None for the task's own.
+
+    `from_dict` also reads `schedule`, the name `finetune` used for `lr_schedule` before every
+    training stage shared these fields, so old recipes keep loading.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class TrainOnlyConfig(TrainConfig):
+        ...     steps: int = 10
+        >>> TrainOnlyConfig.from_dict({"schedule": "constant"}).lr_schedule
+        'constant'
+        >>> train_settings(TrainOnlyConfig(lr=0.1), steps=5).steps
+        5
+    """
+
+    lr: float = 1e-3
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    batch_size: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "") -> Self:
+        data = dict(data or {})
+        for old, new in OLD_FIELD_NAMES.items():
+            if old in data and old not in cls.field_names():
+                if new in data:
+                    raise ConfigError(
+                        f"{where or cls.__name__}: {old!r} is the old name of {new!r}: "
+                        f"give only {new!r}"
+                    )
+                data[new] = data.pop(old)
+        return super().from_dict(data, where)
+
+
+def train_settings(config: TrainConfig, steps: int | None, epochs: float = 1.0) -> TrainSettings:
+    """`fit`'s settings for a stage's training fields, for `steps` steps (or `epochs`)."""
+    return TrainSettings(
+        epochs=epochs,
+        steps=steps,
+        lr=config.lr,
+        optimizer=config.optimizer,
+        weight_decay=config.weight_decay,
+        schedule=config.lr_schedule,
+        batch_size=config.batch_size,
+    )
+
+
+def check_training(stage: str, lr: float, batch_size: int | None) -> None:
+    """The checks every stage that trains shares, naming the stage and the field.
+
+    Example:
+        >>> check_training("finetune", 1e-3, None)
+    """
+    if not lr > 0:
+        raise ConfigError(f"{stage}: lr must be > 0, got {lr}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"{stage}: batch_size must be >= 1, got {batch_size}")
 
 
 def fit(
     model: nn.Module,
     task: Task,
     settings: TrainSettings,
-    ctx: Context,
+    ctx: Context | None = None,
     *,
     loss_fn: Callable[[nn.Module, Batch], torch.Tensor] | None = None,
     before_step: Callable[[int], None] | None = None,
@@ -47,7 +120,8 @@ def fit(
 ) -> list[float]:
     """Train `model` in place on the task's train split; returns the loss of every step.
 
-    Seeded by `ctx.seed` (shuffling and dropout), so the same call gives the same weights.
+    Seeded by `ctx.seed` (shuffling and dropout), so the same call gives the same weights;
+    without a `ctx`, seed 0 with a progress bar (`Context(task)`).
     Masks set on the model (`netchisel.core.masks`) are re-applied after every step, so pruned
     weights stay pruned. `loss_fn` replaces the task's loss (distillation, penalties);
     `before_step(step)` runs after the backward pass and before the optimizer step (gradient
@@ -62,6 +136,7 @@ def fit(
         >>> len(losses)
         3
     """
+    ctx = ctx if ctx is not None else Context(task)
     loader = task.loader("train", shuffle=True, batch_size=settings.batch_size, seed=ctx.seed)
     if len(loader) == 0:
         raise ConfigError(f"task {task.name!r}: the train split is empty")

@@ -13,11 +13,13 @@ The loss of every step is
   of conv features (Zagoruyko & Komodakis 2017), or attention probabilities of transformer
   attention modules (KL per row).
 
-The teacher is the recipe's original model (`ctx.teacher`) unless `teacher:` names another:
-a zoo name, `{zoo: name, kwargs: {...}, pretrained: true}`, `{builder: ...}` or
-`{artifact: dir}`, read like a recipe's `model:`. So the same stage is recovery after pruning,
-factorisation or quantization (masks are kept through training) and training a fresh, smaller
-student (the recipe's `model:` is the student, `teacher:` the big one).
+The teacher is a module handed in: `ctx.teacher`, which the runner sets to the recipe's
+original model, or to the model `teacher:` names (a zoo name, `{zoo: name, kwargs: {...},
+pretrained: true}`, `{builder: ...}` or `{artifact: dir}`, read like a recipe's `model:`,
+loaded by `netchisel.pipeline.sources`); in Python, `distill_(model, config, task, teacher)`.
+So the same stage is recovery after pruning, factorisation or quantization (masks are kept
+through training) and training a fresh, smaller student (the recipe's `model:` is the
+student, `teacher:` the big one).
 
 Adapters train with the student and are dropped afterwards: the student's module tree and
 state-dict keys are exactly what they were. Before any training, one forward of both models on
@@ -41,7 +43,7 @@ from netchisel.core.masks import apply_masks_
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
 from netchisel.core.task import Batch, Task
-from netchisel.core.train import fit
+from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.distill._features import (
     FeatureRecorder,
     is_attention_module,
@@ -56,17 +58,12 @@ from netchisel.distill.losses import (
     soft_target_loss,
     token_kl_loss,
 )
-from netchisel.prune.schedule import (
-    TrainingStageConfig,
-    check_training,
-    train_settings,
-)
 
 Pairs = tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True)
-class DistillConfig(TrainingStageConfig):
+class DistillConfig(TrainConfig):
     """Knowledge distillation from a teacher into the model.
 
     - `epochs` / `steps`: training length (steps win when given);
@@ -75,7 +72,8 @@ class DistillConfig(TrainingStageConfig):
       the outputs are (B, T, V)); `reverse`: KL(student || teacher) instead of forward KL;
     - `hints`, `hint_weight`: FitNets pairs (student layer, teacher layer) and their weight;
     - `attention`, `attention_weight`, `attention_p`: attention-transfer pairs and settings;
-    - `teacher`: None (the original model) or a model source like a recipe's `model:`;
+    - `teacher`: None (the original model) or a model source like a recipe's `model:`, which
+      the recipe runner loads and hands in (in Python, pass the module as `teacher=`);
     - `ignore_index`: targets with this value are padding for `lm`.
 
     Example:
@@ -121,29 +119,26 @@ class DistillConfig(TrainingStageConfig):
                     raise ConfigError(
                         f"distill.{where}: expected [student_layer, teacher_layer], got {pair!r}"
                     )
-        if self.teacher is not None:
-            teacher_source(self.teacher)  # a malformed source fails when the recipe loads
 
 
-def teacher_source(value: str | dict[str, Any]) -> Any:
-    """The SourceSpec of a `teacher:` value, parsed as the recipe parses `model:`."""
-    from netchisel.pipeline.recipe import parse_source
+def handed_teacher(config: DistillConfig, ctx: Context) -> nn.Module:
+    """The teacher handed in as `ctx.teacher` (the runner loads a `teacher:` source into it).
 
-    return parse_source("distill.teacher", value, ("zoo", "builder", "artifact"))
-
-
-def resolve_teacher(config: DistillConfig, ctx: Context) -> nn.Module:
-    """The teacher: loaded from `config.teacher`, else `ctx.teacher`; in eval mode."""
+    Example:
+        >>> handed_teacher(DistillConfig(), Context(None, nn.Linear(2, 2))).in_features
+        2
+    """
+    if ctx.teacher is not None:
+        return ctx.teacher
     if config.teacher is not None:
-        from netchisel.pipeline.runner import load_model
-
-        return load_model(teacher_source(config.teacher)).to(ctx.device).eval()
-    if ctx.teacher is None:
         raise ConfigError(
-            "distill: no teacher: run it in a recipe (the original model teaches), set "
-            "teacher: {zoo: ...} / {artifact: ...}, or pass teacher= to distill_"
+            f"distill: teacher {config.teacher!r} is a recipe source, which the recipe runner "
+            "loads: in Python, load it and pass the module as teacher= to distill_"
         )
-    return ctx.teacher
+    raise ConfigError(
+        "distill: no teacher: run it in a recipe (the original model teaches), set "
+        "teacher: {zoo: ...} / {artifact: ...} in the recipe, or pass teacher= to distill_"
+    )
 
 
 @dataclass
@@ -252,7 +247,7 @@ def distillation_loss(
 def distill(model: nn.Module, config: DistillConfig, ctx: Context) -> nn.Module:
     """Train `model` in place against the teacher's outputs (and features) and the task's labels."""
     task = ctx.require_task("distill")
-    teacher = resolve_teacher(config, ctx)
+    teacher = handed_teacher(config, ctx)
     teacher_was_training = teacher.training
     teacher.eval()
     try:
@@ -326,9 +321,7 @@ def _train(
             total = total + config.attention_weight * term
         return total
 
-    settings = dataclasses.replace(
-        train_settings(config, 1), steps=config.steps, epochs=config.epochs
-    )
+    settings = train_settings(config, config.steps, config.epochs)
     handle = model.register_forward_hook(keep_output)
     try:
         with (

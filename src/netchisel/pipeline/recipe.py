@@ -32,6 +32,14 @@ import yaml
 from netchisel.artifact.exports import export_names
 from netchisel.core.config import StageConfig
 from netchisel.core.errors import ConfigError
+from netchisel.pipeline.sources import (
+    MODEL_KINDS,
+    TASK_KINDS,
+    SourceSpec,
+    parse_source,
+    reject_unknown,
+    teacher_source,
+)
 from netchisel.stages import get_stage
 
 
@@ -51,21 +59,6 @@ class ProfileSettings(StageConfig):
             raise ConfigError(
                 "profile: batch_size, threads and repeats must be >= 1 and warmup >= 0"
             )
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """Where a model or task comes from: `zoo`, `builder` or `artifact`, plus kwargs.
-
-    `trust` lists the user's own classes and builders ("package.module:Name") that an
-    artifact may name (docs/security.md): a recipe is code, so it may vouch for them.
-    """
-
-    kind: Literal["zoo", "builder", "artifact"]
-    ref: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool = True
-    trust: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,15 +193,13 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
     """Validate recipe data (already parsed from YAML)."""
     if not isinstance(data, dict):
         raise ConfigError("recipe: expected a mapping with 'model' and 'stages'")
-    _reject_unknown("recipe", data, RECIPE_KEYS)
+    reject_unknown("recipe", data, RECIPE_KEYS)
     if "model" not in data:
         raise ConfigError(
             "recipe: 'model' is required (a zoo name, {builder: ...} or {artifact: ...})"
         )
-    model = parse_source("recipe.model", data["model"], ("zoo", "builder", "artifact"))
-    task = (
-        parse_source("recipe.task", data["task"], ("zoo", "builder")) if data.get("task") else None
-    )
+    model = parse_source("recipe.model", data["model"], MODEL_KINDS)
+    task = parse_source("recipe.task", data["task"], TASK_KINDS) if data.get("task") else None
     stages = tuple(
         _stage(i, s) for i, s in enumerate(_list("recipe.stages", data.get("stages", [])))
     )
@@ -238,47 +229,6 @@ def parse_recipe(data: Any, default_name: str = "recipe") -> Recipe:
     )
 
 
-def parse_source(where: str, value: Any, kinds: tuple[str, ...]) -> SourceSpec:
-    """Parse a model or task source (`model:`, `task:`, distill's `teacher:`) into a SourceSpec.
-
-    `value` is a zoo name or a mapping with exactly one of `kinds`; `where` names the field in
-    errors.
-
-    Example:
-        >>> parse_source("recipe.model", {"zoo": "cnn", "kwargs": {"width": 8}}, ("zoo",))
-        SourceSpec(kind='zoo', ref='cnn', kwargs={'width': 8}, pretrained=True, trust=())
-    """
-    if isinstance(value, str):
-        return SourceSpec("zoo", value)
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: expected a name or a mapping with one of {', '.join(kinds)}")
-    found = [k for k in kinds if k in value]
-    if len(found) != 1:
-        raise ConfigError(f"{where}: give exactly one of {', '.join(kinds)}")
-    kind = found[0]
-    allowed = {
-        "zoo": ("zoo", "kwargs", "pretrained"),
-        "builder": ("builder", "kwargs"),
-        "artifact": ("artifact", "trust"),
-    }[kind]
-    extra = {k: v for k, v in value.items() if k not in allowed}
-    if kind == "zoo" and where == "recipe.task":
-        # Zoo tasks take their options inline: {zoo: digits32, batch_size: 128}.
-        return SourceSpec("zoo", str(value["zoo"]), {**value.get("kwargs", {}), **extra})
-    _reject_unknown(where, value, allowed)
-    kwargs = value.get("kwargs", {})
-    if not isinstance(kwargs, dict):
-        raise ConfigError(f"{where}.kwargs: expected a mapping, got {kwargs!r}")
-    pretrained = value.get("pretrained", True)
-    if not isinstance(pretrained, bool):
-        raise ConfigError(f"{where}.pretrained: expected true or false, got {pretrained!r}")
-    trust = value.get("trust", [])
-    if not isinstance(trust, list) or not all(isinstance(t, str) for t in trust):
-        raise ConfigError(f"{where}.trust: expected a list of 'package.module:Name', got {trust!r}")
-    ref = str(value[kind])
-    return SourceSpec(kind, ref, dict(kwargs), pretrained, tuple(trust))  # type: ignore[arg-type]
-
-
 def _stage(index: int, entry: Any) -> tuple[str, StageConfig]:
     where = f"recipe.stages[{index}]"
     options: Any
@@ -292,16 +242,12 @@ def _stage(index: int, entry: Any) -> tuple[str, StageConfig]:
     stage = get_stage(str(name))
     if not isinstance(options, dict):
         raise ConfigError(f"{where}.{name}: options must be a mapping, got {options!r}")
-    return stage.name, stage.config_class.from_dict(options, f"{where}.{name}")
+    config = stage.config_class.from_dict(options, f"{where}.{name}")
+    teacher_source(config, f"{where}.{name}")  # a malformed teacher: fails as the recipe loads
+    return stage.name, config
 
 
 def _list(where: str, value: Any) -> list[Any]:
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list, got {value!r}")
     return value
-
-
-def _reject_unknown(where: str, data: dict[str, Any], known: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(known)})")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from netchisel.artifact.store import artifact_bytes, load, read_manifest, save
+from netchisel.artifact.store import artifact_bytes, read_manifest, save
 from netchisel.core.context import Context
 from netchisel.core.errors import (
     ConfigError,
@@ -31,11 +31,11 @@ from netchisel.core.errors import (
     first_line,
 )
 from netchisel.core.files import commit_dir, remove_stale, sigint_held, staging_dir
-from netchisel.core.modules import build
 from netchisel.core.task import Task
 from netchisel.measure import Profile, profile
 from netchisel.measure.machine import machine_info
-from netchisel.pipeline.recipe import ProfileSettings, Recipe, SourceSpec, load_recipe
+from netchisel.pipeline.recipe import ProfileSettings, Recipe, load_recipe
+from netchisel.pipeline.sources import load_model, load_task, stage_context
 from netchisel.stages import get_stage
 
 
@@ -117,7 +117,7 @@ def _run(
         ctx.records = {}
         started = time.perf_counter()
         try:
-            model = get_stage(name)(model, config, ctx)
+            model = get_stage(name)(model, config, stage_context(config, ctx))
         except NetChiselError as e:
             raise in_stage(e, index, name) from None
         seconds = time.perf_counter() - started
@@ -256,43 +256,6 @@ def _existing_ancestor(path: Path) -> Path:
 def _tensor_bytes(model: nn.Module) -> int:
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
-
-
-def load_model(spec: SourceSpec) -> nn.Module:
-    """The recipe's model: a zoo model (trained reference or fresh), a builder, or an artifact."""
-    if spec.kind == "artifact":
-        return load(spec.ref, trust=spec.trust)
-    if spec.kind == "builder":
-        return build(spec.ref, spec.kwargs)
-    from netchisel.zoo import models, train
-
-    if spec.pretrained:
-        return train.pretrained(spec.ref, **spec.kwargs)
-    return models.build(spec.ref, **spec.kwargs)
-
-
-def load_task(spec: SourceSpec | None, model_spec: SourceSpec, teacher: nn.Module) -> Task | None:
-    """The recipe's task; a zoo model without one gets the task it was trained on."""
-    from netchisel.zoo import data, train
-
-    if spec is None:
-        if model_spec.kind != "zoo":
-            return None
-        name, kwargs = train.default_task(model_spec.ref, **model_spec.kwargs)
-        spec = SourceSpec("zoo", name, kwargs)
-    if spec.kind == "builder":
-        from netchisel.core.modules import resolve_builder
-
-        task = resolve_builder(spec.ref)(**spec.kwargs)
-        if not isinstance(task, Task):
-            raise ConfigError(
-                f"task builder {spec.ref!r} returned {type(task).__name__}, not a Task"
-            )
-        return task
-    kwargs = dict(spec.kwargs)
-    if spec.ref == "sentences":
-        kwargs.setdefault("reference", teacher)
-    return data.task(spec.ref, **kwargs)
 
 
 def _example_inputs(

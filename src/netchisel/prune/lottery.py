@@ -25,15 +25,12 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import apply_masks_
 from netchisel.core.registry import register
 from netchisel.core.state import clone_state, restored_on_error, seeded
-from netchisel.core.train import fit
+from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.prune.schedule import (
-    TrainingStageConfig,
     check_global_budget,
     check_sparsity,
-    check_training,
     prune_to_,
     rising_sparsities,
-    train_settings,
 )
 from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, UnstructuredConfig, select_prunable
 
@@ -43,7 +40,7 @@ _REINIT_SEED_OFFSET = 104_729
 
 
 @dataclass(frozen=True)
-class LotteryConfig(TrainingStageConfig):
+class LotteryConfig(TrainConfig):
     """Find a lottery ticket at `sparsity` in `rounds` rounds of train, prune, rewind.
 
     - `sparsity` / `rounds`: the final fraction of the chosen weights pruned, reached by

@@ -31,12 +31,9 @@ from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
 from netchisel.core.task import Batch
-from netchisel.core.train import fit
+from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.prune.schedule import (
-    TrainingStageConfig,
     check_sparsity,
-    check_training,
-    train_settings,
 )
 from netchisel.prune.select import keep_global, keep_lowest_pruned
 from netchisel.prune.unstructured import PRUNABLE, select_prunable
@@ -103,7 +100,7 @@ def growing_strength(step: int, increment: float, every: int, ceiling: float) ->
 
 
 @dataclass(frozen=True)
-class PenaltyConfig(TrainingStageConfig):
+class PenaltyConfig(TrainConfig):
     """Train with a group penalty for `steps`, then zero `sparsity` of the groups.
 
     - `method`: "group_lasso" or "growing" (growing regularisation, GReg-1).

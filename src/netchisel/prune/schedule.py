@@ -27,13 +27,13 @@ from typing import Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
-from netchisel.core.config import StageConfig, check_calibration_samples
+from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
-from netchisel.core.train import TrainSettings, fit
+from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.prune.importance import CRITERIA
 from netchisel.prune.unstructured import (
     DENSE_KERNEL_NOTE,
@@ -172,37 +172,6 @@ def masked_fraction(model: nn.Module, layers: dict[str, nn.Module]) -> float:
     return pruned / total if total else 0.0
 
 
-@dataclass(frozen=True)
-class TrainingStageConfig(StageConfig):
-    """The training fields every pruning stage that trains has (one helper builds its settings)."""
-
-    lr: float = 1e-3
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    weight_decay: float = 0.0
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    batch_size: int | None = None
-
-
-def train_settings(config: TrainingStageConfig, steps: int) -> TrainSettings:
-    """`fit`'s settings for `steps` steps of a stage's training fields."""
-    return TrainSettings(
-        steps=steps,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        weight_decay=config.weight_decay,
-        schedule=config.lr_schedule,
-        batch_size=config.batch_size,
-    )
-
-
-def check_training(stage: str, lr: float, batch_size: int | None) -> None:
-    """The checks every stage that trains shares, naming the stage and the field."""
-    if not lr > 0:
-        raise ConfigError(f"{stage}: lr must be > 0, got {lr}")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"{stage}: batch_size must be >= 1, got {batch_size}")
-
-
 def check_selection(stage: str, importance: str, min_keep: float, calibration_samples: int) -> None:
     """The checks of the fields a stage hands to `compute_keep_masks`."""
     if importance not in CRITERIA:
@@ -226,7 +195,7 @@ def check_mode(stage: str, mode: str) -> None:
 
 
 @dataclass(frozen=True)
-class ScheduleConfig(TrainingStageConfig):
+class ScheduleConfig(TrainConfig):
     """What the training-time schedules prune and how each step chooses it.
 
     `importance`, `scope`, `group`, `layers`, `exclude`, `min_keep`, `calibration_samples` are

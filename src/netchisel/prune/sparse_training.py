@@ -34,13 +34,10 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
-from netchisel.core.train import fit
+from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.prune.schedule import (
-    TrainingStageConfig,
     check_sparsity,
-    check_training,
     masked_fraction,
-    train_settings,
 )
 from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, select_prunable
 
@@ -126,7 +123,7 @@ def drop_and_grow(weight: Tensor, keep: Tensor, grow_scores: Tensor, count: int)
 
 
 @dataclass(frozen=True)
-class SparseTrainingConfig(TrainingStageConfig):
+class SparseTrainingConfig(TrainConfig):
     """Train `steps` steps at a constant `sparsity`, replacing connections as it goes.
 
     - `sparsity`: fraction of the chosen layers' weights absent at every step.

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
-from netchisel.prune.schedule import TrainingStageConfig, check_training, train_settings
+from netchisel.core.train import TrainConfig, check_training, train_settings
 from netchisel.quantize.fake import FakeQuantized
-from netchisel.quantize.packed_conv import quantized_layer
+from netchisel.quantize.formats import quantized_layer
 from netchisel.quantize.primitives import QuantSpec, dequantize
 from netchisel.quantize.qat import SIMULATED_NOTE, chosen_layers, train_and_convert_
 
@@ -123,7 +123,7 @@ class SignFakeQuant(nn.Module):
 
 
 @dataclass(frozen=True)
-class BinaryConfig(TrainingStageConfig):
+class BinaryConfig(TrainConfig):
     """Train binary or ternary weights for `steps` steps, then store them as packed codes.
 
     - `kind`: "binary" (1 bit per weight) or "ternary" (2 bits per weight).

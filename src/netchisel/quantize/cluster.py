@@ -35,8 +35,7 @@ from netchisel.core.masks import Mask, clear_masks, forget_masks, masks_of, set_
 from netchisel.core.modules import nothing_chosen, replace_module, select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import clone_state
-from netchisel.core.train import TrainSettings, fit
-from netchisel.prune.schedule import TrainingStageConfig, check_training
+from netchisel.core.train import TrainConfig, TrainSettings, check_training, fit
 
 Init = Literal["linear", "density", "random"]
 CLUSTERABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -337,7 +336,7 @@ FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
 @dataclass(frozen=True)
-class KMeansConfig(TrainingStageConfig):
+class KMeansConfig(TrainConfig):
     """Weight sharing: at most 2**bits shared values per layer, optionally fine-tuned.
 
     - `bits`: 2-8, index bits per weight (the codebook has 2**bits entries, one of them the

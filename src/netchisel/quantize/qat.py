@@ -9,7 +9,7 @@ through its task (`core.train.fit`); the latent weights stay float. Two ways to 
   initialised from the `scale_method` scales, with the gradient scale `1 / sqrt(N * Qp)`.
 
 After training every wrapper becomes a module holding the integers: Linear layers through
-`modules.quantized_linear` (int8 per channel and int4 in groups of 32-256 run integer kernels;
+`formats.quantized_linear` (int8 per channel and int4 in groups of 32-256 run integer kernels;
 other formats become `PackedLinear`), Conv2d layers become `PackedConv2d`. Packed layers are
 stored at their real size but computed in float; the stage records which layers are which.
 With `activation_bits`, each chosen layer's input is fake-quantized too, in training and in the
@@ -36,17 +36,18 @@ from netchisel.core.masks import forget_masks
 from netchisel.core.modules import nothing_chosen, replace_module, select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
-from netchisel.core.train import TrainSettings, fit
-from netchisel.prune.schedule import (
-    TrainingStageConfig,
-    check_training,
-    train_settings,
+from netchisel.core.train import TrainConfig, TrainSettings, check_training, fit, train_settings
+from netchisel.quantize.fake import FAKE_QUANTIZABLE, FakeQuantized, InputFakeQuant, wrap_
+from netchisel.quantize.formats import has_kernel, kernel_qparams, quantized_layer
+from netchisel.quantize.primitives import (
+    QuantSpec,
+    ScaleMethod,
+    bf16_round_up,
+    choose_qparams,
+    group_padding,
+    quantize,
 )
-from netchisel.quantize.fake import FAKE_QUANTIZABLE, FakeQuantized, InputFakeQuant, wrapped_
-from netchisel.quantize.modules import bf16_round_up, has_kernel, kernel_qparams
-from netchisel.quantize.packed_conv import quantized_layer
-from netchisel.quantize.primitives import QuantSpec, ScaleMethod, choose_qparams, quantize
-from netchisel.quantize.ptq import WeightQuantConfig
+from netchisel.quantize.rtn import WeightQuantConfig
 from netchisel.quantize.ste import lsq_fake_quantize, lsq_grad_scale, ste_fake_quantize
 
 SIMULATED_NOTE = "stored packed, computed in float: no speed-up claimed"
@@ -54,7 +55,7 @@ ACTIVATION_NOTE = "activation fake-quant is simulated (float compute), no intege
 
 
 @dataclass(frozen=True)
-class QATConfig(WeightQuantConfig, TrainingStageConfig):
+class QATConfig(WeightQuantConfig, TrainConfig):
     """Train with fake-quantized weights for `steps` steps, then store the integers.
 
     - `bits`, `group_size`, `symmetric`, `per_layer_bits`: the weight format, as in
@@ -124,7 +125,7 @@ class AffineFakeQuant(nn.Module):
 
     `pad_to` zero-pads a Linear weight's inputs to a multiple of the group size (what the int4
     kernel stores); the padding never reaches the layer's output. `kernel` says the layer
-    will run an integer kernel, whose scales are bf16 (`modules.kernel_qparams`).
+    will run an integer kernel, whose scales are bf16 (`formats.kernel_qparams`).
 
     Example:
         >>> lin = nn.Linear(8, 2)
@@ -179,7 +180,7 @@ class AffineFakeQuant(nn.Module):
         """`(q, scale, zero)` of the (padded) weight: what the converted layer stores.
 
         A kernel layer stores its scales in bf16; a learned step is rounded up to bf16 first
-        (as `modules.kernel_qparams` does) so the integers fit the scale that is stored.
+        (as `formats.kernel_qparams` does) so the integers fit the scale that is stored.
         """
         scale, zero = self.qparams(weight)
         if self.kernel and self.method == "lsq":
@@ -205,15 +206,14 @@ def qat_wrapper(name: str, layer: nn.Module, config: QATConfig) -> FakeQuantized
     spec = config.spec_for_layer(name, layer)
     weight = layer.get_parameter("weight")
     rows = weight.reshape(weight.shape[0], -1)
-    pad_to = None
-    if spec.granularity == "group" and rows.shape[1] % spec.group_size:
-        if not (isinstance(layer, nn.Linear) and has_kernel(spec)):
-            raise ConfigError(
-                f"{config.NAME}: layer {name}: group_size {spec.group_size} does not "
-                f"divide its {rows.shape[1]} inputs per row; pick a divisor or per_channel=true"
-            )
-        pad_to = -(-rows.shape[1] // spec.group_size) * spec.group_size
     kernel = isinstance(layer, nn.Linear) and has_kernel(spec)
+    pad = group_padding(rows.shape[1], spec)
+    if pad and not kernel:  # only the int4 kernel pads
+        raise ConfigError(
+            f"{config.NAME}: layer {name}: group_size {spec.group_size} does not "
+            f"divide its {rows.shape[1]} inputs per row; pick a divisor or per_channel=true"
+        )
+    pad_to = rows.shape[1] + pad if pad else None
     weight_quant = AffineFakeQuant(weight, spec, config.method, config.scale_method, pad_to, kernel)
     inputs = None
     if config.activation_bits is not None:
@@ -284,7 +284,8 @@ def train_and_convert_(
     """
     task = ctx.require_task(stage) if settings is not None else None
     losses: list[float] = []
-    with restored_on_error(model), wrapped_(model, layers, make) as wrappers:
+    with restored_on_error(model):
+        wrappers = wrap_(model, layers, make)
         if task is not None and settings is not None:
             losses = fit(model, task, settings, ctx)
         new = {name: convert_one(name, wrapper) for name, wrapper in wrappers.items()}

@@ -19,7 +19,8 @@ import torch
 from netchisel.artifact.store import artifact_bytes, save
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.pipeline.runner import input_spec, load_model, load_task, profile_with
+from netchisel.pipeline.runner import input_spec, profile_with
+from netchisel.pipeline.sources import load_model, load_task, stage_context
 from netchisel.search.space import Candidate
 from netchisel.search.spec import SearchSpec
 from netchisel.stages import get_stage
@@ -70,7 +71,7 @@ def evaluate_candidate(
         on_epoch = lambda epoch, net: report(epoch, task.evaluate(net, split=val))  # noqa: E731
     ctx = Context(task, teacher, recipe.device, recipe.seed, directory, True, on_epoch=on_epoch)
     for name, config in recipe.stages:
-        model = get_stage(name)(model, config, ctx)
+        model = get_stage(name)(model, config, stage_context(config, ctx))
     inputs = task.example_inputs(recipe.profile.batch_size)
     settings = recipe.profile
     if settings.latency and settings.repeats < MIN_LATENCY_REPEATS:

@@ -43,6 +43,18 @@ _TORCH_CLASS_PACKAGES = ("torch.nn.modules", "torch.ao.nn")
 _TORCH_FUNCTION_PREFIXES = ("torch.nn.functional:", "torch._C._nn:", "torch:")
 _HF_SHARED = ("transformers.activations", "transformers.pytorch_utils")
 _OUR_MODULE = re.compile(r"netchisel(\.[A-Za-z_][A-Za-z0-9_]*)+")
+# Classes that moved since a release saved artifacts naming them: old ref -> new ref. Strings
+# only (this floor never imports a family); `Allowed._lookup` reads a manifest's ref through it.
+RENAMED: dict[str, str] = {
+    "netchisel.zoo.models:BasicBlock": "netchisel.zoo.models.vision:BasicBlock",
+    "netchisel.zoo.models:ResNet": "netchisel.zoo.models.vision:ResNet",
+    "netchisel.zoo.models:InvertedResidual": "netchisel.zoo.models.vision:InvertedResidual",
+    "netchisel.zoo.models:CausalSelfAttention": "netchisel.zoo.models.text:CausalSelfAttention",
+    "netchisel.zoo.models:MLP": "netchisel.zoo.models.text:MLP",
+    "netchisel.zoo.models:Block": "netchisel.zoo.models.text:Block",
+    "netchisel.zoo.models:GPT": "netchisel.zoo.models.text:GPT",
+    "netchisel.zoo.models:SentenceEmbedder": "netchisel.zoo.models.text:SentenceEmbedder",
+}
 _QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -128,6 +140,7 @@ class Allowed:
     def _lookup(self, ref: str, kind: Kind) -> Any:
         if ref in self.extra:
             return self.extra[ref]
+        ref = RENAMED.get(ref, ref)
         if kind == "function":  # attribute values: torch's functions only, or the caller's
             return torch_functions().get(ref)
         registered = registered_builders()

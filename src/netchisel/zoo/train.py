@@ -38,7 +38,15 @@ from netchisel.core.files import as_if_created
 from netchisel.core.modules import builder_of
 from netchisel.core.task import Task
 from netchisel.core.train import TrainSettings, fit
-from netchisel.zoo import data, models
+from netchisel.zoo.data import (
+    DIGITS_SIZES,
+    DIGITS_SPLIT_SEED,
+    TEXT_VOCAB_SIZE,
+    bytes_per_char,
+    text_fingerprint,
+)
+from netchisel.zoo.data import task as zoo_task
+from netchisel.zoo.models import MODEL_NAMES, build
 
 CACHE_ENV = "NETCHISEL_CACHE"
 FORMAT_VERSION = 1
@@ -102,7 +110,7 @@ def recipe(name: str, **kwargs: Any) -> Recipe:
             "zoo model 'minilm' is pretrained by its authors; netchisel does not train it"
         )
     if name not in _RECIPES:
-        raise ConfigError(f"unknown zoo model {name!r} (known: {', '.join(models.MODEL_NAMES)})")
+        raise ConfigError(f"unknown zoo model {name!r} (known: {', '.join(MODEL_NAMES)})")
     base = _RECIPES[name]
     full = _full_kwargs(name, kwargs)
     task_kwargs = dict(base.task_kwargs)
@@ -116,13 +124,13 @@ def recipe(name: str, **kwargs: Any) -> Recipe:
             )
         task_name = sizes[full["in_features"]]
     elif name == "cnn":
-        if full["image_size"] not in data.DIGITS_SIZES:
+        if full["image_size"] not in DIGITS_SIZES:
             raise ConfigError(
                 f"zoo cnn trains on digits: image_size must be 8 or 32, got {full['image_size']}"
             )
         task_name = "digits" if full["image_size"] == 8 else "digits32"
     elif name == "gpt":
-        if full["vocab_size"] != data.TEXT_VOCAB_SIZE:
+        if full["vocab_size"] != TEXT_VOCAB_SIZE:
             raise ConfigError(
                 f"zoo gpt trains on bytes: vocab_size must be 256, got {full['vocab_size']}"
             )
@@ -141,7 +149,7 @@ def recipe(name: str, **kwargs: Any) -> Recipe:
 def _full_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     # The builder fills in defaults and normalises types; its mark is the canonical form.
     # Building is cheap for every trained zoo model (well under a second).
-    mark = builder_of(models.build(name, **kwargs))
+    mark = builder_of(build(name, **kwargs))
     assert mark is not None  # every zoo builder marks its model
     return mark[1]
 
@@ -157,7 +165,7 @@ def pretrained(name: str, **kwargs: Any) -> nn.Module:
         True
     """
     if name == "minilm":
-        return models.build(name, **kwargs)
+        return build(name, **kwargs)
     return _load_or_train(name, kwargs)[0]
 
 
@@ -198,8 +206,8 @@ def _recipe_dict(rec: Recipe) -> dict[str, Any]:
 def _data_fingerprint(task_name: str) -> str:
     # The digits ship inside scikit-learn and never change; the text depends on the Python.
     if task_name == "text":
-        return f"pydoc-topics:{data.text_fingerprint()}"
-    return f"sklearn-digits:split-seed-{data.DIGITS_SPLIT_SEED}"
+        return f"pydoc-topics:{text_fingerprint()}"
+    return f"sklearn-digits:split-seed-{DIGITS_SPLIT_SEED}"
 
 
 def _load_or_train(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
@@ -236,7 +244,7 @@ def _load(
         raise ValueError("record does not describe this model and recipe")
     if _sha256(weights) != record.get("weights_sha256"):
         raise ValueError("weights file does not match its record (truncated or replaced)")
-    model = models.build(name, **full)
+    model = build(name, **full)
     model.load_state_dict(load_file(weights), strict=True)
     return model.eval(), record
 
@@ -244,10 +252,10 @@ def _load(
 def _train(
     name: str, full: dict[str, Any], rec: Recipe, identity: dict[str, Any]
 ) -> tuple[nn.Module, dict[str, Any]]:
-    task = data.task(rec.task, **rec.task_kwargs)
+    task = zoo_task(rec.task, **rec.task_kwargs)
     # Seed the initialisation as well as fit's shuffling, so the weights repeat exactly.
     torch.manual_seed(rec.seed)
-    model = models.build(name, **full)
+    model = build(name, **full)
     ctx = Context(task, quiet=True, seed=rec.seed)
     start = time.perf_counter()
     losses = fit(model, task, rec.settings, ctx)
@@ -278,7 +286,7 @@ def _metrics(model: nn.Module, task: Task, losses: list[float], seconds: float) 
         for split in ("val", "test"):
             bpb = out[split]["bits_per_token"]
             out[split]["bits_per_byte"] = bpb
-            out[split]["bits_per_char"] = bpb * data.bytes_per_char(split)
+            out[split]["bits_per_char"] = bpb * bytes_per_char(split)
     return out
 
 

@@ -64,3 +64,19 @@ def test_recalibration_without_a_task_is_an_error_and_leaves_the_model() -> None
 def test_negative_samples_rejected() -> None:
     with pytest.raises(ConfigError, match="recalibrate_bn must be >= 0 samples, got -1"):
         SeparableConfig(recalibrate_bn=-1)
+
+
+def test_an_interrupted_recalibration_puts_the_conv_and_statistics_back() -> None:
+    net = _net()
+    conv, stats = net[0], {k: v.clone() for k, v in net.state_dict().items()}
+
+    def stop(*_: object) -> None:  # after the BatchNorm saw the first batch
+        raise KeyboardInterrupt
+
+    handle = net[5].register_forward_hook(stop)
+    with pytest.raises(KeyboardInterrupt):
+        factorize_separable(net, SeparableConfig(recalibrate_bn=32), Context(_task(), quiet=True))
+    handle.remove()
+    assert net[0] is conv and net[1].momentum == 0.1 and net.training
+    assert net.state_dict().keys() == stats.keys()
+    assert all(torch.equal(v, stats[k]) for k, v in net.state_dict().items())

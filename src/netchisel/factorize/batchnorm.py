@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from netchisel.core.modules import replace_module
+from netchisel.core.state import restored_on_error
 from netchisel.core.task import Task
 from netchisel.factorize.rank import swap_all
 
@@ -22,21 +22,11 @@ def swap_and_recalibrate_(
     model: nn.Module, replacements: dict[str, nn.Module], task: Task | None, samples: int
 ) -> None:
     """Swap the replacements in, then (with a task and samples > 0) recalibrate BatchNorms;
-    if recalibration fails, the old modules and statistics are put back."""
-    old = {name: model.get_submodule(name) for name in replacements}
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    swap_all(model, replacements)
-    if task is None or not samples or not replacements:
-        return
-    try:
-        recalibrate_batchnorm_(model, task, samples)
-    except BaseException:
-        for name, module in old.items():
-            replace_module(model, name, module)
-        with torch.no_grad():
-            for name, value in model.named_buffers():
-                value.copy_(buffers[name])
-        raise
+    if either fails, the model is as it was (`restored_on_error`)."""
+    with restored_on_error(model):
+        swap_all(model, replacements)
+        if task is not None and samples and replacements:
+            recalibrate_batchnorm_(model, task, samples)
 
 
 def recalibrate_batchnorm_(model: nn.Module, task: Task, samples: int) -> int:

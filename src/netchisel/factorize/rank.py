@@ -5,7 +5,7 @@
 - `rank_for_budget`: the largest rank within a parameter budget, for replacements whose size
   is linear in the rank (SVD, CP);
 - `swap_all`: put every replacement into the model only after all were built, so a failure
-  while building leaves the model as it was.
+  while building leaves the model untouched (the swap runs under `restored_on_error`).
 """
 
 from __future__ import annotations

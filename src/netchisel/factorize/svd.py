@@ -22,6 +22,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import select_modules
 from netchisel.core.registry import register
+from netchisel.core.state import restored_on_error
 from netchisel.factorize.rank import (
     check_one_criterion,
     check_ratio,
@@ -177,7 +178,8 @@ def factorize_svd(model: nn.Module, config: SVDConfig, ctx: Context) -> nn.Modul
             "params_before": before,
             "params_after": after,
         }
-    swap_all(model, replacements)
+    with restored_on_error(model):  # a swap that fails midway (a device move) undoes itself
+        swap_all(model, replacements)
     record_totals(ctx, done, skipped)
     return model
 

@@ -34,6 +34,7 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
+from netchisel.core.state import probed
 from netchisel.core.task import Task
 from netchisel.prune.importance import CRITERIA
 from netchisel.prune.unstructured import (
@@ -187,21 +188,17 @@ def _sweep(
     with ctx.progress(f"{STAGE}: sweeping {len(layers)} layers", len(layers)) as advance:
         for name, layer in layers.items():
             weight = layer.get_parameter("weight")
-            saved = weight.detach().clone()
             by_count: dict[int, float] = {0: baseline}  # ratios that prune the same count agree
             curve = [baseline]
-            try:
-                for ratio in ratios[1:]:
-                    keep = select_keep({name: scores[name]}, UnstructuredConfig(sparsity=ratio))
-                    count = int((~keep[name]).sum())
-                    if count not in by_count:
+            for ratio in ratios[1:]:
+                keep = select_keep({name: scores[name]}, UnstructuredConfig(sparsity=ratio))
+                count = int((~keep[name]).sum())
+                if count not in by_count:
+                    with probed(layer):  # the layer is put back after measuring
                         with torch.no_grad():
-                            weight.copy_(torch.where(keep[name], saved, torch.zeros_like(saved)))
+                            weight.copy_(torch.where(keep[name], weight, torch.zeros_like(weight)))
                         by_count[count] = measure()
-                    curve.append(by_count[count])
-            finally:
-                with torch.no_grad():
-                    weight.copy_(saved)
+                curve.append(by_count[count])
             curves[name] = tuple(curve)
             advance(1)
     sizes = {name: layer.get_parameter("weight").numel() for name, layer in layers.items()}

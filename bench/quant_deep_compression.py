@@ -54,7 +54,8 @@ from netchisel.artifact.store import WEIGHTS, artifact_bytes, set_codec
 from netchisel.core.context import Context
 from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.prune.schedule import IterativeConfig, prune_iterative
-from netchisel.quantize.cluster import ClusteredLinear, KMeansConfig, quantize_kmeans
+from netchisel.quantize.formats import ClusteredLinear
+from netchisel.quantize.kmeans import KMeansConfig, quantize_kmeans
 from netchisel.zoo import data, train
 
 SEEDS = (0, 1, 2)

@@ -23,7 +23,7 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 from torch import nn
 
 from netchisel.measure.latency import round_robin
-from netchisel.quantize.modules import DynamicInt8Linear, fbgemm_full_range
+from netchisel.quantize.formats.dynamic_int8 import DynamicInt8Linear, fbgemm_full_range
 
 BLOCK = {(384, 384): 4, (384, 1536): 1, (1536, 384): 1}  # (in, out) -> layers per block
 ROWS = (2048, 1)

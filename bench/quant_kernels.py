@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/quant_kernels.py   ->  bench/results/quant_kernels.json
 
-Each quantized module of `netchisel.quantize.modules` is timed against fp32 `F.linear` in
+Each quantized module of `netchisel.quantize.formats` is timed against fp32 `F.linear` in
 the alternating A/B harness (`compare_latency`), at batch 1 and 32, on 1 and 2 threads; bf16
 `F.linear` is the second reference, since the weight-only kernels take bf16 activations.
 The whole table is measured in 3 passes, one after the other: a cell's speed-up is the median
@@ -25,7 +25,7 @@ from common import write_result  # bench/ is on sys.path when a script in it run
 from torch import nn
 
 from netchisel.measure.latency import compare_latency
-from netchisel.quantize.modules import (
+from netchisel.quantize.formats import (
     DynamicInt8Linear,
     Int4WeightOnlyLinear,
     Int8WeightOnlyLinear,

@@ -16,7 +16,7 @@ import yaml
 from netchisel.artifact.store import load
 from netchisel.pipeline.recipe import load_recipe, parse_recipe
 from netchisel.pipeline.runner import run_recipe
-from netchisel.quantize.cluster import ClusteredLinear
+from netchisel.quantize.formats import ClusteredLinear
 from netchisel.zoo import data
 
 RECIPE = Path(__file__).parents[2] / "examples" / "recipes" / "deep_compression_mlp.yaml"

@@ -16,7 +16,7 @@ import yaml
 from netchisel.artifact.store import load
 from netchisel.pipeline.recipe import load_recipe, parse_recipe
 from netchisel.pipeline.runner import run_recipe
-from netchisel.quantize.modules import Int4WeightOnlyLinear
+from netchisel.quantize.formats import Int4WeightOnlyLinear
 
 RECIPE = Path(__file__).parents[2] / "examples" / "recipes" / "quant_gptq_lm.yaml"
 

@@ -28,7 +28,7 @@ def test_tied_parameters_count_once() -> None:
 
 
 def test_memory_counts_the_float_weight_a_clustered_layer_keeps() -> None:
-    from netchisel.quantize.cluster import ClusteredLinear
+    from netchisel.quantize.formats import ClusteredLinear
 
     layer = ClusteredLinear.from_linear(nn.Linear(64, 32), bits=4)
     # codebook 16 + bias 32 floats, the gathered 32 x 64 float weight, 32 x 64 uint8 indices

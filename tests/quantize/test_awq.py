@@ -22,7 +22,7 @@ from netchisel.quantize.awq import (
 from netchisel.quantize.fold import InputScale, divide_outputs, fold_targets, multiply_inputs
 from netchisel.quantize.gptq import rtn_weight
 from netchisel.quantize.primitives import QuantSpec, dequantize, quantize
-from netchisel.quantize.ptq import RTNConfig, quantize_rtn
+from netchisel.quantize.rtn import RTNConfig, quantize_rtn
 from tests._models import lm_task, quiet_context, tiny_gpt
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*they stay in float")

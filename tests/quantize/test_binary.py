@@ -17,8 +17,7 @@ from netchisel.core.task import Task, classification_task
 from netchisel.core.train import TrainSettings, fit
 from netchisel.quantize import BinaryConfig, quantize_
 from netchisel.quantize.binary import SignFakeQuant, binary_codes, quantize_binary, ternary_codes
-from netchisel.quantize.modules import PackedLinear
-from netchisel.quantize.packed_conv import PackedConv2d
+from netchisel.quantize.formats import PackedConv2d, PackedLinear
 
 
 def _task() -> Task:

@@ -21,16 +21,10 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.task import Task
 from netchisel.prune.unstructured import UnstructuredConfig, prune_unstructured
-from netchisel.quantize import cluster
-from netchisel.quantize.cluster import (
-    ClusteredConv,
-    ClusteredLinear,
-    KMeansConfig,
-    cluster_weight,
-    kmeans_1d,
-    quantize_kmeans,
-)
-from netchisel.quantize.primitives import QuantSpec, fake_quantize
+from netchisel.quantize import kmeans
+from netchisel.quantize.formats import ClusteredConv, ClusteredLinear
+from netchisel.quantize.kmeans import KMeansConfig, quantize_kmeans
+from netchisel.quantize.primitives import QuantSpec, cluster_weight, fake_quantize, kmeans_1d
 from netchisel.zoo import data
 
 
@@ -297,7 +291,7 @@ def test_failed_finetuning_leaves_the_model_as_it_was(
     def broken_fit(*args: object, **kwargs: object) -> list[float]:
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(cluster, "fit", broken_fit)
+    monkeypatch.setattr(kmeans, "fit", broken_fit)
     with pytest.raises(RuntimeError, match="interrupted"):
         quantize_kmeans(model, KMeansConfig(finetune_steps=5), Context(task, quiet=True))
     assert type(model[1]) is nn.Linear and type(model[3]) is nn.Linear

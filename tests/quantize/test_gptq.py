@@ -9,13 +9,13 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import netchisel as nc
+from netchisel.calib.hessian import output_error
 from netchisel.core.errors import ConfigError, ModelError
-from netchisel.core.hessian import output_error
 from netchisel.core.task import classification_task
+from netchisel.quantize.formats import Int4WeightOnlyLinear, PackedLinear
 from netchisel.quantize.gptq import GPTQConfig, gptq_solve, quantize_gptq, rtn_weight
-from netchisel.quantize.modules import Int4WeightOnlyLinear, PackedLinear
 from netchisel.quantize.primitives import QuantSpec, choose_qparams
-from netchisel.quantize.ptq import RTNConfig, quantize_rtn
+from netchisel.quantize.rtn import RTNConfig, quantize_rtn
 from tests._models import layer_data, lm_task, quiet_context, tiny_gpt
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*they stay in float")

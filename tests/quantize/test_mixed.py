@@ -8,8 +8,8 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.task import classification_task
 from netchisel.core.train import TrainSettings, fit
 from netchisel.quantize import MixedPrecisionConfig, RTNConfig, quantize_
+from netchisel.quantize.formats import Int4WeightOnlyLinear, Int8WeightOnlyLinear, PackedLinear
 from netchisel.quantize.mixed import allocate, layer_sensitivity
-from netchisel.quantize.modules import Int4WeightOnlyLinear, Int8WeightOnlyLinear, PackedLinear
 
 
 def _task():

@@ -5,16 +5,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 import netchisel as nc
-from netchisel.quantize.modules import (
-    DYNAMIC_BLOCK_ROWS,
+from netchisel.quantize.formats import (
     DynamicInt8Linear,
     Int4WeightOnlyLinear,
     Int8WeightOnlyLinear,
     PackedLinear,
-    fbgemm_full_range,
     has_kernel,
     quantized_linear,
 )
+from netchisel.quantize.formats.dynamic_int8 import DYNAMIC_BLOCK_ROWS, fbgemm_full_range
 from netchisel.quantize.primitives import QuantSpec, choose_qparams, quantize
 
 
@@ -285,7 +284,7 @@ def test_dynamic_int8_with_one_input_feature():
 
 def test_dynamic_int8_bad_modes_and_export(tmp_path, monkeypatch):
     from netchisel.core.errors import ConfigError, ModelError
-    from netchisel.quantize import modules
+    from netchisel.quantize.formats import dynamic_int8
 
     with pytest.raises(ConfigError, match="activations: 'per_row' is not one of"):
         DynamicInt8Linear.from_float(nn.Linear(4, 2), "per_row")
@@ -294,7 +293,7 @@ def test_dynamic_int8_bad_modes_and_export(tmp_path, monkeypatch):
     net = nn.Sequential(DynamicInt8Linear.from_float(nn.Linear(8, 4), "per_tensor"))
     with pytest.raises(ModelError, match="quantize with activations: per_token to export"):
         nc.save(net, tmp_path / "m", export=["pt2"], example_inputs=(torch.randn(2, 8),))
-    monkeypatch.setattr(modules, "FBGEMM", False)  # where fbgemm is absent (CUDA, later torch)
+    monkeypatch.setattr(dynamic_int8, "FBGEMM", False)  # where fbgemm is absent (CUDA, later torch)
     assert net(torch.zeros(0, 8)).shape == (0, 4)
     x = torch.randn(3, 8)
     assert _rel(net(x), F.linear(x, net[0].dequantized_weight(), net[0].bias)) < 0.02

@@ -11,7 +11,7 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of
 from netchisel.prune import UnstructuredConfig, prune_
 from netchisel.quantize import DynamicInt8Config, RTNConfig, quantize_
-from netchisel.quantize.modules import (
+from netchisel.quantize.formats import (
     DynamicInt8Linear,
     Int4WeightOnlyLinear,
     Int8Embedding,

@@ -16,8 +16,12 @@ from netchisel.core.train import TrainSettings, fit
 from netchisel.prune import UnstructuredConfig, prune_
 from netchisel.quantize import QATConfig, quantize_
 from netchisel.quantize.fake import InputFakeQuant
-from netchisel.quantize.modules import Int4WeightOnlyLinear, Int8WeightOnlyLinear, PackedLinear
-from netchisel.quantize.packed_conv import PackedConv2d
+from netchisel.quantize.formats import (
+    Int4WeightOnlyLinear,
+    Int8WeightOnlyLinear,
+    PackedConv2d,
+    PackedLinear,
+)
 from netchisel.quantize.primitives import QuantSpec, choose_qparams, dequantize, quantize
 from netchisel.quantize.qat import quantize_qat
 from netchisel.quantize.ste import lsq_fake_quantize, lsq_grad_scale, ste_fake_quantize

@@ -12,9 +12,9 @@ import netchisel as nc
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.task import Task, classification_task
+from netchisel.quantize.dynamic_int8 import DynamicInt8Config, quantize_dynamic_int8
 from netchisel.quantize.fold import InputScale, divide_outputs, multiply_inputs
-from netchisel.quantize.modules import DynamicInt8Linear
-from netchisel.quantize.ptq import DynamicInt8Config, quantize_dynamic_int8
+from netchisel.quantize.formats import DynamicInt8Linear
 from netchisel.quantize.smoothquant import (
     SmoothQuantConfig,
     quantize_smoothquant,

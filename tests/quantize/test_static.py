@@ -21,7 +21,7 @@ from netchisel.measure.flops import count_flops
 from netchisel.measure.latency import make_runner
 from netchisel.pipeline.recipe import load_recipe
 from netchisel.quantize import StaticInt8Config, quantize_
-from netchisel.quantize.static import (
+from netchisel.quantize.formats.static_int8 import (
     StaticInt8Conv2d,
     StaticInt8Linear,
     float_twin,
@@ -163,8 +163,10 @@ def test_layers_from_float_round_to_int8() -> None:
     assert float(err) < 0.02  # 8-bit weights and inputs on a [0, 1) input
     linear = StaticInt8Linear.from_float(nn.Linear(8, 2), input_scale=1 / 255)
     assert linear(torch.rand(3, 5, 8)).shape == (3, 5, 2)
-    with pytest.raises(ModelError, match="is for inference"):
-        linear(torch.rand(3, 8, requires_grad=True))
+    x = torch.rand(3, 8, requires_grad=True)  # runs with autograd on, as under no_grad
+    with torch.no_grad():
+        expected = linear(x)
+    assert torch.equal(linear(x), expected) and not linear(x).requires_grad
     with pytest.raises(ModelError, match="input scale must be > 0"):
         StaticInt8Linear.from_float(nn.Linear(8, 2), input_scale=0.0)
 

@@ -54,6 +54,30 @@ RENAMED: dict[str, str] = {
     "netchisel.zoo.models:Block": "netchisel.zoo.models.text:Block",
     "netchisel.zoo.models:GPT": "netchisel.zoo.models.text:GPT",
     "netchisel.zoo.models:SentenceEmbedder": "netchisel.zoo.models.text:SentenceEmbedder",
+    "netchisel.quantize.modules:Int8WeightOnlyLinear": (
+        "netchisel.quantize.formats.int8:Int8WeightOnlyLinear"
+    ),
+    "netchisel.quantize.modules:Int8Embedding": "netchisel.quantize.formats.int8:Int8Embedding",
+    "netchisel.quantize.modules:Int4WeightOnlyLinear": (
+        "netchisel.quantize.formats.int4:Int4WeightOnlyLinear"
+    ),
+    "netchisel.quantize.modules:DynamicInt8Linear": (
+        "netchisel.quantize.formats.dynamic_int8:DynamicInt8Linear"
+    ),
+    "netchisel.quantize.modules:PackedLinear": "netchisel.quantize.formats.packed:PackedLinear",
+    "netchisel.quantize.packed_conv:PackedConv2d": "netchisel.quantize.formats.packed:PackedConv2d",
+    "netchisel.quantize.cluster:ClusteredLinear": (
+        "netchisel.quantize.formats.clustered:ClusteredLinear"
+    ),
+    "netchisel.quantize.cluster:ClusteredConv": (
+        "netchisel.quantize.formats.clustered:ClusteredConv"
+    ),
+    "netchisel.quantize.static:StaticInt8Linear": (
+        "netchisel.quantize.formats.static_int8:StaticInt8Linear"
+    ),
+    "netchisel.quantize.static:StaticInt8Conv2d": (
+        "netchisel.quantize.formats.static_int8:StaticInt8Conv2d"
+    ),
 }
 _QUALNAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 

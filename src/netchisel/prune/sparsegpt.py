@@ -28,8 +28,8 @@ outputs of the already-pruned layers before it. For a transformer the model's bl
 the paper: a layer costs one pass through its own block, not through the whole model. Layers
 that read the same input tensor (q, k and v projections) share one pass. Layers outside the
 blocks (a classifier, an LM head) are solved last from passes through the whole model. That
-machinery is `netchisel.core.sequential` (shared with GPTQ and AWQ); damping is
-`netchisel.core.hessian`.
+machinery is `netchisel.calib.run_layerwise` (GPTQ, AWQ and SmoothQuant are solvers over it
+too); damping is `netchisel.calib.hessian`.
 
 Written here because no well-kept library offers it for any `nn.Module`: the authors' code and
 llm-compressor's port are tied to Hugging Face model classes and their own sessions.
@@ -46,14 +46,21 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from netchisel.calib import LayerInputs, Layerwise, run_layerwise
+from netchisel.calib.hessian import (
+    damped_factors,
+    layer_hessian,
+    output_error,
+    prepared_hessian,
+    unsolvable,
+)
 from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
-from netchisel.core.hessian import damped_factors, output_error, prepared_hessian, unsolvable
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
-from netchisel.core.sequential import LayerInputs, calibration_inputs, run_sequentially
+from netchisel.core.state import restored_on_error
 from netchisel.prune.select import (
     check_n_of_m,
     checked_pattern,
@@ -140,7 +147,7 @@ def sparsegpt_solve(
     sparsity; N:M keeps exactly N of every M consecutive inputs of each row. Entries where
     `pruned` is True are pruned whatever their saliency (an earlier mask). If the damped H is
     not positive definite in float32, or the result is not finite, the damping is raised
-    tenfold, up to `core.hessian.DAMPING_RETRIES` times. Inputs are not modified.
+    tenfold, up to `calib.hessian.DAMPING_RETRIES` times. Inputs are not modified.
 
     Example:
         >>> x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
@@ -217,8 +224,8 @@ def _obs_prune(
 def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> nn.Module:
     """Prune the chosen Linear layers with SparseGPT, in call order, from the task's data.
 
-    Calibration samples come from the task's train split. On any error every weight is put
-    back and no mask is set, so the model is as it was.
+    Calibration samples come from the task's train split. On any error the model is put back
+    as it was (weights, masks, mode).
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -246,58 +253,40 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
         widths = {name: layer.in_features for name, layer in layers.items()}
         check_n_of_m(widths, pattern[1], "prune.sparsegpt")
     earlier = _earlier_pruned(model, layers)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    inputs = calibration_inputs(task, config.calibration_samples, device, "prune.sparsegpt")
-    original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
-    was_training = model.training
-    model.eval()
     solved: dict[str, tuple[SparseResult, float]] = {}
-    try:
-        with torch.no_grad(), ctx.progress("sparsegpt", len(layers)) as advance:
 
-            def solve(group: dict[str, LayerInputs]) -> None:
-                for name, seen in group.items():
-                    solve_layer(name, seen)
+    def solve(group: dict[str, LayerInputs]) -> None:
+        for name, seen in group.items():
+            weight = layers[name].weight
+            try:
+                result = sparsegpt_solve(
+                    weight,
+                    layer_hessian(seen),
+                    config.sparsity,
+                    pattern,
+                    config.blocksize,
+                    config.damping,
+                    earlier.get(name),
+                )
+            except ModelError as e:
+                raise ModelError(
+                    f"prune.sparsegpt: layer {name}: {e}; exclude it or raise damping"
+                ) from None
+            error = output_error(weight, result.weight, seen.gram)  # type: ignore[arg-type]
+            weight.copy_(result.weight)
+            solved[name] = (result, error)
 
-            def solve_layer(name: str, seen: LayerInputs) -> None:
-                assert seen.gram is not None
-                gram, tokens = seen.gram, seen.tokens
-                weight = layers[name].weight
-                try:
-                    result = sparsegpt_solve(
-                        weight,
-                        2.0 * gram / tokens,  # H = 2 X^T X / n: the paper's scale
-                        config.sparsity,
-                        pattern,
-                        config.blocksize,
-                        config.damping,
-                        earlier.get(name),
-                    )
-                except ModelError as e:
-                    raise ModelError(
-                        f"prune.sparsegpt: layer {name}: {e}; exclude it or raise damping"
-                    ) from None
-                error = output_error(weight, result.weight, gram)
-                weight.copy_(result.weight)
-                solved[name] = (result, error)
-                advance(1)
-
-            run_sequentially(model, layers, inputs, config.blocks, solve, "prune.sparsegpt")
-    except BaseException:
-        with torch.no_grad():
-            for name, layer in layers.items():
-                layer.weight.copy_(original[name])
-        raise
-    finally:
-        model.train(was_training)
-    for name, (result, _) in solved.items():
-        set_mask(model, f"{name}.weight", result.keep)
+    how = Layerwise(config.NAME, config.calibration_samples, config.blocks)
+    with restored_on_error(model):
+        run = run_layerwise(model, layers, task, solve, how, ctx)
+        for name, (result, _) in solved.items():
+            set_mask(model, f"{name}.weight", result.keep)
     total = sum(r.keep.numel() for r, _ in solved.values())
     ctx.record(
         sparsity=sum(int((~r.keep).sum()) for r, _ in solved.values()) / total,
         layer_output_error={n: e for n, (_, e) in solved.items()},
         damping={n: r.damping for n, (r, _) in solved.items()},
-        calibration_samples=sum(len(x[0]) for x in inputs),
+        calibration_samples=run.samples,
         note=DENSE_KERNEL_NOTE,
         **({"left_dense": left_dense} if left_dense else {}),
     )

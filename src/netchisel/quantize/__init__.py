@@ -1,5 +1,9 @@
 """Quantization: `quantize.*` stages of the registry and `netchisel.quantize_` in Python.
 
+`primitives.py` holds the pure tensor functions, `formats/` the stored formats (one object per
+format, thin Linear/Conv wrappers), and each stage is one file named like the stage (`rtn.py`,
+`gptq.py`, ...). A new method is one file here plus one line in `netchisel/stages.py`.
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -18,15 +22,16 @@ from netchisel.core.registry import apply_stage
 from netchisel.core.task import Task
 from netchisel.quantize.awq import AWQConfig
 from netchisel.quantize.binary import BinaryConfig
-from netchisel.quantize.cluster import KMeansConfig
+from netchisel.quantize.dynamic_int8 import DynamicInt8Config
 from netchisel.quantize.gptq import GPTQConfig
+from netchisel.quantize.kmeans import KMeansConfig
 from netchisel.quantize.mixed import MixedPrecisionConfig
 from netchisel.quantize.onnx_int8 import export_onnx_int8  # noqa: F401  (registers onnx_int8)
 from netchisel.quantize.primitives import QuantSpec
-from netchisel.quantize.ptq import DynamicInt8Config, RTNConfig
 from netchisel.quantize.qat import QATConfig
+from netchisel.quantize.rtn import RTNConfig
 from netchisel.quantize.smoothquant import SmoothQuantConfig
-from netchisel.quantize.static import StaticInt8Config
+from netchisel.quantize.static_int8 import StaticInt8Config
 
 __all__ = [
     "AWQConfig",

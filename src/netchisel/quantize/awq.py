@@ -20,8 +20,9 @@ of the output error (the Gram's diagonal block). The weights are then quantized 
 configured format (`quantize.rtn`'s fields) and stored in the same modules as RTN.
 
 Layers are visited in call order, each group on the outputs of the already quantized groups
-before it (`netchisel.core.sequential`, as GPTQ). Differences from the paper's code: the error
-is each Linear's output (not the whole attention or MLP block's), and q/k are clipped too.
+before it: `quantize_awq` is a `solve` function over `netchisel.calib.run_layerwise`, as GPTQ.
+Differences from the paper's code: the error is each Linear's output (not the whole attention
+or MLP block's), and q/k are clipped too.
 
 Written here because the authors' code and AutoAWQ are tied to Hugging Face model classes;
 this works on any `nn.Module` whose Linear layers can be traced.
@@ -30,7 +31,7 @@ this works on any `nn.Module` whose Linear layers can be traced.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,33 +39,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.calib import Calibration, LayerInputs, Layerwise, run_layerwise
+from netchisel.calib.hessian import gram_error
 from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.registry import register
-from netchisel.core.sequential import (
-    LayerInputs,
-    calibration_inputs,
-    call_groups,
-    find_blocks,
-    run_sequentially,
-)
 from netchisel.core.state import restored_on_error
-from netchisel.quantize.fold import InputScale, divide_outputs, fold_targets, multiply_inputs
-from netchisel.quantize.modules import has_kernel, kernel_qparams, padded_weight, quantized_linear
+from netchisel.quantize.fold import (
+    CHECK_SAMPLES,
+    InputScale,
+    divide_outputs,
+    fold_targets,
+    multiply_inputs,
+)
+from netchisel.quantize.formats import padded_weight, quantized_linear
+from netchisel.quantize.formats.kernels import kernel_qparams, kernel_scales
+from netchisel.quantize.linears import chosen_linears, swap_linears
 from netchisel.quantize.primitives import (
     QuantSpec,
     ScaleMethod,
     choose_qparams,
     dequantize,
+    fake_quantize,
     grouped,
+    pad_to_groups,
     qparams_from_range,
     quantize,
 )
-from netchisel.quantize.ptq import WeightQuantConfig, chosen_linears, swap_linears
-
-CHECK_SAMPLES = 2
-"""Calibration samples a fold is checked on (the model's output must not change)."""
+from netchisel.quantize.rtn import WeightQuantConfig
 
 
 @dataclass(frozen=True)
@@ -114,20 +117,6 @@ def awq_scales(x_mean: Tensor, alpha: float) -> Tensor:
     return s / (s.max() * s.min()).sqrt()
 
 
-def fake_quantize_padded(w: Tensor, spec: QuantSpec, method: ScaleMethod = "minmax") -> Tensor:
-    """`dequantize(quantize(w))` with inputs zero-padded to the group size when needed."""
-    cols = w.shape[1]
-    pad = -cols % spec.group_size if spec.granularity == "group" else 0
-    padded = F.pad(w.float(), (0, pad))
-    scale, zero = choose_qparams(padded, spec, method)
-    return dequantize(quantize(padded, scale, zero, spec), scale, zero, spec)[:, :cols]
-
-
-def gram_error(delta: Tensor, gram: Tensor) -> float:
-    """||delta X^T||^2 from the Gram matrix X^T X."""
-    return float(((delta @ gram) * delta).sum())
-
-
 @dataclass(frozen=True)
 class ScaleSearch:
     """The chosen alpha, its scales and the output error of every alpha tried."""
@@ -167,7 +156,8 @@ def awq_search(
         err = 0.0
         for w, spec in zip(weights, specs, strict=True):
             w = w.detach().float()
-            effective = fake_quantize_padded(w * s[None, :], spec, method) / s[None, :]
+            scaled = pad_to_groups(w * s[None, :], spec)
+            effective = fake_quantize(scaled, spec, method)[:, : w.shape[1]] / s[None, :]
             err += gram_error(effective - w, g)
         errors[alpha] = err
         if best is None or err < best[0]:
@@ -216,20 +206,6 @@ def clipped_qparams(
     return best_scale, best_zero
 
 
-def kernel_scale(scale: Tensor, spec: QuantSpec) -> Tensor:
-    """Scales rounded up to bf16 (what the int8/int4 kernels store), as `kernel_qparams` does.
-
-    Example:
-        >>> float(kernel_scale(torch.tensor([0.1]), QuantSpec(bits=8))[0])
-        0.10009765625
-    """
-    if not has_kernel(spec):
-        return scale
-    low = scale.to(torch.bfloat16)
-    up = torch.nextafter(low, torch.tensor(float("inf"), dtype=torch.bfloat16))
-    return torch.where(low.float() < scale, up.float(), low.float())
-
-
 # -- the stage -----------------------------------------------------------------------------
 
 
@@ -264,101 +240,81 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
     task = ctx.require_task(stage)
     layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
     specs = {name: config.spec_for(name) for name in layers}
-    for name, layer in layers.items():
-        padded_weight(
-            layer, specs[name], name
-        )  # a group size that cannot work fails before any change
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    inputs = calibration_inputs(task, config.calibration_samples, device, stage)
-    check = tuple(t[:CHECK_SAMPLES] for t in inputs[0])
-    was_training = model.training
+    for name, layer in layers.items():  # a group size that cannot work fails before any change
+        padded_weight(layer, specs[name], name)
     solved: dict[str, _Solved] = {}
     folded: dict[str, str] = {}
+    targets: dict[str, str | None] = {}
+    modules = dict(model.named_modules())
+
+    def find_folds(calibration: Calibration) -> None:
+        allowed = _same_block(model, layers, calibration.blocks)
+        check = calibration.example(CHECK_SAMPLES)
+        targets.update(fold_targets(model, calibration.groups, layers, check, allowed))
+
+    def solve(group: dict[str, LayerInputs]) -> None:
+        names = list(group)
+        seen = group[names[0]]
+        assert seen.gram is not None
+        found = awq_search(
+            [layers[n].weight for n in names],
+            seen.gram,
+            seen.abs_mean,
+            [specs[n] for n in names],
+            config.grid,
+            config.scale_method,  # type: ignore[arg-type]
+        )
+        s = found.scales
+        target = targets.get(names[0])
+        if target is not None and target in solved and _tensor_scaled(solved[target]):
+            target = None  # one scale for a whole tensor cannot take a per-row factor
+        if target is not None:
+            divide_outputs(modules[target], s)
+            if target in solved:
+                solved[target].scale /= s[:, None]
+            folded[names[0]] = target
+        for name in names:
+            solved[name] = _quantize_layer(name, s, target, seen, found.alpha)
+
+    def _quantize_layer(
+        name: str, s: Tensor, target: str | None, seen: LayerInputs, alpha: float
+    ) -> _Solved:
+        layer, spec = layers[name], specs[name]
+        assert seen.gram is not None
+        multiply_inputs(layer, s)
+        weight = padded_weight(layer, spec)
+        pad = weight.shape[1] - layer.in_features
+        s_pad = F.pad(s, (0, pad), value=1.0)
+        if config.clip:
+            gram = F.pad(seen.gram, (0, pad) * 2) / (s_pad[:, None] * s_pad[None, :])
+            scale, zero = clipped_qparams(weight, gram, spec, config.grid, config.max_shrink)
+            scale = kernel_scales(scale, spec)
+        else:
+            scale, zero = kernel_qparams(weight, spec, config.scale_method)  # type: ignore[arg-type]
+        q = quantize(weight, scale, zero, spec)
+        deq = dequantize(q, scale, zero, spec)[:, : layer.in_features]
+        if not bool(torch.isfinite(deq).all()):
+            raise ModelError(f"{stage}: layer {name}: quantized weights are not finite")
+        keep = None if target is not None else 1.0 / s
+        layer.weight.copy_(deq if keep is None else deq / s[None, :])
+        return _Solved(q, scale, zero, alpha, keep)
+
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        r = solved[name]
+        module = quantized_linear(linear, specs[name], r.q, r.scale, r.zero)
+        return InputScale.around(module, r.input_scale)
+
+    how = Layerwise(stage, config.calibration_samples, config.blocks)
     with restored_on_error(model):
-        model.eval()
-        with torch.no_grad():
-            groups = call_groups(model, layers, check, stage)
-            allowed = _same_block(model, layers, config, check)
-            targets = fold_targets(model, groups, layers, check, allowed)
-        modules = dict(model.named_modules())
-        with torch.no_grad(), ctx.progress("awq", len(layers)) as advance:
-
-            def solve(group: dict[str, LayerInputs]) -> None:
-                names = list(group)
-                seen = group[names[0]]
-                assert seen.gram is not None
-                if not bool(torch.isfinite(seen.gram).all()):
-                    raise ModelError(
-                        f"{stage}: layer {names[0]}: the layer's calibration inputs are not "
-                        "finite (inf or NaN)"
-                    )
-                found = awq_search(
-                    [layers[n].weight for n in names],
-                    seen.gram,
-                    seen.abs_mean,
-                    [specs[n] for n in names],
-                    config.grid,
-                    config.scale_method,  # type: ignore[arg-type]
-                )
-                s = found.scales
-                target = targets.get(names[0])
-                if target is not None and target in solved and _tensor_scaled(solved[target]):
-                    target = None  # one scale for a whole tensor cannot take a per-row factor
-                if target is not None:
-                    divide_outputs(modules[target], s)
-                    if target in solved:
-                        solved[target].scale /= s[:, None]
-                    folded[names[0]] = target
-                for name in names:
-                    _quantize_layer(name, layers[name], specs[name], s, target, seen, found)
-                    advance(1)
-
-            def _quantize_layer(
-                name: str,
-                layer: nn.Linear,
-                spec: QuantSpec,
-                s: Tensor,
-                target: str | None,
-                seen: LayerInputs,
-                found: ScaleSearch,
-            ) -> None:
-                assert seen.gram is not None
-                multiply_inputs(layer, s)
-                weight = padded_weight(layer, spec)
-                pad = weight.shape[1] - layer.in_features
-                s_pad = F.pad(s, (0, pad), value=1.0)
-                if config.clip:
-                    gram = F.pad(seen.gram, (0, pad) * 2) / (s_pad[:, None] * s_pad[None, :])
-                    scale, zero = clipped_qparams(
-                        weight, gram, spec, config.grid, config.max_shrink
-                    )
-                    scale = kernel_scale(scale, spec)
-                else:
-                    scale, zero = kernel_qparams(weight, spec, config.scale_method)  # type: ignore[arg-type]
-                q = quantize(weight, scale, zero, spec)
-                deq = dequantize(q, scale, zero, spec)[:, : layer.in_features]
-                if not bool(torch.isfinite(deq).all()):
-                    raise ModelError(f"{stage}: layer {name}: quantized weights are not finite")
-                keep = None if target is not None else 1.0 / s
-                layer.weight.copy_(deq if keep is None else deq / s[None, :])
-                solved[name] = _Solved(q, scale, zero, found.alpha, keep)
-
-            run_sequentially(model, layers, inputs, config.blocks, solve, stage)
-
-        def make(name: str, linear: nn.Linear) -> nn.Module:
-            r = solved[name]
-            module = quantized_linear(linear, specs[name], r.q, r.scale, r.zero)
-            return InputScale.around(module, r.input_scale)
-
+        run = run_layerwise(model, layers, task, solve, how, ctx, prepare=find_folds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already
             swap_linears(model, config, ctx, make)
-    model.train(was_training)
     ctx.record(
         alpha={n: r.alpha for n, r in solved.items()},
         folded_into=folded,
         input_scale_modules=sorted(n for n, r in solved.items() if r.input_scale is not None),
-        calibration_samples=sum(len(x[0]) for x in inputs),
+        calibration_samples=run.samples,
     )
     return model
 
@@ -368,19 +324,15 @@ def _tensor_scaled(solved: _Solved) -> bool:
 
 
 def _same_block(
-    model: nn.Module,
-    layers: dict[str, nn.Linear],
-    config: AWQConfig,
-    example: tuple[Tensor, ...],
+    model: nn.Module, layers: Mapping[str, nn.Linear], blocks: list[nn.Module] | None
 ) -> Callable[[str, str], bool]:
     """A veto on folds: inside blocks, the producer must be in the group's own block.
 
     Blocks run on cached inputs; a fold into an op before the block would leave those inputs
     stale (undivided) for the block's later groups.
     """
-    found = find_blocks(model, layers, config.blocks, example, config.NAME)
     index_of: dict[int, int] = {}
-    for i, block in enumerate(found or []):
+    for i, block in enumerate(blocks or []):
         index_of.update({id(sub): i for sub in block.modules()})
     modules = dict(model.named_modules())
 

@@ -7,15 +7,13 @@ affine STE/LSQ one of `qat.py`, the binary/ternary one of `binary.py`) maps the 
 to the weight the forward pass uses. `InputFakeQuant` fake-quantizes the layer's input
 (activations); that is simulation only: every product still runs in float.
 
-`wrapped_` swaps wrappers in for named layers and, if the block inside raises, puts the
-original layers back, so a training stage that fails midway leaves the model's structure as
-it was (`core.state.restored_on_error` restores the values).
+`wrap_` swaps wrappers in for named layers; a training stage runs it inside
+`core.state.restored_on_error`, so one that fails midway leaves the model as it was.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -149,30 +147,23 @@ class InputFakeQuant(nn.Module):
         return f"bits={self.bits}, method={self.method}, frozen={self.frozen}"
 
 
-@contextlib.contextmanager
-def wrapped_(
+def wrap_(
     model: nn.Module,
     layers: dict[str, nn.Module],
     make: Callable[[str, nn.Module], FakeQuantized],
-) -> Iterator[dict[str, FakeQuantized]]:
-    """Swap a `FakeQuantized` in for every named layer for the duration of a block.
+) -> dict[str, FakeQuantized]:
+    """Swap a `FakeQuantized` in for every named layer (all built before any is swapped in).
 
-    The wrappers are all built before any is swapped in. If the block raises, the original
-    layers go back in place; otherwise the block must replace the wrappers itself (with the
-    converted modules).
+    Run it inside `core.state.restored_on_error`, which puts the original layers back if the
+    training or the conversion after it fails.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2))
-        >>> with wrapped_(net, {"0": net[0]}, lambda n, m: FakeQuantized(m, nn.Identity())) as w:
-        ...     type(net[0]).__name__
-        'FakeQuantized'
+        >>> wrappers = wrap_(net, {"0": net[0]}, lambda n, m: FakeQuantized(m, nn.Identity()))
+        >>> type(net[0]).__name__, wrappers["0"] is net[0]
+        ('FakeQuantized', True)
     """
     wrappers = {name: make(name, layer) for name, layer in layers.items()}
     for name, wrapper in wrappers.items():
         replace_module(model, name, wrapper)
-    try:
-        yield wrappers
-    except BaseException:
-        for name, wrapper in wrappers.items():
-            replace_module(model, name, wrapper.original)
-        raise
+    return wrappers

@@ -28,9 +28,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
-from netchisel.core.sequential import hooks
+from netchisel.calib import hooks
 
 NORMS = (nn.LayerNorm, nn.RMSNorm)
+CHECK_SAMPLES = 2
+"""Calibration samples a fold is checked on (the model's output must not change)."""
 FOLD_TOLERANCE = 1e-3
 """Largest change of the model's output, relative to its largest magnitude, a fold may make."""
 

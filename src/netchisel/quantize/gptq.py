@@ -25,12 +25,13 @@ no per-column group index and runs on the same kernels as RTN. The cost is that 
 see the error feedback.
 
 Damping, its tenfold escalation when float32 cannot factor H, and the refusal of non-finite
-calibration inputs are shared with SparseGPT (`netchisel.core.hessian`). Layers are solved in
-call order, block by block, each on the outputs of the already quantized layers before it
-(`netchisel.core.sequential`). The number format is any `QuantSpec` (1-8 bits, per tensor,
-channel or group) with any scale chooser, so the solver and the format combine freely; the
-result is the same integers, scales and zeros that RTN produces, so the same modules
-(`quantize.modules.quantized_linear`) hold it.
+calibration inputs are shared with SparseGPT (`netchisel.calib.hessian`). Layers are solved in
+call order, block by block, each on the outputs of the already quantized layers before it:
+`quantize_gptq` is a `solve` function over `netchisel.calib.run_layerwise`. The number format
+is any `QuantSpec` (1-8 bits, per tensor, channel or group) with any scale chooser, so the
+solver and the format combine freely (as gpt-fast's GPTQ takes its quantize functions as
+arguments); the result is the same integers, scales and zeros that RTN produces, so the same
+modules (`quantize.formats.quantized_linear`) hold it.
 
 Written here because the authors' code, AutoGPTQ and llm-compressor are tied to Hugging Face
 model classes and to their own number formats.
@@ -48,20 +49,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.calib import LayerInputs, Layerwise, run_layerwise
+from netchisel.calib.hessian import (
+    damped_factors,
+    layer_hessian,
+    output_error,
+    prepared_hessian,
+    unsolvable,
+)
 from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
-from netchisel.core.hessian import damped_factors, output_error, prepared_hessian, unsolvable
 from netchisel.core.registry import register
-from netchisel.core.sequential import LayerInputs, calibration_inputs, run_sequentially
-from netchisel.quantize.modules import kernel_qparams, padded_weight, quantized_linear
+from netchisel.core.state import restored_on_error
+from netchisel.quantize.formats import kernel_qparams, padded_weight, quantized_linear
+from netchisel.quantize.linears import chosen_linears, swap_linears
 from netchisel.quantize.primitives import (
     QuantSpec,
     ScaleMethod,
     dequantize,
+    group_padding,
     quantize,
 )
-from netchisel.quantize.ptq import WeightQuantConfig, chosen_linears, swap_linears
+from netchisel.quantize.rtn import WeightQuantConfig
 
 QParamsChooser = Callable[[Tensor, QuantSpec], tuple[Tensor, Tensor]]
 """`(weight [rows, cols], spec) -> (scale, zero)` of shape [rows, groups], as `kernel_qparams`."""
@@ -135,7 +145,7 @@ def gptq_solve(
     scales and zeros for a block of columns under `spec` (default: `kernel_qparams` min-max,
     whose scales are exactly what the kernels store). If the damped H is not positive
     definite in float32, or the result is not finite, the damping is raised tenfold, up to
-    `core.hessian.DAMPING_RETRIES` times. Inputs are not modified.
+    `calib.hessian.DAMPING_RETRIES` times. Inputs are not modified.
 
     Example:
         >>> x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
@@ -147,10 +157,10 @@ def gptq_solve(
     choose = choose or functools.partial(kernel_qparams, method="minmax")
     w = weight.detach().float()
     cols = w.shape[1]
-    if spec.granularity == "group" and cols % spec.group_size:
+    if group_padding(cols, spec):
         raise ConfigError(
             f"group_size {spec.group_size} does not divide the {cols} inputs of the weight: "
-            "pad it (quantize.modules.padded_weight) or choose a divisor"
+            "pad it (quantize.formats.padded_weight) or choose a divisor"
         )
     h = prepared_hessian(hessian)
     if act_order:
@@ -241,7 +251,7 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
 
     Calibration samples come from the task's train split. Every layer is solved first (its
     float weight holding the dequantized values meanwhile, so later layers see them), then all
-    are swapped for quantized modules; on any error every weight is put back.
+    are swapped for quantized modules; on any error the model is put back as it was.
 
     Example:
         >>> from torch.utils.data import TensorDataset
@@ -258,70 +268,54 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
     task = ctx.require_task(stage)
     layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
     specs = {name: config.spec_for(name) for name in layers}
-    for name, layer in layers.items():
-        padded_weight(
-            layer, specs[name], name
-        )  # a group size that cannot work fails before any change
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    inputs = calibration_inputs(task, config.calibration_samples, device, stage)
+    for name, layer in layers.items():  # a group size that cannot work fails before any change
+        padded_weight(layer, specs[name], name)
     choose = functools.partial(kernel_qparams, method=config.scale_method)  # type: ignore[arg-type]
-    original = {name: layer.weight.detach().clone() for name, layer in layers.items()}
-    was_training = model.training
-    model.eval()
     solved: dict[str, GPTQResult] = {}
     errors: dict[str, tuple[float, float]] = {}
-    try:
-        with torch.no_grad(), ctx.progress("gptq", len(layers)) as advance:
 
-            def solve(group: dict[str, LayerInputs]) -> None:
-                for name, seen in group.items():
-                    assert seen.gram is not None
-                    layer, spec = layers[name], specs[name]
-                    weight = padded_weight(layer, spec)
-                    gram = F.pad(seen.gram, (0, weight.shape[1] - layer.in_features) * 2)
-                    try:
-                        result = gptq_solve(
-                            weight,
-                            2.0 * gram / seen.tokens,  # H = 2 X^T X / n: the paper's scale
-                            spec,
-                            blocksize=config.blocksize,
-                            damping=config.damping,
-                            act_order=config.act_order,
-                            choose=choose,
-                        )
-                    except ModelError as e:
-                        raise ModelError(
-                            f"{stage}: layer {name}: {e}; exclude it or raise damping"
-                        ) from None
-                    rtn = rtn_weight(weight, spec, config.scale_method)  # type: ignore[arg-type]
-                    errors[name] = (
-                        output_error(weight, result.weight, gram),
-                        output_error(weight, rtn, gram),
-                    )
-                    layer.weight.copy_(result.weight[:, : layer.in_features])
-                    solved[name] = result
-                    advance(1)
+    def solve(group: dict[str, LayerInputs]) -> None:
+        for name, seen in group.items():
+            layer, spec = layers[name], specs[name]
+            weight = padded_weight(layer, spec)
+            pad = (0, weight.shape[1] - layer.in_features) * 2
+            try:
+                result = gptq_solve(
+                    weight,
+                    F.pad(layer_hessian(seen), pad),
+                    spec,
+                    blocksize=config.blocksize,
+                    damping=config.damping,
+                    act_order=config.act_order,
+                    choose=choose,
+                )
+            except ModelError as e:
+                raise ModelError(
+                    f"{stage}: layer {name}: {e}; exclude it or raise damping"
+                ) from None
+            gram = F.pad(seen.gram, pad)  # type: ignore[arg-type]
+            rtn = rtn_weight(weight, spec, config.scale_method)  # type: ignore[arg-type]
+            errors[name] = (
+                output_error(weight, result.weight, gram),
+                output_error(weight, rtn, gram),
+            )
+            layer.weight.copy_(result.weight[:, : layer.in_features])
+            solved[name] = result
 
-            run_sequentially(model, layers, inputs, config.blocks, solve, stage)
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        r = solved[name]
+        return quantized_linear(linear, specs[name], r.q, r.scale, r.zero)
 
-        def make(name: str, linear: nn.Linear) -> nn.Module:
-            r = solved[name]
-            return quantized_linear(linear, specs[name], r.q, r.scale, r.zero)
-
+    how = Layerwise(stage, config.calibration_samples, config.blocks)
+    with restored_on_error(model):
+        run = run_layerwise(model, layers, task, solve, how, ctx)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already
             swap_linears(model, config, ctx, make)
-    except BaseException:
-        with torch.no_grad():
-            for name, layer in layers.items():
-                layer.weight.copy_(original[name])
-        raise
-    finally:
-        model.train(was_training)
     ctx.record(
         layer_output_error={n: e[0] for n, e in errors.items()},
         rtn_layer_output_error={n: e[1] for n, e in errors.items()},
         damping={n: r.damping for n, r in solved.items()},
-        calibration_samples=sum(len(x[0]) for x in inputs),
+        calibration_samples=run.samples,
     )
     return model

@@ -23,9 +23,10 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
 from netchisel.core.task import Task
-from netchisel.quantize.modules import padded_weight
+from netchisel.quantize.formats import padded_weight
+from netchisel.quantize.linears import chosen_linears
 from netchisel.quantize.primitives import fake_quantize
-from netchisel.quantize.ptq import RTNConfig, WeightQuantConfig, chosen_linears, quantize_rtn
+from netchisel.quantize.rtn import RTNConfig, WeightQuantConfig, quantize_rtn
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from netchisel.artifact.exports import export_onnx, register_export
 from netchisel.core.errors import ConfigError, ModelError, first_line
-from netchisel.quantize.static import float_twin, has_static_int8
+from netchisel.quantize.formats.static_int8 import float_twin, has_static_int8
 
 Batch = tuple[Tensor, ...]
 

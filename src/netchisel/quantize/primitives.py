@@ -1,14 +1,17 @@
-"""Affine quantization as pure tensor functions: choose scales, quantize, dequantize, pack.
+"""Quantization as pure tensor functions: affine (choose scales, quantize, dequantize) and
+k-means weight sharing (a codebook and an index per weight).
 
 A real value `w` is stored as an integer `q` with `w ~ (q - zero) * scale`. Symmetric
 quantization fixes `zero = 0` and uses the signed range; asymmetric uses `[0, 2**bits - 1]`
 with an integer zero point. Scales are per tensor, per output channel (row), or per group of
 `group_size` consecutive inputs of a row, always over the weight flattened to
-`[rows, inputs]` so Linear and Conv weights are handled alike.
+`[rows, inputs]` so Linear and Conv weights are handled alike. A row whose width the group
+size does not divide is padded with zero inputs (`pad_to_groups`) where the format stores it
+so, and refused elsewhere (`grouped`).
 
-Written here because the algorithms (RTN, GPTQ, AWQ, QAT, mixed precision) need the same
-small functions with any bit width 1-8 and any scale chooser; torchao's equivalents are tied
-to its tensor subclasses.
+Written here because the algorithms (RTN, GPTQ, AWQ, QAT, mixed precision, k-means) need the
+same small functions with any bit width 1-8 and any scale chooser; torchao's equivalents are
+tied to its tensor subclasses, and no library clusters weights in 1-D with the paper's inits.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from netchisel.core.errors import ConfigError
@@ -24,6 +28,9 @@ from netchisel.core.errors import ConfigError
 Granularity = Literal["tensor", "channel", "group"]
 ScaleMethod = Literal["minmax", "percentile", "mse"]
 SCALE_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse")
+Init = Literal["linear", "density", "random"]  # k-means initialisations
+DEFAULT_GROUP_SIZE = 128
+"""Inputs per scale below 8 bits when a config does not say (GPTQ's and AWQ's choice)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,7 @@ class QuantSpec:
     bits: int = 8
     symmetric: bool = True
     granularity: Granularity = "channel"
-    group_size: int = 128
+    group_size: int = DEFAULT_GROUP_SIZE
 
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= 8:
@@ -85,6 +92,28 @@ def grouped(w: Tensor, spec: QuantSpec) -> Tensor:
             "choose a divisor or pad the weight (the quantized modules pad for you)"
         )
     return rows.reshape(rows.shape[0], -1, spec.group_size)
+
+
+def group_padding(columns: int, spec: QuantSpec) -> int:
+    """Zero inputs to append to a row of `columns` so that whole groups tile it (0 unless the
+    spec is grouped).
+
+    Example:
+        >>> group_padding(100, QuantSpec(granularity="group", group_size=32))
+        28
+    """
+    return -columns % spec.group_size if spec.granularity == "group" else 0
+
+
+def pad_to_groups(w: Tensor, spec: QuantSpec) -> Tensor:
+    """`w` (`[rows, inputs]`) with zero inputs appended up to a multiple of the group size.
+
+    Example:
+        >>> pad_to_groups(torch.ones(1, 3), QuantSpec(granularity="group", group_size=2)).tolist()
+        [[1.0, 1.0, 1.0, 0.0]]
+    """
+    pad = group_padding(w.shape[-1], spec)
+    return F.pad(w, (0, pad)) if pad else w
 
 
 def qparams_from_range(lo: Tensor, hi: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
@@ -204,3 +233,127 @@ def fake_quantize(w: Tensor, spec: QuantSpec, method: ScaleMethod = "minmax") ->
     """`dequantize(quantize(w))`: what the model computes with after quantization."""
     scale, zero = choose_qparams(w, spec, method)
     return dequantize(quantize(w, scale, zero, spec), scale, zero, spec).to(w.dtype)
+
+
+def bf16_round_up(scale: Tensor) -> Tensor:
+    """The smallest bf16 value >= each scale (float32), so nothing the scale covered clips.
+
+    Example:
+        >>> float(bf16_round_up(torch.tensor([1.001])))
+        1.0078125
+    """
+    rounded = scale.to(torch.bfloat16)
+    up = torch.nextafter(rounded, torch.tensor(float("inf"), dtype=torch.bfloat16))
+    return torch.where(rounded.float() < scale, up, rounded).float()
+
+
+# -- k-means weight sharing (Deep Compression, Han et al., ICLR 2016) ---------------------
+
+
+def kmeans_1d(
+    values: Tensor,
+    k: int,
+    init: Init = "linear",
+    iterations: int = 300,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Lloyd's k-means on a 1-D tensor: (sorted centroids [k], label of every value).
+
+    In 1-D every cluster is an interval of the sorted values, so after one sort an iteration
+    is a binary search of the k - 1 midpoints between centroids and a difference of prefix
+    sums: O(k log n), whatever n. It stops when no boundary moves. A centroid that loses all
+    its values stays where it was. Inits (Han et al. 2016, section 3.2): "linear" over
+    [min, max], "density" at evenly spaced quantiles, "random" values drawn with `generator`.
+
+    Example:
+        >>> c, labels = kmeans_1d(torch.tensor([0.0, 0.1, 0.9, 1.0]), 2)
+        >>> [round(v, 2) for v in c.tolist()], labels.tolist()
+        ([0.05, 0.95], [0, 0, 1, 1])
+    """
+    x = values.detach().reshape(-1).double()
+    if k < 1:
+        raise ConfigError(f"k-means needs k >= 1, got {k}")
+    if x.numel() == 0:
+        return torch.zeros(k, dtype=values.dtype), torch.zeros(0, dtype=torch.int64)
+    ordered = torch.sort(x).values
+    prefix = torch.cat((x.new_zeros(1), torch.cumsum(ordered, 0)))
+    centroids = _initial_centroids(x, k, init, generator)
+    edges = torch.zeros(0, dtype=torch.int64)
+    for _ in range(max(1, iterations)):
+        midpoints = (centroids[1:] + centroids[:-1]) / 2
+        # A value equal to a midpoint goes to the lower cluster, as `_assign` does.
+        cut = torch.searchsorted(ordered, midpoints, right=True)
+        new_edges = torch.cat((cut.new_zeros(1), cut, cut.new_full((1,), len(ordered))))
+        if torch.equal(new_edges, edges):
+            break
+        edges = new_edges
+        counts = edges[1:] - edges[:-1]
+        sums = prefix[edges[1:]] - prefix[edges[:-1]]
+        centroids = torch.sort(
+            torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        ).values
+    return centroids.to(values.dtype), _assign(x, centroids)
+
+
+def _initial_centroids(x: Tensor, k: int, init: Init, generator: torch.Generator | None) -> Tensor:
+    if init == "linear":
+        return torch.linspace(float(x.min()), float(x.max()), k, dtype=x.dtype)
+    if init == "density":
+        return torch.quantile(x, torch.linspace(0.0, 1.0, k, dtype=x.dtype))
+    if init == "random":
+        picks = torch.randint(0, x.numel(), (k,), generator=generator)
+        return torch.sort(x[picks]).values
+    raise ConfigError(f"unknown k-means init {init!r} (linear, density, random)")
+
+
+def _assign(x: Tensor, centroids: Tensor) -> Tensor:
+    """Index of the nearest centroid (centroids sorted ascending)."""
+    midpoints = (centroids[1:] + centroids[:-1]) / 2
+    return torch.bucketize(x, midpoints)
+
+
+def cluster_weight(
+    weight: Tensor,
+    bits: int,
+    pruned: Tensor | None = None,
+    init: Init = "linear",
+    iterations: int = 300,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """(codebook [2**bits], uint8 indices in the weight's shape) for one weight tensor.
+
+    Where `pruned` is True the weight is zero: it gets index 0 and codebook[0] == 0, and the
+    other 2**bits - 1 centroids cluster the remaining weights. With no pruned entry all
+    2**bits centroids are free. `codebook[indices]` is the shared weight.
+
+    Example:
+        >>> w = torch.tensor([[0.0, 0.5, -0.5, 0.25]])
+        >>> codebook, idx = cluster_weight(w, 2, pruned=w == 0)
+        >>> codebook.tolist(), idx.tolist()
+        ([0.0, -0.5, 0.25, 0.5], [[0, 3, 1, 2]])
+    """
+    if not 1 <= bits <= 8:
+        raise ConfigError(f"k-means bits={bits} is outside 1-8 (indices are uint8)")
+    flat = weight.detach().reshape(-1)
+    drop = torch.zeros_like(flat, dtype=torch.bool) if pruned is None else pruned.reshape(-1)
+    reserve = bool(drop.any())
+    k = 2**bits - int(reserve)
+    generator = torch.Generator().manual_seed(seed)
+    centroids, labels = kmeans_1d(
+        flat[~drop], k, "linear" if k == 1 else init, iterations, generator
+    )
+    indices = torch.zeros(flat.shape, dtype=torch.uint8)
+    indices[~drop] = (labels + int(reserve)).to(torch.uint8)
+    zero = torch.zeros(int(reserve), dtype=centroids.dtype)
+    codebook = torch.cat((zero, centroids)).to(weight.dtype)
+    return codebook, indices.reshape(weight.shape)
+
+
+def shared_weight(codebook: Tensor, indices: Tensor, zero_code: bool) -> Tensor:
+    """`codebook[indices]`; with `zero_code`, index 0 reads 0 whatever codebook[0] holds.
+
+    Gradients flow to the codebook summed over the weights that share each entry (the
+    paper's centroid update); entry 0 of a zero-coded codebook gets none, so it stays 0.
+    """
+    table = torch.cat((codebook.new_zeros(1), codebook[1:])) if zero_code else codebook
+    return table[indices.to(torch.int64)]

@@ -37,18 +37,22 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from netchisel.calib import Calibration, LayerInputs, Layerwise, run_layerwise
 from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
-from netchisel.core.sequential import calibration_inputs, call_groups, collect_inputs
 from netchisel.core.state import restored_on_error
-from netchisel.quantize.fold import InputScale, divide_outputs, fold_targets, multiply_inputs
-from netchisel.quantize.modules import DynamicInt8Linear
-from netchisel.quantize.ptq import DynamicInt8Config, chosen_linears, swap_linears
-
-CHECK_SAMPLES = 2
-"""Calibration samples a fold is checked on (the model's output must not change)."""
+from netchisel.quantize.dynamic_int8 import DynamicInt8Config
+from netchisel.quantize.fold import (
+    CHECK_SAMPLES,
+    InputScale,
+    divide_outputs,
+    fold_targets,
+    multiply_inputs,
+)
+from netchisel.quantize.formats import DynamicInt8Linear
+from netchisel.quantize.linears import chosen_linears, swap_linears
 
 
 @dataclass(frozen=True)
@@ -110,55 +114,49 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
     stage = config.NAME
     task = ctx.require_task(stage)
     layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    inputs = calibration_inputs(task, config.calibration_samples, device, stage)
-    check = tuple(t[:CHECK_SAMPLES] for t in inputs[0])
-    was_training = model.training
     smoothed: dict[str, str] = {}
     kept: dict[str, Tensor] = {}
+    targets: dict[str, str | None] = {}
+    groups: list[list[str]] = []
+    modules = dict(model.named_modules())
+
+    def find_folds(calibration: Calibration) -> None:
+        groups.extend(calibration.groups)
+        check = calibration.example(CHECK_SAMPLES)
+        targets.update(fold_targets(model, calibration.groups, layers, check))
+
+    def solve(group: dict[str, LayerInputs]) -> None:
+        names = list(group)
+        target = targets.get(names[0])
+        if target is None and config.fold_only:
+            return
+        weight_max = torch.stack([layers[n].weight.detach().abs().amax(0) for n in names]).amax(0)
+        s = smoothing_scales(group[names[0]].abs_max, weight_max, config.alpha)
+        if target is not None:
+            divide_outputs(modules[target], s)
+            smoothed[names[0]] = target
+        for name in names:
+            multiply_inputs(layers[name], s)
+            if target is None:
+                kept[name] = 1.0 / s
+
+    def make(name: str, linear: nn.Linear) -> nn.Module:
+        return InputScale.around(
+            DynamicInt8Linear.from_float(linear, config.activations, config.weights),
+            kept.get(name),
+        )
+
+    # The scales come from the original activations: one pass of the unchanged model.
+    how = Layerwise(stage, config.calibration_samples, sequential=False, gram=False)
     with restored_on_error(model):
-        model.eval()
-        with torch.no_grad():
-            stats = collect_inputs(model, dict(layers), inputs)
-            groups = call_groups(model, layers, check, stage)
-            targets = fold_targets(model, groups, layers, check)
-            modules = dict(model.named_modules())
-            for group in groups:
-                target = targets.get(group[0])
-                if target is None and config.fold_only:
-                    continue
-                weight_max = torch.stack(
-                    [layers[n].weight.detach().abs().amax(0) for n in group]
-                ).amax(0)
-                act_max = stats[group[0]].abs_max
-                if not bool(torch.isfinite(act_max).all()):
-                    raise ModelError(
-                        f"{stage}: layer {group[0]}: the layer's calibration inputs are not "
-                        "finite (inf or NaN)"
-                    )
-                s = smoothing_scales(act_max, weight_max, config.alpha)
-                if target is not None:
-                    divide_outputs(modules[target], s)
-                    smoothed[group[0]] = target
-                for name in group:
-                    multiply_inputs(layers[name], s)
-                    if target is None:
-                        kept[name] = 1.0 / s
-
-        def make(name: str, linear: nn.Linear) -> nn.Module:
-            return InputScale.around(
-                DynamicInt8Linear.from_float(linear, config.activations, config.weights),
-                kept.get(name),
-            )
-
+        run = run_layerwise(model, layers, task, solve, how, ctx, prepare=find_folds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already
             swap_linears(model, config, ctx, make)
-    model.train(was_training)
     ctx.record(
         smoothed=smoothed,
         input_scale_modules=sorted(kept),
         unsmoothed=sorted(n for g in groups for n in g if g[0] not in smoothed and n not in kept),
-        calibration_samples=sum(len(x[0]) for x in inputs),
+        calibration_samples=run.samples,
     )
     return model

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from netchisel.calib.inputs import LayerInputs
 from netchisel.core.errors import ModelError
 
 DAMPING_RETRIES = 6
@@ -87,6 +88,30 @@ def unsolvable(damping: float) -> ModelError:
     )
 
 
+def layer_hessian(seen: LayerInputs) -> Tensor:
+    """H = 2 X^T X / n of what a layer read (the papers' scale).
+
+    Example:
+        >>> seen = LayerInputs.empty(2)
+        >>> seen.add(torch.tensor([[1.0, 0.0], [1.0, 2.0]]), with_gram=True)
+        >>> layer_hessian(seen).tolist()
+        [[2.0, 2.0], [2.0, 4.0]]
+    """
+    if seen.gram is None:
+        raise ValueError("the layer's inputs were measured without their Gram matrix")
+    return 2.0 * seen.gram / seen.tokens
+
+
+def gram_error(delta: Tensor, gram: Tensor) -> float:
+    """||delta X^T||^2 from the Gram matrix X^T X.
+
+    Example:
+        >>> gram_error(torch.tensor([[1.0, 2.0]]), torch.eye(2))
+        5.0
+    """
+    return float(((delta @ gram) * delta).sum())
+
+
 def output_error(before: Tensor, after: Tensor, gram: Tensor) -> float:
     """||(W - W') X^T||^2 / ||W X^T||^2 from the Gram matrix X^T X: the relative output error.
 
@@ -95,7 +120,5 @@ def output_error(before: Tensor, after: Tensor, gram: Tensor) -> float:
         >>> round(output_error(torch.ones(1, 3), torch.tensor([[1.0, 1.0, 0.0]]), x.T @ x), 4)
         0.3333
     """
-    delta = (before - after).float()
-    ref = before.float()
-    total = float(((ref @ gram) * ref).sum())
-    return float(((delta @ gram) * delta).sum()) / total if total > 0 else 0.0
+    total = gram_error(before.float(), gram)
+    return gram_error((before - after).float(), gram) / total if total > 0 else 0.0

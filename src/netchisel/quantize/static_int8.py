@@ -1,0 +1,314 @@
+"""Static int8 (`quantize.static_int8`): int8 weights and int8 activations whose scales are
+calibrated on the task's data, for the convolutions and Linear layers of CNNs and MLPs on x86.
+
+torchao's PT2E flow does the calibration: the model is traced with torch.export, the
+`X86InductorQuantizer` annotates it with its default config (int8 weights, symmetric, one scale
+per output channel; uint8 activations, one scale and zero point per tensor from a histogram
+observer; each BatchNorm folded into the convolution before it), the calibration batches run
+through the observers and `convert_pt2e` produces the int8 weights and the scales.
+
+The converted graph is generated code with no safe file format, so its numbers are put back
+into the model instead: each calibrated `nn.Conv2d` / `nn.Linear` becomes a `StaticInt8Conv2d`
+/ `StaticInt8Linear` (`formats/static_int8.py`: how they run, eager and compiled) holding the
+int8 weight, its scales and its input's scale and zero point, and each folded BatchNorm
+becomes an `nn.Identity`. The model keeps its classes and its forward, so it evaluates,
+profiles (per module) and saves like any other; the artifact holds the int8 weights, and
+`netchisel.load` rebuilds the layers from their buffers and attributes.
+
+Activations are quantized at the input of every int8 layer only; what PT2E also quantizes
+between layers (a residual add's inputs, a pooled tensor) stays in float here, which is at least
+as accurate as the PT2E graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, fx, nn
+
+from netchisel.core.config import StageConfig, check_calibration_samples
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError, ModelError, first_line
+from netchisel.core.logs import TORCHAO_IMPORT_LOGGERS, quiet_loggers
+from netchisel.core.masks import forget_masks
+from netchisel.core.modules import replace_module, select_modules
+from netchisel.core.registry import register
+from netchisel.quantize.formats.static_int8 import (
+    ACT_DTYPE,
+    ACT_MAX,
+    ACT_MIN,
+    W_DTYPE,
+    W_MAX,
+    W_MIN,
+    StaticInt8Conv2d,
+    StaticInt8Linear,
+    StaticInt8Weight,
+)
+
+# -- the stage --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaticInt8Config(StageConfig):
+    """Calibrate int8 activations on `calibration_samples` samples of `calibration_split`.
+
+    `layers` / `exclude` are regexes over Conv2d/Linear layer names (all by default); layers
+    the quantizer leaves out (or that are called more than once) stay in float and are named in
+    the report.
+
+    Example:
+        >>> StaticInt8Config.from_dict({"calibration_samples": 256}).calibration_split
+        'train'
+    """
+
+    NAME: ClassVar[str] = "quantize.static_int8"
+
+    calibration_samples: int = 512
+    calibration_split: str = "train"
+    layers: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        check_calibration_samples(STAGE, self.calibration_samples)
+
+
+STAGE = StaticInt8Config.NAME
+
+
+@register(StaticInt8Config)
+def quantize_static_int8(model: nn.Module, config: StaticInt8Config, ctx: Context) -> nn.Module:
+    """Calibrate with PT2E on the task's data, then swap in the int8 layers (all or nothing)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        raise ConfigError(
+            f"{STAGE}: the int8 kernels are x86 (oneDNN) only, not {platform.machine()}"
+        )
+    if any(t.device.type != "cpu" for t in model.parameters()):
+        raise ConfigError(f"{STAGE}: static int8 runs on the CPU: move the model to 'cpu' first")
+    task = ctx.require_task(STAGE)
+    batches = task.calibration_batches(config.calibration_samples, config.calibration_split)
+    inputs = [tuple(t.cpu() for t in task.inputs_of(b)) for b in batches]
+    inputs = [i for i in inputs if i and len(i[0])]
+    if not inputs:
+        raise ConfigError(
+            f"{STAGE}: the task's {config.calibration_split!r} split gave no calibration samples; "
+            "set calibration_split to a split that has data"
+        )
+    chosen = select_modules(model, (nn.Conv2d, nn.Linear), config.layers, config.exclude)
+    with ctx.progress(f"{STAGE}: calibrating", len(inputs)) as advance:
+        converted, facts = calibrate_pt2e(model, inputs, advance)
+    plan = plan_swaps(model, converted, facts, set(chosen))
+    if not plan.layers:
+        raise ConfigError(
+            f"{STAGE}: no Conv2d or Linear layer could be quantized "
+            f"({'; '.join(plan.skipped[:4]) or 'the model has none'})"
+        )
+    for name, module in {**plan.layers, **plan.identities}.items():
+        replace_module(model, name, module)
+    forget_masks(model, set(plan.layers) | set(plan.identities))
+    ctx.record(
+        quantized_layers=len(plan.layers),
+        folded_batchnorms=len(plan.identities),
+        float_layers=plan.skipped,
+        calibration_samples=sum(len(i[0]) for i in inputs),
+        note=(
+            "int8 kernels (oneDNN) run in eager and, fused, under torch.compile with inductor "
+            "freezing (latency backend 'compile', ~2-4x more than eager); torch.compile "
+            "without freezing runs the dequantized pattern in float (slower than eager)"
+        ),
+    )
+    return model
+
+
+def calibrate_pt2e(
+    model: nn.Module, inputs: Sequence[tuple[Tensor, ...]], advance: Any = None
+) -> tuple[fx.GraphModule, GraphFacts]:
+    """PT2E on a copy of `model`: export, prepare, run `inputs`, convert.
+
+    Returns the converted graph and the facts of the exported graph before quantization that
+    `plan_swaps` needs. `model` is not touched.
+    """
+    prepare_pt2e, convert_pt2e, quantizer = _torchao_pt2e()
+    work = copy.deepcopy(model).eval()
+    dynamic = tuple({0: torch.export.Dim.AUTO} if t.dim() else None for t in inputs[0])
+    try:
+        with torch.no_grad():
+            exported = torch.export.export(work, inputs[0], dynamic_shapes=dynamic).module()
+    except Exception as e:  # torch raises many types for untraceable code
+        raise ModelError(f"{STAGE}: torch.export cannot trace the model: {first_line(e)}") from None
+    facts = graph_facts(exported)
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for batch in inputs:
+            try:
+                prepared(*batch)
+            except Exception as e:
+                raise ModelError(
+                    f"{STAGE}: calibration failed on a batch of shape "
+                    f"{list(batch[0].shape)}: {first_line(e)}"
+                ) from None
+            if advance is not None:
+                advance(1)
+    return convert_pt2e(prepared), facts
+
+
+def _torchao_pt2e() -> tuple[Any, Any, Any]:
+    try:
+        with quiet_loggers(*TORCHAO_IMPORT_LOGGERS):
+            x86 = importlib.import_module(
+                "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer"
+            )
+            pt2e = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
+    except ImportError:
+        raise ConfigError(f"{STAGE} needs torchao: pip install torchao") from None
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    return pt2e.prepare_pt2e, pt2e.convert_pt2e, quantizer
+
+
+# -- from the converted graph back to modules -------------------------------------------------
+
+
+@dataclass
+class SwapPlan:
+    """The int8 layers and the Identity for each folded BatchNorm, by module name."""
+
+    layers: dict[str, nn.Module]
+    identities: dict[str, nn.Module]
+    skipped: list[str]
+
+
+_WEIGHTED = {torch.ops.aten.conv2d.default: nn.Conv2d, torch.ops.aten.linear.default: nn.Linear}
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    """Of the exported float graph: how often each layer is called, and which BatchNorm reads
+    each Conv2d/Linear output (PT2E folds that BatchNorm into the layer's weights)."""
+
+    calls: dict[str, int]
+    bn_after: dict[str, str]
+
+
+def graph_facts(exported: fx.GraphModule) -> GraphFacts:
+    calls: dict[str, int] = {}
+    bn_after: dict[str, str] = {}
+    for node in exported.graph.nodes:
+        name = _module_of(node)
+        if name is None or node.op != "call_function":
+            continue
+        if node.target in _WEIGHTED or _is_batch_norm(node):
+            calls[name] = calls.get(name, 0) + 1
+        source = node.args[0] if node.args else None
+        if _is_batch_norm(node) and isinstance(source, fx.Node) and source.target in _WEIGHTED:
+            layer = _module_of(source)
+            if layer is not None:
+                bn_after[layer] = name
+    return GraphFacts(calls, bn_after)
+
+
+def plan_swaps(
+    model: nn.Module, converted: fx.GraphModule, facts: GraphFacts, chosen: set[str]
+) -> SwapPlan:
+    """Read the int8 weights and scales of each chosen layer from PT2E's converted graph."""
+    remaining = {_module_of(node) for node in converted.graph.nodes}
+    plan = SwapPlan({}, {}, [])
+    for node in converted.graph.nodes:
+        name = _module_of(node)
+        if node.op != "call_function" or node.target not in _WEIGHTED or name not in chosen:
+            continue
+        bn = facts.bn_after.get(name)
+        folded = bn is not None and bn not in remaining
+        shared_bn = folded and facts.calls.get(bn or "", 0) != 1
+        why = _unsupported(model, node, name, facts.calls, shared_bn)
+        if why:
+            plan.skipped.append(f"{name}: {why}")
+            continue
+        plan.layers[name] = _int8_layer(converted, node)
+        if folded and bn is not None:
+            plan.identities[bn] = nn.Identity()
+    missing = sorted(chosen - set(plan.layers) - {s.split(":")[0] for s in plan.skipped})
+    plan.skipped += [f"{n}: not quantized by the x86 quantizer" for n in missing]
+    return plan
+
+
+def _unsupported(
+    model: nn.Module, node: fx.Node, name: str, calls: dict[str, int], shared_bn: bool
+) -> str | None:
+    module = model.get_submodule(name)
+    if not isinstance(module, _WEIGHTED[node.target]):  # type: ignore[index]
+        return f"a {type(module).__name__} calls {node.target}"
+    if calls.get(name, 0) != 1:
+        return "called more than once (its inputs would need several scales)"
+    if shared_bn:
+        return "its BatchNorm is called more than once and cannot be folded away"
+    x, w = node.args[0], node.args[1]
+    if not (_is_op(x, "dequantize_per_tensor") and _is_op(w, "dequantize_per_channel")):
+        return "no int8 input and weight in the calibrated graph"
+    assert isinstance(x, fx.Node) and isinstance(w, fx.Node)
+    if tuple(x.args[3:6]) != (ACT_MIN, ACT_MAX, ACT_DTYPE) or not isinstance(x.args[1], float):
+        return f"activation format {x.args[3:6]} is not uint8 0-255 per tensor"
+    if tuple(w.args[3:7]) != (0, W_MIN, W_MAX, W_DTYPE):
+        return f"weight format {w.args[3:7]} is not int8 per output channel"
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    if tuple(_fetch(node.graph.owning_module, w.args[0]).shape) != tuple(weight.shape):
+        return "the calibrated weight's shape differs from the layer's"
+    return None
+
+
+def _int8_layer(gm: Any, node: fx.Node) -> nn.Module:
+    x, w = node.args[0], node.args[1]
+    assert isinstance(x, fx.Node) and isinstance(w, fx.Node)
+    q, scale = _fetch(gm, w.args[0]), _fetch(gm, w.args[1])
+    bias_node = node.args[2] if len(node.args) > 2 else None
+    bias = _fetch(gm, bias_node) if bias_node is not None else None
+    x_scale, x_zero = float(x.args[1]), int(x.args[2])  # type: ignore[arg-type]
+    layer: StaticInt8Weight
+    if node.target == torch.ops.aten.conv2d.default:
+        defaults: tuple[Any, ...] = ([1, 1], [0, 0], [1, 1], 1)
+        given: tuple[Any, ...] = tuple(node.args[3:])
+        stride, padding, dilation, groups = (*given, *defaults[len(given) :])
+        layer = StaticInt8Conv2d(
+            q,
+            bias,
+            x_scale,
+            x_zero,
+            stride,
+            padding,
+            dilation,
+            groups,
+        )
+    else:
+        layer = StaticInt8Linear(q, bias, x_scale, x_zero)
+    layer.load_int8(q, scale)
+    return layer
+
+
+def _fetch(gm: Any, node: Any) -> Tensor:
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        raise ModelError(f"{STAGE}: expected a constant in the calibrated graph, got {node}")
+    obj = gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part)
+    return obj.detach().clone()  # type: ignore[no-any-return]
+
+
+def _module_of(node: Any) -> str | None:
+    stack = node.meta.get("nn_module_stack") if isinstance(node, fx.Node) else None
+    if not stack:
+        return None
+    return str(list(stack.values())[-1][0])
+
+
+def _is_batch_norm(node: fx.Node) -> bool:
+    return node.op == "call_function" and "batch_norm" in str(node.target)
+
+
+def _is_op(node: Any, name: str) -> bool:
+    return isinstance(node, fx.Node) and str(node.target).startswith(f"quantized_decomposed.{name}")

@@ -1,4 +1,4 @@
-"""k-means weight sharing: the clustering, the modules, the stage and the artifact."""
+"""quantize.kmeans: the stage, its fine-tuning, float16 and the Huffman-coded artifact."""
 
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.task import Task
 from netchisel.prune.unstructured import UnstructuredConfig, prune_unstructured
 from netchisel.quantize import kmeans
-from netchisel.quantize.formats import ClusteredConv, ClusteredLinear
+from netchisel.quantize.formats import ClusteredLinear
 from netchisel.quantize.kmeans import KMeansConfig, quantize_kmeans
-from netchisel.quantize.primitives import QuantSpec, cluster_weight, fake_quantize, kmeans_1d
 from netchisel.zoo import data
 
 
@@ -57,106 +56,6 @@ def fresh(trained: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(trained)
-
-
-# -- k-means on tensors -----------------------------------------------------------------------
-
-
-def test_kmeans_finds_separated_clusters_and_is_deterministic() -> None:
-    g = torch.Generator().manual_seed(0)
-    centers = torch.tensor([-2.0, 0.5, 3.0])
-    x = centers[torch.randint(0, 3, (3000,), generator=g)] + 0.05 * torch.randn(3000, generator=g)
-    c, labels = kmeans_1d(x, 3)
-    assert torch.allclose(c, centers, atol=0.01)
-    assert torch.equal(c[labels], c[(x[:, None] - c).abs().argmin(1)])  # nearest centroid
-    again, _ = kmeans_1d(x, 3)
-    assert torch.equal(c, again)
-
-
-@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
-def test_at_most_2_to_bits_values_and_lower_error_than_uniform(bits: int) -> None:
-    w = torch.randn(300, 64, generator=torch.Generator().manual_seed(bits))
-    codebook, idx = cluster_weight(w, bits)
-    shared = codebook[idx.long()]
-    assert idx.dtype == torch.uint8 and len(codebook) == 2**bits
-    assert torch.unique(shared).numel() <= 2**bits
-    uniform = fake_quantize(w, QuantSpec(bits=bits, symmetric=False, granularity="tensor"))
-    kmeans_err = float((shared - w).pow(2).mean())
-    uniform_err = float((uniform - w).pow(2).mean())
-    # Gaussian weights: k-means moves levels to where the weights are (Lloyd-Max). From the
-    # linear init, tail centroids that catch no weight stay put, so the gain shrinks at 6-8
-    # bits (measured ratios 0.20, 0.31, 0.37, 0.51, 0.86, 0.95 for 2-8 bits).
-    assert kmeans_err < (0.6 if bits <= 5 else 0.97) * uniform_err
-
-
-def test_pruned_zeros_stay_zero_and_take_no_centroid() -> None:
-    w = torch.randn(100, 50, generator=torch.Generator().manual_seed(1))
-    pruned = w.abs() < 1.0  # about 68% pruned
-    w = w * ~pruned
-    codebook, idx = cluster_weight(w, 3, pruned=pruned)
-    assert float(codebook[0]) == 0.0
-    assert torch.equal(idx == 0, pruned)  # index 0 exactly where pruned
-    shared = codebook[idx.long()]
-    assert torch.equal(shared == 0, pruned)
-    # The other seven centroids all hold kept weights (|w| >= 1), none is wasted on zero.
-    assert torch.unique(shared[~pruned]).numel() == 7
-    assert bool((codebook[1:].abs() >= 1.0).all())
-
-
-def test_centroid_gradient_is_the_sum_of_its_weights_gradients() -> None:
-    layer = ClusteredLinear.from_linear(nn.Linear(16, 8), bits=3, pruned=torch.rand(8, 16) < 0.5)
-    x = torch.randn(4, 16)
-    layer(x).pow(2).sum().backward()
-    assert layer.codebook.grad is not None
-    weight = layer.weight.detach().requires_grad_()
-    nn.functional.linear(x, weight, layer.bias.detach()).pow(2).sum().backward()
-    assert weight.grad is not None
-    per_index = torch.zeros(8).index_add_(
-        0, layer.indices.long().reshape(-1), weight.grad.reshape(-1)
-    )
-    per_index[0] = 0.0  # the reserved zero code is not trained
-    assert torch.allclose(layer.codebook.grad, per_index, atol=1e-5)
-
-
-def test_inference_weight_is_gathered_once_until_the_codebook_changes() -> None:
-    layer = ClusteredLinear.from_linear(nn.Linear(8, 4), bits=2)
-    with torch.no_grad():
-        first = layer.weight
-        assert layer.weight is first  # cached
-        layer.load_state_dict({**layer.state_dict(), "codebook": layer.codebook + 1.0})
-        second = layer.weight
-    assert second is not first and torch.equal(second, first + 1.0)
-    assert layer.weight.requires_grad  # with grad enabled it is gathered for training
-
-
-@pytest.mark.parametrize(
-    "conv",
-    [
-        nn.Conv1d(4, 6, 3, padding=1),
-        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=False),
-        nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect"),
-        nn.Conv3d(2, 4, 3, padding="same", dilation=1),
-    ],
-)
-def test_clustered_conv_computes_the_conv_of_its_shared_weight(conv: nn.Module) -> None:
-    layer = ClusteredConv.from_conv(conv, bits=4)  # type: ignore[arg-type]
-    reference = type(conv)(
-        conv.in_channels,  # type: ignore[arg-type]
-        conv.out_channels,  # type: ignore[arg-type]
-        conv.kernel_size,  # type: ignore[arg-type]
-        stride=conv.stride,  # type: ignore[arg-type]
-        padding=conv.padding,  # type: ignore[arg-type]
-        groups=conv.groups,  # type: ignore[arg-type]
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,  # type: ignore[arg-type]
-    )
-    reference.load_state_dict({**conv.state_dict(), "weight": layer.weight.detach()})
-    x = torch.randn(2, conv.in_channels, *([6] * (len(conv.kernel_size))))  # type: ignore[arg-type]
-    assert torch.allclose(layer(x), reference(x), atol=1e-6)
-    assert torch.unique(layer.weight).numel() <= 16
-
-
-# -- the stage --------------------------------------------------------------------------------
 
 
 def test_stage_clusters_every_layer_and_keeps_pruned_zeros(trained: nn.Module, task: Task) -> None:

@@ -71,24 +71,13 @@ def cut(
     guard = restored_on_error(model) if in_place else contextlib.nullcontext()
     try:
         with guard:
-            _apply_checked(target, inputs, units, plan, blocks, expected)
+            _apply_plan(target, inputs, units, plan, blocks)
+            got = output_shapes(run_eval(target, inputs))
+            if got != expected:
+                raise ModelError(f"output shapes {got} differ from the original {expected}")
     except Exception as e:
         _blame(model, inputs, units, plan, blocks, expected, e)
     return target
-
-
-def _apply_checked(
-    model: nn.Module,
-    inputs: tuple[Tensor, ...],
-    units: list[Unit],
-    plan: Plan,
-    blocks: bool,
-    expected: list[tuple[int, ...]],
-) -> None:
-    _apply_plan(model, inputs, units, plan, blocks)
-    got = output_shapes(run_eval(model, inputs))
-    if got != expected:
-        raise ModelError(f"output shapes {got} differ from the original {expected}")
 
 
 def _blame(

@@ -35,7 +35,7 @@ from netchisel.core.masks import Mask, forget_masks, masks_of
 from netchisel.core.modules import nothing_chosen, replace_module, select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
-from netchisel.core.train import TrainConfig, TrainSettings, check_training, fit
+from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.quantize.formats.clustered import ClusteredConv, ClusteredLinear
 from netchisel.quantize.primitives import Init
 
@@ -137,7 +137,12 @@ def quantize_kmeans(model: nn.Module, config: KMeansConfig, ctx: Context) -> nn.
         forget_masks(model, set(new))
         if task is not None:
             before = task.evaluate(model)
-            losses = fit(model, task, _settings(config), ctx)
+            losses = fit(
+                model,
+                task,
+                train_settings(config, config.finetune_steps, config.finetune_epochs or 1.0),
+                ctx,
+            )
             records = {
                 "finetune_steps": len(losses),
                 "final_train_loss": losses[-1],
@@ -219,15 +224,3 @@ def _relative_error(layer: nn.Module, clustered: ClusteredLinear | ClusteredConv
 
 def _distinct(module: ClusteredLinear | ClusteredConv) -> int:
     return int(torch.unique(module.weight.detach()).numel())
-
-
-def _settings(config: KMeansConfig) -> TrainSettings:
-    return TrainSettings(
-        epochs=config.finetune_epochs or 1.0,
-        steps=config.finetune_steps,
-        lr=config.lr,
-        optimizer=config.optimizer,
-        weight_decay=config.weight_decay,
-        schedule=config.lr_schedule,
-        batch_size=config.batch_size,
-    )

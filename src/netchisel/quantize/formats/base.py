@@ -9,8 +9,8 @@ handle) on first use. `kernel_cache` keeps that layout until the buffers change,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,7 @@ class QuantizedLinear(nn.Module):
 
     in_features: int
     out_features: int
+    bias: nn.Parameter | None
 
     def _setup(self, in_features: int, out_features: int, bias: Tensor | None) -> None:
         self.in_features = in_features
@@ -89,32 +90,46 @@ class QuantizedLinear(nn.Module):
         )
 
 
-def conv(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None,
-    stride: Any,
-    padding: Any,
-    dilation: Any,
-    groups: int,
-    padding_mode: str = "zeros",
-    reversed_padding: Sequence[int] | None = None,
-) -> Tensor:
-    """`F.conv1d/2d/3d` (by the weight's rank) with torch's padding modes, as `nn.ConvNd` does.
+class ConvLayer(Protocol):
+    """What a convolution wrapper holds besides its weight (the attributes of `nn.ConvNd`)."""
 
-    `reversed_padding` is torch's `_reversed_padding_repeated_twice`; by default it is made
-    from a numeric `padding`.
+    @property
+    def stride(self) -> Any: ...
+    @property
+    def padding(self) -> Any: ...
+    @property
+    def dilation(self) -> Any: ...
+    @property
+    def groups(self) -> int: ...
+    @property
+    def padding_mode(self) -> str: ...
+    @property
+    def bias(self) -> Tensor | None: ...
+
+
+def conv_forward(layer: ConvLayer, x: Tensor, weight: Tensor) -> Tensor:
+    """`layer`'s convolution of `x` with `weight`: `F.conv1d/2d/3d` (by the weight's rank) with
+    the layer's stride, padding (torch's padding modes too), dilation, groups and bias.
+
+    `layer.reversed_padding`, when the layer has it, is torch's
+    `_reversed_padding_repeated_twice`; otherwise it is made from a numeric `padding`.
 
     Example:
         >>> c = nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect")
         >>> x = torch.randn(1, 1, 5, 5)
-        >>> torch.equal(conv(x, c.weight, c.bias, 1, (1, 1), 1, 1, "reflect"), c(x))
+        >>> torch.equal(conv_forward(c, x, c.weight), c(x))
         True
     """
-    if padding_mode != "zeros":
+    padding: Any = layer.padding
+    if layer.padding_mode != "zeros":
+        reversed_padding = getattr(layer, "reversed_padding", None)
         if reversed_padding is None:
             reversed_padding = [p for p in reversed(padding) for _ in range(2)]
-        x = F.pad(x, tuple(reversed_padding), mode=padding_mode)
+        x = F.pad(x, tuple(reversed_padding), mode=layer.padding_mode)
         padding = 0
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
     op = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 3]
-    return op(x, weight, bias, stride, padding, dilation, groups)
+    out: Tensor = op(
+        x, weight.to(x.dtype), bias, layer.stride, padding, layer.dilation, layer.groups
+    )
+    return out

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from netchisel.quantize.formats.base import conv, kernel_cache
+from netchisel.quantize.formats.base import conv_forward, kernel_cache
 from netchisel.quantize.primitives import Init, cluster_weight, shared_weight
 
 
@@ -156,18 +156,7 @@ class ClusteredConv(ClusteredWeight):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return conv(
-            x,
-            self.weight.to(x.dtype),
-            bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.padding_mode,
-            self.reversed_padding,
-        )
+        return conv_forward(self, x, self.weight)
 
     def extra_repr(self) -> str:
         shape = tuple(self.indices.shape)

@@ -11,6 +11,8 @@ is the format (buffers `packed`, `scale`, `zero`; attributes `bits`, `symmetric`
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
+from typing import Self
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 
 from netchisel.artifact.bits import pack_bits, unpack_bits
 from netchisel.core.errors import ModelError
-from netchisel.quantize.formats.base import QuantizedLinear, conv, kernel_cache
+from netchisel.quantize.formats.base import QuantizedLinear, conv_forward, kernel_cache
 from netchisel.quantize.primitives import (
     DEFAULT_GROUP_SIZE,
     QuantSpec,
@@ -39,6 +41,7 @@ class PackedWeight(nn.Module):
     packed: Tensor
     scale: Tensor
     zero: Tensor
+    bias: nn.Parameter | None
     bits: int
     symmetric: bool
     granularity: str
@@ -66,17 +69,23 @@ class PackedWeight(nn.Module):
         self.register_buffer("scale", torch.ones(scales))
         self.register_buffer("zero", torch.zeros(scales))
 
-    def _store(
-        self, weight: Tensor, q: Tensor | None, scale: Tensor | None, zero: Tensor | None
-    ) -> None:
-        """Pack `q` with its `scale` and `zero`, or round `weight` to nearest when none given."""
+    def _take(
+        self, source: nn.Module, q: Tensor | None, scale: Tensor | None, zero: Tensor | None
+    ) -> Self:
+        """Pack `q` with its `scale` and `zero` (or `source`'s weight rounded to nearest when
+        none are given), take `source`'s bias, and move to its device."""
         spec = self.spec()
+        weight = source.get_parameter("weight")
         if q is None or scale is None or zero is None:
             scale, zero = choose_qparams(weight, spec)
             q = quantize(weight, scale, zero, spec)
         self.packed.copy_(pack_bits(q.detach().cpu(), spec.bits))
         self.scale.copy_(scale.detach().reshape(self.scale.shape))
         self.zero.copy_(zero.detach().reshape(self.zero.shape))
+        bias = getattr(source, "bias", None)
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach().float().clone())
+        return self.to(weight.device)
 
     def dequantized_weight(self) -> Tensor:
         """The float weight the op computes with, in `weight_shape()`."""
@@ -138,15 +147,9 @@ class PackedLinear(PackedWeight, QuantizedLinear):
             linear.in_features,
             linear.out_features,
             linear.bias is not None,
-            spec.bits,
-            spec.symmetric,
-            spec.granularity,
-            spec.group_size,
+            *astuple(spec),  # bits, symmetric, granularity, group_size
         )
-        layer._store(linear.weight, q, scale, zero)
-        if linear.bias is not None:
-            layer.bias = nn.Parameter(linear.bias.detach().float().clone())
-        return layer.to(linear.weight.device)
+        return layer._take(linear, q, scale, zero)
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self._weight()
@@ -219,28 +222,12 @@ class PackedConv2d(PackedWeight):
             conv.groups,
             conv.bias is not None,
             conv.padding_mode,
-            spec.bits,
-            spec.symmetric,
-            spec.granularity,
-            spec.group_size,
+            *astuple(spec),  # bits, symmetric, granularity, group_size
         )
-        layer._store(conv.weight, q, scale, zero)
-        if conv.bias is not None:
-            layer.bias = nn.Parameter(conv.bias.detach().float().clone())
-        return layer.to(conv.weight.device)
+        return layer._take(conv, q, scale, zero)
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return conv(
-            x,
-            self._weight().to(x.dtype),
-            bias,
-            self.stride,
-            self.padding,
-            self.dilation,
-            self.groups,
-            self.padding_mode,
-        )
+        return conv_forward(self, x, self._weight())
 
     def extra_repr(self) -> str:
         return (

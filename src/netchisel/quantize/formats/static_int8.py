@@ -34,6 +34,8 @@ from netchisel.quantize.primitives import QuantSpec, choose_qparams, quantize
 # The x86 (oneDNN) int8 formats: uint8 activations with a zero point, symmetric int8 weights.
 ACT_MIN, ACT_MAX, ACT_DTYPE = 0, 255, torch.uint8
 W_MIN, W_MAX, W_DTYPE = -128, 127, torch.int8
+# oneDNN's output arguments: scale 1 and zero point 0 (no requantization), float32, no fused op.
+_FLOAT_OUTPUT: tuple[Any, ...] = (1.0, 0, torch.float32, "none", [], "")
 
 
 def _decomposed_ops() -> Any:
@@ -111,6 +113,20 @@ class StaticInt8Weight(nn.Module):
 
     def _pack(self) -> Tensor:
         raise NotImplementedError
+
+    def _kernel_args(self, x: Tensor) -> tuple[Any, ...]:
+        """The int8 kernel's first arguments: `x` quantized and its qparams, the packed weight
+        with its scales and (zero) zero points, the bias."""
+        packed, zeros = self._kernel()
+        return (
+            self._quantized_input(x),
+            self.input_scale,
+            self.input_zero_point,
+            packed,
+            self.weight_scale,
+            zeros,
+            self.bias,
+        )
 
     def prepare_kernels(self) -> None:
         """Pack the weight for oneDNN now (otherwise it is packed on the first eager call)."""
@@ -218,25 +234,13 @@ class StaticInt8Conv2d(StaticInt8Weight):
             return y.to(x.dtype)
         x = self._kernel_input(x)
         batched = x if x.dim() == 4 else x.unsqueeze(0)
-        packed, zeros = self._kernel()
         y = torch.ops.onednn.qconv_pointwise(
-            self._quantized_input(batched),
-            self.input_scale,
-            self.input_zero_point,
-            packed,
-            self.weight_scale,
-            zeros,
-            self.bias,
+            *self._kernel_args(batched),
             list(self.stride),
             list(self.padding),
             list(self.dilation),
             self.groups,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            "",
+            *_FLOAT_OUTPUT,
         )
         y = y if x.dim() == 4 else y.squeeze(0)
         return y.to(x.dtype)  # type: ignore[no-any-return]
@@ -280,21 +284,8 @@ class StaticInt8Linear(StaticInt8Weight):
             y = F.linear(self._reference_input(x), self._reference_weight(), self.bias)
             return y.to(x.dtype)
         x = self._kernel_input(x)
-        packed, zeros = self._kernel()
         y = torch.ops.onednn.qlinear_pointwise(
-            self._quantized_input(x.reshape(-1, self.in_features)),
-            self.input_scale,
-            self.input_zero_point,
-            packed,
-            self.weight_scale,
-            zeros,
-            self.bias,
-            1.0,
-            0,
-            torch.float32,
-            "none",
-            [],
-            "",
+            *self._kernel_args(x.reshape(-1, self.in_features)), *_FLOAT_OUTPUT
         )
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # type: ignore[no-any-return]
 

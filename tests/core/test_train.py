@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -88,6 +89,7 @@ def test_fit_without_a_context_seeds_with_zero() -> None:
 
 
 def test_every_training_stage_shares_train_config() -> None:
+    from netchisel.core.finetune import FinetuneConfig
     from netchisel.stages import STAGES
 
     training = sorted(c.NAME for c in STAGES if issubclass(c, TrainConfig))
@@ -106,6 +108,11 @@ def test_every_training_stage_shares_train_config() -> None:
     for config in STAGES:
         fields = config.field_names()
         assert "schedule" not in fields, config.NAME  # one name: lr_schedule
+        assert sorted(fields) == sorted(f.name for f in dataclasses.fields(config))
+    assert FinetuneConfig.field_names() == [
+        *("version", "epochs", "steps"),
+        *("lr", "optimizer", "weight_decay", "lr_schedule", "batch_size"),
+    ]
 
 
 @pytest.mark.parametrize("name", ["finetune", "distill", "prune.gradual", "quantize.qat"])

@@ -6,6 +6,7 @@ train all derive their config from it, so `lr`, `optimizer`, `weight_decay`, `lr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ class TrainConfig(StageConfig):
     weight_decay: float = 0.0
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     batch_size: int | None = None
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """`version`, then the stage's own fields, then the shared training ones (the order an
+        error's list of known keys reads best in)."""
+        shared = [f.name for f in dataclasses.fields(TrainConfig)]
+        own = [n for n in super().field_names() if n not in shared]
+        return [shared[0], *own, *shared[1:]]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, where: str = "") -> Self:

@@ -95,7 +95,12 @@ def reject_unknown(where: str, data: dict[str, Any], known: tuple[str, ...]) -> 
 
 
 def load_model(spec: SourceSpec) -> nn.Module:
-    """The recipe's model: a zoo model (trained reference or fresh), a builder, or an artifact."""
+    """A model (or a teacher): a zoo model (trained reference or fresh), a builder, or an artifact.
+
+    Example:
+        >>> load_model(SourceSpec("zoo", "mlp", {"hidden": [16]}, pretrained=False)).fc1
+        Linear(in_features=64, out_features=16, bias=True)
+    """
     if spec.kind == "artifact":
         return load(spec.ref, trust=spec.trust)
     if spec.kind == "builder":
@@ -108,7 +113,12 @@ def load_model(spec: SourceSpec) -> nn.Module:
 
 
 def load_task(spec: SourceSpec | None, model_spec: SourceSpec, teacher: nn.Module) -> Task | None:
-    """The recipe's task; a zoo model without one gets the task it was trained on."""
+    """The recipe's task; a zoo model without one gets the task it was trained on.
+
+    Example:
+        >>> load_task(None, SourceSpec("zoo", "cnn"), nn.Identity()).name
+        'digits32'
+    """
     from netchisel.zoo import data, train
 
     if spec is None:

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from netchisel.zoo.cache import cache_dir
 from netchisel.zoo.data import (
     TASK_NAMES,
     bytes_per_char,
@@ -21,6 +22,7 @@ from netchisel.zoo.data import (
     text,
     text_fingerprint,
 )
+from netchisel.zoo.mnist1d import mnist1d_arrays, mnist1d_fingerprint, mnist1d_splits
 from netchisel.zoo.models import (
     MODEL_NAMES,
     build,
@@ -32,7 +34,7 @@ from netchisel.zoo.models import (
     mobilenet,
     resnet,
 )
-from netchisel.zoo.train import Recipe, cache_dir, pretrained, recipe, reference_metrics
+from netchisel.zoo.train import Recipe, pretrained, recipe, reference_metrics
 
 __all__ = [
     "MODEL_NAMES",
@@ -48,6 +50,9 @@ __all__ = [
     "minilm",
     "minilm_tokenize",
     "mlp",
+    "mnist1d_arrays",
+    "mnist1d_fingerprint",
+    "mnist1d_splits",
     "mobilenet",
     "non_ascii_fraction",
     "pretrained",

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +31,11 @@ from torch import nn
 
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
-from netchisel.core.files import as_if_created
 from netchisel.core.modules import builder_of
 from netchisel.core.task import Task
 from netchisel.core.train import TrainSettings, fit
+from netchisel.zoo.cache import CACHE_ENV as CACHE_ENV
+from netchisel.zoo.cache import atomic_write, cache_dir, sha256_file
 from netchisel.zoo.data import (
     DIGITS_SIZES,
     DIGITS_SPLIT_SEED,
@@ -46,9 +44,9 @@ from netchisel.zoo.data import (
     text_fingerprint,
 )
 from netchisel.zoo.data import task as zoo_task
+from netchisel.zoo.mnist1d import MNIST1D_LENGTH, mnist1d_fingerprint
 from netchisel.zoo.models import MODEL_NAMES, build
 
-CACHE_ENV = "NETCHISEL_CACHE"
 FORMAT_VERSION = 1
 """Bump when the cache layout or record changes; old entries are then retrained."""
 
@@ -81,25 +79,21 @@ _RECIPES: dict[str, Recipe] = {
         {"batch_size": 32},
     ),
 }
+# The MNIST-1D paper's recipe (github.com/greydanus/mnist1d, notebooks/train.py and the
+# classification notebook): Adam, lr 1e-2, no weight decay, batches of 100, 6,000 steps, a
+# constant learning rate. AdamW with weight decay 0 is Adam. See bench/mnist1d_reference.py.
+MNIST1D_SETTINGS = TrainSettings(steps=6000, lr=1e-2, schedule="constant", weight_decay=0.0)
+for _name in ("mnist1d_logistic", "mnist1d_mlp", "mnist1d_cnn"):
+    _RECIPES[_name] = Recipe("mnist1d", MNIST1D_SETTINGS, {"batch_size": 100})
 TRAINED_NAMES = tuple(_RECIPES)
-
-
-def cache_dir() -> Path:
-    """Where zoo checkpoints live: `$NETCHISEL_CACHE/zoo`, else `~/.cache/netchisel/zoo`.
-
-    Example:
-        >>> cache_dir().name
-        'zoo'
-    """
-    root = os.environ.get(CACHE_ENV) or os.path.join(Path.home(), ".cache", "netchisel")
-    return Path(root) / "zoo"
 
 
 def recipe(name: str, **kwargs: Any) -> Recipe:
     """The training recipe of zoo model `name` built with `kwargs`.
 
     The task follows the model: digits (8x8) for an mlp with 64 inputs or a cnn with
-    image_size 8, digits32 otherwise; text windows of the gpt's block_size.
+    image_size 8, digits32 otherwise; text windows of the gpt's block_size; mnist1d for the
+    mnist1d_* models.
 
     Example:
         >>> recipe("resnet").task
@@ -136,6 +130,12 @@ def recipe(name: str, **kwargs: Any) -> Recipe:
             )
         task_name = "text"
         task_kwargs["block_size"] = full["block_size"]
+    if name.startswith("mnist1d_"):
+        for key, want in (("length", MNIST1D_LENGTH), ("num_classes", 10), ("in_channels", 1)):
+            if full.get(key, want) != want:
+                raise ConfigError(
+                    f"zoo {name} trains on mnist1d: {key} must be {want}, got {full[key]}"
+                )
     if name in ("mlp", "cnn", "resnet", "mobilenet"):
         for key in ("num_classes", "in_channels"):
             want = 10 if key == "num_classes" else 1
@@ -207,6 +207,8 @@ def _data_fingerprint(task_name: str) -> str:
     # The digits ship inside scikit-learn and never change; the text depends on the Python.
     if task_name == "text":
         return f"pydoc-topics:{text_fingerprint()}"
+    if task_name == "mnist1d":
+        return f"mnist1d:{mnist1d_fingerprint()}"
     return f"sklearn-digits:split-seed-{DIGITS_SPLIT_SEED}"
 
 
@@ -242,7 +244,7 @@ def _load(
     record = json.loads(record_path.read_text(encoding="utf-8"))
     if not isinstance(record, dict) or record.get("identity") != identity:
         raise ValueError("record does not describe this model and recipe")
-    if _sha256(weights) != record.get("weights_sha256"):
+    if sha256_file(weights) != record.get("weights_sha256"):
         raise ValueError("weights file does not match its record (truncated or replaced)")
     model = build(name, **full)
     model.load_state_dict(load_file(weights), strict=True)
@@ -293,30 +295,10 @@ def _metrics(model: nn.Module, task: Task, losses: list[float], seconds: float) 
 def _store(model: nn.Module, record: dict[str, Any], weights: Path, record_path: Path) -> None:
     weights.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
-    record = {**record, "weights_sha256": _sha256(weights), "weights_file": weights.name}
+    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp)))
+    record = {**record, "weights_sha256": sha256_file(weights), "weights_file": weights.name}
     text = json.dumps(record, indent=2, sort_keys=True)
-    _atomic_write(record_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        as_if_created(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    atomic_write(record_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def default_task(name: str, **kwargs: Any) -> tuple[str, dict[str, Any]]:

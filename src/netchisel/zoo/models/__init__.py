@@ -12,6 +12,8 @@ and `netchisel.zoo.models.<name>` keep working.
 - `mobilenet`: MobileNetV2 inverted residuals, with a stage table cut down for 32x32 inputs.
 - `gpt`: a nanoGPT-style decoder-only LM with separate q/k/v projections and an untied head.
 - `minilm`: the real pretrained all-MiniLM-L6-v2 (optional `llm` extra), loaded offline.
+- `mnist1d_logistic`, `mnist1d_mlp`, `mnist1d_cnn`: the MNIST-1D paper's models over (N, 1, 40)
+  sequences (`sequence.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from typing import Any
 from torch import nn
 
 from netchisel.core.errors import ConfigError
+from netchisel.zoo.models.sequence import (
+    ResidualMLP,
+    mnist1d_cnn,
+    mnist1d_logistic,
+    mnist1d_mlp,
+)
 from netchisel.zoo.models.text import (
     GPT,
     MLP,
@@ -60,6 +68,7 @@ __all__ = [
     "CausalSelfAttention",
     "InvertedResidual",
     "ResNet",
+    "ResidualMLP",
     "SentenceEmbedder",
     "build",
     "cnn",
@@ -68,11 +77,24 @@ __all__ = [
     "minilm_path",
     "minilm_tokenize",
     "mlp",
+    "mnist1d_cnn",
+    "mnist1d_logistic",
+    "mnist1d_mlp",
     "mobilenet",
     "resnet",
 ]
 
-MODEL_NAMES = ("mlp", "cnn", "resnet", "mobilenet", "gpt", "minilm")
+MODEL_NAMES = (
+    "mlp",
+    "cnn",
+    "resnet",
+    "mobilenet",
+    "gpt",
+    "minilm",
+    "mnist1d_logistic",
+    "mnist1d_mlp",
+    "mnist1d_cnn",
+)
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
@@ -81,6 +103,9 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet": mobilenet,
     "gpt": gpt,
     "minilm": minilm,
+    "mnist1d_logistic": mnist1d_logistic,
+    "mnist1d_mlp": mnist1d_mlp,
+    "mnist1d_cnn": mnist1d_cnn,
 }
 
 

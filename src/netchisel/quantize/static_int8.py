@@ -8,8 +8,8 @@ observer; each BatchNorm folded into the convolution before it), the calibration
 through the observers and `convert_pt2e` produces the int8 weights and the scales.
 
 The converted graph is generated code with no safe file format, so its numbers are put back
-into the model instead: each calibrated `nn.Conv2d` / `nn.Linear` becomes a `StaticInt8Conv2d`
-/ `StaticInt8Linear` (`formats/static_int8.py`: how they run, eager and compiled) holding the
+into the model instead: each calibrated `nn.Conv2d` / `nn.Conv1d` / `nn.Linear` becomes a
+`StaticInt8Conv2d` / `StaticInt8Conv1d` / `StaticInt8Linear` (`formats/static_int8.py`: how they run, eager and compiled) holding the
 int8 weight, its scales and its input's scale and zero point, and each folded BatchNorm
 becomes an `nn.Identity`. The model keeps its classes and its forward, so it evaluates,
 profiles (per module) and saves like any other; the artifact holds the int8 weights, and
@@ -46,6 +46,7 @@ from netchisel.quantize.formats.static_int8 import (
     W_DTYPE,
     W_MAX,
     W_MIN,
+    StaticInt8Conv1d,
     StaticInt8Conv2d,
     StaticInt8Linear,
     StaticInt8Weight,
@@ -58,7 +59,7 @@ from netchisel.quantize.formats.static_int8 import (
 class StaticInt8Config(StageConfig):
     """Calibrate int8 activations on `calibration_samples` samples of `calibration_split`.
 
-    `layers` / `exclude` are regexes over Conv2d/Linear layer names (all by default); layers
+    `layers` / `exclude` are regexes over Conv1d/Conv2d/Linear layer names (all by default); layers
     the quantizer leaves out (or that are called more than once) stay in float and are named in
     the report.
 
@@ -99,13 +100,13 @@ def quantize_static_int8(model: nn.Module, config: StaticInt8Config, ctx: Contex
             f"{STAGE}: the task's {config.calibration_split!r} split gave no calibration samples; "
             "set calibration_split to a split that has data"
         )
-    chosen = select_modules(model, (nn.Conv2d, nn.Linear), config.layers, config.exclude)
+    chosen = select_modules(model, (nn.Conv1d, nn.Conv2d, nn.Linear), config.layers, config.exclude)
     with ctx.progress(f"{STAGE}: calibrating", len(inputs)) as advance:
         converted, facts = calibrate_pt2e(model, inputs, advance)
     plan = plan_swaps(model, converted, facts, set(chosen))
     if not plan.layers:
         raise ConfigError(
-            f"{STAGE}: no Conv2d or Linear layer could be quantized "
+            f"{STAGE}: no Conv1d, Conv2d or Linear layer could be quantized "
             f"({'; '.join(plan.skipped[:4]) or 'the model has none'})"
         )
     for name, module in {**plan.layers, **plan.identities}.items():
@@ -183,7 +184,11 @@ class SwapPlan:
     skipped: list[str]
 
 
-_WEIGHTED = {torch.ops.aten.conv2d.default: nn.Conv2d, torch.ops.aten.linear.default: nn.Linear}
+_WEIGHTED = {
+    torch.ops.aten.conv1d.default: nn.Conv1d,
+    torch.ops.aten.conv2d.default: nn.Conv2d,
+    torch.ops.aten.linear.default: nn.Linear,
+}
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,14 @@ def _int8_layer(gm: Any, node: fx.Node) -> nn.Module:
             dilation,
             groups,
         )
+    elif node.target == torch.ops.aten.conv1d.default:
+        defaults_1d: tuple[Any, ...] = ([1], [0], [1], 1)
+        given_1d: tuple[Any, ...] = tuple(node.args[3:])
+        stride, padding, dilation, groups = (*given_1d, *defaults_1d[len(given_1d) :])
+        layer = StaticInt8Conv1d.from_conv1d_args(
+            q, bias, x_scale, x_zero, stride, padding, dilation, groups
+        )
+        q = q.unsqueeze(2)
     else:
         layer = StaticInt8Linear(q, bias, x_scale, x_zero)
     layer.load_int8(q, scale)

@@ -13,7 +13,7 @@ state-dict keys and attribute names that saved artifacts use do not change.
 | dynamic_int8 | int8, f32 scale per row | `torch._int_mm`, fbgemm | `DynamicInt8Linear` |
 | packed | any 1-8 bits, affine scales | float (simulated) | `PackedLinear`, `PackedConv2d` |
 | clustered | codebook, uint8 indices | float (simulated) | `ClusteredLinear`, `ClusteredConv` |
-| static_int8 | int8, calibrated input qparams | oneDNN | `StaticInt8Linear`, `StaticInt8Conv2d` |
+| static_int8 | int8, calibrated input qparams | oneDNN | `StaticInt8Linear`, `...Conv1d/2d` |
 
 Example:
     >>> from torch import nn
@@ -34,6 +34,7 @@ from netchisel.quantize.formats.int8 import Int8Embedding, Int8WeightOnlyLinear
 from netchisel.quantize.formats.kernels import has_kernel, kernel_qparams, padded_weight
 from netchisel.quantize.formats.packed import PackedConv2d, PackedLinear, PackedWeight
 from netchisel.quantize.formats.static_int8 import (
+    StaticInt8Conv1d,
     StaticInt8Conv2d,
     StaticInt8Linear,
     StaticInt8Weight,
@@ -50,6 +51,7 @@ __all__ = [
     "PackedConv2d",
     "PackedLinear",
     "PackedWeight",
+    "StaticInt8Conv1d",
     "StaticInt8Conv2d",
     "StaticInt8Linear",
     "StaticInt8Weight",

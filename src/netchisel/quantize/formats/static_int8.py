@@ -246,6 +246,68 @@ class StaticInt8Conv2d(StaticInt8Weight):
         return y.to(x.dtype)  # type: ignore[no-any-return]
 
 
+class StaticInt8Conv1d(StaticInt8Conv2d):
+    """A Conv1d as a `StaticInt8Conv2d` of height 1: the weight is stored `(out, in, 1, k)` and
+    the input `(N, C, L)` runs as `(N, C, 1, L)` on the same oneDNN kernel.
+
+    Example:
+        >>> conv = StaticInt8Conv1d.from_float(nn.Conv1d(2, 4, 3, stride=2), input_scale=0.02)
+        >>> conv(torch.rand(3, 2, 9)).shape, list(conv.weight_int8.shape)
+        (torch.Size([3, 4, 4]), [4, 2, 1, 3])
+    """
+
+    @classmethod
+    def from_conv1d_args(
+        cls,
+        weight: Tensor,
+        bias: Tensor | None,
+        input_scale: float,
+        input_zero_point: int,
+        stride: Sequence[int] = (1,),
+        padding: Sequence[int] = (0,),
+        dilation: Sequence[int] = (1,),
+        groups: int = 1,
+    ) -> StaticInt8Conv1d:
+        """The layer for a 3-d Conv1d weight and the Conv1d's 1-element stride, padding,
+        dilation (the int8 weights still to be loaded, 4-d)."""
+        if weight.dim() != 3:
+            raise ModelError(f"StaticInt8Conv1d needs a 3-d weight, got {list(weight.shape)}")
+        return cls(
+            weight.unsqueeze(2),
+            bias,
+            input_scale,
+            input_zero_point,
+            (1, int(stride[0])),
+            (0, int(padding[0])),
+            (1, int(dilation[0])),
+            groups,
+        )
+
+    @classmethod
+    def from_float(  # type: ignore[override]
+        cls, conv: nn.Conv1d, input_scale: float, input_zero_point: int = 0
+    ) -> StaticInt8Conv1d:
+        """Round `conv`'s weight to int8 per output channel; the input qparams are given."""
+        if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
+            raise ModelError("StaticInt8Conv1d.from_float needs numeric zero padding")
+        layer = cls.from_conv1d_args(
+            conv.weight,
+            conv.bias,
+            input_scale,
+            input_zero_point,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+        )
+        q, scale = int8_per_channel(conv.weight)
+        layer.load_int8(q.unsqueeze(2), scale)
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.unsqueeze(-2)).squeeze(-2)
+
+
 class StaticInt8Linear(StaticInt8Weight):
     """A Linear with int8 weights (a scale per output row) and a calibrated uint8 input.
 
@@ -290,7 +352,7 @@ class StaticInt8Linear(StaticInt8Weight):
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)  # type: ignore[no-any-return]
 
 
-STATIC_INT8_MODULES = (StaticInt8Conv2d, StaticInt8Linear)
+STATIC_INT8_MODULES = (StaticInt8Conv2d, StaticInt8Linear)  # StaticInt8Conv1d is a Conv2d
 
 
 def int8_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -312,8 +374,9 @@ def has_static_int8(model: nn.Module) -> bool:
 
 
 def float_twin(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose static int8 layers are float Conv2d/Linear with the dequantized
-    weights (BatchNorms stay folded): the float model the int8 one rounds activations of.
+    """A copy of `model` whose static int8 layers are float Conv1d/Conv2d/Linear with the
+    dequantized weights (BatchNorms stay folded): the float model the int8 one rounds
+    activations of.
 
     Example:
         >>> net = nn.Sequential(StaticInt8Linear.from_float(nn.Linear(4, 2), input_scale=0.1))
@@ -325,8 +388,20 @@ def float_twin(model: nn.Module) -> nn.Module:
         if not isinstance(layer, STATIC_INT8_MODULES):
             continue
         w = layer.dequantized_weight()
-        new: nn.Conv2d | nn.Linear
-        if isinstance(layer, StaticInt8Conv2d):
+        new: nn.Conv1d | nn.Conv2d | nn.Linear
+        if isinstance(layer, StaticInt8Conv1d):
+            new = nn.Conv1d(
+                w.shape[1] * layer.groups,
+                w.shape[0],
+                w.shape[3],
+                layer.stride[1],
+                layer.padding[1],
+                layer.dilation[1],
+                layer.groups,
+                bias=layer.bias is not None,
+            )
+            w = w.squeeze(2)
+        elif isinstance(layer, StaticInt8Conv2d):
             new = nn.Conv2d(
                 w.shape[1] * layer.groups,
                 w.shape[0],

@@ -7,13 +7,13 @@ per output channel; uint8 activations, one scale and zero point per tensor from 
 observer; each BatchNorm folded into the convolution before it), the calibration batches run
 through the observers and `convert_pt2e` produces the int8 weights and the scales.
 
-The converted graph is generated code with no safe file format, so its numbers are put back
-into the model instead: each calibrated `nn.Conv2d` / `nn.Conv1d` / `nn.Linear` becomes a
-`StaticInt8Conv2d` / `StaticInt8Conv1d` / `StaticInt8Linear` (`formats/static_int8.py`: how they run, eager and compiled) holding the
-int8 weight, its scales and its input's scale and zero point, and each folded BatchNorm
-becomes an `nn.Identity`. The model keeps its classes and its forward, so it evaluates,
-profiles (per module) and saves like any other; the artifact holds the int8 weights, and
-`netchisel.load` rebuilds the layers from their buffers and attributes.
+The converted graph is generated code with no safe file format, so its numbers are put back into
+the model instead: each calibrated `nn.Conv2d` / `nn.Conv1d` / `nn.Linear` becomes a
+`StaticInt8Conv2d` / `StaticInt8Conv1d` / `StaticInt8Linear` (`formats/static_int8.py`: how they
+run, eager and compiled) holding the int8 weight, its scales and its input's scale and zero point,
+and each folded BatchNorm becomes an `nn.Identity`. The model keeps its classes and its forward, so
+it evaluates, profiles (per module) and saves like any other; the artifact holds the int8 weights,
+and `netchisel.load` rebuilds the layers from their buffers and attributes.
 
 Activations are quantized at the input of every int8 layer only; what PT2E also quantizes
 between layers (a residual add's inputs, a pooled tensor) stays in float here, which is at least

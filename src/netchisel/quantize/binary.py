@@ -10,7 +10,7 @@ straight through to the latent float weights (zero where `|w| > 1`, as BinaryCon
 the optimizer updates (`core.train.fit`); the scales are recomputed from the latent weights
 every step. After training the layers store their codes packed: a binary weight is 1 bit
 (its sign) and a ternary weight 2 bits (the values 0, 1, 2 for -alpha, 0, +alpha), plus one
-float scale (and a constant zero point) per channel, as `PackedLinear` / `PackedConv2d`. They
+float scale (and a constant zero point) per channel, as `PackedLinear` / `PackedConv1d/2d`. They
 are computed in float (simulated: no xnor/popcount kernel here, no speed-up claimed). The first
 and last layers stay float by default, as in the papers.
 """
@@ -131,8 +131,8 @@ class BinaryConfig(TrainConfig):
       of their output channel become 0.
     - `steps`: training steps with the straight-through estimator; 0 binarizes the weights as
       they are (no training: the post-training baseline).
-    - `keep_first_last`: keep the model's first and last Linear/Conv2d layers in float.
-    - `layers` / `exclude`: regexes over Linear and Conv2d names (default: all of them).
+    - `keep_first_last`: keep the model's first and last Linear/Conv layers in float.
+    - `layers` / `exclude`: regexes over Linear, Conv1d, Conv2d names (default: all of them).
     - `lr`, `optimizer`, `weight_decay`, `lr_schedule`, `batch_size`: the training run.
 
     Example:

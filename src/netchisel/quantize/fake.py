@@ -24,7 +24,7 @@ from netchisel.core.modules import replace_module
 from netchisel.quantize.primitives import QuantSpec, qparams_from_range
 from netchisel.quantize.ste import lsq_fake_quantize, lsq_grad_scale, ste_fake_quantize
 
-FAKE_QUANTIZABLE = (nn.Linear, nn.Conv2d)
+FAKE_QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 class FakeQuantized(nn.Module):
@@ -42,7 +42,9 @@ class FakeQuantized(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(layer, FAKE_QUANTIZABLE):
-            raise TypeError(f"FakeQuantized wraps Linear or Conv2d, not {type(layer).__name__}")
+            raise TypeError(
+                f"FakeQuantized wraps Linear, Conv1d or Conv2d, not {type(layer).__name__}"
+            )
         self.weight = layer.weight
         self.bias = layer.bias
         self.weight_quant = weight_quant
@@ -51,8 +53,8 @@ class FakeQuantized(nn.Module):
         self.__dict__["layer"] = layer
 
     @property
-    def original(self) -> nn.Linear | nn.Conv2d:
-        layer: nn.Linear | nn.Conv2d = self.__dict__["layer"]
+    def original(self) -> nn.Linear | nn.Conv1d | nn.Conv2d:
+        layer: nn.Linear | nn.Conv1d | nn.Conv2d = self.__dict__["layer"]
         return layer
 
     def quantized_weight(self) -> Tensor:

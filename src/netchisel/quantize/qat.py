@@ -1,7 +1,8 @@
 """`quantize.qat`: quantization-aware training, then real stored integers.
 
-The chosen Linear and Conv2d layers compute with fake-quantized weights while the model trains
-through its task (`core.train.fit`); the latent weights stay float. Two ways to get the scales:
+The chosen Linear, Conv1d and Conv2d layers compute with fake-quantized weights while the model
+trains through its task (`core.train.fit`); the latent weights stay float. Two ways to get the
+scales:
 
 - method "ste": every step, the scales of the current weights are chosen as PTQ would choose
   them (`scale_method`), and rounding passes gradients straight through (clipped STE);
@@ -10,10 +11,10 @@ through its task (`core.train.fit`); the latent weights stay float. Two ways to 
 
 After training every wrapper becomes a module holding the integers: Linear layers through
 `formats.quantized_linear` (int8 per channel and int4 in groups of 32-256 run integer kernels;
-other formats become `PackedLinear`), Conv2d layers become `PackedConv2d`. Packed layers are
-stored at their real size but computed in float; the stage records which layers are which.
-With `activation_bits`, each chosen layer's input is fake-quantized too, in training and in the
-converted model; that is simulated (float compute), not an integer activation path.
+other formats become `PackedLinear`), Conv2d/Conv1d layers `PackedConv2d`/`PackedConv1d`. Packed
+layers are stored at their real size but computed in float; the stage records which layers are
+which. With `activation_bits`, each chosen layer's input is fake-quantized too, in training and in
+the converted model; that is simulated (float compute), not an integer activation path.
 
 Written here because torchao's QAT (`FakeQuantizeConfig`, `IntXQuantizationAwareTrainingConfig`)
 covers Linear layers only, converts to its own tensor subclasses (not to our stored formats),
@@ -61,18 +62,18 @@ class QATConfig(WeightQuantConfig, TrainConfig):
     - `bits`, `group_size`, `symmetric`, `per_layer_bits`: the weight format, as in
       `quantize.rtn` (8 bits: per channel, symmetric; below: groups of 128, asymmetric), bits
       2-8. `per_channel: true` gives one scale per output channel at every width instead of
-      groups. Conv2d layers use one scale per output channel unless `group_size` is set (it
-      must then divide `in_channels / groups * kh * kw`).
+      groups. Conv2d and Conv1d layers use one scale per output channel unless `group_size`
+      is set (it must then divide `in_channels / groups * kernel elements`).
     - `method`: "ste" (scales re-chosen every step by `scale_method`) or "lsq" (learned steps,
       initialised by `scale_method`).
     - `activation_bits`: also fake-quantize every chosen layer's input (None: no).
     - `steps`: training steps (0 converts without training: post-training quantization in
-      the same format, Conv2d layers included).
+      the same format, Conv2d and Conv1d layers included).
     - `lr`, `optimizer`, `weight_decay`, `lr_schedule`, `batch_size`: the training run.
       The defaults are SGD (momentum 0.9) at lr 0.01, as in the LSQ paper:
       LSQ's gradient scale assumes SGD, and AdamW's per-parameter normalisation moves small
       8-bit step sizes by their own size in one update.
-    - `layers` / `exclude`: regexes over Linear and Conv2d names (default: all of them).
+    - `layers` / `exclude`: regexes over Linear, Conv1d and Conv2d names (default: all).
 
     Example:
         >>> QATConfig(bits=4, method="lsq").spec_for("fc").group_size
@@ -113,9 +114,10 @@ class QATConfig(WeightQuantConfig, TrainConfig):
         check_training(stage, self.lr, self.batch_size)
 
     def spec_for_layer(self, name: str, layer: nn.Module) -> QuantSpec:
-        """The QuantSpec of one Linear or Conv2d layer."""
+        """The QuantSpec of one Linear, Conv1d or Conv2d layer."""
         spec = self.spec_for(name)
-        if self.per_channel or (isinstance(layer, nn.Conv2d) and self.group_size is None):
+        convolution = isinstance(layer, (nn.Conv1d, nn.Conv2d))
+        if self.per_channel or (convolution and self.group_size is None):
             return QuantSpec(spec.bits, spec.symmetric, "channel")
         return spec
 
@@ -261,10 +263,10 @@ def kernel_report(new: dict[str, nn.Module]) -> dict[str, object]:
 def chosen_layers(
     model: nn.Module, stage: str, layers: tuple[str, ...] | None, exclude: tuple[str, ...]
 ) -> dict[str, nn.Module]:
-    """The Linear and Conv2d layers a training-time quantization stage works on."""
+    """The Linear, Conv1d and Conv2d layers a training-time quantization stage works on."""
     chosen = select_modules(model, FAKE_QUANTIZABLE, layers, exclude)
     if not chosen:
-        raise nothing_chosen(model, FAKE_QUANTIZABLE, stage, "Linear or Conv2d", "quantize")
+        raise nothing_chosen(model, FAKE_QUANTIZABLE, stage, "Linear, Conv1d or Conv2d", "quantize")
     return chosen
 
 

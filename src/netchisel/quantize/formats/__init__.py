@@ -11,7 +11,7 @@ state-dict keys and attribute names that saved artifacts use do not change.
 | int8 | int8, scale per row | `_weight_int8pack_mm` | `Int8WeightOnlyLinear`, `Int8Embedding` |
 | int4 | 4-bit pairs, bf16 scale, zero per group | `_weight_int4pack_mm` | `Int4WeightOnlyLinear` |
 | dynamic_int8 | int8, f32 scale per row | `torch._int_mm`, fbgemm | `DynamicInt8Linear` |
-| packed | any 1-8 bits, affine scales | float (simulated) | `PackedLinear`, `PackedConv2d` |
+| packed | any 1-8 bits, affine scales | float (simulated) | `PackedLinear`, `PackedConv1d/2d` |
 | clustered | codebook, uint8 indices | float (simulated) | `ClusteredLinear`, `ClusteredConv` |
 | static_int8 | int8, calibrated input qparams | oneDNN | `StaticInt8Linear`, `...Conv1d/2d` |
 
@@ -32,7 +32,12 @@ from netchisel.quantize.formats.dynamic_int8 import DynamicInt8Linear
 from netchisel.quantize.formats.int4 import Int4WeightOnlyLinear
 from netchisel.quantize.formats.int8 import Int8Embedding, Int8WeightOnlyLinear
 from netchisel.quantize.formats.kernels import has_kernel, kernel_qparams, padded_weight
-from netchisel.quantize.formats.packed import PackedConv2d, PackedLinear, PackedWeight
+from netchisel.quantize.formats.packed import (
+    PackedConv1d,
+    PackedConv2d,
+    PackedLinear,
+    PackedWeight,
+)
 from netchisel.quantize.formats.static_int8 import (
     StaticInt8Conv1d,
     StaticInt8Conv2d,
@@ -48,6 +53,7 @@ __all__ = [
     "Int4WeightOnlyLinear",
     "Int8Embedding",
     "Int8WeightOnlyLinear",
+    "PackedConv1d",
     "PackedConv2d",
     "PackedLinear",
     "PackedWeight",

@@ -12,7 +12,7 @@ from netchisel.core.errors import ModelError
 from netchisel.quantize.formats.int4 import Int4WeightOnlyLinear
 from netchisel.quantize.formats.int8 import Int8WeightOnlyLinear
 from netchisel.quantize.formats.kernels import has_kernel
-from netchisel.quantize.formats.packed import PackedConv2d, PackedLinear
+from netchisel.quantize.formats.packed import PackedConv1d, PackedConv2d, PackedLinear
 from netchisel.quantize.primitives import QuantSpec
 
 
@@ -43,7 +43,8 @@ def quantized_linear(
 def quantized_layer(
     layer: nn.Module, spec: QuantSpec, q: Tensor, scale: Tensor, zero: Tensor
 ) -> nn.Module:
-    """The stored-integer module for a Linear (a real kernel where one exists) or a Conv2d.
+    """The stored-integer module for a Linear (a real kernel where one exists), a Conv2d or a
+    Conv1d.
 
     Example:
         >>> from netchisel.quantize.primitives import choose_qparams, quantize
@@ -56,4 +57,8 @@ def quantized_layer(
         return quantized_linear(layer, spec, q, scale, zero)
     if isinstance(layer, nn.Conv2d):
         return PackedConv2d.from_float(layer, spec, q, scale, zero)
-    raise ModelError(f"no quantized module for {type(layer).__name__}: only Linear and Conv2d")
+    if isinstance(layer, nn.Conv1d):
+        return PackedConv1d.from_float(layer, spec, q, scale, zero)
+    raise ModelError(
+        f"no quantized module for {type(layer).__name__}: only Linear, Conv1d and Conv2d"
+    )

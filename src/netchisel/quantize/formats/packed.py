@@ -200,16 +200,16 @@ class PackedConv2d(PackedWeight):
     @classmethod
     def from_float(
         cls,
-        conv: nn.Conv2d,
+        conv: nn.Conv1d | nn.Conv2d,
         spec: QuantSpec,
         q: Tensor | None = None,
         scale: Tensor | None = None,
         zero: Tensor | None = None,
-    ) -> PackedConv2d:
+    ) -> Self:
         """Quantize `conv` with `spec` (round to nearest), or take given integers and params."""
         if isinstance(conv.padding, str) and conv.padding_mode != "zeros":
             raise ModelError(
-                f"PackedConv2d: padding={conv.padding!r} with padding_mode={conv.padding_mode!r} "
+                f"{cls.__name__}: padding={conv.padding!r} with padding_mode={conv.padding_mode!r} "
                 "is not supported; use numeric padding"
             )
         layer = cls(
@@ -234,3 +234,17 @@ class PackedConv2d(PackedWeight):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, bits={self.bits}, bias={self.bias is not None}"
         )
+
+
+class PackedConv1d(PackedConv2d):
+    """A Conv1d with `bits`-bit weights packed in a uint8 stream; computed in float (its
+    `kernel_size`, `stride`, `padding`, `dilation` have one element, as the Conv1d's).
+
+    Example:
+        >>> conv = PackedConv1d.from_float(nn.Conv1d(2, 4, 3), QuantSpec(bits=2, symmetric=False))
+        >>> conv.packed.numel(), conv(torch.zeros(1, 2, 5)).shape  # 24 weights x 2 bits
+        (6, torch.Size([1, 4, 3]))
+    """
+
+    def weight_shape(self) -> tuple[int, ...]:
+        return self.out_channels, self.in_channels // self.groups, self.kernel_size[0]

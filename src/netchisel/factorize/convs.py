@@ -102,6 +102,14 @@ def rewrite_convs_(
     layers and why (`skip_reason`, or the reason `rewrite` returned), the totals and the
     BatchNorm samples used.
     """
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        other = [
+            f"{n} ({type(m).__name__})"
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv3d))
+        ]
+        also = f"; its {', '.join(other[:6])} are not supported" if other else ""
+        raise ConfigError(f"{stage}: the model has no nn.Conv2d layer to rewrite{also}")
     chosen = select_modules(model, (nn.Conv2d,), config.layers, config.exclude)
     if not chosen:
         raise ConfigError(f"{stage}: the model has no nn.Conv2d layer to rewrite")

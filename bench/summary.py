@@ -25,6 +25,7 @@ HEADER = (
 SECTIONS = (
     ("flops", "flops"),
     ("zoo_reference", "zoo_reference"),
+    ("mnist1d_reference", "mnist1d_reference"),
     ("latency", "latency"),
     ("prune_structured", "prune_structured"),
     ("prune_unstructured", "prune_unstructured"),

@@ -86,11 +86,12 @@ def _arrays_sha256(arrays: Arrays) -> str:
 
 
 def _identity() -> dict[str, Any]:
+    args = generator_args()  # first: a missing package is the ConfigError naming the extra
     return {
         "format": FORMAT_VERSION,
         "generator": "mnist1d.data.make_dataset",
         "package_version": metadata.version("mnist1d"),
-        "args": generator_args(),
+        "args": args,
     }
 
 

@@ -66,3 +66,11 @@ def test_from_float_matches_the_float_conv1d() -> None:
     layer = StaticInt8Conv1d.from_float(conv, input_scale=1 / 255)
     with torch.no_grad():
         assert relative_error(layer(x), conv(x)) < 0.02
+
+
+def test_exported_conv1d_runs_the_reference_pattern_to_the_same_numbers() -> None:
+    layer = StaticInt8Conv1d.from_float(nn.Conv1d(4, 6, 3, stride=2, padding=1), 1 / 255)
+    x = torch.rand(2, 4, 17)
+    with torch.no_grad():
+        exported = torch.export.export(layer, (x,)).module()
+        torch.testing.assert_close(exported(x), layer(x), rtol=0, atol=1e-6)

@@ -26,6 +26,7 @@ SECTIONS = (
     ("flops", "flops"),
     ("zoo_reference", "zoo_reference"),
     ("mnist1d_reference", "mnist1d_reference"),
+    ("mnist1d_structured", "mnist1d_structured"),
     ("latency", "latency"),
     ("prune_structured", "prune_structured"),
     ("prune_unstructured", "prune_unstructured"),

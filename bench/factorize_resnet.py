@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import saturated_note, write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
 import netchisel as nc
@@ -220,7 +220,7 @@ def render(d: dict[str, Any]) -> str:
             f"| {lat[f'original/{name}@64']['speedup']:.2f} "
             f"| {lat[f'original/{name}@1']['speedup']:.2f} |"
         )
-    return "\n".join([*lines, ""])
+    return "\n".join([*lines, *saturated_note(o["accuracy"]["test"]), ""])
 
 
 if __name__ == "__main__":

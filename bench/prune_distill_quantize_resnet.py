@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import saturated_note, write_result  # bench/ is on sys.path when a script in it runs
 
 from netchisel.artifact.store import load
 from netchisel.measure.latency import compare_latency, make_runner
@@ -161,6 +161,8 @@ def render(d: dict[str, Any]) -> str:
             f" {r['seconds']:.0f} |"
         )
     first, last = stages[0], stages[-1]
+    if first["accuracy"]["test"] is not None:
+        lines += saturated_note(first["accuracy"]["test"])
     lines += [
         "",
         f"Original -> final: {first['bytes_on_disk'] / last['bytes_on_disk']:.1f}x fewer bytes,"

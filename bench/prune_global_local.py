@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS, write_result  # bench/ is on sys.path when a script in it runs
+from common import RESULTS, saturated_note, write_result  # bench/ is on sys.path when run
 from torch import nn
 
 from netchisel.core.context import Context
@@ -269,6 +269,7 @@ def render(d: dict[str, Any]) -> str:
                 f"{rows[a]['test_ft_median']:.2f}" for a in ("local", "global", "sensitivity")
             ]
             lines.append(f"| {100 * sparsity:.0f}% | " + " | ".join(cells) + " |")
+        lines += saturated_note(m["dense"]["test"])
         sens = [r for r in m["rows"] if r["arm"] == "sensitivity"]
         pairs = ", ".join(
             f"{100 * r['sparsity']:.0f}%: {r['predicted_val_loss']:.1f} / "

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import saturated_note, write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
 import netchisel as nc
@@ -288,6 +288,7 @@ def render(d: dict[str, Any]) -> str:
             f" {r['val_accuracy_median']:.2f} |"
         )
     same = d["latency"]["torch_pruning/netchisel@64"]["speedup"]
+    lines += saturated_note(o["accuracy"])
     lines += ["", f"Torch-Pruning / netchisel latency at batch 64: {same:.3f}.", ""]
     return "\n".join(lines)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import saturated_note, write_result  # bench/ is on sys.path when a script in it runs
 
 import netchisel as nc
 from netchisel.artifact.store import artifact_bytes
@@ -221,6 +221,7 @@ def render(d: dict[str, Any]) -> str:
             f" {cell('lsq-2-channel')} | {r['artifact_bytes']:,} | {r['artifact_ratio']:.1%} |"
             f" {codes(r)} |"
         )
+    lines += saturated_note(d["float_test_accuracy"])
     lines += [
         "",
         "| binary / ternary (conv2, conv3; conv1 and Linear float) | test / val % |"
@@ -240,6 +241,7 @@ def render(d: dict[str, Any]) -> str:
             f"| {name} | {cell(name)} | {r['artifact_bytes']:,} | {r['artifact_ratio']:.1%} |"
             f" {codes(r)} |"
         )
+    lines += saturated_note(d["float_test_accuracy"])
     if "lsq-4-a8" in rows:
         lines += [
             "",

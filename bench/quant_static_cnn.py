@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import saturated_note, write_result  # bench/ is on sys.path when a script in it runs
 from torch import Tensor, nn
 
 import netchisel as nc
@@ -290,6 +290,9 @@ def render(d: dict[str, Any]) -> str:
                 f"| {r['method']} | {r['runtime']} | {r['test_accuracy']:.2f} |"
                 f" {r['drop_points']:+.2f} | {size} |"
             )
+        fp32 = [r["test_accuracy"] for r in m["rows"] if r["method"] == "fp32"]
+        if fp32 and m["task"].startswith("digits"):
+            lines += saturated_note(fp32[0])
         lines += [
             "",
             f"Latency, {d['threads']} thread, A/B alternating; speed-up = A / B (median):",

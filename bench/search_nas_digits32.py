@@ -42,7 +42,7 @@ from typing import Any
 import optuna
 import torch
 import yaml
-from common import RESULTS, load_result, write_result  # bench/ is on sys.path when run
+from common import RESULTS, load_result, saturated_note, write_result  # bench/ on sys.path
 from optuna.trial import TrialState
 
 import netchisel as nc
@@ -328,6 +328,7 @@ def render(d: dict[str, Any]) -> str:
             f" {r['latency_ms']:.2f} | {r['remeasured_ms']:.2f} | {r['macs']:,} | {r['params']:,} |"
             f" {r['architecture'].replace('|', chr(92) + '|')} |"
         )
+    lines += saturated_note(max(z["test_accuracy"] for z in d["zoo"].values()))
     lines.append("")
     for name, dom in d["dominance"].items():
         if not dom["dominated"]:

@@ -47,7 +47,7 @@ from typing import Any
 import optuna
 import torch
 import yaml
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import saturated_note, write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
 import netchisel as nc
@@ -268,6 +268,7 @@ def render(d: dict[str, Any]) -> str:
             f" {a['val_mean']:.2f} |"
             f" {a['val_median']:.2f} | {a['test_mean']:.2f} | {a['test_median']:.2f} |"
         )
+    lines += saturated_note(o["test_accuracy"])
     policy = ", ".join(f"{k.replace(chr(92), '')} {v:g}" for k, v in s["best_policy"].items())
     lines += ["", f"Best policy (fraction of channels removed per group): {policy}.", ""]
     lines += [

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import saturated_note  # bench/ is on sys.path when a script in it runs
 
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import builder_of
@@ -162,6 +163,13 @@ def render(d: dict[str, Any]) -> str:
             f"| {name} | {m['params']:,} | {m['task']} | {m['steps']} | {m['train_seconds']:.1f}"
             f" | {val} | {test} |"
         )
+    digits = [
+        m["test"]["accuracy"]
+        for m in d["models"].values()
+        if "test" in m and "accuracy" in m["test"] and m["task"].startswith("digits")
+    ]
+    if digits:
+        lines += saturated_note(max(digits))
     lines.append("")
     return "\n".join(lines)
 

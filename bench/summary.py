@@ -39,6 +39,7 @@ SECTIONS = (
     ("quant_minilm", "quant_minilm"),
     ("quant_dynamic_layers", "quant_dynamic_layers"),
     ("quant_deep_compression", "quant_deep_compression"),
+    ("mnist1d_deep_compression", "mnist1d_deep_compression"),
     ("quant_static_cnn", "quant_static_cnn"),
     ("quant_qat", "quant_qat"),
     ("quant_llm", "quant_llm"),

@@ -49,6 +49,7 @@ SECTIONS = (
     ("distill_gpt", "distill_gpt"),
     ("prune_distill_quantize_cnn", "prune_distill_quantize_resnet"),
     ("prune_distill_quantize_resnet", "prune_distill_quantize_resnet"),
+    ("mnist1d_recipe", "mnist1d_recipe"),
     ("search_tabular", "search_tabular"),
     ("search_nas_digits32", "search_nas_digits32"),
     ("search_policy_resnet", "search_policy_resnet"),

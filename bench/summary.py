@@ -43,6 +43,7 @@ SECTIONS = (
     ("mnist1d_deep_compression", "mnist1d_deep_compression"),
     ("quant_static_cnn", "quant_static_cnn"),
     ("quant_qat", "quant_qat"),
+    ("mnist1d_quant", "mnist1d_quant"),
     ("quant_llm", "quant_llm"),
     ("factorize_gpt", "factorize_gpt"),
     ("factorize_resnet", "factorize_resnet"),

@@ -1,9 +1,12 @@
 """Helpers the benchmarks share: where results go, what machine they came from, reading them
-back, and the one table two sections draw alike."""
+back, the one table two sections draw alike, seed spreads, A/B latency entries, and the
+save-load round trip every bench measures through."""
 
 from __future__ import annotations
 
 import json
+import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -58,3 +61,37 @@ def saturated_note(test_accuracy: float, test_images: int = 270) -> list[str]:
         f" image = {100 / test_images:.2f} points, so differences here are within noise; see the"
         " MNIST-1D sections for measurements that separate methods.",
     ]
+
+
+def spread(values: list[float], by_seed: bool = False) -> dict[str, Any]:
+    """Median, min and max of per-seed values (and the values themselves with `by_seed`)."""
+    out: dict[str, Any] = {"by_seed": list(values)} if by_seed else {}
+    return {**out, "median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def ab_entry(cmp: Any) -> dict[str, Any]:
+    """A `compare_latency` result as the JSON every bench records: ratio, medians, p10-p90."""
+    return {
+        "speedup": cmp.speedup,
+        "a_median_ms": cmp.a.median_ms,
+        "b_median_ms": cmp.b.median_ms,
+        "a_p10_p90_ms": [cmp.a.p10_ms, cmp.a.p90_ms],
+        "b_p10_p90_ms": [cmp.b.p10_ms, cmp.b.p90_ms],
+    }
+
+
+def shipped(model: Any, example_inputs: tuple[Any, ...]) -> tuple[Any, int]:
+    """The model saved as an artifact and loaded back (checked bit-exact on `example_inputs`),
+    and the artifact's bytes: benches measure what a user would ship."""
+    import torch
+
+    import netchisel as nc
+    from netchisel.artifact import artifact_bytes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = nc.save(model, Path(tmp) / "model")
+        loaded = nc.load(directory)
+        with torch.no_grad():
+            same = torch.equal(loaded(*example_inputs), model.eval()(*example_inputs))
+        assert same, "artifact is not bit-exact"
+        return loaded, artifact_bytes(directory)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import ab_entry, write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
 import netchisel as nc
@@ -70,13 +70,7 @@ def latency(models: dict[str, nn.Module], task: Any) -> dict[str, Any]:
             calls_per_round=10 if batch == 1 else 2,
             labels=("original", "svd"),
         )
-        out[f"original/svd@{batch}"] = {
-            "speedup": cmp.speedup,
-            "a_median_ms": cmp.a.median_ms,
-            "b_median_ms": cmp.b.median_ms,
-            "a_p10_p90_ms": [cmp.a.p10_ms, cmp.a.p90_ms],
-            "b_p10_p90_ms": [cmp.b.p10_ms, cmp.b.p90_ms],
-        }
+        out[f"original/svd@{batch}"] = ab_entry(cmp)
         print(f"batch {batch}: original/svd = {cmp.speedup:.3f}", flush=True)
     return out
 

@@ -36,7 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import saturated_note, write_result  # bench/ is on sys.path when a script in it runs
+from common import (  # bench/ is on sys.path when a script in it runs
+    ab_entry,
+    saturated_note,
+    shipped,
+    write_result,
+)
 from torch import nn
 
 import netchisel as nc
@@ -75,17 +80,6 @@ def accuracies(model: nn.Module, task: Any) -> dict[str, float]:
     return {split: task.evaluate(model, split)["accuracy"] for split in ("val", "test")}
 
 
-def shipped(model: nn.Module, task: Any) -> tuple[nn.Module, int]:
-    """The model saved as an artifact and loaded back (checked bit-exact), and its bytes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = nc.save(model, Path(tmp) / "model")
-        loaded = nc.load(directory)
-        x = task.example_inputs(8, split="test")
-        with torch.no_grad():
-            assert torch.equal(loaded(*x), model.eval()(*x)), "artifact is not bit-exact"
-        return loaded, artifact_bytes(directory)
-
-
 def latency(models: dict[str, nn.Module], task: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for batch in BATCHES:
@@ -101,13 +95,7 @@ def latency(models: dict[str, nn.Module], task: Any) -> dict[str, Any]:
                 calls_per_round=20 if batch == 1 else 3,
                 labels=("original", name),
             )
-            out[f"original/{name}@{batch}"] = {
-                "speedup": cmp.speedup,
-                "a_median_ms": cmp.a.median_ms,
-                "b_median_ms": cmp.b.median_ms,
-                "a_p10_p90_ms": [cmp.a.p10_ms, cmp.a.p90_ms],
-                "b_p10_p90_ms": [cmp.b.p10_ms, cmp.b.p90_ms],
-            }
+            out[f"original/{name}@{batch}"] = ab_entry(cmp)
             print(f"batch {batch}: original/{name} = {cmp.speedup:.3f}", flush=True)
     return out
 
@@ -139,7 +127,7 @@ def main() -> None:
         start = time.perf_counter()
         distill(model, RECOVERY, Context(task, teacher=original, quiet=True))
         recovery_seconds = time.perf_counter() - start
-        loaded, size = shipped(model, task)
+        loaded, size = shipped(model, task.example_inputs(8, split="test"))
         recovered[name] = loaded
         rows[name] = {
             "config": config.to_dict(),

@@ -29,14 +29,13 @@ stage that costs accuracy can show it.
 from __future__ import annotations
 
 import copy
-import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import spread, write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
 import netchisel as nc
@@ -119,10 +118,6 @@ def dense_control(dense: nn.Module, seed: int) -> float:
     for _ in range(config.rounds):
         fit(model, task, train_settings(config, config.finetune_steps), ctx)
     return task.evaluate(model, "test")["accuracy"]
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:

@@ -23,12 +23,11 @@ test errors, i.e. 91% of the gap closed. One thread.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import spread, write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
 from netchisel.core.context import Context
@@ -56,10 +55,6 @@ def params(model: nn.Module) -> int:
 def accuracies(model: nn.Module, task: Any) -> dict[str, float]:
     model.eval()
     return {s: task.evaluate(model, s)["accuracy"] for s in ("val", "test")}
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:

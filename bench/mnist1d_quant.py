@@ -22,7 +22,6 @@ sequences (one = 0.1 points). Drop = fp32 test - quantized test (median of seeds
 
 from __future__ import annotations
 
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import spread, write_result  # bench/ is on sys.path when a script in it runs
 from torch.utils.data import Subset
 
 import netchisel as nc
@@ -96,10 +95,6 @@ def run(zoo: str, name: str, config: StageConfig, seed: int, work: Path) -> dict
         "artifact_bytes": artifact_bytes(path),
         "seconds": round(seconds, 2),
     }
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:

@@ -26,13 +26,12 @@ eager and compiled.
 from __future__ import annotations
 
 import dataclasses
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import ab_entry, spread, write_result  # bench/ is on sys.path when a script in it runs
 
 from netchisel.artifact.store import load
 from netchisel.measure.latency import compare_latency, make_runner
@@ -101,13 +100,7 @@ def side_by_side(
                 labels=(a, b),
             )
             key = f"{a}[{ba}]/{b}[{bb}]@{batch}"
-            out[key] = {
-                "speedup": cmp.speedup,
-                "a_median_ms": cmp.a.median_ms,
-                "b_median_ms": cmp.b.median_ms,
-                "a_p10_p90_ms": [cmp.a.p10_ms, cmp.a.p90_ms],
-                "b_p10_p90_ms": [cmp.b.p10_ms, cmp.b.p90_ms],
-            }
+            out[key] = ab_entry(cmp)
             print(f"{key}: {cmp.speedup:.2f}", flush=True)
     return out
 
@@ -121,15 +114,6 @@ COMPILED_PAIRS = [  # seed 0 only: compiling takes a while on a shared machine
     ("original", "eager", "final", "compile"),
     ("original", "compile", "final", "compile"),
 ]
-
-
-def spread(values: list[float]) -> dict[str, Any]:
-    return {
-        "by_seed": values,
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-    }
 
 
 def main() -> None:
@@ -171,16 +155,18 @@ def main() -> None:
         summary.append(
             {
                 "stage": name,
-                "test": spread([p["test"] for p in per]),
-                "val": spread([p["val"] for p in per]),
-                "macs": spread([p["macs"] for p in per]),
-                "params": spread([p["params"] for p in per]),
-                "bytes_on_disk": spread([p["bytes_on_disk"] for p in per]),
-                "report_latency_ms_median": spread([p["latency_ms"]["median"] for p in per]),
+                "test": spread([p["test"] for p in per], by_seed=True),
+                "val": spread([p["val"] for p in per], by_seed=True),
+                "macs": spread([p["macs"] for p in per], by_seed=True),
+                "params": spread([p["params"] for p in per], by_seed=True),
+                "bytes_on_disk": spread([p["bytes_on_disk"] for p in per], by_seed=True),
+                "report_latency_ms_median": spread(
+                    [p["latency_ms"]["median"] for p in per], by_seed=True
+                ),
             }
         )
     speedups = {
-        key: spread([run["latency_side_by_side"][key]["speedup"] for run in runs])
+        key: spread([run["latency_side_by_side"][key]["speedup"] for run in runs], by_seed=True)
         for key in runs[0]["latency_side_by_side"]
         if all(key in run["latency_side_by_side"] for run in runs)
     }

@@ -32,7 +32,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_result
+from common import spread, write_result
 
 from netchisel.core.context import Context
 from netchisel.core.train import TrainSettings, fit
@@ -117,8 +116,7 @@ def netchisel_run(name: str, seed: int, steps: int) -> dict[str, Any]:
 
 
 def summary(runs: list[dict[str, Any]], key: str) -> dict[str, float]:
-    values = [r[key] for r in runs]
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return spread([r[key] for r in runs])
 
 
 def main() -> None:

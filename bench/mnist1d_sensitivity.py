@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import copy
 import re
-import statistics
 import time
 from typing import Any
 
 import torch
-from common import write_result  # bench/ is on sys.path when a script in it runs
+from common import spread, write_result  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
 from netchisel.core.context import Context
@@ -69,10 +68,6 @@ def pruned(
 
 def accuracy(model: nn.Module, task: Task, split: str) -> float:
     return task.evaluate(model, split)["accuracy"]
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def run_model(name: str) -> dict[str, Any]:

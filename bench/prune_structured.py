@@ -36,7 +36,12 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from common import saturated_note, write_result  # bench/ is on sys.path when a script in it runs
+from common import (  # bench/ is on sys.path when a script in it runs
+    ab_entry,
+    saturated_note,
+    shipped,
+    write_result,
+)
 from torch import nn
 
 import netchisel as nc
@@ -68,13 +73,8 @@ def finetuned(model: nn.Module, task: Task, seed: int) -> tuple[nn.Module, float
 
 def shipped_accuracy(model: nn.Module, task: Task) -> tuple[float, int]:
     """Test accuracy of the model saved as an artifact and loaded back, and its bytes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = nc.save(model, Path(tmp) / "model")
-        loaded = nc.load(directory)
-        x = task.example_inputs(8, split="test")
-        with torch.no_grad():
-            assert torch.equal(loaded(*x), model.eval()(*x)), "artifact is not bit-exact"
-        return task.evaluate(loaded, "test")["accuracy"], artifact_bytes(directory)
+    loaded, size = shipped(model, task.example_inputs(8, split="test"))
+    return task.evaluate(loaded, "test")["accuracy"], size
 
 
 def speedups(models: dict[str, nn.Module], task: Task) -> dict[str, Any]:
@@ -99,13 +99,7 @@ def speedups(models: dict[str, nn.Module], task: Task) -> dict[str, Any]:
                 calls_per_round=20 if batch == 1 else 5,
                 labels=(a, b),
             )
-            out[f"{a}/{b}@{batch}"] = {
-                "speedup": cmp.speedup,
-                "a_median_ms": cmp.a.median_ms,
-                "b_median_ms": cmp.b.median_ms,
-                "a_p10_p90_ms": [cmp.a.p10_ms, cmp.a.p90_ms],
-                "b_p10_p90_ms": [cmp.b.p10_ms, cmp.b.p90_ms],
-            }
+            out[f"{a}/{b}@{batch}"] = ab_entry(cmp)
     return out
 
 

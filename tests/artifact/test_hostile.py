@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from netchisel.artifact.store import _file_info, load, save
-from netchisel.core.errors import ArtifactError
+from netchisel.core.errors import ArtifactError, ConfigError
 from netchisel.zoo import models
 
 Manifest = dict[str, Any]
@@ -604,3 +604,21 @@ def test_a_torch_dynamic_quantized_model_is_one_clear_error(tmp_path: Path) -> N
     with pytest.raises(ModelError, match=r"use quantize\.dynamic_int8"):
         save(net, tmp_path / "q")
     assert not (tmp_path / "q").exists()
+
+
+def test_trusting_a_transformers_model_class_trusts_its_library_layers(tmp_path: Path) -> None:
+    """A Hugging Face layer is reached only through a transformers model class the caller
+    trusts (its modelling file, activations and pytorch_utils); remote code never."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.activations import GELUActivation
+
+    directory = save(nn.Sequential(nn.Linear(4, 4), GELUActivation()), tmp_path / "hf")
+    with pytest.raises(ArtifactError, match="GELUActivation', which is not trusted"):
+        load(directory)
+    loaded = load(directory, trust=[transformers.BertModel])
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), loaded[1](loaded[0](x)))
+    assert type(loaded[1]) is GELUActivation
+    with pytest.raises(ConfigError, match="remote code"):
+        load(directory, trust=["transformers_modules.evil:Model"])

@@ -41,6 +41,7 @@ Trusted = object  # a class, a function, or "package.module:name"
 # reaches beyond layers.
 _TORCH_CLASS_PACKAGES = ("torch.nn.modules", "torch.ao.nn")
 _TORCH_FUNCTION_PREFIXES = ("torch.nn.functional:", "torch._C._nn:", "torch:")
+_REMOTE = "transformers_modules"  # where trust_remote_code puts downloaded model code
 _HF_SHARED = ("transformers.activations", "transformers.pytorch_utils")
 _OUR_MODULE = re.compile(r"netchisel(\.[A-Za-z_][A-Za-z0-9_]*)+")
 # Classes that moved since a release saved artifacts naming them: old ref -> new ref. Strings
@@ -141,11 +142,13 @@ class Allowed:
         """
         allowed = cls()
         for item in trust:
+            if isinstance(item, str) and item.startswith(_REMOTE):
+                raise ConfigError(f"trust: {item} is remote code (trust_remote_code): refused")
             obj = _import_trusted(item) if isinstance(item, str) else item
             ref = ref_of(obj)
             if not callable(obj) or ":" not in ref or ref.startswith(":"):
                 raise ConfigError(f"trust: {item!r} is not a class or function")
-            if ref.startswith("transformers_modules"):
+            if ref.startswith(_REMOTE):
                 raise ConfigError(f"trust: {ref} is remote code (trust_remote_code): refused")
             allowed.extra[ref] = obj
             if ref.startswith("transformers.") and isinstance(obj, type):

@@ -5,9 +5,9 @@ The data are generated on this machine by the `mnist1d` package's own generator
 seed 42): 5,000 sequences of length 40, 10 classes, the first 4,000 train and the last 1,000
 test, exactly as the authors split them. The package's `get_dataset` is never called (it
 downloads a pickle). The generator centres and scales the whole set to mean 0 and std 1; the
-sequences are used as it gives them. Checked once (mnist1d 0.0.2.post1, numpy 2.4, scipy
-1.17) against the authors' published `mnist1d_data.pkl`: labels identical, sequences equal
-within 9e-16 (float rounding).
+sequences are used as it gives them. Checked once by hand, not by a test (mnist1d 0.0.2.post1,
+numpy 2.4, scipy 1.17), against the authors' published `mnist1d_data.pkl`: labels identical,
+sequences equal within 9e-16 (float rounding).
 
 Splits (`mnist1d_splits()`): the generator already shuffles the sequences, so the **last 500 of its
 4,000 train sequences are held out as validation**: 3,500 train / 500 val / 1,000 test. The

@@ -53,6 +53,7 @@ SECTIONS = (
     ("prune_distill_quantize_cnn", "prune_distill_quantize_resnet"),
     ("prune_distill_quantize_resnet", "prune_distill_quantize_resnet"),
     ("mnist1d_recipe", "mnist1d_recipe"),
+    ("mnist1d_int8_layers", "mnist1d_int8_layers"),
     ("search_tabular", "search_tabular"),
     ("search_nas_digits32", "search_nas_digits32"),
     ("search_policy_resnet", "search_policy_resnet"),

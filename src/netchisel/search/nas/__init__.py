@@ -18,6 +18,8 @@ from netchisel.search.nas.macro import (
     macro_space,
     tabular_space,
 )
+from netchisel.search.nas.proxies import PROXIES, proxy_score
+from netchisel.search.nas.proxy_rank import prefilter, rank_candidates
 from netchisel.search.space import Space
 
 NAS_SPACES: dict[str, Callable[..., Space]] = {
@@ -30,11 +32,15 @@ __all__ = [
     "CELL_OPS",
     "MOBILENET_KWARGS",
     "NAS_SPACES",
+    "PROXIES",
     "RESNET_KWARGS",
     "TABULAR_KWARGS",
     "cell_net",
     "cell_space",
     "macro_net",
     "macro_space",
+    "prefilter",
+    "proxy_score",
+    "rank_candidates",
     "tabular_space",
 ]

@@ -30,6 +30,7 @@ from netchisel.core.task import (
 )
 from netchisel.core.train import TrainSettings, fit
 from netchisel.distill import distill_
+from netchisel.dynamic import dynamic_
 from netchisel.factorize import factorize_
 from netchisel.measure import Profile, count_flops, measure_latency, profile
 from netchisel.pipeline.recipe import load_recipe
@@ -65,6 +66,7 @@ __all__ = [
     "count_flops",
     "custom_task",
     "distill_",
+    "dynamic_",
     "embedding_task",
     "factorize_",
     "fit",

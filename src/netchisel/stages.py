@@ -8,7 +8,7 @@ in its family plus one line here.
 
 from __future__ import annotations
 
-from netchisel import distill, factorize, prune, quantize
+from netchisel import distill, dynamic, factorize, prune, quantize
 from netchisel.core.config import StageConfig
 from netchisel.core.errors import ConfigError
 from netchisel.core.finetune import EvaluateConfig, FinetuneConfig
@@ -41,6 +41,7 @@ STAGES: tuple[type[StageConfig], ...] = (
     factorize.TuckerConfig,
     factorize.CPConfig,
     factorize.SeparableConfig,
+    dynamic.EarlyExitConfig,
 )
 _BY_NAME = {config.NAME: config for config in STAGES}
 

@@ -27,6 +27,7 @@ FAMILY_ENTRIES = {
     "quantize": "quantize_",
     "factorize": "factorize_",
     "distill": "distill_",
+    "dynamic": "dynamic_",
 }
 
 

@@ -57,6 +57,9 @@ class Profile:
     macs_by_module: dict[str, int]
     flops_by_op: dict[str, int]
     uncounted_ops: tuple[str, ...]
+    # A dynamic model's costs by path (MACs per exit, expected MACs per sample), from its own
+    # `dynamic_costs(example_inputs)` method; None for a static model.
+    dynamic: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-ready)."""
@@ -94,9 +97,13 @@ def profile(
     """Measure `model` on `example_inputs` (a tensor, a tuple of inputs, or a dict of kwargs).
 
     Latency uses `threads` intra-op threads (1 by default, so runs compare) and the batch size
-    of the example inputs; `on_disk` saves the model to a temp artifact to weigh it.
+    of the example inputs; `on_disk` saves the model to a temp artifact to weigh it. FLOPs and
+    MACs are those of this forward; a model whose cost depends on its input (an early-exit
+    model) describes its paths through a `dynamic_costs(example_inputs)` method, whose result
+    is `Profile.dynamic`.
     """
     flops = count_flops(model, example_inputs)
+    dynamic_costs = getattr(model, "dynamic_costs", None)
     sizes = size_stats(model, on_disk=on_disk)
     peak, activations = peak_forward_bytes(model, example_inputs)
     batch = batch_size_of(example_inputs)
@@ -127,4 +134,5 @@ def profile(
         macs_by_module=flops.macs_by_module,
         flops_by_op=flops.flops_by_op,
         uncounted_ops=flops.uncounted_ops,
+        dynamic=dynamic_costs(example_inputs) if callable(dynamic_costs) else None,
     )

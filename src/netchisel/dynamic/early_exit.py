@@ -1,0 +1,263 @@
+"""`dynamic.early_exit`: exit heads after named modules, trained, with calibrated thresholds.
+
+1. Split the backbone after each module in `exits` (`chain.plan_chain`; one line naming the
+   module and the way out where its forward cannot be split there), and attach a head to each.
+2. Train (`fit`, the one training loop):
+   - `training: distill` (default): the backbone is frozen and each head learns the final
+     head's softened distribution (`soft_kl` at `temperature`, plus `alpha` times the labels'
+     cross-entropy), as Shallow-Deep Networks' "IC-only" training (Kaya et al. 2019) keeps the
+     backbone's own accuracy: samples that do not exit get exactly the original outputs.
+   - `training: joint`: everything trains on the weighted sum of every exit's cross-entropy
+     and the final one's (BranchyNet, Teerapittayanon et al. 2016); the backbone changes.
+3. Thresholds: `thresholds:` given (checked against the criterion's range), or calibrated on
+   the `split` (validation) to the least mean MACs within `max_drop` accuracy points of the
+   model without exits (`thresholds.calibrate`). Exits whose threshold never fires on the split
+   are recorded as `never_fire`, not hidden.
+
+The result is an `EarlyExitModel` (the model handed in is its `backbone`); any failure leaves
+the model handed in as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.core.registry import register
+from netchisel.core.state import restored_on_error, seeded
+from netchisel.core.task import Batch, Task
+from netchisel.core.train import TrainConfig, check_training, fit, train_settings
+from netchisel.dynamic.chain import plan_chain
+from netchisel.dynamic.confidence import check_threshold, soft_kl
+from netchisel.dynamic.costs import macs_per_exit, step_and_head_macs
+from netchisel.dynamic.exits import EarlyExitModel
+from netchisel.dynamic.heads import make_head
+from netchisel.dynamic.thresholds import calibrate, outcome_of
+
+STAGE = "dynamic.early_exit"
+
+
+@dataclass(frozen=True)
+class EarlyExitConfig(TrainConfig):
+    """Early exits after the modules named in `exits`, in the order the model runs them.
+
+    - `training`: "distill" (backbone frozen, heads learn the final head's soft targets at
+      `temperature`, with `alpha` weight on the labels) or "joint" (all weights, weighted
+      cross-entropies: `weights` one per exit, default 1 each, and `final_weight`);
+    - `epochs` / `steps`: training length (steps win when given);
+    - `pool`: positions per spatial axis a head pools conv features to (1 = global pooling);
+    - `criterion`: "max_softmax" (exit when the top probability > threshold, in [0, 1]) or
+      "entropy" (exit when the entropy < threshold, in [0, ln C]);
+    - `thresholds`: one per exit to use as given; empty to calibrate them on `split` so that
+      the accuracy stays within `max_drop` points of the model without exits.
+
+    Example:
+        >>> c = EarlyExitConfig.from_dict({"exits": ["layer1", "layer2"], "max_drop": 0.5})
+        >>> c.exits, c.training, c.criterion
+        (('layer1', 'layer2'), 'distill', 'max_softmax')
+    """
+
+    NAME: ClassVar[str] = "dynamic.early_exit"
+
+    exits: tuple[str, ...] = ()
+    training: Literal["distill", "joint"] = "distill"
+    epochs: float = 1.0
+    steps: int | None = None
+    temperature: float = 1.0
+    alpha: float = 0.0
+    weights: tuple[float, ...] = ()
+    final_weight: float = 1.0
+    pool: int = 1
+    criterion: Literal["max_softmax", "entropy"] = "max_softmax"
+    thresholds: tuple[float, ...] = ()
+    max_drop: float = 0.5
+    split: str = "val"
+
+    def validate(self) -> None:
+        check_training(STAGE, self.lr, self.batch_size)
+        if not self.epochs > 0:
+            raise ConfigError(f"{STAGE}: epochs must be > 0, got {self.epochs}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"{STAGE}: steps must be >= 1, got {self.steps}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"{STAGE}: temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"{STAGE}: alpha must be in [0, 1], got {self.alpha}")
+        if self.weights and len(self.weights) != len(self.exits):
+            raise ConfigError(
+                f"{STAGE}: {len(self.weights)} weights for {len(self.exits)} exits; give one "
+                "per exit or none"
+            )
+        for value in (*self.weights, self.final_weight):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{STAGE}: loss weights must be >= 0, got {value}")
+        if self.pool < 1:
+            raise ConfigError(f"{STAGE}: pool must be >= 1, got {self.pool}")
+        if self.thresholds and len(self.thresholds) != len(self.exits):
+            raise ConfigError(
+                f"{STAGE}: {len(self.thresholds)} thresholds for {len(self.exits)} exits; give "
+                "one per exit, or none to calibrate them"
+            )
+        for k, value in enumerate(self.thresholds):  # the upper end is checked per model
+            check_threshold(self.criterion, value, 1 << 30, f"thresholds[{k}]")
+        if not (0.0 <= self.max_drop <= 100.0):
+            raise ConfigError(f"{STAGE}: max_drop must be in [0, 100] points, got {self.max_drop}")
+
+
+def _logits(out: object) -> Tensor:
+    if not isinstance(out, Tensor) or out.dim() != 2 or not out.is_floating_point():
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(
+            f"{STAGE}: the model's output is {shape}; early exit needs a classifier's "
+            "(N, classes) logits"
+        )
+    return out
+
+
+@register(EarlyExitConfig)
+def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Module:
+    """Attach, train and calibrate exits; returns the `EarlyExitModel` around `model`."""
+    if not config.exits:
+        raise ConfigError(f"{STAGE}: exits is empty: name the modules to exit after")
+    task = ctx.require_task(STAGE)
+    if isinstance(model, EarlyExitModel):
+        raise ConfigError(f"{STAGE}: the model already has exits; apply early exit once")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    example = tuple(t.to(device) for t in task.example_inputs(2))
+    chain = plan_chain(model, list(config.exits), example)
+    classes = _logits(chain.output).shape[-1]
+    for k, value in enumerate(config.thresholds):
+        check_threshold(config.criterion, value, classes, f"thresholds[{k}]")
+    with seeded(ctx.seed):
+        heads = [
+            make_head(f, classes, config.pool, name).to(device)
+            for f, name in zip(chain.features, config.exits, strict=True)
+        ]
+    reference = _accuracy(model, task, config.split)
+    with restored_on_error(model):
+        dyn = EarlyExitModel(
+            model, heads, chain.steps, chain.exit_after, [], config.criterion, classes
+        )
+        losses = _train(dyn, config, task, ctx)
+        logits, labels = _outputs(dyn, task, config.split)
+        step_macs, head_macs = step_and_head_macs(dyn, example[0])
+        costs = macs_per_exit(step_macs, head_macs, dyn.exit_after)
+        if config.thresholds:
+            outcome = outcome_of(logits, labels, config.criterion, costs, list(config.thresholds))
+        else:
+            target = reference - config.max_drop
+            found = calibrate(logits, labels, config.criterion, costs, target)
+            if found is None:
+                final = 100.0 * float((logits[-1].argmax(-1) == labels).double().mean())
+                raise ConfigError(
+                    f"{STAGE}: no thresholds meet max_drop={config.max_drop}: with no exit "
+                    f"taken the {config.split} accuracy is {final:.2f}% against "
+                    f"{reference:.2f}% without exits; raise max_drop, or train with "
+                    "training: distill (it keeps the backbone)"
+                )
+            outcome = found
+        thresholds, accuracy = outcome.thresholds, outcome.accuracy
+        fractions, mean = outcome.fractions, outcome.expected_macs
+        dyn.set_thresholds(thresholds)
+        dyn.exit_fractions = fractions
+    dyn.eval()
+    static = sum(step_macs)
+    ctx.record(
+        exits=list(config.exits),
+        steps=len(losses),
+        final_train_loss=losses[-1],
+        thresholds=thresholds,
+        exit_fractions=fractions,
+        macs_per_exit=costs,
+        static_macs=static,
+        expected_macs=mean,
+        mac_reduction=1.0 - mean / static,
+        reference_accuracy=reference,
+        calibrated_accuracy=accuracy,
+        never_fire=[n for n, f in zip(config.exits, fractions, strict=False) if f == 0.0],
+    )
+    return dyn
+
+
+def _accuracy(model: nn.Module, task: Task, split: str) -> float:
+    """Accuracy in percent of `model`'s argmax on a split (the model without exits)."""
+    correct = total = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in task.loader(split):
+                x, y = _labelled(task, batch)
+                correct += int((_logits(model(x)).argmax(-1) == y).sum())
+                total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ConfigError(f"{STAGE}: the {split!r} split is empty; thresholds need data")
+    return 100.0 * correct / total
+
+
+def _labelled(task: Task, batch: Batch) -> tuple[Tensor, Tensor]:
+    inputs = task.inputs_of(batch)
+    if len(batch) < 2 or batch[1].dim() != 1 or batch[1].is_floating_point():
+        raise ConfigError(
+            f"{STAGE}: task {task.name!r} has no class labels; early exit needs a "
+            "classification task"
+        )
+    return inputs[0], batch[1]
+
+
+def _outputs(model: EarlyExitModel, task: Task, split: str) -> tuple[list[Tensor], Tensor]:
+    """Every exit's and the final logits on a split, concatenated, and the labels."""
+    device = next(model.parameters()).device
+    chunks: list[list[Tensor]] = []
+    labels: list[Tensor] = []
+    model.eval()
+    with torch.no_grad():
+        for batch in task.loader(split):
+            x, y = _labelled(task, batch)
+            chunks.append([z.float().cpu() for z in model.all_outputs(x.to(device))])
+            labels.append(y.cpu())
+    return [torch.cat(parts) for parts in zip(*chunks, strict=True)], torch.cat(labels)
+
+
+def _train(model: EarlyExitModel, config: EarlyExitConfig, task: Task, ctx: Context) -> list[float]:
+    weights = list(config.weights) or [1.0] * len(model.heads)
+    distill = config.training == "distill"
+    frozen = [p for p in model.backbone.parameters() if p.requires_grad] if distill else []
+
+    def loss_fn(_: nn.Module, batch: Batch) -> Tensor:
+        x, y = _labelled(task, batch)
+        if distill:
+            model.backbone.eval()  # frozen: BatchNorm statistics and dropout stay as they were
+            with torch.no_grad():
+                features = model.features(x)
+            outs = [head(f) for head, f in zip(model.heads, features, strict=False)]
+            target = features[-1]
+            total = torch.zeros((), device=x.device)
+            for w, out in zip(weights, outs, strict=True):
+                term = (1.0 - config.alpha) * soft_kl(out, target, config.temperature)
+                if config.alpha > 0:
+                    term = term + config.alpha * nn.functional.cross_entropy(out, y)
+                total = total + w * term
+            return total
+        outs = model.all_outputs(x)
+        total = config.final_weight * nn.functional.cross_entropy(outs[-1], y)
+        for w, out in zip(weights, outs, strict=False):
+            total = total + w * nn.functional.cross_entropy(out, y)
+        return total
+
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        settings = train_settings(config, config.steps, config.epochs)
+        return fit(model, task, settings, ctx, loss_fn=loss_fn)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)

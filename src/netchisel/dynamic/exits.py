@@ -1,0 +1,179 @@
+"""The model that really exits: a backbone run step by step, with heads that may stop it.
+
+In eval mode, `forward` runs the backbone's steps up to the first exit, asks that exit's head
+how sure it is, and writes the answers of the samples that are sure enough into the output.
+Only the others go on, as a smaller batch (regrouping), to the next exit and finally to the
+rest of the backbone; at batch 1 a sure sample returns at once and the later layers never run.
+The outputs come back in the samples' original order. This is real computation saved, not a
+simulation: what never runs costs nothing, and `netchisel.measure.count_flops` counts only
+what ran.
+
+In training mode `forward` is the backbone's own output (through the same steps), and
+`all_outputs` gives every exit's logits and the final ones for the training losses.
+
+The backbone is kept whole as the child `backbone` (its state-dict keys gain the prefix
+`backbone.`); the heads are `heads.0`, `heads.1`, ... The split points, criterion,
+thresholds and the exit distribution measured on the validation split are plain attributes,
+so `netchisel.save` / `netchisel.load` keep them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from netchisel.core.errors import ConfigError
+from netchisel.dynamic.chain import run_steps
+from netchisel.dynamic.confidence import CRITERIA, check_threshold, exits_now, never
+from netchisel.dynamic.costs import exit_costs
+
+
+class EarlyExitModel(nn.Module):
+    """A backbone with exit heads after some of its steps and a threshold per exit (none
+    given: every exit off until `set_thresholds`).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> model = EarlyExitModel(net, [nn.Linear(8, 3)], ["0", "1", "2"], [1], [0.5])
+        >>> model.eval()(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        heads: Sequence[nn.Module],
+        steps: list[str],
+        exit_after: list[int],
+        thresholds: list[float],
+        criterion: str = "max_softmax",
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if criterion not in CRITERIA:
+            raise ConfigError(
+                f"dynamic.early_exit: criterion {criterion!r} is not one of {', '.join(CRITERIA)}"
+            )
+        self.backbone = backbone
+        self.heads = nn.ModuleList(heads)
+        self.steps = list(steps)
+        self.exit_after = list(exit_after)
+        self.criterion = criterion
+        self.num_classes = num_classes
+        self.thresholds: list[float] = [never(criterion)] * len(heads)
+        # Fraction of the calibration split that leaves at each exit, then at the end.
+        self.exit_fractions: list[float] = []
+        self.set_thresholds(thresholds or self.thresholds)
+
+    @property
+    def exit_names(self) -> list[str]:
+        """The module after which each exit sits."""
+        return [self.steps[i] for i in self.exit_after]
+
+    def set_thresholds(self, thresholds: list[float]) -> None:
+        """Set one threshold per exit, each checked against the criterion's range.
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+            >>> m = EarlyExitModel(net, [nn.Linear(2, 2)], ["0", "1"], [0], [1.0])
+            >>> m.set_thresholds([2.0])  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            netchisel.core.errors.ConfigError: ...: thresholds[0] = 2.0 is outside [0, 1] ...
+        """
+        values = [float(t) for t in thresholds]
+        if len(values) != len(self.heads):
+            raise ConfigError(
+                f"dynamic.early_exit: {len(values)} thresholds for {len(self.heads)} exits; "
+                "give one per exit"
+            )
+        classes = self.num_classes or 2
+        for k, value in enumerate(values):
+            check_threshold(self.criterion, value, max(classes, 2), f"thresholds[{k}]")
+        self.thresholds = values
+
+    def _segments(self) -> list[list[str]]:
+        """The steps before each exit, then the steps after the last one."""
+        bounds = [0, *(i + 1 for i in self.exit_after), len(self.steps)]
+        return [self.steps[a:b] for a, b in itertools.pairwise(bounds)]
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The backbone's features at every exit, then its output (no head runs).
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+            >>> m = EarlyExitModel(net, [nn.Linear(8, 3)], ["0", "1"], [0], [1.0])
+            >>> [tuple(t.shape) for t in m.features(torch.zeros(2, 4))]
+            [(2, 8), (2, 3)]
+        """
+        out = []
+        for segment in self._segments():
+            x = run_steps(self.backbone, segment, x)
+            out.append(x)
+        return out
+
+    def all_outputs(self, x: Tensor) -> list[Tensor]:
+        """Every exit's logits, then the backbone's output, for the whole batch.
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+            >>> m = EarlyExitModel(net, [nn.Linear(8, 3)], ["0", "1"], [0], [1.0])
+            >>> [tuple(t.shape) for t in m.all_outputs(torch.zeros(2, 4))]
+            [(2, 3), (2, 3)]
+        """
+        features = self.features(x)
+        return [*(head(f) for head, f in zip(self.heads, features, strict=False)), features[-1]]
+
+    def exiting(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs with early exits, and the exit each sample took (len(heads) = the end).
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+            >>> m = EarlyExitModel(net, [nn.Linear(8, 3)], ["0", "1"], [0], [0.0]).eval()
+            >>> m.exiting(torch.zeros(3, 4))[1].tolist()  # threshold 0: everything leaves
+            [0, 0, 0]
+        """
+        n = x.shape[0]
+        segments = self._segments()
+        index = torch.arange(n, device=x.device)
+        taken = torch.full((n,), len(self.heads), dtype=torch.long, device=x.device)
+        out: Tensor | None = None
+        for k, (segment, head) in enumerate(zip(segments, self.heads, strict=False)):
+            x = run_steps(self.backbone, segment, x)
+            logits = head(x)
+            if out is None:
+                out = logits.new_empty((n, *logits.shape[1:]))
+            done = exits_now(logits, self.criterion, self.thresholds[k])
+            if n == 1:  # batch 1: one sync decides, no indexing
+                if bool(done):
+                    out = logits
+                    taken[0] = k
+                    return out, taken
+                continue
+            if bool(done.any()):
+                out[index[done]] = logits[done]
+                taken[index[done]] = k
+                stay = ~done
+                if not bool(stay.any()):
+                    return out, taken
+                x, index = x[stay], index[stay]
+        final = run_steps(self.backbone, segments[-1], x)
+        if out is None or n == 1:
+            return final, taken
+        out[index] = final.to(out.dtype)
+        return out, taken
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return run_steps(self.backbone, self.steps, x)
+        return self.exiting(x)[0]
+
+    def dynamic_costs(self, example_inputs: Any) -> dict[str, Any]:
+        """MACs per sample at each exit and the expected MACs under the calibration split's
+        exit distribution (what `netchisel.measure.profile` reports as `dynamic`)."""
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        return exit_costs(self, inputs[0])

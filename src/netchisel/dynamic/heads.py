@@ -1,0 +1,44 @@
+"""Exit heads: the smallest classifier that reads a backbone's intermediate features.
+
+A conv feature map (N, C, L) or (N, C, H, W) is pooled to `pool` positions per spatial axis
+(global average pooling for `pool=1`, as BranchyNet's and Shallow-Deep Networks' internal
+classifiers reduce features before their linear layer) and fed to one Linear; features that are
+already (N, F) get one Linear. Heads are plain torch layers in an `nn.Sequential`, so they save,
+load and count like any other layer.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from netchisel.core.errors import ConfigError
+
+
+def make_head(feature: Tensor, num_classes: int, pool: int, where: str) -> nn.Sequential:
+    """A head for features shaped like `feature` (a batch), ending in `num_classes` logits.
+
+    Example:
+        >>> import torch
+        >>> head = make_head(torch.zeros(2, 8, 5, 5), 10, 1, "x")
+        >>> head(torch.zeros(3, 8, 5, 5)).shape, sum(p.numel() for p in head.parameters())
+        (torch.Size([3, 10]), 90)
+    """
+    if not isinstance(feature, Tensor) or not feature.is_floating_point():
+        raise ConfigError(
+            f"dynamic.early_exit: the output of {where!r} is a {type(feature).__name__}, not a "
+            "float tensor, so it cannot feed an exit head; choose another module"
+        )
+    shape = tuple(feature.shape)
+    if feature.dim() == 2:
+        return nn.Sequential(nn.Linear(shape[1], num_classes))
+    if feature.dim() not in (3, 4):
+        raise ConfigError(
+            f"dynamic.early_exit: the output of {where!r} has shape {shape}, which cannot feed "
+            "an exit head (it needs (N, features), (N, C, L) or (N, C, H, W)); choose another "
+            "module"
+        )
+    spatial = feature.dim() - 2
+    pooling: nn.Module = (
+        nn.AdaptiveAvgPool1d(pool) if spatial == 1 else nn.AdaptiveAvgPool2d((pool, pool))
+    )
+    return nn.Sequential(pooling, nn.Flatten(), nn.Linear(shape[1] * pool**spatial, num_classes))

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import netchisel as nc
+from netchisel.core.context import Context
+from netchisel.core.errors import ConfigError
+from netchisel.dynamic import EarlyExitConfig, EarlyExitModel, dynamic_
+from netchisel.dynamic.early_exit import early_exit
+from netchisel.stages import get_stage
+from tests.dynamic._nets import conv_chain, labelled_by
+
+FAST = {"steps": 30, "lr": 0.02}
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distill_keeps_the_backbone_and_meets_the_budget() -> None:
+    net = conv_chain()
+    task = labelled_by(net)  # the backbone scores 100% on every split
+    before = _state(net)
+    ctx = Context(task, quiet=True)
+    config = EarlyExitConfig(exits=("1", "3"), max_drop=2.0, **FAST)  # type: ignore[arg-type]
+    model = early_exit(net, config, ctx)
+    assert isinstance(model, EarlyExitModel) and model.backbone is net
+    assert _same(before, _state(net))  # frozen: the samples that stay get the original outputs
+    r = ctx.records
+    assert r["steps"] == 30 and r["reference_accuracy"] == 100.0
+    assert r["calibrated_accuracy"] >= 98.0
+    assert r["macs_per_exit"] == [108, 504, 600] and r["static_macs"] == 576
+    assert sum(r["exit_fractions"]) == pytest.approx(1.0)
+    assert r["expected_macs"] == pytest.approx(
+        sum(c * f for c, f in zip(r["macs_per_exit"], r["exit_fractions"], strict=True))
+    )
+    assert r["expected_macs"] < 600  # some samples do leave early
+    # The model as it runs reproduces the calibration on the split it was calibrated on.
+    assert task.evaluate(model, "val")["accuracy"] == pytest.approx(r["calibrated_accuracy"])
+    x = torch.cat([b[0] for b in task.loader("val")])
+    with torch.no_grad():
+        _, taken = model.exiting(x)
+    counts = torch.bincount(taken, minlength=3).double() / len(x)
+    assert counts.tolist() == pytest.approx(r["exit_fractions"])
+
+
+def test_joint_training_trains_everything_through_fit() -> None:
+    net = conv_chain()
+    task = labelled_by(net)
+    before = _state(net)
+    config = EarlyExitConfig(
+        exits=("1",),
+        training="joint",
+        weights=(0.5,),
+        max_drop=100.0,
+        **FAST,  # type: ignore[arg-type]
+    )
+    model = dynamic_(net, config, task)
+    assert not _same(before, _state(net))
+    assert isinstance(model, EarlyExitModel) and len(model.heads) == 1
+
+
+def test_given_thresholds_are_used_and_never_firing_exits_reported() -> None:
+    net = conv_chain()
+    task = labelled_by(net)
+    ctx = Context(task, quiet=True)
+    config = EarlyExitConfig(exits=("1", "3"), thresholds=(1.0, 0.0), **FAST)  # type: ignore[arg-type]
+    model = early_exit(net, config, ctx)
+    assert model.thresholds == [1.0, 0.0]  # type: ignore[attr-defined]
+    assert ctx.records["exit_fractions"] == [0.0, 1.0, 0.0]
+    assert ctx.records["never_fire"] == ["1"]
+    assert ctx.records["expected_macs"] == 504.0
+
+
+def test_an_unmet_budget_is_one_line_and_leaves_the_model_as_it_was() -> None:
+    net = conv_chain()
+    task = labelled_by(net)
+    before = _state(net)
+    # Joint training with the final head's loss switched off and a large step wrecks the final
+    # head: even with no exit taken, the model is far below the original's 100%.
+    config = EarlyExitConfig(
+        exits=("1",), training="joint", final_weight=0.0, steps=30, lr=0.5, max_drop=0.0
+    )
+    with pytest.raises(ConfigError) as err:
+        dynamic_(net, config, task)
+    message = str(err.value)
+    assert message.startswith("dynamic.early_exit: no thresholds meet max_drop=0.0: with no exit")
+    assert "against 100.00% without exits" in message and "\n" not in message
+    assert _same(before, _state(net))
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"exits": ["1"], "thresholds": [1.5]}, "thresholds[0] = 1.5 is outside [0, 1]"),
+        ({"exits": ["1"], "thresholds": [0.5, 0.5]}, "2 thresholds for 1 exits"),
+        ({"exits": ["1"], "weights": [1, 1]}, "2 weights for 1 exits"),
+        ({"exits": ["1"], "max_drop": -1}, "max_drop must be in [0, 100] points, got -1.0"),
+        ({"exits": ["1"], "pool": 0}, "pool must be >= 1"),
+        ({"exits": ["1"], "criterion": "margin"}, "criterion"),
+    ],
+)
+def test_bad_configs(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        EarlyExitConfig.from_dict(data)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_exits_and_thresholds_leave_the_model_unchanged() -> None:
+    net = conv_chain()
+    task = labelled_by(net)
+    before = _state(net)
+    for config, message in [
+        (EarlyExitConfig(), "dynamic.early_exit: exits is empty: name the modules to exit after"),
+        (EarlyExitConfig(exits=("conv9",)), "exit after 'conv9': the model has no such module"),
+        (
+            EarlyExitConfig(exits=("1",), criterion="entropy", thresholds=(1.2,)),
+            "thresholds[0] = 1.2 is outside [0, 1.099] for entropy",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            dynamic_(net, config, task)
+        assert message in str(err.value), str(err.value)
+        assert _same(before, _state(net))
+    five_d = nn.Sequential(nn.Flatten(), nn.Unflatten(1, (1, 2, 2, 2)), nn.Flatten(), net[5])
+    five_d[3] = nn.Linear(8, 3)
+    with pytest.raises(ConfigError) as err:
+        dynamic_(five_d, EarlyExitConfig(exits=("1",)), task)
+    assert "the output of '1' has shape (2, 1, 2, 2, 2), which cannot feed an exit head" in str(
+        err.value
+    )
+
+
+def test_the_stage_is_in_the_table_and_the_result_saves(tmp_path: Path) -> None:
+    assert get_stage("dynamic.early_exit").config_class is EarlyExitConfig
+    net = conv_chain()
+    task = labelled_by(net)
+    model = nc.dynamic_(net, EarlyExitConfig(exits=("1",), max_drop=2.0, **FAST), task)  # type: ignore[arg-type]
+    loaded = nc.load(nc.save(model, tmp_path / "ee"))
+    x = torch.cat([b[0] for b in task.loader("test")])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.exit_fractions == model.exit_fractions  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="already has exits"):
+        dynamic_(model, EarlyExitConfig(exits=("backbone.1",)), task)
+    with pytest.raises(ConfigError, match="prune_ got EarlyExitConfig, a dynamic stage: call"):
+        nc.prune_(net, EarlyExitConfig(exits=("1",)))  # type: ignore[arg-type]

@@ -103,3 +103,28 @@ def test_missing_dimension_and_bad_space() -> None:
         cell_space(ops=("sep3", "zero"))
     with pytest.raises(ConfigError, match="nodes >= 1"):
         cell_space(nodes=0)
+
+
+def test_sequences_tiny_net_params_and_macs_by_hand(tmp_path: Path) -> None:
+    net = cell_net(**TINY, nodes=1, width=2, reductions=1, num_classes=2, image_size=4, dims=1)
+    # as the 2-D net but the stem's kernel has 3 taps, not 9: 120 - 2 * 6 = 108
+    assert params(net) == 108
+    assert sum(isinstance(m, torch.nn.Conv1d) for m in net.modules()) == 7
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    count = count_flops(net, torch.zeros(1, 1, 4))
+    # stem 4*2*3; normal 2*4*2*2; reduction 2*4*4*2; last: 2*4*2 + 2*4*4; classifier 4*2
+    assert count.macs == 24 + 32 + 64 + 48 + 8 == 176
+    x = torch.randn(3, 1, 4)
+    directory = save(net.eval(), tmp_path / "cells1d")
+    assert read_manifest(directory)["builder"]["kwargs"]["dims"] == 1
+    assert torch.equal(load(directory)(x), net(x))
+
+
+def test_every_op_runs_on_sequences() -> None:
+    for op in CELL_OPS:
+        genotype = {key: (op if "_op" in key else value) for key, value in TINY.items()}
+        net = cell_net(**genotype, nodes=1, width=4, image_size=40, dims=1)
+        assert net(torch.zeros(1, 1, 40)).shape == (1, 10)
+        assert count_flops(net, torch.zeros(1, 1, 40)).uncounted_ops == ()
+    with pytest.raises(ConfigError, match="dims must be 1 .sequences. or 2 .images., got 3"):
+        cell_net(**TINY, nodes=1, dims=3)

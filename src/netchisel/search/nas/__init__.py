@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from netchisel.search.nas.cell_ops import CELL_OPS
 from netchisel.search.nas.cells import cell_net, cell_space
+from netchisel.search.nas.darts import darts_search
+from netchisel.search.nas.darts_config import DartsConfig, DartsResult, EpochRecord
 from netchisel.search.nas.macro import (
     MOBILENET_KWARGS,
     RESNET_KWARGS,
@@ -35,8 +37,12 @@ __all__ = [
     "PROXIES",
     "RESNET_KWARGS",
     "TABULAR_KWARGS",
+    "DartsConfig",
+    "DartsResult",
+    "EpochRecord",
     "cell_net",
     "cell_space",
+    "darts_search",
     "macro_net",
     "macro_space",
     "prefilter",

@@ -14,6 +14,9 @@ Search small, ship large: `cell_net(**candidate)` defaults to one normal cell pe
 width 16; the final model is the same candidate with more `cells_per_stage` and a larger
 `width` (NASNet-A on CIFAR-10 ships as "6 @ 768": 6 normal cells per stage, 768 filters in
 the penultimate layer).
+
+Cells run on images (`dims=2`, the default) or sequences (`dims=1`, e.g. MNIST-1D's (N, 1, 40)):
+the same candidate, with Conv1d/BatchNorm1d/1-D pools in place of the 2-D ones.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
 from netchisel.core.modules import builder, mark_builder
-from netchisel.search.nas.cell_ops import CELL_OPS, cell_op, relu_conv_bn
+from netchisel.search.nas.cell_ops import (
+    CELL_OPS,
+    batch_norm,
+    cell_op,
+    check_dims,
+    conv,
+    global_pool,
+    relu_conv_bn,
+)
 from netchisel.search.space import Dimension, Space, categorical
 
 CELLS_REF = "netchisel.search.nas:cell_net"
@@ -36,6 +47,9 @@ _KEY = re.compile(r"(normal|reduce)(\d+)_(in|op)([12])")
 
 Genotype = tuple[tuple[int, str, int, str], ...]
 """One cell: per node (input 1, op 1, input 2, op 2)."""
+CellPlan = tuple[int, int, int, bool, bool]
+"""One cell of a network: (prev_prev channels, prev channels, channels, reduction,
+reduction_prev)."""
 
 
 def cell_space(nodes: int = 3, ops: Sequence[str] = CELL_OPS) -> Space:
@@ -73,14 +87,13 @@ class Cell(nn.Module):
         channels: int,
         reduction: bool,
         reduction_prev: bool,
+        dims: int = 2,
     ) -> None:
         super().__init__()
-        # After a reduction the older input is twice as large: a strided 1x1 conv matches it.
-        self.pre0 = nn.Sequential(*relu_conv_bn(prev_prev, channels, 1, 2 if reduction_prev else 1))
-        self.pre1 = nn.Sequential(*relu_conv_bn(prev, channels, 1))
+        self.pre0, self.pre1 = preprocess(prev_prev, prev, channels, reduction_prev, dims)
         self.inputs = tuple(i for node in genotype for i in (node[0], node[2]))
         self.ops = nn.ModuleList(
-            cell_op(op, channels, 2 if reduction and i < 2 else 1)
+            cell_op(op, channels, 2 if reduction and i < 2 else 1, dims)
             for node in genotype
             for i, op in ((node[0], node[1]), (node[2], node[3]))
         )
@@ -105,32 +118,54 @@ class CellNet(nn.Module):
         reductions: int,
         in_channels: int,
         num_classes: int,
+        dims: int = 2,
     ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.stem = stem(in_channels, width, dims)
+        plan = cell_plan(cells_per_stage, width, reductions, len(normal))
+        self.cells = nn.ModuleList(
+            Cell(reduce if cell[3] else normal, *cell, dims=dims) for cell in plan
         )
-        nodes = len(normal)
-        cells: list[nn.Module] = []
-        prev_prev, prev, channels, reduction_prev = width, width, width, False
-        for stage in range(reductions + 1):
-            kinds = [False] * cells_per_stage + ([True] if stage < reductions else [])
-            for reduction in kinds:
-                if reduction:
-                    channels *= 2
-                genotype = reduce if reduction else normal
-                cells.append(Cell(genotype, prev_prev, prev, channels, reduction, reduction_prev))
-                prev_prev, prev, reduction_prev = prev, nodes * channels, reduction
-        self.cells = nn.ModuleList(cells)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = global_pool(dims)
         self.flatten = nn.Flatten()
-        self.classifier = nn.Linear(prev, num_classes)
+        self.classifier = nn.Linear(len(normal) * plan[-1][2], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1)
         return self.classifier(self.flatten(self.pool(s1)))  # type: ignore[no-any-return]
+
+
+def stem(in_channels: int, width: int, dims: int) -> nn.Sequential:
+    """The network's first layer: a 3-wide conv to `width` channels and BatchNorm."""
+    return nn.Sequential(conv(dims, in_channels, width, 3), batch_norm(dims, width))
+
+
+def preprocess(
+    prev_prev: int, prev: int, channels: int, reduction_prev: bool, dims: int
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """The two 1x1 ReLU-conv-BN that bring a cell's inputs to `channels` channels."""
+    # After a reduction the older input is twice as large: a strided 1x1 conv matches it.
+    pre0 = nn.Sequential(*relu_conv_bn(prev_prev, channels, 1, 2 if reduction_prev else 1, 1, dims))
+    return pre0, nn.Sequential(*relu_conv_bn(prev, channels, 1, dims=dims))
+
+
+def cell_plan(cells_per_stage: int, width: int, reductions: int, nodes: int) -> list[CellPlan]:
+    """Every cell's channels and kind, in order: stages of normal cells, a reduction between.
+
+    Example:
+        >>> cell_plan(1, 4, 1, 2)
+        [(4, 4, 4, False, False), (4, 8, 8, True, False), (8, 16, 8, False, True)]
+    """
+    plan: list[CellPlan] = []
+    prev_prev, prev, channels, reduction_prev = width, width, width, False
+    for stage in range(reductions + 1):
+        for reduction in [False] * cells_per_stage + ([True] if stage < reductions else []):
+            channels *= 2 if reduction else 1
+            plan.append((prev_prev, prev, channels, reduction, reduction_prev))
+            prev_prev, prev, reduction_prev = prev, nodes * channels, reduction
+    return plan
 
 
 @builder
@@ -142,13 +177,15 @@ def cell_net(
     in_channels: int = 1,
     num_classes: int = 10,
     image_size: int = 32,
+    dims: int = 2,
     **genotype: Any,
 ) -> nn.Module:
     """Build a cell-space candidate: `cell_net(**candidate, cells_per_stage=..., width=...)`.
 
     `genotype` holds the dimensions of `cell_space(nodes)`, all of them. `width` is the
-    channel count of the first stage's nodes (doubled at each reduction); `image_size` only
-    checks that the reductions leave at least one pixel.
+    channel count of the first stage's nodes (doubled at each reduction); `image_size` (the
+    sequence length when `dims=1`) only checks that the reductions leave at least one pixel.
+    `dims` is 2 for images (N, C, H, W), 1 for sequences (N, C, L).
 
     Example:
         >>> import random
@@ -156,7 +193,11 @@ def cell_net(
         >>> net = cell_net(**candidate, nodes=2, width=8, image_size=8)
         >>> net(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 10])
+        >>> seq = cell_net(**candidate, nodes=2, width=4, image_size=40, dims=1)
+        >>> seq(torch.zeros(2, 1, 40)).shape
+        torch.Size([2, 10])
     """
+    check_dims(dims, "cell_net")
     sizes = {"cells_per_stage": cells_per_stage, "width": width, "nodes": nodes}
     sizes |= {"in_channels": in_channels, "num_classes": num_classes}
     for name, value in sizes.items():
@@ -168,8 +209,11 @@ def cell_net(
             f"{2 ** max(reductions, 0)}, got image_size {image_size}"
         )
     normal, reduce = (_genotype(genotype, kind, nodes) for kind in CELL_TYPES)
-    model = CellNet(normal, reduce, cells_per_stage, width, reductions, in_channels, num_classes)
-    kwargs = {**sizes, "reductions": reductions, "image_size": image_size, **genotype}
+    model = CellNet(
+        normal, reduce, cells_per_stage, width, reductions, in_channels, num_classes, dims
+    )
+    kwargs = {**sizes, "reductions": reductions, "image_size": image_size, "dims": dims}
+    kwargs |= genotype
     return mark_builder(model, CELLS_REF, kwargs)
 
 

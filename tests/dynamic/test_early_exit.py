@@ -153,3 +153,48 @@ def test_the_stage_is_in_the_table_and_the_result_saves(tmp_path: Path) -> None:
         dynamic_(model, EarlyExitConfig(exits=("backbone.1",)), task)
     with pytest.raises(ConfigError, match="prune_ got EarlyExitConfig, a dynamic stage: call"):
         nc.prune_(net, EarlyExitConfig(exits=("1",)))  # type: ignore[arg-type]
+
+
+def test_a_recipe_names_the_stage() -> None:
+    from netchisel.pipeline.recipe import parse_recipe
+
+    recipe = parse_recipe(
+        {
+            "model": "mnist1d_cnn",
+            "task": "mnist1d",
+            "stages": [
+                {
+                    "dynamic.early_exit": {
+                        "exits": ["features.relu1", "features.relu2"],
+                        "pool": 4,
+                        "max_drop": 0.5,
+                        "criterion": "entropy",
+                    }
+                }
+            ],
+        }
+    )
+    name, config = recipe.stages[0]
+    assert name == "dynamic.early_exit" and isinstance(config, EarlyExitConfig)
+    assert config.exits == ("features.relu1", "features.relu2")
+    assert (config.pool, config.max_drop, config.criterion) == (4, 0.5, "entropy")
+
+
+def test_recalibrating_sweeps_budgets_without_retraining() -> None:
+    from netchisel.dynamic import calibrate_exits
+
+    net = conv_chain()
+    task = labelled_by(net)
+    model = dynamic_(net, EarlyExitConfig(exits=("1", "3"), max_drop=2.0, **FAST), task)  # type: ignore[arg-type]
+    assert isinstance(model, EarlyExitModel)
+    heads = _state(model.heads)
+    anything = calibrate_exits(model, task, max_drop=100.0)
+    # Any accuracy will do: everything leaves at the cheapest exit.
+    assert anything.outcome.fractions == [1.0, 0.0, 0.0]
+    assert anything.outcome.expected_macs == 108.0 and anything.static_macs == 576
+    assert model.exit_fractions == [1.0, 0.0, 0.0]
+    strict = calibrate_exits(model, task, max_drop=0.0)
+    assert strict.outcome.accuracy == 100.0
+    assert strict.outcome.expected_macs >= anything.outcome.expected_macs
+    assert task.evaluate(model, "val")["accuracy"] == 100.0
+    assert _same(heads, _state(model.heads))

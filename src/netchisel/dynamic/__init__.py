@@ -24,10 +24,10 @@ from torch import nn
 
 from netchisel.core.registry import apply_stage
 from netchisel.core.task import Task
-from netchisel.dynamic.early_exit import EarlyExitConfig
+from netchisel.dynamic.early_exit import Calibration, EarlyExitConfig, calibrate_exits
 from netchisel.dynamic.exits import EarlyExitModel
 
-__all__ = ["EarlyExitConfig", "EarlyExitModel", "dynamic_"]
+__all__ = ["Calibration", "EarlyExitConfig", "EarlyExitModel", "calibrate_exits", "dynamic_"]
 
 
 def dynamic_(

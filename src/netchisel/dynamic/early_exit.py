@@ -38,7 +38,7 @@ from netchisel.dynamic.confidence import check_threshold, soft_kl
 from netchisel.dynamic.costs import macs_per_exit, step_and_head_macs
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.heads import make_head
-from netchisel.dynamic.thresholds import calibrate, outcome_of
+from netchisel.dynamic.thresholds import Outcome, calibrate, outcome_of
 
 STAGE = "dynamic.early_exit"
 
@@ -110,6 +110,16 @@ class EarlyExitConfig(TrainConfig):
             raise ConfigError(f"{STAGE}: max_drop must be in [0, 100] points, got {self.max_drop}")
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds set on a model and what they do on the split: the `outcome`, the MACs per
+    sample at each exit and at the end (`costs`), and the backbone's alone (`static_macs`)."""
+
+    outcome: Outcome
+    costs: list[int]
+    static_macs: int
+
+
 def _logits(out: object) -> Tensor:
     if not isinstance(out, Tensor) or out.dim() != 2 or not out.is_floating_point():
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -145,44 +155,80 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
             model, heads, chain.steps, chain.exit_after, [], config.criterion, classes
         )
         losses = _train(dyn, config, task, ctx)
-        logits, labels = _outputs(dyn, task, config.split)
-        step_macs, head_macs = step_and_head_macs(dyn, example[0])
-        costs = macs_per_exit(step_macs, head_macs, dyn.exit_after)
-        if config.thresholds:
-            outcome = outcome_of(logits, labels, config.criterion, costs, list(config.thresholds))
-        else:
-            target = reference - config.max_drop
-            found = calibrate(logits, labels, config.criterion, costs, target)
-            if found is None:
-                final = 100.0 * float((logits[-1].argmax(-1) == labels).double().mean())
-                raise ConfigError(
-                    f"{STAGE}: no thresholds meet max_drop={config.max_drop}: with no exit "
-                    f"taken the {config.split} accuracy is {final:.2f}% against "
-                    f"{reference:.2f}% without exits; raise max_drop, or train with "
-                    "training: distill (it keeps the backbone)"
-                )
-            outcome = found
-        thresholds, accuracy = outcome.thresholds, outcome.accuracy
-        fractions, mean = outcome.fractions, outcome.expected_macs
-        dyn.set_thresholds(thresholds)
-        dyn.exit_fractions = fractions
+        calibration = calibrate_exits(
+            dyn,
+            task,
+            max_drop=config.max_drop,
+            reference=reference,
+            split=config.split,
+            thresholds=list(config.thresholds) or None,
+        )
     dyn.eval()
-    static = sum(step_macs)
+    outcome = calibration.outcome
     ctx.record(
         exits=list(config.exits),
         steps=len(losses),
         final_train_loss=losses[-1],
-        thresholds=thresholds,
-        exit_fractions=fractions,
-        macs_per_exit=costs,
-        static_macs=static,
-        expected_macs=mean,
-        mac_reduction=1.0 - mean / static,
+        thresholds=outcome.thresholds,
+        exit_fractions=outcome.fractions,
+        macs_per_exit=calibration.costs,
+        static_macs=calibration.static_macs,
+        expected_macs=outcome.expected_macs,
+        mac_reduction=1.0 - outcome.expected_macs / calibration.static_macs,
         reference_accuracy=reference,
-        calibrated_accuracy=accuracy,
-        never_fire=[n for n, f in zip(config.exits, fractions, strict=False) if f == 0.0],
+        calibrated_accuracy=outcome.accuracy,
+        never_fire=[n for n, f in zip(config.exits, outcome.fractions, strict=False) if f == 0.0],
     )
     return dyn
+
+
+def calibrate_exits(
+    model: EarlyExitModel,
+    task: Task,
+    *,
+    max_drop: float = 0.5,
+    reference: float | None = None,
+    split: str = "val",
+    thresholds: list[float] | None = None,
+) -> Calibration:
+    """Set `model`'s thresholds (in place) to the least mean MACs whose accuracy on `split` is
+    within `max_drop` points of `reference` (default: the backbone alone on `split`), or to
+    the `thresholds` given; records the exit fractions on `split` for the expected MACs.
+
+    The heads are not retrained, so a sweep over budgets costs one pass over the split each.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> from netchisel.core.task import classification_task
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> data = TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
+        >>> task = classification_task({"val": data})
+        >>> m = EarlyExitModel(net, [nn.Linear(2, 2)], ["0", "1"], [0], [], num_classes=2)
+        >>> calibrate_exits(m, task, thresholds=[1.0]).outcome.fractions  # 1.0: never exits
+        [0.0, 1.0]
+    """
+    if reference is None:
+        reference = _accuracy(model.backbone, task, split)
+    logits, labels = _outputs(model, task, split)
+    device = next(model.parameters()).device
+    example = task.inputs_of(next(iter(task.loader(split, batch_size=1))))[0].to(device)
+    step_macs, head_macs = step_and_head_macs(model, example)
+    costs = macs_per_exit(step_macs, head_macs, model.exit_after)
+    if thresholds is not None:
+        found = outcome_of(logits, labels, model.criterion, costs, thresholds)
+    else:
+        calibrated = calibrate(logits, labels, model.criterion, costs, reference - max_drop)
+        if calibrated is None:
+            final = 100.0 * float((logits[-1].argmax(-1) == labels).double().mean())
+            raise ConfigError(
+                f"{STAGE}: no thresholds meet max_drop={max_drop}: with no exit taken the "
+                f"{split} accuracy is {final:.2f}% against {reference:.2f}% without exits; "
+                "raise max_drop, or train with training: distill (it keeps the backbone)"
+            )
+        found = calibrated
+    model.set_thresholds(found.thresholds)
+    model.exit_fractions = found.fractions
+    return Calibration(found, costs, sum(step_macs))
 
 
 def _accuracy(model: nn.Module, task: Task, split: str) -> float:

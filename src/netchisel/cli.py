@@ -90,10 +90,25 @@ def search(
     trials: Annotated[int | None, typer.Option(help="Total trials (overrides the spec).")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """Search a space (NAS, compression policy, hyper-parameters); run again to continue."""
+    """Search a space (NAS, compression policy, hyper-parameters); run again to continue.
+
+    A spec with `darts:` runs DARTS, then its recipe on the derived network."""
     import optuna
 
+    from netchisel.search.nas.darts_pipeline import is_darts_spec, run_darts
     from netchisel.search.study import run_search
+
+    if is_darts_spec(spec):
+        given = [f for f, v in (("--storage", storage), ("--trials", trials)) if v is not None]
+        if workers != 1:
+            given.append("--workers")
+        if given:
+            raise ConfigError(f"{', '.join(given)}: a DARTS spec runs one search, in one process")
+        darts = run_darts(spec, output=output, quiet=quiet)
+        _print_summary(darts.run.report, darts.run.directory)
+        genotype = ", ".join(f"{k}={v}" for k, v in darts.search.candidate.items())
+        print(f"derived cells: {genotype}")
+        return
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says it all
     result = run_search(

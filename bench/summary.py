@@ -57,6 +57,12 @@ SECTIONS = (
     ("search_tabular", "search_tabular"),
     ("search_nas_digits32", "search_nas_digits32"),
     ("search_policy_resnet", "search_policy_resnet"),
+    ("nas_zero_cost", "nas_zero_cost"),
+    ("nas_supernet", "nas_supernet"),
+    ("nas_oneshot_vs_trials", "nas_oneshot_vs_trials"),
+    ("nas_darts", "nas_darts"),
+    ("nas_darts_pipeline", "nas_darts_pipeline"),
+    ("dynamic_early_exit", "dynamic_early_exit"),
 )
 
 

@@ -4,8 +4,9 @@ calibrated on the task's data, for the convolutions and Linear layers of CNNs an
 torchao's PT2E flow does the calibration: the model is traced with torch.export, the
 `X86InductorQuantizer` annotates it with its default config (int8 weights, symmetric, one scale
 per output channel; uint8 activations, one scale and zero point per tensor from a histogram
-observer; each BatchNorm folded into the convolution before it), the calibration batches run
-through the observers and `convert_pt2e` produces the int8 weights and the scales.
+observer; each BatchNorm folded into the convolution before it), `annotate_missed_layers` adds
+the convolutions that recipe leaves out (most Conv1d), the calibration batches run through the
+observers and `convert_pt2e` produces the int8 weights and the scales.
 
 The converted graph is generated code with no safe file format, so its numbers are put back into
 the model instead: each calibrated `nn.Conv2d` / `nn.Conv1d` / `nn.Linear` becomes a
@@ -136,6 +137,7 @@ def calibrate_pt2e(
     """
     prepare_pt2e, convert_pt2e, quantizer = _torchao_pt2e()
     work = copy.deepcopy(model).eval()
+    _numeric_padding_(work)
     exported = _export(work, inputs[0])
     facts = graph_facts(exported)
     # A BatchNorm that does not read a conv output (e.g. after a ReLU) stays in the graph, and
@@ -153,7 +155,13 @@ def calibrate_pt2e(
         for name in standalone:
             replace_module(work, name, _ChannelAffine(work.get_submodule(name)))
         exported = _export(work, inputs[0])
-    prepared = prepare_pt2e(exported, quantizer)
+    try:
+        prepared = prepare_pt2e(exported, quantizer)
+    except ValueError as e:  # the x86 quantizer's check that a Conv2d runs as aten conv2d
+        raise ModelError(
+            f"{STAGE}: torchao's x86 quantizer rejected the model: {first_line(e)} (a Conv2d "
+            "with padding='same' and an even kernel? give it a numeric padding)"
+        ) from None
     with torch.no_grad():
         for batch in inputs:
             try:
@@ -166,6 +174,20 @@ def calibrate_pt2e(
             if advance is not None:
                 advance(1)
     return convert_pt2e(prepared), facts
+
+
+def _numeric_padding_(work: nn.Module) -> None:
+    """Give each conv of the calibration copy with padding 'same' (odd kernel span) or 'valid'
+    its numeric padding: export then calls aten conv1d/conv2d, which the quantizer annotates
+    and the int8 layers run (a padding string makes it `conv2d.padding`)."""
+    for m in work.modules():
+        if not isinstance(m, nn.Conv1d | nn.Conv2d) or not isinstance(m.padding, str):
+            continue
+        spans = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size, strict=True)]
+        if m.padding == "valid":
+            m.padding = (0,) * len(spans)
+        elif all(s % 2 == 0 for s in spans):  # 'same' is symmetric (stride is 1 with 'same')
+            m.padding = tuple(s // 2 for s in spans)
 
 
 def _export(work: nn.Module, example: tuple[Tensor, ...]) -> fx.GraphModule:
@@ -210,9 +232,62 @@ def _torchao_pt2e() -> tuple[Any, Any, Any]:
             pt2e = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
     except ImportError:
         raise ConfigError(f"{STAGE} needs torchao: pip install torchao") from None
+    config = x86.get_default_x86_inductor_quantization_config()
     quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    quantizer.set_global(config)
+    annotate_x86 = quantizer.annotate
+
+    def annotate(gm: fx.GraphModule) -> fx.GraphModule:
+        annotate_x86(gm)
+        annotate_missed_layers(gm, config, importlib.import_module(_QUANTIZER))
+        return gm
+
+    # An instance attribute, not a subclass: torchao is optional and imported only here.
+    quantizer.annotate = annotate
     return pt2e.prepare_pt2e, pt2e.convert_pt2e, quantizer
+
+
+_QUANTIZER = "torchao.quantization.pt2e.quantizer"
+
+
+def annotate_missed_layers(gm: fx.GraphModule, config: Any, quantizer: Any) -> list[fx.Node]:
+    """Annotate each conv1d/conv2d/linear the x86 quantizer left alone with its input and weight
+    formats (`config`'s); returns those nodes. `quantizer` is torchao's quantizer module.
+
+    The x86 recipe (torchao 0.18) is written for 2-D CNNs: it quantizes a conv2d alone or in a
+    fused pattern, but a conv1d only when a ReLU follows it. A Conv1d followed by a BatchNorm
+    (folded), an add, another conv (depthwise then pointwise) or nothing stays float there,
+    though the oneDNN kernel runs it as a height-1 conv2d. Only the layer's inputs are annotated:
+    each int8 layer here quantizes its own input, its output stays float.
+    """
+    added = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in _WEIGHTED:
+            continue
+        annotation = node.meta.get("quantization_annotation")
+        if annotation is not None and annotation._annotated:
+            continue
+        x, w = node.args[0], node.args[1]
+        if not (_is_float(x) and _is_float(w)):
+            continue
+        assert isinstance(x, fx.Node) and isinstance(w, fx.Node)
+        qspecs: dict[fx.Node, Any] = {
+            x: quantizer.get_input_act_qspec(config),
+            w: quantizer.get_weight_qspec(config),
+        }
+        bias = node.args[2] if len(node.args) > 2 else None
+        if isinstance(bias, fx.Node):
+            qspecs[bias] = quantizer.get_bias_qspec(config)
+        node.meta["quantization_annotation"] = quantizer.QuantizationAnnotation(
+            input_qspec_map=qspecs, _annotated=True
+        )
+        added.append(node)
+    return added
+
+
+def _is_float(node: Any) -> bool:
+    value = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return isinstance(value, Tensor) and value.dtype.is_floating_point
 
 
 # -- from the converted graph back to modules -------------------------------------------------
@@ -281,8 +356,36 @@ def plan_swaps(
         if folded and bn is not None:
             plan.identities[bn] = nn.Identity()
     missing = sorted(chosen - set(plan.layers) - {s.split(":")[0] for s in plan.skipped})
-    plan.skipped += [f"{n}: not quantized by the x86 quantizer" for n in missing]
+    ops = _ops_by_module(converted)
+    plan.skipped += [f"{n}: {_not_in_graph(ops.get(n, set()))}" for n in missing]
     return plan
+
+
+def _ops_by_module(gm: fx.GraphModule) -> dict[str, set[str]]:
+    ops: dict[str, set[str]] = {}
+    for node in gm.graph.nodes:
+        name = _module_of(node)
+        if name is not None and node.op == "call_function":
+            ops.setdefault(name, set()).add(str(node.target))
+    return ops
+
+
+def _not_in_graph(ops: set[str]) -> str:
+    """Why a layer with no conv1d/conv2d/linear call in the calibrated graph stays float."""
+    if not ops:
+        return (
+            "its output is never used, so torch.export drops it as dead code and it gets no "
+            "calibrated input (remove the layer or use its output)"
+        )
+    hint = (
+        " (padding='same' with an even kernel: give a numeric padding)"
+        if any(o.endswith(".padding") for o in ops)
+        else ""
+    )
+    return (
+        f"runs as {', '.join(sorted(ops))}; the int8 layers replace aten conv1d, conv2d and "
+        f"linear calls only{hint}"
+    )
 
 
 def _unsupported(
@@ -291,13 +394,19 @@ def _unsupported(
     module = model.get_submodule(name)
     if not isinstance(module, _WEIGHTED[node.target]):  # type: ignore[index]
         return f"a {type(module).__name__} calls {node.target}"
+    mode = getattr(module, "padding_mode", "zeros")
+    if mode != "zeros":
+        return (
+            f"padding_mode {mode!r}: the int8 conv pads with zeros only (pad with F.pad before "
+            "a padding=0 conv to quantize it)"
+        )
     if calls.get(name, 0) != 1:
         return "called more than once (its inputs would need several scales)"
     if shared_bn:
         return "its BatchNorm is called more than once and cannot be folded away"
     x, w = node.args[0], node.args[1]
     if not (_is_op(x, "dequantize_per_tensor") and _is_op(w, "dequantize_per_channel")):
-        return "no int8 input and weight in the calibrated graph"
+        return "the calibrated graph left its input or weight in float (not a float tensor?)"
     assert isinstance(x, fx.Node) and isinstance(w, fx.Node)
     if tuple(x.args[3:6]) != (ACT_MIN, ACT_MAX, ACT_DTYPE) or not isinstance(x.args[1], float):
         return f"activation format {x.args[3:6]} is not uint8 0-255 per tensor"

@@ -95,6 +95,7 @@ def test_every_training_stage_shares_train_config() -> None:
     training = sorted(c.NAME for c in STAGES if issubclass(c, TrainConfig))
     assert training == [
         "distill",
+        "dynamic.early_exit",
         "finetune",
         "prune.gradual",
         "prune.iterative",

@@ -38,7 +38,11 @@ import time
 from typing import Any
 
 import torch
-from common import spread, write_result  # bench/ is on sys.path when a script in it runs
+from common import (
+    load_result,
+    spread,
+    write_result,
+)  # bench/ is on sys.path when a script in it runs
 from torch import nn
 
 from netchisel.core.context import Context
@@ -185,6 +189,11 @@ def main() -> None:
     parser.add_argument("--random-cells", type=int, default=RANDOM_CELLS)
     parser.add_argument("--collapse-epochs", type=int, default=COLLAPSE_EPOCHS)
     parser.add_argument("--skip-collapse", action="store_true")
+    parser.add_argument(
+        "--collapse-only",
+        action="store_true",
+        help="run only the collapse searches and add them to the existing JSON as collapse_long",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     task = data.task("mnist1d")
@@ -193,6 +202,18 @@ def main() -> None:
         epochs=args.epochs, nodes=NODES, width=SEARCH_WIDTH, reductions=2, batch_size=64,
         alpha_lr=ALPHA_LR, eigen_iterations=6,
     )  # fmt: skip
+    if args.collapse_only:
+        previous = load_result("nas_darts")
+        if previous is None:
+            raise SystemExit("run bench/nas_darts.py in full first")
+        previous.pop("benchmark"), previous.pop("machine")
+        extra = collapse(task, base, args.collapse_epochs)
+        extra["command"] = (
+            f"bench/nas_darts.py --collapse-only --collapse-epochs {args.collapse_epochs}"
+        )
+        extra["wall_s"] = round(time.perf_counter() - started, 1)
+        print(f"-> {write_result('nas_darts', {**previous, 'collapse_long': extra})}")
+        return
 
     searches, derived = [], []
     for order in (1, 2):

@@ -140,7 +140,7 @@ def run_seed(name: str, seed: int, rounds: int) -> dict[str, Any]:
     for budget in BUDGETS:
         cal = calibrate_exits(model, task, max_drop=budget, reference=r["reference_accuracy"])
         f = _fractions(_exits_on(model, x), len(config.exits))
-        macs = sum(c * share for c, share in zip(costs, f, strict=True))
+        macs = sum(c * share for c, share in zip(cal.costs, f, strict=True))
         sweep.append(
             {
                 "max_drop": budget,

@@ -5,7 +5,7 @@ import torch
 
 import netchisel as nc
 from netchisel.dynamic.chain import plan_chain
-from netchisel.dynamic.costs import exit_costs, expected_macs, macs_per_exit, step_and_head_macs
+from netchisel.dynamic.costs import exit_costs, exit_macs, expected_macs
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.heads import make_head
 from tests.dynamic._nets import conv_chain
@@ -24,15 +24,16 @@ def _model() -> EarlyExitModel:
 
 def test_exact_macs_per_step_head_and_exit() -> None:
     model = _model()
-    steps, heads = step_and_head_macs(model, torch.zeros(5, 1, 8))
-    assert steps == STEPS and heads == [12, 12]
-    assert macs_per_exit(steps, heads, model.exit_after) == [108, 504, 600]
+    macs = exit_macs(model, torch.zeros(5, 1, 8))
+    assert macs.steps == STEPS and macs.heads == [12, 12] and macs.static == 576
+    assert macs.per_exit() == [108, 504, 600]
+    assert macs.per_exit([False, True]) == [96, 492, 588]  # the first head does not run
 
 
 def test_expected_macs_under_the_calibration_distribution() -> None:
     model = _model()
     model.exit_fractions = [0.5, 0.25, 0.25]
-    model.set_thresholds([0.9, 1.0])
+    model.set_thresholds([0.9, 0.8])
     costs = exit_costs(model, torch.zeros(1, 1, 8))
     assert [row["macs"] for row in costs["exits"]] == [108, 504, 600]
     assert [row["after"] for row in costs["exits"]] == ["1", "3", "end"]
@@ -42,6 +43,10 @@ def test_expected_macs_under_the_calibration_distribution() -> None:
     assert costs["never_fire"] == []
     model.exit_fractions = [0.5, 0.0, 0.5]
     assert exit_costs(model, torch.zeros(1, 1, 8))["never_fire"] == ["3"]
+    model.set_thresholds([0.9, 1.0])  # "never" at the second exit: its head does not run
+    costs = exit_costs(model, torch.zeros(1, 1, 8))
+    assert [row["macs"] for row in costs["exits"]] == [108, 492, 588]
+    assert [row["head_runs"] for row in costs["exits"][:2]] == [True, False]
     assert expected_macs([1, 2], [0.5, 0.5]) == 1.5
 
 

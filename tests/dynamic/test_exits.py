@@ -63,9 +63,11 @@ def test_batch_one_returns_at_the_first_sure_exit() -> None:
             assert torch.equal(out, model.heads[0](net[1](net[0](x[i : i + 1]))))
     assert (second.calls, last.calls) == (0, 0)
     model.set_thresholds([1.0, 1.0])  # never: batch 1 runs through, equal to the original
+    heads = [Calls(head) for head in model.heads]
     with torch.no_grad():
         out, taken = model.exiting(x[:1])
     assert (second.calls, last.calls) == (1, 1)
+    assert [h.calls for h in heads] == [0, 0]  # exits that never fire do not run their heads
     assert taken.tolist() == [2] and torch.equal(out, net(x[:1]))
 
 

@@ -31,6 +31,16 @@ def never(criterion: str) -> float:
     return 1.0 if criterion == "max_softmax" else 0.0
 
 
+def fires(criterion: str, threshold: float) -> bool:
+    """Whether an exit with this threshold can let a sample out (else its head need not run).
+
+    Example:
+        >>> fires("max_softmax", 0.9), fires("max_softmax", 1.0), fires("entropy", 0.0)
+        (True, False, False)
+    """
+    return threshold != never(criterion)
+
+
 def threshold_range(criterion: str, num_classes: int) -> tuple[float, float]:
     """The thresholds that mean something for `criterion` with `num_classes` classes.
 

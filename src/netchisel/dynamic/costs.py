@@ -4,16 +4,20 @@ A sample that leaves at exit k has run the backbone's steps up to that exit and 
 exits 0..k (each earlier head ran and said "not sure"); a sample that reaches the end has run
 every step and every head. The counts come from `netchisel.measure.count_flops` on one forward
 that runs everything (`all_outputs`), read per module, so they are the same exact counts as
-every other profile. The expected MACs weight them by the fraction of the calibration split
+every other profile. The head of an exit whose threshold never fires does not run and costs
+nothing. The expected MACs weight them by the fraction of the calibration split
 that left at each exit (`exit_fractions`, set when the thresholds were calibrated).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from netchisel.dynamic.confidence import fires
 from netchisel.measure.flops import count_flops
 
 
@@ -41,26 +45,55 @@ class _Everything(nn.Module):
         return self.model.all_outputs(x)  # type: ignore[operator,no-any-return]
 
 
-def step_and_head_macs(model: ExitModel, x: Tensor) -> tuple[list[int], list[int]]:
-    """MACs per sample of each backbone step and of each head (first sample of `x`)."""
+@dataclass(frozen=True)
+class ExitCosts:
+    """MACs per sample of each backbone step and of each head, and where the exits sit."""
+
+    steps: list[int]
+    heads: list[int]
+    exit_after: list[int]
+
+    @property
+    def static(self) -> int:
+        """The backbone alone: the model without exits."""
+        return sum(self.steps)
+
+    def per_exit(self, live: Sequence[bool] | None = None) -> list[int]:
+        """MACs per sample of a sample leaving at each exit, then of one reaching the end.
+
+        A sample pays for the steps it ran and for every live head it passed; a head whose
+        threshold never fires (`live[k]` false) does not run, so it costs nothing.
+
+        Example:
+            >>> costs = ExitCosts([10, 20, 30], [1, 2], [0, 1])
+            >>> costs.per_exit(), costs.per_exit([False, True])
+            ([11, 33, 63], [10, 32, 62])
+        """
+        live = [True] * len(self.heads) if live is None else list(live)
+        paid = [h if on else 0 for h, on in zip(self.heads, live, strict=True)]
+        costs = [
+            sum(self.steps[: stop + 1]) + sum(paid[: k + 1])
+            for k, stop in enumerate(self.exit_after)
+        ]
+        return [*costs, self.static + sum(paid)]
+
+
+def exit_macs(model: ExitModel, x: Tensor) -> ExitCosts:
+    """The exact MACs per sample of each step and head (count_flops on the first sample of `x`).
+
+    Example:
+        >>> import torch
+        >>> from netchisel.dynamic.exits import EarlyExitModel
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3))
+        >>> m = EarlyExitModel(net, [nn.Linear(8, 3)], ["0", "1"], [0], [])
+        >>> exit_macs(m, torch.zeros(2, 4))
+        ExitCosts(steps=[32, 24], heads=[24], exit_after=[0])
+    """
     count = count_flops(_Everything(model), x[:1])  # type: ignore[arg-type]
     by_module = count.macs_by_module
     steps = [by_module[f"model.backbone.{s}"] for s in model.steps]
     heads = [by_module[f"model.heads.{k}"] for k in range(len(model.heads))]
-    return steps, heads
-
-
-def macs_per_exit(step_macs: list[int], head_macs: list[int], exit_after: list[int]) -> list[int]:
-    """MACs per sample of a sample leaving at each exit, then of one reaching the end.
-
-    Example:
-        >>> macs_per_exit([10, 20, 30], [1, 2], [0, 1])
-        [11, 33, 63]
-    """
-    costs = [
-        sum(step_macs[: stop + 1]) + sum(head_macs[: k + 1]) for k, stop in enumerate(exit_after)
-    ]
-    return [*costs, sum(step_macs) + sum(head_macs)]
+    return ExitCosts(steps, heads, list(model.exit_after))
 
 
 def expected_macs(costs: list[int], fractions: list[float]) -> float:
@@ -76,15 +109,17 @@ def expected_macs(costs: list[int], fractions: list[float]) -> float:
 def exit_costs(model: ExitModel, x: Tensor) -> dict[str, Any]:
     """Per exit: where it sits, its threshold, its MACs per sample and the fraction of the
     calibration split that leaves there; then the expected and the static MACs per sample."""
-    step_macs, head_macs = step_and_head_macs(model, x)
-    costs = macs_per_exit(step_macs, head_macs, model.exit_after)
-    backbone = sum(step_macs)
+    macs = exit_macs(model, x)
+    live = [fires(model.criterion, t) for t in model.thresholds]
+    costs = macs.per_exit(live)
+    backbone = macs.static
     fractions = list(model.exit_fractions)
     names = [model.steps[i] for i in model.exit_after]
     rows = [
         {
             "after": name,
             "threshold": model.thresholds[k],
+            "head_runs": live[k],
             "macs": costs[k],
             "fraction": fractions[k] if fractions else None,
         }

@@ -34,8 +34,8 @@ from netchisel.core.state import restored_on_error, seeded
 from netchisel.core.task import Batch, Task
 from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.dynamic.chain import plan_chain
-from netchisel.dynamic.confidence import check_threshold, soft_kl
-from netchisel.dynamic.costs import macs_per_exit, step_and_head_macs
+from netchisel.dynamic.confidence import check_threshold, fires, soft_kl
+from netchisel.dynamic.costs import exit_macs
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.heads import make_head
 from netchisel.dynamic.thresholds import Outcome, calibrate, outcome_of
@@ -113,7 +113,8 @@ class EarlyExitConfig(TrainConfig):
 @dataclass(frozen=True)
 class Calibration:
     """Thresholds set on a model and what they do on the split: the `outcome`, the MACs per
-    sample at each exit and at the end (`costs`), and the backbone's alone (`static_macs`)."""
+    sample at each exit and at the end (`costs`, heads that never fire left out), and the
+    backbone's alone (`static_macs`)."""
 
     outcome: Outcome
     costs: list[int]
@@ -212,12 +213,11 @@ def calibrate_exits(
     logits, labels = _outputs(model, task, split)
     device = next(model.parameters()).device
     example = task.inputs_of(next(iter(task.loader(split, batch_size=1))))[0].to(device)
-    step_macs, head_macs = step_and_head_macs(model, example)
-    costs = macs_per_exit(step_macs, head_macs, model.exit_after)
+    macs = exit_macs(model, example)
     if thresholds is not None:
-        found = outcome_of(logits, labels, model.criterion, costs, thresholds)
+        found = outcome_of(logits, labels, model.criterion, macs, thresholds)
     else:
-        calibrated = calibrate(logits, labels, model.criterion, costs, reference - max_drop)
+        calibrated = calibrate(logits, labels, model.criterion, macs, reference - max_drop)
         if calibrated is None:
             final = 100.0 * float((logits[-1].argmax(-1) == labels).double().mean())
             raise ConfigError(
@@ -228,7 +228,8 @@ def calibrate_exits(
         found = calibrated
     model.set_thresholds(found.thresholds)
     model.exit_fractions = found.fractions
-    return Calibration(found, costs, sum(step_macs))
+    live = [fires(model.criterion, t) for t in found.thresholds]
+    return Calibration(found, macs.per_exit(live), macs.static)
 
 
 def _accuracy(model: nn.Module, task: Task, split: str) -> float:

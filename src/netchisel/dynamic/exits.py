@@ -4,6 +4,7 @@ In eval mode, `forward` runs the backbone's steps up to the first exit, asks tha
 how sure it is, and writes the answers of the samples that are sure enough into the output.
 Only the others go on, as a smaller batch (regrouping), to the next exit and finally to the
 rest of the backbone; at batch 1 a sure sample returns at once and the later layers never run.
+An exit whose threshold never fires is skipped: its head does not run either.
 The outputs come back in the samples' original order. This is real computation saved, not a
 simulation: what never runs costs nothing, and `netchisel.measure.count_flops` counts only
 what ran.
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
 from netchisel.dynamic.chain import run_steps
-from netchisel.dynamic.confidence import CRITERIA, check_threshold, exits_now, never
+from netchisel.dynamic.confidence import CRITERIA, check_threshold, exits_now, fires, never
 from netchisel.dynamic.costs import exit_costs
 
 
@@ -144,6 +145,8 @@ class EarlyExitModel(nn.Module):
         out: Tensor | None = None
         for k, (segment, head) in enumerate(zip(segments, self.heads, strict=False)):
             x = run_steps(self.backbone, segment, x)
+            if not fires(self.criterion, self.thresholds[k]):
+                continue  # an exit that can never let a sample out: its head does not run
             logits = head(x)
             if out is None:
                 out = logits.new_empty((n, *logits.shape[1:]))

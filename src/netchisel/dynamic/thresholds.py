@@ -7,6 +7,7 @@ expected MACs, is a few tensor operations. The search:
 - candidates per exit: 64 quantiles of that exit's confidence on the split, plus "never";
 - two starts: every exit off, and one shared confidence level for all exits (the cheapest
   that meets the budget);
+- the cost of each exit counts only the heads that can fire (one set to "never" does not run);
 - from each, coordinate descent: each exit in turn moves to its cheapest candidate that keeps
   the accuracy within budget with the others fixed, until nothing moves (each move lowers the
   expected MACs, so it ends);
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from netchisel.dynamic.confidence import never, score, score_threshold, threshold_range
-from netchisel.dynamic.costs import expected_macs
+from netchisel.dynamic.costs import ExitCosts, expected_macs
 
 QUANTILES = 64
 
@@ -67,25 +68,39 @@ def simulate(
     return accuracy, fractions, expected_macs(costs, fractions)
 
 
+class _Problem:
+    """One split's scores and correctness, the costs, and "never" in score units."""
+
+    def __init__(self, logits: list[Tensor], labels: Tensor, criterion: str, costs: ExitCosts):
+        self.scores = torch.stack([score(z, criterion) for z in logits[:-1]])
+        self.correct = torch.stack([z.argmax(-1) == labels for z in logits])
+        self.costs = costs
+        self.off = score_threshold(criterion, never(criterion))
+
+    def run(self, taus: list[float]) -> tuple[float, list[float], float]:
+        """Accuracy, fractions and mean MACs; a head set to "never" does not run (free)."""
+        costs = self.costs.per_exit([t != self.off for t in taus])
+        return simulate(self.scores, self.correct, taus, costs)
+
+
 def outcome_of(
-    logits: list[Tensor], labels: Tensor, criterion: str, costs: list[int], thresholds: list[float]
+    logits: list[Tensor],
+    labels: Tensor,
+    criterion: str,
+    costs: ExitCosts,
+    thresholds: list[float],
 ) -> Outcome:
     """What given thresholds do on a split's logits (each exit's, then the final ones).
 
     Example:
         >>> z = [torch.tensor([[0.0, 9.0]]), torch.tensor([[9.0, 0.0]])]
-        >>> outcome_of(z, torch.tensor([1]), "max_softmax", [1, 10], [0.5]).fractions
+        >>> costs = ExitCosts([1, 9], [0], [0])
+        >>> outcome_of(z, torch.tensor([1]), "max_softmax", costs, [0.5]).fractions
         [1.0, 0.0]
     """
-    scores, correct = _scores(logits, labels, criterion)
-    taus = [score_threshold(criterion, t) for t in thresholds]
-    accuracy, fractions, mean = simulate(scores, correct, taus, costs)
+    problem = _Problem(logits, labels, criterion, costs)
+    accuracy, fractions, mean = problem.run([score_threshold(criterion, t) for t in thresholds])
     return Outcome(list(thresholds), accuracy, fractions, mean)
-
-
-def _scores(logits: list[Tensor], labels: Tensor, criterion: str) -> tuple[Tensor, Tensor]:
-    scores = torch.stack([score(z, criterion) for z in logits[:-1]])
-    return scores, torch.stack([z.argmax(-1) == labels for z in logits])
 
 
 def _candidates(scores: Tensor, off: float) -> list[Tensor]:
@@ -101,21 +116,16 @@ def _candidates(scores: Tensor, off: float) -> list[Tensor]:
 
 
 def _descend(
-    scores: Tensor,
-    correct: Tensor,
-    taus: list[float],
-    costs: list[int],
-    target: float,
-    candidates: list[Tensor],
+    problem: _Problem, taus: list[float], target: float, candidates: list[Tensor]
 ) -> list[float]:
-    best = simulate(scores, correct, taus, costs)[2]
+    best = problem.run(taus)[2]
     moved = True
     while moved:
         moved = False
         for i, options in enumerate(candidates):
             for value in options.tolist():
                 trial = [*taus[:i], value, *taus[i + 1 :]]
-                accuracy, _, cost = simulate(scores, correct, trial, costs)
+                accuracy, _, cost = problem.run(trial)
                 if accuracy >= target and cost < best - 1e-9:
                     taus, best, moved = trial, cost, True
     return taus
@@ -125,7 +135,7 @@ def calibrate(
     logits: list[Tensor],
     labels: Tensor,
     criterion: str,
-    costs: list[int],
+    costs: ExitCosts,
     target: float,
 ) -> Outcome | None:
     """Thresholds (in `criterion`'s units) with the least mean MACs whose accuracy on these
@@ -136,26 +146,26 @@ def calibrate(
     Example:
         >>> final = torch.tensor([[0.0, 9.0], [9.0, 0.0], [0.0, 9.0]])
         >>> early = torch.tensor([[0.0, 9.0], [9.0, 0.0], [9.0, 0.0]])  # wrong on the third
-        >>> out = calibrate([early, final], torch.tensor([1, 0, 1]), "max_softmax", [1, 10], 100.0)
+        >>> costs = ExitCosts([1, 9], [0], [0])
+        >>> out = calibrate([early, final], torch.tensor([1, 0, 1]), "max_softmax", costs, 100.0)
         >>> out.fractions, out.accuracy
         ([0.0, 1.0], 100.0)
     """
-    scores, correct = _scores(logits, labels, criterion)
-    off = score_threshold(criterion, never(criterion))
-    taus_off = [off] * scores.shape[0]
-    if simulate(scores, correct, taus_off, costs)[0] < target:
+    problem = _Problem(logits, labels, criterion, costs)
+    exits = problem.scores.shape[0]
+    taus_off = [problem.off] * exits
+    if problem.run(taus_off)[0] < target:
         return None
-    candidates = _candidates(scores, off)
-    shared = _candidates(scores.reshape(1, -1), off)[0]
+    candidates = _candidates(problem.scores, problem.off)
+    shared = _candidates(problem.scores.reshape(1, -1), problem.off)[0]
     starts = [taus_off]
     for value in shared.tolist():
-        trial = [value] * scores.shape[0]
-        if simulate(scores, correct, trial, costs)[0] >= target:
-            starts.append(trial)
+        if problem.run([value] * exits)[0] >= target:
+            starts.append([value] * exits)
             break
-    results = [_descend(scores, correct, s, costs, target, candidates) for s in starts]
-    taus = min(results, key=lambda t: simulate(scores, correct, t, costs)[2])
-    accuracy, fractions, mean = simulate(scores, correct, taus, costs)
+    results = [_descend(problem, s, target, candidates) for s in starts]
+    taus = min(results, key=lambda t: problem.run(t)[2])
+    accuracy, fractions, mean = problem.run(taus)
     thresholds = [score_threshold(criterion, t) for t in taus]
     low, high = threshold_range(criterion, logits[0].shape[-1])
     # A threshold just past the range's end (below a probability of 0, above the entropy of

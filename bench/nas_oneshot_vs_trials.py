@@ -31,6 +31,7 @@ from typing import Any
 import optuna
 import torch
 from common import spread, write_result  # bench/ is on sys.path when a script in it runs
+from nas_supernet import ARMS, OPTIMISER, PRIMARY, median_range
 
 from netchisel.core.train import TrainSettings
 from netchisel.search.nas import TABULAR_KWARGS, tabular_space
@@ -42,7 +43,7 @@ from netchisel.search.tabular import TabularBenchmark, candidate_key
 from netchisel.zoo import data
 
 TABLE = Path(__file__).parent / "data" / "nas_tabular_digits.json"
-STEPS, OPTIMISER = 1000, {"lr": 3e-3, "weight_decay": 1e-4, "batch_size": 64}
+STEPS = ARMS[PRIMARY]["steps"]  # the super-net of bench/nas_supernet.py's primary arm
 ONESHOT_TRIALS = 200
 BUDGETS = (1, 4, 16)
 REFERENCE_ACCURACY = 50.0
@@ -81,7 +82,8 @@ def one_shot(seed: int, bench: TabularBenchmark) -> dict[str, Any]:
     cpu = time.process_time()
     torch.manual_seed(seed)
     net = SuperNet(tabular_space(), **TABULAR_KWARGS)
-    train_supernet(net, task, TrainSettings(steps=STEPS, **OPTIMISER), seed=seed)
+    settings = TrainSettings(steps=STEPS, **OPTIMISER)
+    train_supernet(net, task, settings, seed=seed, sandwich=ARMS[PRIMARY]["sandwich"])
     trained = time.process_time() - cpu
     goals = parse_objectives({"objectives": ["accuracy", "macs"]})
     study = optuna.create_study(
@@ -200,8 +202,8 @@ def render(d: dict[str, Any]) -> str:
     (bench/results/nas_oneshot_vs_trials.json)."""
     s, o = d["setup"], d["one_shot"]
 
-    def mm(x: dict[str, Any], digits: int = 3) -> str:
-        return f"{x['median']:.{digits}f} ({x['min']:.{digits}f}-{x['max']:.{digits}f})"
+    def mm(x: dict[str, Any]) -> str:
+        return median_range(x, 3)
 
     lines = [
         "## One-shot vs multi-trial NAS at equal CPU time (`bench/nas_oneshot_vs_trials.py`)",

@@ -141,6 +141,11 @@ def search(
     }
 
 
+def median_range(x: dict[str, Any], digits: int = 2) -> str:
+    """A `spread` as "median (min-max)"."""
+    return f"{x['median']:.{digits}f} ({x['min']:.{digits}f}-{x['max']:.{digits}f})"
+
+
 def summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return spread([r[key] for r in rows], by_seed=True)
 
@@ -256,10 +261,7 @@ def render(d: dict[str, Any]) -> str:
     """The BENCHMARKS.md section of this benchmark's result `d`
     (bench/results/nas_supernet.json)."""
     s, arms = d["setup"], d["arms"]
-
-    def mm(x: dict[str, Any], digits: int = 2) -> str:
-        return f"{x['median']:.{digits}f} ({x['min']:.{digits}f}-{x['max']:.{digits}f})"
-
+    mm = median_range
     lines = [
         "## One-shot NAS: a weight-sharing super-net on the tabular benchmark "
         "(`bench/nas_supernet.py`)",

@@ -126,5 +126,5 @@ def test_every_op_runs_on_sequences() -> None:
         net = cell_net(**genotype, nodes=1, width=4, image_size=40, dims=1)
         assert net(torch.zeros(1, 1, 40)).shape == (1, 10)
         assert count_flops(net, torch.zeros(1, 1, 40)).uncounted_ops == ()
-    with pytest.raises(ConfigError, match="dims must be 1 .sequences. or 2 .images., got 3"):
+    with pytest.raises(ConfigError, match=r"dims must be 1 \(sequences\) or 2 \(images\), got 3"):
         cell_net(**TINY, nodes=1, dims=3)

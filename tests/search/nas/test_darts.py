@@ -20,7 +20,7 @@ from netchisel.search.nas.darts_config import DartsConfig
 
 TINY = DartsConfig(
     epochs=2,
-    steps_per_epoch=3,
+    steps_per_epoch=2,
     nodes=2,
     width=4,
     reductions=1,

@@ -9,7 +9,7 @@ import torch
 
 from netchisel.core.errors import ConfigError
 from netchisel.search.nas import cell_net, cell_space
-from netchisel.search.nas.darts_derive import derive, derive_cell, skip_edges
+from netchisel.search.nas.darts_derive import PARAMETER_FREE, derive, derive_cell, skip_edges
 from netchisel.search.nas.darts_ops import edge_inputs
 
 OPS = ("none", "sep3", "max3", "skip")
@@ -72,3 +72,20 @@ def test_bad_shapes_and_limits_are_one_clear_error() -> None:
         derive(torch.zeros(2, 4), torch.zeros(2, 4), OPS, nodes=1, max_skips=-1)
     with pytest.raises(ConfigError, match="kind must be one of"):
         skip_edges({}, 1, "middle")
+
+
+def test_the_limit_can_count_every_parameter_free_op() -> None:
+    # Every edge's strongest op is max3 (the collapse bench/nas_darts_pipeline.py measured);
+    # sep3 is second everywhere, so capping parameter-free ops at 1 leaves one max3.
+    ops = ("none", "sep3", "max3", "avg3", "skip")
+    row = torch.tensor([0.05, 0.3, 0.45, 0.1, 0.1])
+    normal = torch.stack([row + 0.01 * e for e in range(len(edge_inputs(3)))])
+    plain = derive(normal, normal, ops, nodes=3, max_skips=1)
+    assert [plain[f"normal{k}_op{s}"] for k in (1, 2, 3) for s in (1, 2)] == ["max3"] * 6
+    assert plain == derive(normal, normal, ops, nodes=3, max_skips=1, limited=("skip",))
+    capped = derive(normal, normal, ops, nodes=3, max_skips=1, limited=PARAMETER_FREE)
+    normal_ops = [capped[f"normal{k}_op{s}"] for k in (1, 2, 3) for s in (1, 2)]
+    assert sorted(normal_ops) == ["max3"] + ["sep3"] * 5
+    # The strongest max3 (node 3's stronger edge, the last row) is the one kept.
+    assert capped["normal3_op1"] == "max3" and capped["normal3_in1"] == 3
+    assert [capped[f"reduce{k}_op1"] for k in (1, 2, 3)] == ["max3"] * 3  # reduce: no limit

@@ -185,7 +185,7 @@ def _record(
     ops: tuple[str, ...],
 ) -> EpochRecord:
     normal, reduce = net.op_weights()
-    candidate = derive(normal, reduce, ops, config.nodes, config.skip_limit)
+    candidate = derive(normal, reduce, ops, config.nodes, config.skip_limit, config.limited_ops)
     eigenvalue = None
     if config.eigen_iterations > 0:
         loss = task.loss_fn(net, fixed)

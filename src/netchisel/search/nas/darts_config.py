@@ -36,7 +36,8 @@ class DartsConfig:
     - `mitigation`: "early_stop" (DARTS-ES: stop when the mean dominant eigenvalue of the last
       `es_window` epochs exceeds `es_factor` times that of the `es_window` epochs before, and
       return the cell of `es_window` epochs earlier), "skip_limit" (P-DARTS: at most
-      `max_skips` skips in the derived normal cell), "both" or "none".
+      `max_skips` of the `limited_ops` in the derived normal cell; ("skip",) is P-DARTS,
+      ("skip", "max3", "avg3") caps every parameter-free op), "both" or "none".
     - Cost: `cost_lambda` * max(0, expected cost - `macs_budget`) / cost at uniform alphas,
       `cost` "macs" (exact) or "latency" (measured); 0 turns it off.
     - `eigen_iterations`: power iterations per epoch for the eigenvalue (0: not tracked).
@@ -64,6 +65,7 @@ class DartsConfig:
     alpha_weight_decay: float = 1e-3
     mitigation: Mitigation = "none"
     max_skips: int = 2
+    limited_ops: tuple[str, ...] = ("skip",)
     es_window: int = 5
     es_factor: float = 1.3
     eigen_iterations: int = 10
@@ -108,6 +110,11 @@ class DartsConfig:
             )
         if self.dims is not None:
             check_dims(self.dims, "DartsConfig")
+        if not self.limited_ops or any(op not in CELL_OPS for op in self.limited_ops):
+            raise ConfigError(
+                f"DartsConfig limited_ops must name cell ops ({', '.join(CELL_OPS)}), "
+                f"got {list(self.limited_ops)}"
+            )
         if self.mitigation in ("early_stop", "both") and self.eigen_iterations == 0:
             raise ConfigError("DartsConfig mitigation 'early_stop' needs eigen_iterations >= 1")
 

@@ -7,7 +7,9 @@ non-`none` op. The result has exactly the dimensions of `cell_space(nodes, ops)`
 
 The skip limit is P-DARTS' (Chen et al. ICCV 2019, section 3.3): while the normal cell has more
 than `max_skips` skip connections, the weakest kept skip is removed from its edge's choices and
-the cell derived again.
+the cell derived again. `limited` widens what counts: on MNIST-1D the normal cells DARTS
+derives fill with max-pooling instead of skips (`bench/nas_darts_pipeline.py`), the same
+degenerate parameter-free cell, so `limited=PARAMETER_FREE` caps every parameter-free op.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from netchisel.search.nas.cells import CELL_TYPES
 from netchisel.search.nas.darts_ops import NONE, edge_inputs
 
 SKIP = "skip"
+PARAMETER_FREE = ("skip", "max3", "avg3")
+"""The cell ops without weights: the ops DARTS' collapse fills a normal cell with."""
 
 
 def derive_cell(
@@ -65,9 +69,11 @@ def derive(
     ops: Sequence[str],
     nodes: int,
     max_skips: int | None = None,
+    limited: Sequence[str] = (SKIP,),
 ) -> dict[str, Any]:
-    """A full `cell_space(nodes)` candidate; with `max_skips`, at most that many skips in the
-    normal cell (P-DARTS).
+    """A full `cell_space(nodes)` candidate; with `max_skips`, at most that many of the
+    `limited` ops (skip: P-DARTS; `PARAMETER_FREE`: every op without weights) in the normal
+    cell, the weakest dropped first.
 
     Example:
         >>> import torch
@@ -80,14 +86,26 @@ def derive(
         raise ConfigError(f"derive max_skips must be >= 0 or None, got {max_skips}")
     normal = normal.detach().clone()
     cell = derive_cell(normal, ops, nodes, "normal")
-    if max_skips is not None and SKIP in ops:
-        column = list(ops).index(SKIP)
+    if max_skips is not None:
         rows = {(k, i): e for e, (k, i) in enumerate(edge_inputs(nodes))}
-        while (skips := skip_edges(cell, nodes)) and len(skips) > max_skips:
-            weakest = min(skips, key=lambda e: (float(normal[rows[e], column]), e))
-            normal[rows[weakest], column] = -1.0  # below every weight: never chosen again
+        while (kept := _edges_with(cell, nodes, limited)) and len(kept) > max_skips:
+            column = {edge: list(ops).index(op) for edge, op in kept}
+            weakest = min(column, key=lambda e: (float(normal[rows[e], column[e]]), e))
+            normal[rows[weakest], column[weakest]] = -1.0  # below every weight: never again
             cell = derive_cell(normal, ops, nodes, "normal")
     return cell | derive_cell(reduce.detach(), ops, nodes, "reduce")
+
+
+def _edges_with(
+    candidate: dict[str, Any], nodes: int, names: Sequence[str]
+) -> list[tuple[tuple[int, int], str]]:
+    """((node, input), op) of every op of the normal cell that is one of `names`."""
+    return [
+        ((k, candidate[f"normal{k}_in{slot}"]), candidate[f"normal{k}_op{slot}"])
+        for k in range(1, nodes + 1)
+        for slot in (1, 2)
+        if candidate[f"normal{k}_op{slot}"] in names
+    ]
 
 
 def skip_edges(

@@ -170,8 +170,9 @@ def _config(values: Any) -> DartsConfig:
     if unknown:
         raise ConfigError(f"darts: unknown field {unknown[0]!r} (known: {', '.join(known)})")
     fields = dict(values)
-    if "ops" in fields:
-        fields["ops"] = tuple(fields["ops"])
+    for key in ("ops", "limited_ops"):
+        if isinstance(fields.get(key), list):
+            fields[key] = tuple(fields[key])
     try:
         return DartsConfig(**fields)
     except TypeError as e:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -60,3 +63,26 @@ def test_profile_reports_the_dynamic_costs_and_counts_only_what_ran() -> None:
     assert p.dynamic["mac_reduction"] == pytest.approx(1 - 108 / 576)
     static = nc.profile(model.backbone, torch.zeros(1, 1, 8), latency=False, on_disk=False)
     assert static.macs == 576 and static.dynamic is None
+
+
+def test_the_profile_command_prints_the_exits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from netchisel.cli import main
+
+    model = _model()
+    model.exit_fractions = [0.5, 0.25, 0.25]
+    model.set_thresholds([0.9, 0.8])
+    directory = nc.save(model, tmp_path / "ee")
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["netchisel", "profile", str(directory), "--input-shape", "1,1,8", "--no-latency"],
+    )
+    try:
+        main()
+    except SystemExit as done:
+        assert not done.code
+    out = " ".join(capsys.readouterr().out.split())  # the title wraps to the table's width
+    assert "static 576 MACs per sample, expected 330 (42.7% fewer)" in out
+    assert "504" in out and "600" in out and "25.0%" in out

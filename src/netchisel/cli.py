@@ -220,8 +220,6 @@ def profile(
     for key, value in _totals(result).items():
         totals.add_row(key, value)
     console.print(totals)
-    if result.dynamic is not None:
-        console.print(_exits_table(result.dynamic))
 
 
 @app.command()
@@ -300,29 +298,8 @@ def _model_and_inputs(
     return net, inputs_from_specs(specs, batch_size), disk
 
 
-def _exits_table(dynamic: dict[str, Any]) -> Table:
-    """An early-exit model's paths: MACs per sample at each exit and their expectation."""
-    expected = dynamic["expected_macs"]
-    title = f"exits ({dynamic['criterion']}): static {dynamic['static_macs']:,} MACs per sample"
-    if expected is not None:
-        title += f", expected {expected:,.0f} ({100 * dynamic['mac_reduction']:.1f}% fewer)"
-    table = Table(title=title)
-    for col in ("after", "threshold", "MACs per sample", "calibration share"):
-        table.add_column(col, justify="left" if col == "after" else "right")
-    for row in dynamic["exits"]:
-        threshold = row["threshold"]
-        share = row["fraction"]
-        table.add_row(
-            row["after"],
-            "-" if threshold is None else f"{threshold:.4g}",
-            f"{row['macs']:,}",
-            "-" if share is None else f"{100 * share:.1f}%",
-        )
-    return table
-
-
 def _totals(p: Any) -> dict[str, str]:
-    from netchisel.report.render import human_bytes
+    from netchisel.report.render import exit_rows, human_bytes
 
     lat = p.latency
     return {
@@ -341,6 +318,7 @@ def _totals(p: Any) -> dict[str, str]:
         else "-",
         "energy per sample (estimate)": f"{p.energy.total_uj:.4g} µJ",
         "uncounted ops": ", ".join(p.uncounted_ops) or "none",
+        **exit_rows(p.dynamic),
     }
 
 

@@ -84,5 +84,6 @@ def test_the_profile_command_prints_the_exits(
     except SystemExit as done:
         assert not done.code
     out = " ".join(capsys.readouterr().out.split())  # the title wraps to the table's width
-    assert "static 576 MACs per sample, expected 330 (42.7% fewer)" in out
-    assert "504" in out and "600" in out and "25.0%" in out
+    assert "expected MACs per sample │ 330 (42.7% fewer than 576)" in out
+    assert "exit after 3 (threshold 0.8) │ 504 MACs, 25.0% of calibration" in out
+    assert "the end │ 600 MACs, 25.0% of calibration" in out

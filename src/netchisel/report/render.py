@@ -224,6 +224,30 @@ def human_bytes(n: float | None) -> str:
     return f"{int(n)} B"
 
 
+def exit_rows(dynamic: dict[str, Any] | None) -> dict[str, str]:
+    """An early-exit model's paths (`Profile.dynamic`) as label -> text: MACs per exit, the
+    share of the calibration split that left there, and the expected MACs per sample.
+
+    Example:
+        >>> rows = exit_rows({"exits": [{"after": "layer1", "threshold": 0.9, "macs": 10,
+        ...     "fraction": 0.5}], "expected_macs": 30.0, "mac_reduction": 0.5, "static_macs": 60})
+        >>> rows["exit after layer1 (threshold 0.9)"], rows["expected MACs per sample"]
+        ('10 MACs, 50.0% of calibration', '30 (50.0% fewer than 60)')
+    """
+    rows: dict[str, str] = {}
+    for e in (dynamic or {}).get("exits", []):
+        share = "" if e["fraction"] is None else f", {100 * e['fraction']:.1f}% of calibration"
+        where = "the end" if e["threshold"] is None else f"exit after {e['after']}"
+        label = where if e["threshold"] is None else f"{where} (threshold {e['threshold']:.4g})"
+        rows[label] = f"{e['macs']:,} MACs{share}"
+    if dynamic is not None and dynamic.get("expected_macs") is not None:
+        rows["expected MACs per sample"] = (
+            f"{dynamic['expected_macs']:,.0f} ({100 * dynamic['mac_reduction']:.1f}% fewer "
+            f"than {dynamic['static_macs']:,})"
+        )
+    return rows
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: the stage table, all metrics, and where it ran."""
     rows = table_rows(report)

@@ -109,8 +109,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         try:
             return _rdb_storage(url, remote)
         except Exception as e:  # SQLAlchemy raises many types; all mean "cannot use this URL"
-            # Machines starting together race to create the tables; the loser retries.
-            if attempt + 1 < (CONNECT_ATTEMPTS if remote else 1) and "unique" in str(e).lower():
+            # Machines starting together race to create the tables (a unique violation, or
+            # PostgreSQL's "relation ... already exists"); the loser retries.
+            raced = any(word in str(e).lower() for word in ("unique", "already exists"))
+            if attempt + 1 < (CONNECT_ATTEMPTS if remote else 1) and raced:
                 time.sleep(0.5 * (attempt + 1))
                 continue
             reason = first_line(e)[:200]

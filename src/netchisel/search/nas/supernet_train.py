@@ -12,7 +12,8 @@
   et al. 2020 section 3.3), then the task's validation metrics. This takes well under a
   second on the tabular space, so any strategy can search over it (`supernet_objective`).
 - The winner is then fine-tuned from its inherited weights or retrained from scratch
-  (`train_winner`).
+  (`train_winner`); or, the usual one-shot final step, the search's best few distinct
+  candidates (`top_candidates`) are each trained and the best on validation is kept.
 
 Measured on the 288-architecture tabular benchmark: `bench/nas_supernet.py`, docs/nas_supernet.md.
 
@@ -172,6 +173,39 @@ def supernet_objective(
         return objectives.values(metrics)
 
     return objective
+
+
+def top_candidates(study: optuna.Study, k: int) -> list[Candidate]:
+    """The `k` best distinct candidates of a single-objective search, best first.
+
+    Candidates are the trials' `candidate` user attribute (as `supernet_objective` and
+    `run_search` record it); a candidate tried twice counts once, at its best trial; ties go
+    to the earlier trial. Fewer than `k` come back when fewer distinct ones were tried.
+
+        >>> study = optuna.create_study(direction="maximize")
+        >>> for value, op in [(90.0, "conv"), (95.0, "grouped"), (95.0, "conv")]:
+        ...     study.add_trial(optuna.trial.create_trial(
+        ...         value=value, params={}, distributions={}, user_attrs={"candidate": {"op": op}}))
+        >>> top_candidates(study, 2)
+        [{'op': 'grouped'}, {'op': 'conv'}]
+    """
+    if k < 1:
+        raise ConfigError(f"top_candidates: k must be >= 1, got {k}")
+    if len(study.directions) != 1:
+        raise ConfigError(
+            f"top_candidates: the study has {len(study.directions)} objectives; rank a "
+            "multi-objective study's trials yourself (e.g. by one value of study.best_trials)"
+        )
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    ranked = sorted(done, key=lambda t: (-sign * float(t.values[0]), t.number))
+    chosen: dict[str, Candidate] = {}
+    for trial in ranked:
+        candidate = trial.user_attrs["candidate"]
+        chosen.setdefault(candidate_key(candidate), candidate)
+        if len(chosen) == k:
+            break
+    return list(chosen.values())
 
 
 def train_winner(

@@ -397,7 +397,7 @@ def render(d: dict[str, Any]) -> str:
         "",
         "| arm | steps | Kendall tau (BN re-est.) | tau, no BN re-est. | Spearman |"
         " top-10 overlap | regret of the super-net's argmax | train CPU s | score 288 CPU s |"
-        " less compute |",
+        " less compute (worst seed) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, a in arms.items():

@@ -171,7 +171,8 @@ def in_stage(error: NetChiselError, index: int, name: str) -> NetChiselError:
     return type(error)(f"stages[{index}] {name}: {error}")
 
 
-RUN_FILES = ("model", "report.json", "report.md", "report.html")
+RUN_FILES = ("model", "report.json", "report.md", "report.html", "darts.json")
+"""What a run writes (a DARTS spec adds darts.json, its search trace): replaced on a re-run."""
 
 
 def check_output_dir(out: Path) -> None:

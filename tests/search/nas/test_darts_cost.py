@@ -43,3 +43,12 @@ def test_penalty_pushes_weight_to_cheap_ops_and_respects_the_budget() -> None:
     assert float(cost_penalty(net, 1.0, total + 1.0, reference).detach()) == 0.0
     under = float(cost_penalty(net, 2.0, total / 2, reference).detach())
     assert abs(under - 2.0 * (total / 2) / reference) < 1e-6
+
+
+def test_latency_costs_are_measured_per_op_and_leave_the_net_runnable() -> None:
+    net = SearchNet(OPS, nodes=1, width=4, reductions=1, dims=1)
+    set_op_costs_(net, torch.zeros(2, 1, 16), "latency")
+    normal = net.search_cells()[0].cost
+    assert normal[0, 0] == 0.0  # none costs nothing
+    assert (normal[0, 1:3] > 0).all()  # sep3 and conv3 were timed (ms)
+    assert net(torch.zeros(2, 1, 16)).shape == (2, 10)  # the hooks are gone, ops unchanged

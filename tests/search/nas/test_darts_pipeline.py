@@ -22,6 +22,7 @@ from netchisel.search.nas.darts_pipeline import TRACE_FILE, is_darts_spec, run_d
 from netchisel.zoo.mnist1d import mnist1d_splits
 from tests.e2e.test_cli import cli
 
+MACRO, CELLS = "netchisel.search.nas:macro_net", "netchisel.search.nas:cell_net"
 EXAMPLE = Path(__file__).parents[3] / "examples" / "search" / "darts_mnist1d.yaml"
 
 
@@ -106,6 +107,16 @@ def test_search_derive_train_int8_ship(shipped: tuple[Path, Any]) -> None:
             "unknown stage 'nope'",
         ),
         ({"task": "imagenet"}, "imagenet"),
+        ({"darts": {"steps_per_epoch": 1.5}}, "DartsConfig steps_per_epoch must be an integer"),
+        ({"darts": {"ops": "conv3"}}, "DartsConfig ops must be a list of op names"),
+        (
+            {"recipe": {"model": {"builder": MACRO, "kwargs": "$candidate"}, "stages": []}},
+            "macro_net: unknown argument 'normal1_in1'",
+        ),
+        (
+            {"recipe": {"model": {"builder": CELLS, "kwargs": "$candidate"}, "task": "digits32"}},
+            "recipe.task 'digits32' differs from task",
+        ),
     ],
 )
 def test_a_broken_spec_fails_before_the_search(
@@ -132,3 +143,25 @@ def test_the_cli_routes_a_darts_spec_and_refuses_study_options(
     code, _, err = cli(capsys, "search", str(spec), "--output", str(tmp_path / "run"))
     assert code == 2 and "darts: unknown field 'epoch'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_running_again_replaces_the_earlier_run(shipped: tuple[Path, Any]) -> None:
+    out, _ = shipped
+    before = (out / TRACE_FILE).stat().st_mtime_ns
+    run_darts(tiny_spec(), output=out, quiet=True)
+    assert (out / TRACE_FILE).stat().st_mtime_ns > before
+    assert sorted(p.name for p in out.iterdir()) == [
+        TRACE_FILE,
+        "model",
+        "report.html",
+        "report.json",
+        "report.md",
+    ]
+
+
+def test_a_foreign_output_is_refused_before_the_search(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="is not empty and is not a netchisel run"):
+        run_darts(tiny_spec(), output=tmp_path, quiet=True)
+    assert time.perf_counter() - started < 5

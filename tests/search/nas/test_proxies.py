@@ -148,3 +148,9 @@ def test_bad_input_is_one_line() -> None:
         proxy_score(nn.Linear(2, 2), torch.zeros(2, 2), torch.zeros(2), "naswot")
     with pytest.raises(ConfigError, match="no weight of rank >= 2"):
         proxy_score(nn.Sequential(nn.ReLU()), torch.zeros(2, 2), torch.zeros(2), "snip")
+
+
+def test_jacob_cov_needs_two_samples() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    with pytest.raises(ConfigError, match="needs a batch of at least 2, got 1"):
+        proxy_score(model, torch.randn(1, 4), torch.zeros(1, dtype=torch.long), "jacob_cov")

@@ -187,6 +187,15 @@ def test_objective_scores_candidates_with_metrics_and_cache(tabular: SuperNet) -
     assert len(cache) == len({json.dumps(t.params, sort_keys=True) for t in study.trials})
 
 
+def test_objective_refuses_bytes_on_disk_before_any_trial(tabular: SuperNet) -> None:
+    from netchisel.search.nas.supernet_train import supernet_objective
+    from netchisel.search.objectives import parse_objectives
+
+    goals = parse_objectives({"objectives": ["accuracy", "bytes_on_disk"]})
+    with pytest.raises(ConfigError, match="bytes_on_disk needs a saved artifact"):
+        supernet_objective(tabular, tiny_task(), goals)
+
+
 def test_winner_is_fine_tuned_or_retrained_as_asked(tabular: SuperNet) -> None:
     from netchisel.core.train import TrainSettings
     from netchisel.search.nas.supernet_train import train_winner

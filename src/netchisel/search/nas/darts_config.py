@@ -75,7 +75,9 @@ class DartsConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        _check_types(self)
         object.__setattr__(self, "ops", tuple(self.ops))  # a YAML list reads as a list
+        object.__setattr__(self, "limited_ops", tuple(self.limited_ops))
         counts = {"epochs": self.epochs, "nodes": self.nodes, "width": self.width}
         counts |= {"cells_per_stage": self.cells_per_stage, "batch_size": self.batch_size}
         counts |= {"es_window": self.es_window}
@@ -131,6 +133,35 @@ class DartsConfig:
     def skip_limit(self) -> int | None:
         """The most skips the derived normal cell may have (None: no limit)."""
         return self.max_skips if self.mitigation in ("skip_limit", "both") else None
+
+
+_INTS: tuple[str, ...] = ("epochs", "order", "nodes", "width", "cells_per_stage")
+_INTS += ("reductions", "batch_size", "max_skips", "es_window", "eigen_iterations", "seed")
+_FLOATS: tuple[str, ...] = ("w_lr", "w_lr_min", "w_momentum", "w_weight_decay", "alpha_lr")
+_FLOATS += ("alpha_weight_decay", "es_factor", "cost_lambda")
+
+
+def _check_types(config: DartsConfig) -> None:
+    """One line naming the field for a value of the wrong type (YAML gives strings, bools)."""
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for name in (*_INTS, "steps_per_epoch", "dims"):
+        value = getattr(config, name)
+        if not integer(value) and not (value is None and name in ("steps_per_epoch", "dims")):
+            raise ConfigError(f"DartsConfig {name} must be an integer, got {value!r}")
+    for name in (*_FLOATS, "macs_budget"):
+        value = getattr(config, name)
+        if not number(value) and not (value is None and name == "macs_budget"):
+            raise ConfigError(f"DartsConfig {name} must be a number, got {value!r}")
+    for name in ("ops", "limited_ops"):
+        value = getattr(config, name)
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"DartsConfig {name} must be a list of op names, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,13 @@ def set_op_costs_(net: SearchNet, example: Tensor, kind: CostKind = "macs") -> N
                     cell.cost[e, j] = float(macs[f"cells.{c}.edges.{e}.ops.{k}"])
         return
     shapes: dict[nn.Module, torch.Size] = {}
+
+    def remember(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+        # Returns None: a pre-hook's return value would replace the op's arguments.
+        shapes.setdefault(module, args[0].shape)
+
     hooks = [
-        op.register_forward_pre_hook(lambda m, args: shapes.setdefault(m, args[0].shape))
+        op.register_forward_pre_hook(remember)
         for cell in net.search_cells()
         for edge in cell.mixed_ops()
         for op in edge.ops

@@ -38,12 +38,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
-from netchisel.core.errors import ConfigError, Interrupted
+from netchisel.core.errors import ConfigError, Interrupted, first_line
+from netchisel.core.task import Task
 from netchisel.pipeline.recipe import parse_recipe, read_yaml
-from netchisel.pipeline.runner import RunResult, check_output_parent, run_recipe
-from netchisel.pipeline.sources import TASK_KINDS, SourceSpec, load_task, parse_source
+from netchisel.pipeline.runner import RunResult, check_output_dir, run_recipe
+from netchisel.pipeline.sources import (
+    TASK_KINDS,
+    SourceSpec,
+    load_model,
+    load_task,
+    parse_source,
+)
 from netchisel.search.nas.cells import cell_space
 from netchisel.search.nas.darts import darts_search
 from netchisel.search.nas.darts_config import DartsConfig, DartsResult, EpochRecord
@@ -93,15 +101,19 @@ def run_darts(
     if "seed" in data:
         config = config.with_changes(seed=_int_seed(data["seed"]))
     out = Path(output if output is not None else data.get("output", f"runs/{name}"))
-    check_output_parent(out)
+    check_output_dir(out)  # a re-run replaces an earlier run; anything else is refused now
     template = dict(data["recipe"])
-    template.setdefault("task", data["task"])
+    if "task" in template and template["task"] != data["task"]:
+        raise ConfigError(
+            f"darts spec: recipe.task {template['task']!r} differs from task {data['task']!r}: "
+            "the cells are searched and trained on one task; remove recipe.task"
+        )
+    template |= {"task": data["task"], "name": name}
     template.setdefault("seed", config.seed)
-    template["name"] = name
-    _recipe(template, _stand_in(config), out)  # fails now, not after the search
     task = load_task(_task_source(data["task"]), SourceSpec("builder", ""), nn.Identity())
     if task is None:
         raise ConfigError("darts: task: name a task (a zoo task such as mnist1d, or a builder)")
+    _check_recipe(template, config, task, out)  # fails now, not after the search
 
     def progress(record: EpochRecord) -> None:
         if not quiet:
@@ -193,7 +205,26 @@ def _stand_in(config: DartsConfig) -> dict[str, Any]:
     """A candidate of the searched space (every edge the first input, the first op)."""
     space = cell_space(config.nodes, config.ops)
     first = {name: dim.choices[0] for name, dim in space.dimensions.items()}
-    return first | {"nodes": config.nodes, "width": config.width}
+    sizes = ("nodes", "width", "cells_per_stage", "reductions")
+    return first | {key: getattr(config, key) for key in sizes}
+
+
+def _check_recipe(template: Mapping[str, Any], config: DartsConfig, task: Task, out: Path) -> None:
+    """Fill the recipe with a stand-in cell of the searched space, build its model and run it
+    on the task's inputs: a wrong builder, stage or task fails before the search."""
+    inputs = task.example_inputs(2)
+    x = inputs[0]
+    shape = {"dims": x.dim() - 2, "in_channels": int(x.shape[1]), "image_size": int(x.shape[-1])}
+    recipe = _recipe(template, _stand_in(config) | shape, out)
+    model = load_model(recipe.model).eval()
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as e:  # any failure of the user's builder on these inputs
+        raise ConfigError(
+            f"darts spec: the recipe's model cannot run on the task's inputs "
+            f"({'x'.join(str(n) for n in x.shape)}): {first_line(e)}"
+        ) from None
 
 
 def _recipe(template: Mapping[str, Any], candidate: dict[str, Any], out: Path) -> Any:

@@ -170,6 +170,11 @@ def naswot(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: LossFn) -
 def jacob_cov(model: nn.Module, inputs: Tensor, targets: Tensor, loss_fn: LossFn) -> float:
     """-sum(log(v + k) + 1/(v + k)) over the eigenvalues v of the correlation matrix of the
     per-sample input Jacobians (of the summed output), k = 1e-5 (Mellor et al. 2020, v1)."""
+    if inputs.shape[0] < 2:
+        raise ConfigError(
+            f"proxy jacob_cov correlates the samples' Jacobians: it needs a batch of at least 2, "
+            f"got {inputs.shape[0]}"
+        )
     model.train()
     x = inputs.detach().clone().requires_grad_(True)
     model(x).sum().backward()

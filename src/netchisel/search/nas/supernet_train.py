@@ -148,6 +148,11 @@ def supernet_objective(
             "supernet_objective: the objectives name latency; pass profile=ProfileSettings("
             "latency=True)"
         )
+    if "bytes_on_disk" in objectives.metrics():
+        raise ConfigError(
+            "supernet_objective: bytes_on_disk needs a saved artifact per candidate, which a "
+            "super-net score does not write; use params or bytes_in_memory"
+        )
     cache = {} if cache is None else cache
 
     def objective(trial: optuna.Trial) -> list[float]:

@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from netchisel.artifact.store import load, save
 from netchisel.core.errors import ConfigError
+from netchisel.core.modules import builder_of
 from netchisel.core.task import Task, classification_task
 from netchisel.measure import count_flops
 from netchisel.search.nas import cell_net, cell_space
@@ -104,6 +105,9 @@ def test_images_and_the_derived_model_round_trips(tmp_path: Path) -> None:
     )
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(load(save(model, tmp_path / "darts"))(x), model(x))
+    swapped = result.model(normal1_op1="conv3")  # a cell dimension can be overridden too
+    marked = builder_of(swapped)
+    assert marked is not None and marked[1]["normal1_op1"] == "conv3"
 
 
 def test_bad_input_is_one_clear_error() -> None:
@@ -119,3 +123,9 @@ def test_bad_input_is_one_clear_error() -> None:
         darts_search(SEQUENCES, TINY.with_changes(dims=2))
     with pytest.raises(ConfigError, match="at least 4 batches of 64"):
         darts_search(task_of((1, 16), n=100), TINY.with_changes(batch_size=64))
+
+
+def test_early_stop_needs_two_windows_of_epochs() -> None:
+    with pytest.raises(ConfigError, match="needs epochs >= 10 \\(got 6\\)"):
+        DartsConfig(epochs=6, mitigation="both")
+    assert DartsConfig(epochs=6, es_window=3, mitigation="both").early_stop

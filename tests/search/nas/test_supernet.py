@@ -244,3 +244,8 @@ def test_bad_supernet_arguments_are_one_line_errors() -> None:
         SuperNet(tabular_space() | Space({"lr": categorical(0.1, 0.01)}))
     with pytest.raises(ConfigError, match="pass a candidate or call activate"):
         SuperNet(tabular_space(), **TABULAR_KWARGS)(torch.zeros(1, 1, 8, 8))
+
+
+def test_a_candidate_that_is_not_a_mapping_is_one_line(tabular: SuperNet) -> None:
+    with pytest.raises(ConfigError, match="expected a mapping of the space's dimensions, got"):
+        tabular.subnet(None)  # type: ignore[arg-type]

@@ -119,6 +119,12 @@ class DartsConfig:
             )
         if self.mitigation in ("early_stop", "both") and self.eigen_iterations == 0:
             raise ConfigError("DartsConfig mitigation 'early_stop' needs eigen_iterations >= 1")
+        if self.early_stop and self.epochs < 2 * self.es_window:
+            raise ConfigError(
+                f"DartsConfig mitigation {self.mitigation!r}: DARTS-ES compares two windows of "
+                f"es_window={self.es_window} epochs, so it needs epochs >= {2 * self.es_window} "
+                f"(got {self.epochs}): lower es_window, or use mitigation 'skip_limit'"
+            )
 
     def with_changes(self, **changes: Any) -> DartsConfig:
         """A copy with some fields changed (checked again)."""
@@ -198,6 +204,7 @@ class DartsResult:
     config: DartsConfig = field(default_factory=DartsConfig)
 
     def model(self, **overrides: Any) -> nn.Module:
-        """The derived network: `cell_net(**candidate, **net_kwargs)`, kwargs overridable
-        (the usual: a larger `width` and more `cells_per_stage` for the final model)."""
-        return cell_net(**self.candidate, **(self.net_kwargs | overrides))
+        """The derived network: `cell_net(**candidate, **net_kwargs)`; any of them can be
+        overridden (the usual: a larger `width` and more `cells_per_stage` for the final
+        model; a cell dimension such as `normal1_op1` too)."""
+        return cell_net(**(self.candidate | self.net_kwargs | overrides))

@@ -167,6 +167,11 @@ class SuperNet(nn.Module):
 
     def check(self, candidate: Mapping[str, Any]) -> Candidate:
         """The candidate as a dict, or a one-line ConfigError when the space lacks it."""
+        if not isinstance(candidate, Mapping):
+            raise ConfigError(
+                f"super-net candidate: expected a mapping of the space's dimensions, got "
+                f"{type(candidate).__name__}"
+            )
         out: Candidate = {}
         for name, dim in self.space.dimensions.items():
             if not dim.active(out):

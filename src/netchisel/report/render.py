@@ -233,12 +233,20 @@ def exit_rows(dynamic: dict[str, Any] | None) -> dict[str, str]:
         ...     "fraction": 0.5}], "expected_macs": 30.0, "mac_reduction": 0.5, "static_macs": 60})
         >>> rows["exit after layer1 (threshold 0.9)"], rows["expected MACs per sample"]
         ('10 MACs, 50.0% of calibration', '30 (50.0% fewer than 60)')
+        >>> list(exit_rows({"exits": [{"after": "layer2", "threshold": 1.0, "head_runs": False,
+        ...     "macs": 20, "fraction": 0.0}]}))
+        ['exit after layer2 (never fires)']
     """
     rows: dict[str, str] = {}
     for e in (dynamic or {}).get("exits", []):
         share = "" if e["fraction"] is None else f", {100 * e['fraction']:.1f}% of calibration"
         where = "the end" if e["threshold"] is None else f"exit after {e['after']}"
-        label = where if e["threshold"] is None else f"{where} (threshold {e['threshold']:.4g})"
+        if e["threshold"] is None:
+            label = where
+        elif e.get("head_runs") is False:  # a threshold that can never fire: the head is off
+            label = f"{where} (never fires)"
+        else:
+            label = f"{where} (threshold {e['threshold']:.4g})"
         rows[label] = f"{e['macs']:,} MACs{share}"
     if dynamic is not None and dynamic.get("expected_macs") is not None:
         rows["expected MACs per sample"] = (

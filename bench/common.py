@@ -80,6 +80,36 @@ def ab_entry(cmp: Any) -> dict[str, Any]:
     }
 
 
+def ab_speedups(
+    models: dict[str, Any],
+    pairs: Any,
+    task: Any,
+    batches: tuple[int, ...],
+    calls: tuple[int, int],
+) -> dict[str, Any]:
+    """A/B latency of each (a, b) pair of `models` on the task's test inputs, one thread,
+    eager, 30 alternating rounds; `calls` per round at batch 1 and at larger batches.
+    Keys "a/b@batch", values `ab_entry`."""
+    from netchisel.measure.latency import compare_latency, make_runner
+
+    out: dict[str, Any] = {}
+    for batch in batches:
+        inputs = task.example_inputs(batch, split="test")
+        runners = {name: make_runner(m, inputs, "eager", threads=1) for name, m in models.items()}
+        for a, b in pairs:
+            cmp = compare_latency(
+                runners[a],
+                runners[b],
+                batch_size=batch,
+                threads=1,
+                rounds=30,
+                calls_per_round=calls[0] if batch == 1 else calls[1],
+                labels=(a, b),
+            )
+            out[f"{a}/{b}@{batch}"] = ab_entry(cmp)
+    return out
+
+
 def shipped(model: Any, example_inputs: tuple[Any, ...]) -> tuple[Any, int]:
     """The model saved as an artifact and loaded back (checked bit-exact on `example_inputs`),
     and the artifact's bytes: benches measure what a user would ship."""

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from common import (  # bench/ is on sys.path when a script in it runs
-    ab_entry,
+    ab_speedups,
     shipped,
     spread,
     write_result,
@@ -50,7 +50,6 @@ from netchisel.core.context import Context
 from netchisel.core.task import Task
 from netchisel.core.train import TrainSettings, fit
 from netchisel.measure import count_flops
-from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.prune.structured import StructuredConfig, prune_structured
 from netchisel.zoo import data, train
 
@@ -108,22 +107,7 @@ def torch_pruning(model: nn.Module, ratio: float, one: tuple[torch.Tensor, ...])
 
 
 def speedups(models: dict[str, nn.Module], task: Task) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for batch in BATCHES:
-        inputs = task.example_inputs(batch, split="test")
-        runners = {name: make_runner(m, inputs, "eager", threads=1) for name, m in models.items()}
-        for a, b in PAIRS:
-            cmp = compare_latency(
-                runners[a],
-                runners[b],
-                batch_size=batch,
-                threads=1,
-                rounds=30,
-                calls_per_round=50 if batch == 1 else 10,
-                labels=(a, b),
-            )
-            out[f"{a}/{b}@{batch}"] = ab_entry(cmp)
-    return out
+    return ab_speedups(models, PAIRS, task, BATCHES, calls=(50, 10))
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from common import (  # bench/ is on sys.path when a script in it runs
-    ab_entry,
+    ab_speedups,
     saturated_note,
     shipped,
     write_result,
@@ -50,7 +50,6 @@ from netchisel.core.context import Context
 from netchisel.core.task import Task
 from netchisel.core.train import TrainSettings, fit
 from netchisel.measure import count_flops
-from netchisel.measure.latency import compare_latency, make_runner
 from netchisel.prune.structured import StructuredConfig, prune_structured
 from netchisel.zoo import data, train
 
@@ -85,22 +84,7 @@ def speedups(models: dict[str, nn.Module], task: Task) -> dict[str, Any]:
         ("torch_pruning", "netchisel"),
     ]
     pairs += [(a, b) for a, b in [("original", "netchisel_target")] if b in models]
-    out: dict[str, Any] = {}
-    for batch in BATCHES:
-        inputs = task.example_inputs(batch, split="test")
-        runners = {name: make_runner(m, inputs, "eager", threads=1) for name, m in models.items()}
-        for a, b in pairs:
-            cmp = compare_latency(
-                runners[a],
-                runners[b],
-                batch_size=batch,
-                threads=1,
-                rounds=30,
-                calls_per_round=20 if batch == 1 else 5,
-                labels=(a, b),
-            )
-            out[f"{a}/{b}@{batch}"] = ab_entry(cmp)
-    return out
+    return ab_speedups(models, pairs, task, BATCHES, calls=(20, 5))
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,onnx,llm,peers,quant,factorize,search,postgres,mnist1d]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,onnx,llm,peers,quant,factorize,search,postgres,mnist1d,models]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,0 +1,142 @@
+"""Finding the feed-forward blocks a model's MoE stage may convert: Linear - activation - Linear.
+
+A block qualifies when its children, in order and without Dropout/Identity, are exactly a
+Linear, a parameter-free activation and a Linear whose input width is the first one's output
+width, and when its eval-mode output really is `fc_out(act(fc_in(x)))` on a random input (the
+structure alone cannot tell a residual or gated block from a plain one). `names` are module
+names or shell-style globs (`blocks.*.mlp`); "auto" takes every qualifying block.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from netchisel.core.errors import ConfigError
+from netchisel.core.state import seeded
+
+_PASSIVE = (nn.Dropout, nn.Identity)
+
+
+@dataclass(frozen=True)
+class FeedForward:
+    """A feed-forward block found in a model: its name, its two Linears, its activation and
+    the dropout probability on its output (0 when it has none)."""
+
+    name: str
+    fc_in: nn.Linear
+    act: nn.Module
+    fc_out: nn.Linear
+    dropout: float
+
+    @property
+    def hidden(self) -> int:
+        """Its hidden width."""
+        return self.fc_in.out_features
+
+
+def _parts(module: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear, float] | str:
+    """The block's parts, or why it is not a Linear-activation-Linear block."""
+    children = list(module.children())
+    drops = [c for c in children if isinstance(c, nn.Dropout)]
+    core = [c for c in children if not isinstance(c, _PASSIVE)]
+    kinds = [type(c).__name__ for c in core]
+    if len(core) != 3 or not isinstance(core[0], nn.Linear) or not isinstance(core[2], nn.Linear):
+        return f"its children are {kinds or 'none'}"
+    fc_in, act, fc_out = core[0], core[1], core[2]
+    assert isinstance(fc_in, nn.Linear) and isinstance(fc_out, nn.Linear)  # checked above
+    if isinstance(act, nn.Linear) or any(True for _ in act.parameters()):
+        return f"its middle child {type(act).__name__} has parameters"
+    if fc_in.out_features != fc_out.in_features:
+        return f"its Linears do not chain ({fc_in.out_features} -> {fc_out.in_features})"
+    if len(drops) > 1:
+        return "it has more than one Dropout"
+    x = seeded_input(fc_in.in_features, fc_in.weight)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            got = module(x)
+            want = fc_out(act(fc_in(x)))
+    except Exception as e:  # any failure means "not this kind of block"
+        return f"calling it on a ({x.shape[0]}, {x.shape[1]}) input failed ({type(e).__name__})"
+    finally:
+        module.train(was_training)
+    if not isinstance(got, torch.Tensor) or got.shape != want.shape:
+        return "its output is not fc_out(act(fc_in(x)))"
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
+        return "its output is not fc_out(act(fc_in(x)))"
+    return fc_in, act, fc_out, float(drops[0].p) if drops else 0.0
+
+
+def seeded_input(width: int, like: torch.Tensor) -> torch.Tensor:
+    """A fixed random (5, width) input on `like`'s device and dtype (the block check's probe)."""
+    with seeded(0):
+        return torch.randn(5, width).to(like.device, like.dtype)
+
+
+def find_feed_forwards(model: nn.Module, names: tuple[str, ...], where: str) -> list[FeedForward]:
+    """The blocks `names` select, in model order; one line naming the first that is not one.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.Sequential(nn.Linear(8, 16), nn.GELU(),
+        ...                     nn.Linear(16, 8)), nn.Linear(8, 2))
+        >>> [f.name for f in find_feed_forwards(net, ("auto",), "dynamic.moe")]
+        ['1']
+        >>> find_feed_forwards(net, ("0",), "dynamic.moe")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        netchisel.core.errors.ConfigError: dynamic.moe: module '0' (Linear) is not a ...
+    """
+    modules = dict(model.named_modules())
+    if not names:
+        raise ConfigError(f"{where}: modules is empty: name the feed-forward blocks, or 'auto'")
+    if tuple(names) == ("auto",):
+        found: list[FeedForward] = []
+        for name, module in modules.items():
+            if name and not any(name.startswith(f.name + ".") for f in found):
+                parts = _parts(module)
+                if not isinstance(parts, str):
+                    found.append(FeedForward(name, *parts))
+        if not found:
+            raise ConfigError(
+                f"{where}: modules: auto found no Linear-activation-Linear block in the model; "
+                "name the blocks to convert"
+            )
+        return found
+    chosen: list[str] = []
+    for pattern in names:
+        hits = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ConfigError(
+                f"{where}: modules: {pattern!r} names no module of the model "
+                f"(top-level: {', '.join(n for n, _ in model.named_children())})"
+            )
+        chosen += [n for n in hits if n not in chosen]
+    out = []
+    for name in [n for n in modules if n in chosen]:  # model order
+        parts = _parts(modules[name])
+        if isinstance(parts, str):
+            raise ConfigError(
+                f"{where}: module {name!r} ({type(modules[name]).__name__}) is not a "
+                f"feed-forward block (Linear - activation - Linear): {parts}"
+            )
+        out.append(FeedForward(name, *parts))
+    return out
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put `new` where the submodule `name` is.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> replace_module(net, "0", nn.Identity())
+        >>> type(net[0]).__name__
+        'Identity'
+    """
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)

@@ -1,0 +1,232 @@
+"""The model that really runs narrower: a slimmable chain and a gate choosing a width per input.
+
+In eval mode, `forward` asks the gate (a tiny conv or linear net on the input, its cost
+counted) which width each sample gets, groups the samples by width, and runs each group
+through the chain on the SLICED weights (`weight[:c_out, :c_in]`: a narrow conv is a smaller
+conv) with that width's own BatchNorm; the outputs come back in the samples' original order.
+At batch 1 only the chosen width runs. Nothing is masked: what is cut is never computed, and
+`netchisel.measure.count_flops` counts only what ran.
+
+The model handed in is kept whole as the child `backbone`: the full width is exactly its own
+forward. The narrower widths' BatchNorms (switchable BatchNorm, Yu et al. 2018) are
+`norms.<i>.<k>` (the i-th BatchNorm of the chain at width k; the full width uses the
+backbone's own). The widths, the plan (steps, kinds, channels per width), the gate's bias and
+the width histogram of the calibration split are plain attributes, so `netchisel.save` /
+`netchisel.load` keep them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from netchisel.dynamic.width_slim import SlimPlan, slice_forward, tensor_of
+from netchisel.measure.flops import count_flops
+
+
+class WidthModel(nn.Module):
+    """A slimmable backbone (`plan` made by `plan_width`) and a `gate` giving one logit per
+    width; `fixed_width` (an index into `widths`) runs every sample at that width instead.
+
+    Example:
+        >>> from netchisel.dynamic.width_slim import plan_width
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> plan = plan_width(net, [0.5, 1.0], torch.zeros(1, 4))
+        >>> model = WidthModel(net, plan, [0.5, 1.0], nn.Linear(4, 2)).eval()
+        >>> model(torch.zeros(5, 4)).shape, model.run_width(torch.zeros(1, 4), 0).shape
+        (torch.Size([5, 3]), torch.Size([1, 3]))
+    """
+
+    def __init__(
+        self, backbone: nn.Module, plan: SlimPlan, widths: list[float], gate: nn.Module
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.gate = gate
+        self.widths = [float(w) for w in widths]
+        self.steps = list(plan.steps)
+        self.kinds = list(plan.kinds)
+        self.channels_in = [list(c) for c in plan.channels_in]
+        self.channels_out = [list(c) for c in plan.channels_out]
+        # Added to gate logit k as bias * k: > 0 leans to wider widths (set on calibration).
+        self.gate_bias = 0.0
+        self.fixed_width: int | None = None
+        # Share of the calibration split the gate sent to each width.
+        self.width_fractions: list[float] = []
+        norms = []
+        for j, kind in enumerate(self.kinds):
+            if kind != "norm":
+                continue
+            full = self._module(j)
+            narrow = nn.ModuleList()
+            for c in self.channels_in[j][:-1]:
+                bn = type(full)(c, eps=full.eps, momentum=full.momentum)
+                with torch.no_grad():  # start from the full width's first channels
+                    for name in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(bn, name).copy_(tensor_of(full, name)[:c])
+                narrow.append(bn.to(tensor_of(full, "weight").device))
+            norms.append(narrow)
+        self.norms = nn.ModuleList(norms)
+
+    def _module(self, j: int) -> nn.Module:
+        module = self.backbone
+        # The children tables directly: get_submodule's checks cost microseconds a step.
+        for part in self.steps[j].split("."):
+            module = module._modules[part]  # type: ignore[assignment]
+        return module
+
+    def norm_at(self, j: int, k: int) -> _BatchNorm:
+        """The BatchNorm that step `j` (a norm) uses at width index `k`."""
+        if k == len(self.widths) - 1:
+            norm = self._module(j)
+        else:
+            norm = self.norms[self.kinds[:j].count("norm")][k]  # type: ignore[index]
+        assert isinstance(norm, _BatchNorm), f"step {self.steps[j]} is not a BatchNorm"
+        return norm
+
+    def run_width(self, x: Tensor, k: int) -> Tensor:
+        """The chain at width index `k` on the whole batch: sliced weights, width k's norms.
+
+        Example:
+            >>> from netchisel.dynamic.width_slim import plan_width
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+            >>> plan = plan_width(net, [0.5, 1.0], torch.zeros(1, 4))
+            >>> m = WidthModel(net, plan, [0.5, 1.0], nn.Linear(4, 2))
+            >>> x = torch.randn(2, 4)
+            >>> torch.equal(m.run_width(x, 1), net(x))
+            True
+        """
+        for j, kind in enumerate(self.kinds):
+            if kind in ("conv", "linear"):
+                x = slice_forward(
+                    self._module(j), kind, x, self.channels_in[j][k], self.channels_out[j][k]
+                )
+            elif kind == "norm":
+                x = self.norm_at(j, k)(x)
+            else:
+                x = self._module(j)(x)
+        return x
+
+    def choose(self, x: Tensor) -> Tensor:
+        """The width index the gate gives each sample (or `fixed_width` for all)."""
+        if self.fixed_width is not None:
+            return torch.full((x.shape[0],), self.fixed_width, dtype=torch.long, device=x.device)
+        logits = self.gate(x)
+        lean = self.gate_bias * torch.arange(logits.shape[-1], device=x.device, dtype=logits.dtype)
+        choice: Tensor = (logits + lean).argmax(-1)
+        return choice
+
+    def routed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs with each sample at its chosen width, and the width index of each.
+
+        Example:
+            >>> from netchisel.dynamic.width_slim import plan_width
+            >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+            >>> plan = plan_width(net, [0.5, 1.0], torch.zeros(1, 4))
+            >>> m = WidthModel(net, plan, [0.5, 1.0], nn.Linear(4, 2)).eval()
+            >>> m.fixed_width = 0
+            >>> m.routed(torch.zeros(3, 4))[1].tolist()
+            [0, 0, 0]
+        """
+        choice = self.choose(x)
+        return grouped(x, choice, self.run_width), choice
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            k = len(self.widths) - 1 if self.fixed_width is None else self.fixed_width
+            return self.run_width(x, k)
+        return self.routed(x)[0]
+
+    def dynamic_costs(self, example_inputs: Any) -> dict[str, Any]:
+        """MACs per sample at each width (with and without the gate's), the gate's, the
+        share of the calibration split at each width and the expected MACs per sample (what
+        `netchisel.measure.profile` reports as `dynamic`)."""
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        return width_costs(self, inputs[0])
+
+
+def grouped(x: Tensor, choice: Tensor, run: Callable[[Tensor, int], Tensor]) -> Tensor:
+    """`run(x_k, k)` on the samples of each chosen width k, the outputs put back in the
+    samples' order; one call (no indexing) when all share a width, as at batch 1.
+
+    Example:
+        >>> grouped(torch.arange(4.0)[:, None], torch.tensor([1, 0, 1, 0]),
+        ...         lambda x, k: x * 10 ** k).flatten().tolist()
+        [0.0, 1.0, 20.0, 3.0]
+    """
+    if x.shape[0] == 1:  # batch 1: only its width runs
+        return run(x, int(choice[0]))
+    chosen = torch.unique(choice).tolist()
+    if len(chosen) == 1:
+        return run(x, chosen[0])
+    out: Tensor | None = None
+    for k in chosen:
+        index = (choice == k).nonzero().squeeze(1)
+        y = run(x.index_select(0, index), k)
+        if out is None:
+            out = y.new_empty((x.shape[0], *y.shape[1:]))
+        out.index_copy_(0, index, y)
+    assert out is not None
+    return out
+
+
+class _AtWidth(nn.Module):
+    """Runs a `WidthModel` at one width with no gate, so one count prices that width."""
+
+    def __init__(self, model: WidthModel, k: int) -> None:
+        super().__init__()
+        self.model = model
+        self.k = k
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.run_width(x, self.k)
+
+
+def width_macs(model: WidthModel, x: Tensor) -> tuple[list[int], int, int]:
+    """Exact MACs per sample of each width, of the gate, and of the backbone alone
+    (`count_flops` on the first sample of `x`).
+
+    Example:
+        >>> from netchisel.dynamic.width_slim import plan_width
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> plan = plan_width(net, [0.5, 1.0], torch.zeros(1, 4))
+        >>> width_macs(WidthModel(net, plan, [0.5, 1.0], nn.Linear(4, 2)), torch.zeros(2, 4))
+        ([28, 56], 8, 56)
+    """
+    one = x[:1]
+    per_width = [count_flops(_AtWidth(model, k), one).macs for k in range(len(model.widths))]
+    return per_width, count_flops(model.gate, one).macs, count_flops(model.backbone, one).macs
+
+
+def width_costs(model: WidthModel, x: Tensor) -> dict[str, Any]:
+    """Per width: its fraction of channels, MACs per sample alone and with the gate, and the
+    share of the calibration split the gate sent there; then the gate's MACs, the expected
+    MACs per sample under that histogram and the static (backbone) MACs."""
+    per_width, gate, static = width_macs(model, x)
+    fractions = list(model.width_fractions)
+    rows = [
+        {
+            "width": w,
+            "macs": m,
+            "macs_with_gate": m + gate,
+            "fraction": fractions[k] if fractions else None,
+        }
+        for k, (w, m) in enumerate(zip(model.widths, per_width, strict=True))
+    ]
+    expected = (
+        sum(f * (m + gate) for f, m in zip(fractions, per_width, strict=True))
+        if fractions
+        else None
+    )
+    return {
+        "widths": rows,
+        "gate_macs": gate,
+        "gate_bias": model.gate_bias,
+        "static_macs": static,
+        "expected_macs": expected,
+        "mac_reduction": None if expected is None else 1.0 - expected / static,
+    }

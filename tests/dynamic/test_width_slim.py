@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from netchisel.core.errors import ConfigError, ModelError
+from netchisel.dynamic.width_slim import (
+    check_width,
+    kept,
+    plan_width,
+    reorder_channels_,
+    slice_forward,
+)
+from netchisel.zoo.models.sequence import mnist1d_cnn
+from netchisel.zoo.models.vision import cnn
+
+
+def bn_chain(seed: int = 0) -> nn.Sequential:
+    """(N, 1, 8) -> Conv1d(1, 8, 3) BN ReLU Conv1d(8, 8, 3) BN ReLU MaxPool(2) Flatten
+    Linear(32, 3), with BatchNorm statistics and scales made unequal (as trained ones are).
+
+    MACs per sample at width 0.5 / 1.0: conv 96 / 192, conv 384 / 1536, linear 48 / 96.
+    """
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv1d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Conv1d(8, 8, 3, padding=1),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.MaxPool1d(2),
+        nn.Flatten(),
+        nn.Linear(32, 3),
+    )
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    return net.eval()
+
+
+def test_kept_channels_and_width_range() -> None:
+    assert [kept(w, 32) for w in (0.25, 0.5, 0.75, 1.0)] == [8, 16, 24, 32]
+    assert [kept(w, 25) for w in (0.25, 0.5, 0.75, 1.0)] == [6, 13, 19, 25]
+    assert kept(1e-6, 25) == 1
+    for bad in (0.0, -0.5, 1.01):
+        with pytest.raises(ConfigError) as err:
+            check_width(bad, "widths[0]")
+        assert str(err.value).startswith(f"dynamic.width: widths[0] = {bad} is outside (0, 1]")
+        assert "\n" not in str(err.value)
+
+
+def test_plan_of_the_zoo_cnn_and_mnist1d_cnn() -> None:
+    widths = [0.25, 0.5, 0.75, 1.0]
+    plan = plan_width(cnn(), widths, torch.zeros(2, 1, 32, 32))
+    assert plan.steps[:4] == ["features.conv1", "features.bn1", "features.relu1", "features.pool1"]
+    assert plan.steps[-2:] == ["flatten", "classifier"] and plan.weights == [0, 4, 8, 13]
+    assert [plan.channels_out[j] for j in plan.weights] == [
+        [8, 16, 24, 32],
+        [16, 32, 48, 64],
+        [32, 64, 96, 128],
+        [10, 10, 10, 10],  # the classes are never cut
+    ]
+    # The Linear after Flatten reads the first c * 4 * 4 features: the first c channels.
+    assert plan.channels_in[13] == [512, 1024, 1536, 2048]
+    one_d = plan_width(mnist1d_cnn(), widths, torch.zeros(1, 1, 40))
+    assert [one_d.channels_out[j] for j in one_d.weights] == [[6, 13, 19, 25]] * 3 + [[10] * 4]
+    assert one_d.channels_in[-1] == [30, 65, 95, 125]  # 5 positions per channel
+
+
+@pytest.mark.parametrize(
+    ("net", "x", "message"),
+    [
+        (
+            nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)),
+            torch.zeros(1, 4),
+            "cannot slim 1 (LayerNorm): not a layer whose channels can be cut to a prefix",
+        ),
+        (
+            nn.Sequential(nn.Conv1d(4, 4, 3, groups=4), nn.Flatten(), nn.Linear(24, 2)),
+            torch.zeros(1, 4, 8),
+            "cannot slim 0 (Conv1d): groups=4 ties its channels to its inputs'",
+        ),
+        (
+            nn.Sequential(nn.Conv1d(1, 4, 3), nn.Linear(6, 2)),
+            torch.zeros(1, 1, 8),
+            "cannot slim 1 (Linear): its input is (1, 4, 6): it mixes positions, not channels",
+        ),
+        (
+            nn.Sequential(nn.Flatten(), nn.Linear(4, 2)),
+            torch.zeros(1, 4),
+            "cannot slim a model with 1 conv/linear layer(s)",
+        ),
+        (
+            nn.Linear(4, 2),
+            torch.zeros(1, 4),
+            "cannot slim <root> (Linear): its forward is not a chain of nn.Sequential",
+        ),
+    ],
+)
+def test_what_cannot_be_slimmed_is_named_in_one_line(
+    net: nn.Module, x: torch.Tensor, message: str
+) -> None:
+    with pytest.raises(ModelError) as err:
+        plan_width(net, [0.5, 1.0], x)
+    assert f"dynamic.width: {message}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_reorder_keeps_the_function_and_puts_the_largest_scales_first() -> None:
+    net = bn_chain()
+    x = torch.randn(16, 1, 8)
+    with torch.no_grad():
+        before = net(x)
+    scales = [net[1].weight.detach().abs().clone(), net[4].weight.detach().abs().clone()]
+    plan = plan_width(net, [0.5, 1.0], x)
+    orders = reorder_channels_(net, plan)
+    assert orders == [torch.argsort(s, descending=True, stable=True).tolist() for s in scales]
+    for bn in (net[1], net[4]):
+        s = bn.weight.detach().abs()
+        assert bool((s[:-1] >= s[1:]).all())
+    with torch.no_grad():
+        after = net(x)
+    assert orders[0] != list(range(8))  # the test reorders something
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
+
+
+def test_reorder_without_norms_uses_the_weights_l1_norm() -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    x = torch.randn(8, 4)
+    with torch.no_grad():
+        before = net(x)
+        l1 = net[0].weight.abs().sum(1)
+    orders = reorder_channels_(net, plan_width(net, [0.5, 1.0], x))
+    assert orders[0] == torch.argsort(l1, descending=True, stable=True).tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, rtol=0, atol=1e-6)
+
+
+def test_slice_forward_is_the_narrow_layer() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    x = torch.randn(2, 3, 5, 5)
+    narrow = nn.Conv2d(3, 2, 3, padding=1)
+    with torch.no_grad():
+        narrow.weight.copy_(conv.weight[:2, :3])
+        narrow.bias.copy_(conv.bias[:2])
+        assert torch.equal(slice_forward(conv, "conv", x, 3, 2), narrow(x))

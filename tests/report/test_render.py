@@ -140,6 +140,27 @@ def _pruned_then_tested() -> dict[str, Any]:
     return report
 
 
+def test_a_dynamic_stage_gets_a_trade_off_table_and_two_plots(tmp_path: Path) -> None:
+    report: Any = _report()
+    report["steps"][1]["records"]["dynamic"] = {
+        "split": "val",
+        "static": {"accuracy": 98.0, "mean_macs": 1000.0},
+        "chosen": {"accuracy": 97.6, "mean_macs": 420.0},
+        "sweep": [
+            {"setting": "max_drop 0", "accuracy": 98.0, "mean_macs": 700.0},
+            {"setting": "max_drop 0.5", "accuracy": 97.6, "mean_macs": 420.0},
+        ],
+        "histogram": {"exit after layer1": 0.55, "end": 0.45},
+    }
+    md = render_markdown(report)
+    assert "## Dynamic trade-off: finetune" in md
+    assert "| max_drop 0.5 | 97.6 | 420 |" in md and "| exit after layer1 | 55.0% |" in md
+    assert "dynamic {" not in md  # not repeated as a raw dict in the metrics line
+    write_reports(report, tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<svg") == 6 and "accuracy vs mean MACs" in page and "paths taken" in page
+
+
 def test_the_evaluate_row_shows_the_split_it_evaluated() -> None:
     md = render_markdown(_pruned_then_tested())
     # the test split's accuracy, not the validation accuracy the runner measured beside it

@@ -244,3 +244,17 @@ def test_optuna_samplers_alone_repeat_their_draws_after_a_restart() -> None:
     study.sampler = optuna.samplers.RandomSampler(seed=0)
     _optimize(study, _error, 3)
     assert _params(study)[3:] == _params(study)[:3]
+
+
+def test_grid_visits_every_point_once() -> None:
+    grid = {"a": [0.0, 100.0], "b": ["1", "4"], "c": [1, 2, 3]}
+
+    def objective(trial: optuna.Trial) -> float:
+        a = trial.suggest_categorical("a", grid["a"])
+        b = trial.suggest_categorical("b", grid["b"])
+        return a + int(b) + trial.suggest_categorical("c", grid["c"])
+
+    sampler = make_sampler("grid", seed=3, grid=grid)  # type: ignore[arg-type]
+    study = _optimize(optuna.create_study(sampler=sampler), objective, 12)
+    points = {(p["a"], p["b"], p["c"]) for p in _params(study)}
+    assert len(points) == 12  # once each: per-trial reseeding used to repeat points

@@ -21,7 +21,7 @@ the model handed in as it was.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
@@ -38,7 +38,7 @@ from netchisel.dynamic.confidence import check_threshold, fires, soft_kl
 from netchisel.dynamic.costs import exit_macs
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.heads import make_head
-from netchisel.dynamic.thresholds import Outcome, calibrate, outcome_of
+from netchisel.dynamic.thresholds import Outcome, calibrate, outcome_of, trade_off
 
 STAGE = "dynamic.early_exit"
 
@@ -113,12 +113,14 @@ class EarlyExitConfig(TrainConfig):
 @dataclass(frozen=True)
 class Calibration:
     """Thresholds set on a model and what they do on the split: the `outcome`, the MACs per
-    sample at each exit and at the end (`costs`, heads that never fire left out), and the
-    backbone's alone (`static_macs`)."""
+    sample at each exit and at the end (`costs`, heads that never fire left out), the
+    backbone's alone (`static_macs`), and the thresholds calibrated at each accuracy budget of
+    `thresholds.BUDGETS` (`sweep`: accuracy against mean MACs, what a report plots)."""
 
     outcome: Outcome
     costs: list[int]
     static_macs: int
+    sweep: list[tuple[float, Outcome]] = field(default_factory=list)
 
 
 def _logits(out: object) -> Tensor:
@@ -179,8 +181,42 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
         reference_accuracy=reference,
         calibrated_accuracy=outcome.accuracy,
         never_fire=[n for n, f in zip(config.exits, outcome.fractions, strict=False) if f == 0.0],
+        dynamic=trade_off_record(config.exits, reference, calibration, config.split),
     )
     return dyn
+
+
+def trade_off_record(
+    exits: tuple[str, ...] | list[str], reference: float, calibration: Calibration, split: str
+) -> dict[str, object]:
+    """What a report plots of a dynamic stage (the record `dynamic`): accuracy against mean
+    MACs per sample over the sweep, the point chosen, the static model, and the histogram of
+    where the split's samples left.
+
+    Example:
+        >>> o = Outcome([0.9], 97.0, [0.25, 0.75], 85.0)
+        >>> r = trade_off_record(["layer1"], 98.0, Calibration(o, [40, 100], 100, [(1.0, o)]),
+        ...     "val")
+        >>> r["histogram"], r["sweep"][0]["setting"]
+        ({'exit after layer1': 0.25, 'end': 0.75}, 'max_drop 1')
+    """
+    outcome = calibration.outcome
+    labels = [f"exit after {name}" for name in exits] + ["end"]
+    return {
+        "kind": "early_exit",
+        "split": split,
+        "static": {"accuracy": reference, "mean_macs": float(calibration.static_macs)},
+        "chosen": {"accuracy": outcome.accuracy, "mean_macs": outcome.expected_macs},
+        "sweep": [
+            {
+                "setting": f"max_drop {budget:g}",
+                "accuracy": o.accuracy,
+                "mean_macs": o.expected_macs,
+            }
+            for budget, o in calibration.sweep
+        ],
+        "histogram": dict(zip(labels, outcome.fractions, strict=True)),
+    }
 
 
 def calibrate_exits(
@@ -229,7 +265,8 @@ def calibrate_exits(
     model.set_thresholds(found.thresholds)
     model.exit_fractions = found.fractions
     live = [fires(model.criterion, t) for t in found.thresholds]
-    return Calibration(found, macs.per_exit(live), macs.static)
+    sweep = trade_off(logits, labels, model.criterion, macs, reference)
+    return Calibration(found, macs.per_exit(live), macs.static, sweep)
 
 
 def _accuracy(model: nn.Module, task: Task, split: str) -> float:

@@ -172,3 +172,36 @@ def calibrate(
     # the uniform distribution) fires exactly as the end does.
     clean = [min(max(t, low), high) for t in thresholds]
     return Outcome(clean, accuracy, fractions, mean)
+
+
+# Accuracy budgets (points below the model without exits) of the trade-off curve a report plots.
+BUDGETS = (0.0, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def trade_off(
+    logits: list[Tensor],
+    labels: Tensor,
+    criterion: str,
+    costs: ExitCosts,
+    reference: float,
+    budgets: tuple[float, ...] = BUDGETS,
+) -> list[tuple[float, Outcome]]:
+    """The calibrated thresholds at each accuracy budget (`reference - budget` percent) on
+    one split's logits: accuracy against mean MACs over the sweep, as a report plots it.
+    Budgets no thresholds can meet are left out.
+
+    Example:
+        >>> final = torch.tensor([[0.0, 9.0], [9.0, 0.0], [0.0, 9.0]])
+        >>> early = torch.tensor([[0.0, 9.0], [9.0, 0.0], [9.0, 0.0]])  # wrong on the third
+        >>> costs = ExitCosts([1, 9], [0], [0])
+        >>> curve = trade_off([early, final], torch.tensor([1, 0, 1]), "max_softmax", costs,
+        ...     100.0, (0.0, 50.0))
+        >>> [(b, round(o.accuracy, 1), o.expected_macs) for b, o in curve]
+        [(0.0, 100.0, 10.0), (50.0, 66.7, 1.0)]
+    """
+    out = []
+    for budget in budgets:
+        found = calibrate(logits, labels, criterion, costs, reference - budget)
+        if found is not None:
+            out.append((budget, found))
+    return out

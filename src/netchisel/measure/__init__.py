@@ -80,7 +80,16 @@ class Profile:
             "energy_uj": self.energy.total_uj,
             "latency_ms": self.latency.median_ms if self.latency else None,
             "batch_size": self.batch_size,
+            "expected_macs": self.expected_macs,
         }
+
+    @property
+    def expected_macs(self) -> float:
+        """MACs per sample: a dynamic model's expectation under its calibration split (its
+        `dynamic["expected_macs"]`), a static model's `macs / batch_size`; so a search can
+        compare static and dynamic candidates on one number."""
+        expected = (self.dynamic or {}).get("expected_macs")
+        return float(expected) if expected is not None else self.macs / self.batch_size
 
 
 def profile(

@@ -276,13 +276,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Metrics", ""]
     for step in report["steps"]:
         extra = {**step["metrics"], **step.get("records", {})}
-        cells = ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items() if k != "sensitivity")
+        cells = ", ".join(f"{k} {_fmt(v)}" for k, v in extra.items() if k not in _OWN_SECTION)
         lines.append(f"- **{step['name']}**: {cells or '-'}")
     uncounted = uncounted_ops(report)
     if uncounted:
         lines += ["", f"FLOPs do not include these ops (no formula): {', '.join(uncounted)}"]
     for step in report["steps"]:
         lines += sensitivity_table(step)
+        lines += dynamic_table(step)
     machine = report.get("machine", {})
     lines += [
         "",
@@ -323,6 +324,50 @@ def sensitivity_table(step: dict[str, Any]) -> list[str]:
         cells += [f"{chosen[layer]:.4g}"] if chosen else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def dynamic_table(step: dict[str, Any]) -> list[str]:
+    """A dynamic stage's trade-off (the record `dynamic`): accuracy and mean MACs per sample of
+    the static model, of each setting of the sweep and of the one chosen, then the histogram
+    of the paths the split's samples took (exits, experts or widths).
+
+    Example:
+        >>> step = {"name": "dynamic.early_exit", "records": {"dynamic": {"split": "val",
+        ...     "static": {"accuracy": 98.0, "mean_macs": 100.0},
+        ...     "chosen": {"accuracy": 97.5, "mean_macs": 60.0},
+        ...     "sweep": [{"setting": "max_drop 0.5", "accuracy": 97.5, "mean_macs": 60.0}],
+        ...     "histogram": {"exit after layer1": 0.4, "end": 0.6}}}}
+        >>> print("\\n".join(dynamic_table(step)[5:]))
+        | static model | 98 | 100 |
+        | max_drop 0.5 | 97.5 | 60 |
+        | **chosen** | 97.5 | 60 |
+        <BLANKLINE>
+        | path | share of val |
+        |---|---:|
+        | exit after layer1 | 40.0% |
+        | end | 60.0% |
+    """
+    data = step.get("records", {}).get("dynamic")
+    if not data:
+        return []
+    split = data.get("split", "calibration")
+    lines = [
+        "",
+        f"## Dynamic trade-off: {step['name']}",
+        "",
+        f"| setting | accuracy on {split} (%) | mean MACs per sample |",
+        "|---|---:|---:|",
+    ]
+    rows = [("static model", data["static"]), *((p["setting"], p) for p in data["sweep"])]
+    rows.append(("**chosen**", data["chosen"]))
+    lines += [f"| {name} | {p['accuracy']:.4g} | {p['mean_macs']:,.0f} |" for name, p in rows]
+    lines += ["", f"| path | share of {split} |", "|---|---:|"]
+    lines += [f"| {path} | {100 * share:.1f}% |" for path, share in data["histogram"].items()]
+    return lines
+
+
+# Records drawn in a section of their own, not in the metrics line.
+_OWN_SECTION = ("sensitivity", "dynamic")
 
 
 def uncounted_ops(report: dict[str, Any]) -> list[str]:
@@ -428,6 +473,8 @@ def _plots(report: dict[str, Any]) -> list[str]:
         data = step.get("records", {}).get("sensitivity")
         if data:
             figures.append(_sensitivity_plot(step["name"], data))
+        if data := step.get("records", {}).get("dynamic"):
+            figures += _dynamic_plots(step["name"], data)
     plt.close("all")
     return figures
 
@@ -450,6 +497,39 @@ def _sensitivity_plot(name: str, data: dict[str, Any]) -> str:
     ax.set_title(f"sensitivity ({name})" + (": x = chosen" if chosen else ""))
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return svg_text(fig)
+
+
+def _dynamic_plots(name: str, data: dict[str, Any]) -> list[str]:
+    """Accuracy against mean MACs over the sweep (static model and chosen point marked), and
+    the histogram of the paths taken."""
+    import matplotlib.pyplot as plt
+
+    split = data.get("split", "calibration")
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    sweep = sorted(data["sweep"], key=lambda p: p["mean_macs"])
+    ax.plot([p["mean_macs"] for p in sweep], [p["accuracy"] for p in sweep], "o-", label="sweep")
+    ax.plot([data["static"]["mean_macs"]], [data["static"]["accuracy"]], "s", label="static")
+    ax.plot(
+        [data["chosen"]["mean_macs"]],
+        [data["chosen"]["accuracy"]],
+        "x",
+        markersize=9,
+        label="chosen",
+    )
+    ax.set_xlabel("mean MACs per sample")
+    ax.set_ylabel(f"accuracy on {split} (%)")
+    ax.set_title(f"{name}: accuracy vs mean MACs")
+    ax.legend(fontsize=7)
+    figures = [svg_text(fig)]
+    paths = list(data["histogram"])
+    fig, ax = plt.subplots(figsize=(4.5, 0.3 * len(paths) + 1.2))
+    ax.barh(range(len(paths)), [100 * data["histogram"][p] for p in paths])
+    ax.set_yticks(list(range(len(paths))), paths, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"share of the {split} split (%)")
+    ax.set_title(f"{name}: paths taken")
+    figures.append(svg_text(fig))
+    return figures
 
 
 def svg_text(fig: Any) -> str:

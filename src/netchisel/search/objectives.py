@@ -1,8 +1,8 @@
 """Objectives: which measured numbers a search optimises, in which direction, under which limits.
 
 Metrics come from `Task.evaluate` on the validation split (accuracy, perplexity, ...) and from
-`Profile.summary()` (params, flops, macs, bytes_on_disk, latency_ms, energy_uj, ...). Three
-modes:
+`Profile.summary()` (params, flops, macs, expected_macs per sample, bytes_on_disk, latency_ms,
+energy_uj, ...). Three modes:
 
 - `pareto`: every objective is optimised; Optuna keeps the Pareto front.
 - `scalarized`: one value, the weighted sum `sum(weight * metric)`, maximised.
@@ -40,6 +40,7 @@ KNOWN_DIRECTIONS: dict[str, Direction] = {
     "params_nonzero": "minimize",
     "flops": "minimize",
     "macs": "minimize",
+    "expected_macs": "minimize",
     "bytes_in_memory": "minimize",
     "bytes_on_disk": "minimize",
     "peak_memory_bytes": "minimize",

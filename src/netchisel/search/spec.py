@@ -70,6 +70,7 @@ PROFILE_METRICS = (
     "energy_uj",
     "latency_ms",
     "batch_size",
+    "expected_macs",
 )
 LATENCY_METRICS = ("latency_ms", "latency_p10_ms", "latency_p90_ms")
 

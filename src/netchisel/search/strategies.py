@@ -84,6 +84,9 @@ def make_sampler(
         sampler = cls(seed=seed, **kwargs)  # checks the options now, not at the first trial
     except (ValueError, TypeError) as e:
         raise ConfigError(f"strategy {name!r}: {e}") from e
-    if name in _OURS:
+    # The grid's randomness is its order, shuffled once from the seed: one instance (the same
+    # order in every worker and on resume) must map every trial's grid id to a point. Seeded
+    # per trial, each trial shuffled the grid its own way and points repeated.
+    if name in _OURS or name == "grid":
         return sampler
     return TrialSeededSampler(lambda s: cls(seed=s, **kwargs), seed=seed)

@@ -302,7 +302,7 @@ def _switch(
     def loss_fn(m: nn.Module, batch: Batch) -> Tensor:
         loss = task.loss(m, batch)
         aux = torch.stack([layer.balance_loss() for layer in layers]).mean()
-        balance.append(float(aux))
+        balance.append(float(aux.detach()))
         return loss + c.balance * aux if c.balance > 0 else loss
 
     losses = fit(model, task, train_settings(c, c.steps, c.epochs), ctx, loss_fn=loss_fn)

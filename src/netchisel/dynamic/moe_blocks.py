@@ -4,7 +4,8 @@ A block qualifies when its children, in order and without Dropout/Identity, are 
 Linear, a parameter-free activation and a Linear whose input width is the first one's output
 width, and when its eval-mode output really is `fc_out(act(fc_in(x)))` on a random input (the
 structure alone cannot tell a residual or gated block from a plain one). `names` are module
-names or shell-style globs (`blocks.*.mlp`); "auto" takes every qualifying block.
+names (each must be such a block) or shell-style globs (`blocks.*.mlp`: the blocks among the
+modules they match, at least one); "auto" takes every qualifying block.
 """
 
 from __future__ import annotations
@@ -107,25 +108,34 @@ def find_feed_forwards(model: nn.Module, names: tuple[str, ...], where: str) -> 
                 "name the blocks to convert"
             )
         return found
-    chosen: list[str] = []
+    chosen: dict[str, FeedForward] = {}
     for pattern in names:
-        hits = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern)]
+        if not any(c in pattern for c in "*?["):  # a plain name must be a block itself
+            if pattern not in modules or not pattern:
+                raise ConfigError(
+                    f"{where}: modules: {pattern!r} names no module of the model "
+                    f"(top-level: {', '.join(n for n, _ in model.named_children())})"
+                )
+            parts = _parts(modules[pattern])
+            if isinstance(parts, str):
+                raise ConfigError(
+                    f"{where}: module {pattern!r} ({type(modules[pattern]).__name__}) is not a "
+                    f"feed-forward block (Linear - activation - Linear): {parts}"
+                )
+            chosen[pattern] = FeedForward(pattern, *parts)
+            continue
+        hits = 0
+        for name in (n for n in modules if n and fnmatch.fnmatchcase(n, pattern)):
+            found_parts = _parts(modules[name])
+            if not isinstance(found_parts, str):  # a glob keeps the blocks among its matches
+                chosen[name] = FeedForward(name, *found_parts)
+                hits += 1
         if not hits:
             raise ConfigError(
-                f"{where}: modules: {pattern!r} names no module of the model "
-                f"(top-level: {', '.join(n for n, _ in model.named_children())})"
+                f"{where}: modules: {pattern!r} matches no Linear-activation-Linear block "
+                "of the model"
             )
-        chosen += [n for n in hits if n not in chosen]
-    out = []
-    for name in [n for n in modules if n in chosen]:  # model order
-        parts = _parts(modules[name])
-        if isinstance(parts, str):
-            raise ConfigError(
-                f"{where}: module {name!r} ({type(modules[name]).__name__}) is not a "
-                f"feed-forward block (Linear - activation - Linear): {parts}"
-            )
-        out.append(FeedForward(name, *parts))
-    return out
+    return [chosen[n] for n in modules if n in chosen]  # model order
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:

@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,onnx,llm,peers,quant,factorize,search,postgres,mnist1d,models]'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,onnx,llm,peers,quant,factorize,search,postgres,mnist1d]'
+	# torchvision and timm for the model matrix only, outside the venv's site-packages: see
+	# tests/models/_torchvision.py (their presence there breaks transformers on CPU torch).
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c constraints.txt --upgrade --target $(VENV)/models torchvision timm
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,9 @@
-"""Import torchvision on the CPU build of torch, where its wheel's C extension does not load.
+"""Import torchvision and timm for the model matrix, kept apart from the rest of the suite.
+
+They are installed by `make` into `.venv/models` (`pip install --target`), not into the venv:
+transformers imports torchvision whenever it can find it, and torchvision's CUDA wheel does not
+import on CPU torch (below), so a torchvision in the venv broke every transformers model.
+`torchvision()` puts that directory on `sys.path` only when a test asks for it.
 
 The torchvision 0.28 wheel on PyPI is built against CUDA torch; on torch 2.13.0+cpu its
 `torchvision._C` fails to load, torchvision then skips every op it would register (its
@@ -17,9 +22,16 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import types
+from pathlib import Path
 
 import torch
+
+from netchisel.core.errors import NetChiselError
+
+# Where `make` installs the two (see the Makefile); NETCHISEL_MODELS_PATH overrides it.
+TARGET = Path(__file__).resolve().parents[2] / ".venv" / "models"
 
 _SCHEMAS = (
     "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -30,6 +42,7 @@ _LIBRARY: list[torch.library.Library] = []  # kept alive: the schemas live as lo
 
 def torchvision() -> types.ModuleType:
     """`import torchvision`, after defining the two op schemas its import needs if missing."""
+    _on_path()
     if not _LIBRARY and not hasattr(torch.ops.torchvision, "nms"):
         lib = torch.library.Library("torchvision", "DEF")
         for schema in _SCHEMAS:
@@ -46,3 +59,13 @@ def timm() -> types.ModuleType:
     import timm as tm
 
     return tm
+
+
+def _on_path() -> None:
+    import os
+
+    where = Path(os.environ.get("NETCHISEL_MODELS_PATH", TARGET))
+    if not (where / "torchvision").is_dir():
+        raise NetChiselError(f"torchvision is not installed in {where}: run 'make' (see Makefile)")
+    if str(where) not in sys.path:
+        sys.path.append(str(where))

@@ -1,0 +1,298 @@
+"""Export a Hugging Face model whose Linears netchisel quantized as a compressed-tensors
+checkpoint (the format vLLM and transformers load): `config.json` with a
+`quantization_config`, and `model.safetensors` with each layer's integers packed in int32.
+
+| netchisel module | compressed-tensors scheme | format | tensors |
+|---|---|---|---|
+| `Int4WeightOnlyLinear` | int 4 bits, `group`, symmetric or not | pack-quantized | `weight_packed`, `weight_scale`, `weight_shape` (+ `weight_zero_point`) |
+| `Int8WeightOnlyLinear` | int 8 bits, `channel`, symmetric | pack-quantized | `weight_packed`, `weight_scale`, `weight_shape` |
+| `DynamicInt8Linear` | int 8 bits `channel` + dynamic int 8 `token` (or `tensor`) inputs | int-quantized | `weight` (int8), `weight_scale` |
+
+Symmetric int4, int8 and dynamic int8 are exact: the checkpoint's `(q - zero_point) * scale`
+is netchisel's weight, bit for bit, in the scales' dtype. netchisel's int4 kernel stores an
+asymmetric group's zero as a bf16 float, `(8 - z) * scale`; compressed-tensors wants an
+integer. The integer is recovered by rounding `zero / scale` (both are bf16 roundings of
+`(8 - z) * s` and `s`, so the ratio is within 8 x 2**-8 of the integer), and what the
+float held beyond it (at most 8 x 2**-8 = 1/32 of a step) is lost: the summary's
+`zero_point_error` says how much, in steps.
+
+Written by hand: the package packs weights it quantizes itself from float; netchisel already
+holds the integers and must write them as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from netchisel.core.errors import ModelError
+from netchisel.core.files import commit_dir, staging_dir
+from netchisel.quantize.compressed_tensors_pack import pack_int32
+from netchisel.quantize.formats.dynamic_int8 import DynamicInt8Linear
+from netchisel.quantize.formats.int4 import Int4WeightOnlyLinear
+from netchisel.quantize.formats.int8 import Int8WeightOnlyLinear
+
+PACKED = "pack-quantized"
+INT_QUANTIZED = "int-quantized"
+SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What `export_compressed_tensors` wrote.
+
+    - `format`: the checkpoint's format (`mixed-precision` when layers differ in format).
+    - `quantized` / `ignored`: the Linear layers written quantized / left float (`ignore`).
+    - `zero_point_error`: the largest change of a weight, in quantization steps, from
+      writing netchisel's float int4 zero points as integers (0 when all are symmetric).
+    """
+
+    path: Path
+    format: str
+    quantized: tuple[str, ...]
+    ignored: tuple[str, ...]
+    zero_point_error: float
+
+
+@dataclass(frozen=True)
+class _Layer:
+    weights: dict[str, Any]
+    activations: dict[str, Any] | None
+    format: str
+    tensors: dict[str, Tensor]
+    zero_point_error: float
+
+    def key(self) -> str:
+        return json.dumps([self.weights, self.activations, self.format], sort_keys=True)
+
+
+def export_compressed_tensors(
+    model: nn.Module, directory: str | Path, *, scale_dtype: torch.dtype | None = None
+) -> ExportSummary:
+    """Write `model` (a transformers `PreTrainedModel` quantized by netchisel) to `directory`
+    as a compressed-tensors checkpoint; the directory is replaced whole, or left as it was.
+
+    `scale_dtype`: the dtype of the stored scales; None keeps netchisel's (bf16 for the int4
+    and int8 kernels, float32 for dynamic int8). float32 makes the package's own
+    dequantization, which computes in the scales' dtype, give netchisel's weights exactly.
+    A dtype that cannot hold a scale exactly is refused.
+
+    Example:
+        >>> import tempfile, transformers
+        >>> from netchisel.quantize import RTNConfig, quantize_
+        >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=64,
+        ...     intermediate_size=128, num_hidden_layers=1, num_attention_heads=2)
+        >>> model = transformers.LlamaForCausalLM(config)
+        >>> _ = quantize_(model, RTNConfig(bits=4, group_size=32, exclude=("lm_head",)))
+        >>> summary = export_compressed_tensors(model, tempfile.mkdtemp() + "/ct")
+        >>> summary.format, len(summary.quantized), summary.ignored
+        ('pack-quantized', 7, ('lm_head',))
+    """
+    if scale_dtype is not None and scale_dtype not in SCALE_DTYPES:
+        raise ModelError(
+            f"scale_dtype {scale_dtype} is not a float dtype compressed-tensors stores scales "
+            "in: use torch.bfloat16, torch.float16 or torch.float32"
+        )
+    config = getattr(model, "config", None)
+    if config is None or not callable(getattr(config, "to_dict", None)):
+        raise ModelError(
+            f"{type(model).__name__} has no transformers config: compressed-tensors export "
+            "takes a Hugging Face PreTrainedModel"
+        )
+    layers = dict(_quantized_layers(model, scale_dtype))
+    if not layers:
+        raise ModelError(
+            "the model has no netchisel-quantized Linear layer to export: quantize it first "
+            "(e.g. quantize.rtn with bits 4)"
+        )
+    ignored = tuple(n for n, m in model.named_modules() if type(m) is nn.Linear)
+    groups: dict[str, list[str]] = {}
+    for name, layer in layers.items():
+        groups.setdefault(layer.key(), []).append(name)
+    formats = {layer.format for layer in layers.values()}
+    quantization_config = {
+        "quant_method": "compressed-tensors",
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "quantization_status": "compressed",
+        "config_groups": {
+            f"group_{i}": _scheme(layers[names[0]], names, single=len(groups) == 1)
+            for i, names in enumerate(groups.values())
+        },
+        "ignore": list(ignored),
+        "kv_cache_scheme": None,
+    }
+    tensors = _state_tensors(model, layers)
+    path = Path(directory)
+    staged = staging_dir(path)
+    try:
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(staged / "model.safetensors"), metadata={"format": "pt"})
+        meta = {**config.to_dict(), "quantization_config": quantization_config}
+        (staged / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        commit_dir(staged, path)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return ExportSummary(
+        path=path,
+        format=str(quantization_config["format"]),
+        quantized=tuple(layers),
+        ignored=ignored,
+        zero_point_error=max(layer.zero_point_error for layer in layers.values()),
+    )
+
+
+def _scheme(layer: _Layer, names: list[str], single: bool) -> dict[str, Any]:
+    # One scheme covers every Linear not ignored (llm-compressor's own layout); several
+    # name their layers exactly.
+    targets = ["Linear"] if single else [f"re:^{re.escape(n)}$" for n in names]
+    return {
+        "targets": targets,
+        "weights": layer.weights,
+        "input_activations": layer.activations,
+        "output_activations": None,
+        "format": layer.format,
+    }
+
+
+def _quantized_layers(
+    model: nn.Module, scale_dtype: torch.dtype | None
+) -> Iterator[tuple[str, _Layer]]:
+    """Each quantized Linear's scheme and tensors; a quantized module of another format is
+    an error (it would be exported as float otherwise)."""
+    asymmetric_int4 = any(
+        isinstance(m, Int4WeightOnlyLinear) and bool(_int4_zero(m).any()) for m in model.modules()
+    )
+    for name, module in model.named_modules():
+        if isinstance(module, Int4WeightOnlyLinear):
+            yield name, _int4(name, module, scale_dtype, asymmetric_int4)
+        elif isinstance(module, Int8WeightOnlyLinear):
+            yield name, _int8(name, module, scale_dtype)
+        elif isinstance(module, DynamicInt8Linear):
+            yield name, _dynamic_int8(name, module, scale_dtype)
+        elif callable(getattr(module, "dequantized_weight", None)):
+            raise ModelError(
+                f"layer {name} is a {type(module).__name__}, which compressed-tensors export "
+                "does not cover (Int4WeightOnlyLinear, Int8WeightOnlyLinear, "
+                "DynamicInt8Linear): quantize it with quantize.rtn/gptq/awq bits 4 or 8, "
+                "or quantize.dynamic_int8"
+            )
+
+
+def _int4_zero(layer: Int4WeightOnlyLinear) -> Tensor:
+    groups = layer.in_features // layer.group_size
+    return layer.scales_and_zeros[:groups, : layer.out_features, 1].float().T
+
+
+def _int4(
+    name: str, layer: Int4WeightOnlyLinear, scale_dtype: torch.dtype | None, asymmetric: bool
+) -> _Layer:
+    if layer.in_features % layer.group_size:
+        raise ModelError(
+            f"layer {name}: group_size {layer.group_size} does not divide in_features "
+            f"{layer.in_features}; compressed-tensors groups must (quantize with a divisor)"
+        )
+    rows, cols = layer.out_features, layer.in_features
+    groups = cols // layer.group_size
+    q = (layer.unpacked()[:rows, :cols] - 8).to(torch.int8)  # signed, as the format stores
+    scale = layer.scales_and_zeros[:groups, :rows, 0].T.contiguous()
+    zero = _int4_zero(layer)
+    # (u - 8) * s + zero == (q - zp) * s with zp = -zero / s, an integer up to bf16 rounding.
+    steps = torch.where(scale.float() != 0, zero / scale.float(), torch.zeros_like(zero))
+    zero_point = -steps.round()
+    if int(zero_point.min()) < -8 or int(zero_point.max()) > 7:
+        raise ModelError(
+            f"layer {name}: an int4 zero point lies outside [-8, 7] (the format's range); "
+            "quantize it again with quantize.rtn bits 4"
+        )
+    tensors = {
+        "weight_packed": pack_int32(q, 4),
+        "weight_scale": _scales(name, scale, scale_dtype),
+        "weight_shape": torch.tensor([rows, cols], dtype=torch.int64),
+    }
+    if asymmetric:
+        tensors["weight_zero_point"] = pack_int32(zero_point.to(torch.int8), 4, dim=0)
+    weights = _weights(4, not asymmetric, "group", layer.group_size)
+    error = float((steps + zero_point).abs().max()) if asymmetric else 0.0
+    return _Layer(weights, None, PACKED, _with_bias(tensors, layer), error)
+
+
+def _int8(name: str, layer: Int8WeightOnlyLinear, scale_dtype: torch.dtype | None) -> _Layer:
+    tensors = {
+        "weight_packed": pack_int32(layer.weight_int8, 8),
+        "weight_scale": _scales(name, layer.scales.reshape(-1, 1), scale_dtype),
+        "weight_shape": torch.tensor(list(layer.weight_int8.shape), dtype=torch.int64),
+    }
+    weights = _weights(8, True, "channel", None)
+    return _Layer(weights, None, PACKED, _with_bias(tensors, layer), 0.0)
+
+
+def _dynamic_int8(name: str, layer: DynamicInt8Linear, scale_dtype: torch.dtype | None) -> _Layer:
+    tensors = {
+        "weight": layer.weight_int8.clone(),
+        "weight_scale": _scales(name, layer.weight_scale.reshape(-1, 1), scale_dtype),
+    }
+    strategy = "token" if layer.activations == "per_token" else "tensor"
+    activations = {**_weights(8, True, strategy, None), "dynamic": True}
+    weights = _weights(8, True, "channel", None)
+    return _Layer(weights, activations, INT_QUANTIZED, _with_bias(tensors, layer), 0.0)
+
+
+def _weights(bits: int, symmetric: bool, strategy: str, group_size: int | None) -> dict[str, Any]:
+    return {
+        "num_bits": bits,
+        "type": "int",
+        "symmetric": symmetric,
+        "strategy": strategy,
+        "group_size": group_size,
+        "dynamic": False,
+        "actorder": None,
+    }
+
+
+def _scales(name: str, scale: Tensor, dtype: torch.dtype | None) -> Tensor:
+    out = scale.detach().clone().contiguous() if dtype is None else scale.to(dtype)
+    if not torch.equal(out.float(), scale.float()):
+        raise ModelError(
+            f"layer {name}: scale_dtype {dtype} cannot hold its scales exactly; use "
+            "torch.float32 (or None for netchisel's own dtype)"
+        )
+    return out.contiguous()
+
+
+def _with_bias(tensors: dict[str, Tensor], layer: nn.Module) -> dict[str, Tensor]:
+    bias = getattr(layer, "bias", None)
+    if isinstance(bias, Tensor):
+        tensors["bias"] = bias.detach().clone()
+    return tensors
+
+
+def _state_tensors(model: nn.Module, layers: dict[str, _Layer]) -> dict[str, Tensor]:
+    """The model's state dict with each quantized layer's tensors replaced by the format's;
+    a tensor shared under several names (tied embeddings) is written once."""
+    replaced = {
+        f"{name}.{key}" for name in layers for key in model.get_submodule(name).state_dict()
+    }
+    out: dict[str, Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...], torch.dtype]] = set()
+    for key, value in model.state_dict().items():
+        if key in replaced:
+            continue
+        identity = (value.data_ptr(), tuple(value.shape), value.dtype)
+        if value.numel() and identity in seen:
+            continue  # transformers ties it again on load
+        seen.add(identity)
+        out[key] = value.detach().contiguous()
+    for name, layer in layers.items():
+        out.update({f"{name}.{key}": t.contiguous() for key, t in layer.tensors.items()})
+    return out

@@ -2,11 +2,12 @@
 checkpoint (the format vLLM and transformers load): `config.json` with a
 `quantization_config`, and `model.safetensors` with each layer's integers packed in int32.
 
-| netchisel module | compressed-tensors scheme | format | tensors |
-|---|---|---|---|
-| `Int4WeightOnlyLinear` | int 4 bits, `group`, symmetric or not | pack-quantized | `weight_packed`, `weight_scale`, `weight_shape` (+ `weight_zero_point`) |
-| `Int8WeightOnlyLinear` | int 8 bits, `channel`, symmetric | pack-quantized | `weight_packed`, `weight_scale`, `weight_shape` |
-| `DynamicInt8Linear` | int 8 bits `channel` + dynamic int 8 `token` (or `tensor`) inputs | int-quantized | `weight` (int8), `weight_scale` |
+- `Int4WeightOnlyLinear` -> int 4 bits, `group` strategy, symmetric or not: `pack-quantized`
+  (`weight_packed` int32, `weight_scale`, `weight_shape`, and packed `weight_zero_point`).
+- `Int8WeightOnlyLinear` -> int 8 bits, `channel`, symmetric: `pack-quantized`.
+- `DynamicInt8Linear` -> int 8 bits `channel` weights with dynamic int 8 `token` (or
+  `tensor`) input activations, W8A8: `int-quantized` (`weight` int8, `weight_scale`).
+- Linears left float are listed in `ignore`; every other tensor is written as it is.
 
 Symmetric int4, int8 and dynamic int8 are exact: the checkpoint's `(q - zero_point) * scale`
 is netchisel's weight, bit for bit, in the scales' dtype. netchisel's int4 kernel stores an

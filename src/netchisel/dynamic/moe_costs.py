@@ -133,7 +133,7 @@ def load_entropy(load: list[int]) -> float:
         (1.3863, 0.0)
     """
     total = sum(load)
-    return -sum(x / total * math.log(x / total) for x in load if x > 0) if total else 0.0
+    return 0.0 - sum(x / total * math.log(x / total) for x in load if x > 0) if total else 0.0
 
 
 def moe_costs(

@@ -31,7 +31,8 @@ from netchisel.dynamic.moe_layer import make_expert
 
 def balanced_kmeans(features: Tensor, groups: int, iterations: int = 20) -> list[list[int]]:
     """Rows of `features` clustered into `groups` of sizes differing by at most 1 (spherical
-    k-means, greedy balanced assignment), each group sorted; seed the caller's generator.
+    k-means from a farthest-point start, greedy balanced assignment), each group sorted; seed
+    the caller's generator.
 
     Example:
         >>> f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
@@ -41,7 +42,15 @@ def balanced_kmeans(features: Tensor, groups: int, iterations: int = 20) -> list
     n = features.shape[0]
     unit = nn.functional.normalize(features.double(), dim=1)
     sizes = [n // groups + (1 if g < n % groups else 0) for g in range(groups)]
-    centroids = unit[torch.randperm(n)[:groups]]
+    # Farthest-point start (k-means++ without the sampling): a random first row, then each
+    # time the row least similar to every centroid so far; balanced greedy assignment from
+    # a start with two centroids in one cluster can settle in a bad split.
+    picks = [int(torch.randint(n, ()))]
+    for _ in range(groups - 1):
+        closest = (unit @ unit[picks].T).max(dim=1).values
+        closest[picks] = float("inf")
+        picks.append(int(closest.argmin()))
+    centroids = unit[picks].clone()
     assign = torch.zeros(n, dtype=torch.long)
     for _ in range(iterations):
         similarity = unit @ centroids.T

@@ -36,6 +36,7 @@ from netchisel.core.state import restored_on_error, seeded
 from netchisel.core.task import Batch, Task
 from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.dynamic.confidence import soft_kl
+from netchisel.dynamic.thresholds import BUDGETS
 from netchisel.dynamic.width_gate import (
     GateOutcome,
     calibrate_bias,
@@ -176,8 +177,50 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
         mac_reduction=1.0 - found.expected_macs / static,
         reference_accuracy=reference,
         calibrated_accuracy=found.accuracy,
+        dynamic=trade_off_record(dyn, task, reference, found, config.split),
     )
     return dyn
+
+
+def trade_off_record(
+    model: WidthModel, task: Task, reference: float, chosen: GateOutcome, split: str
+) -> dict[str, object]:
+    """What a report plots of the stage (the record `dynamic`): accuracy against mean MACs
+    per sample on `split` for the gate calibrated at each budget of `thresholds.BUDGETS` and
+    for each width alone (no gate), the point chosen, the static model, and the share of the
+    split at each width."""
+    logits, correct, _ = _split_outputs(model, task, split)
+    example = task.example_inputs(1, split)[0].to(_device(model))
+    per_width, gate_macs, static = width_macs(model, example)
+    sweep = []
+    for budget in BUDGETS:
+        found = calibrate_bias(logits, correct, per_width, gate_macs, reference - budget)
+        if found is not None:
+            sweep.append(
+                {
+                    "setting": f"max_drop {budget:g}",
+                    "accuracy": found.accuracy,
+                    "mean_macs": found.expected_macs,
+                }
+            )
+    alone = [
+        {
+            "setting": f"width {w:g} alone",
+            "accuracy": 100.0 * float(c.double().mean()),
+            "mean_macs": float(m),
+        }
+        for w, c, m in zip(model.widths, correct, per_width, strict=True)
+    ]
+    return {
+        "kind": "width",
+        "split": split,
+        "static": {"accuracy": reference, "mean_macs": float(static)},
+        "chosen": {"accuracy": chosen.accuracy, "mean_macs": chosen.expected_macs},
+        "sweep": sweep + alone,
+        "histogram": {
+            f"width {w:g}": f for w, f in zip(model.widths, chosen.fractions, strict=True)
+        },
+    }
 
 
 def calibrate_gate(

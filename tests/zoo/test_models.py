@@ -80,7 +80,8 @@ def test_full_kwargs_fill_in_defaults() -> None:
 
 def test_build_errors_list_the_valid_choices() -> None:
     with pytest.raises(
-        ConfigError, match=r"unknown zoo model 'vgg'.*mlp, cnn, resnet, mobilenet, gpt, minilm"
+        ConfigError,
+        match=r"unknown zoo model 'vgg'.*mlp, cnn, resnet, mobilenet, gpt, llama, minilm",
     ):
         models.build("vgg")
     with pytest.raises(

@@ -116,18 +116,41 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def logits_of(output: object) -> Tensor:
+    """A model's logits: its output if that is a tensor, else the `.logits` of a Hugging Face
+    model output (`CausalLMOutputWithPast`, `SequenceClassifierOutput`, ...), so the tasks take
+    a `transformers` model as it is.
+
+    Example:
+        >>> logits_of(torch.zeros(2, 3)).shape
+        torch.Size([2, 3])
+        >>> logits_of({"logits": 1})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        netchisel.core.errors.ConfigError: the model returned dict, not logits (a tensor, ...
+    """
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise ConfigError(
+        f"the model returned {type(output).__name__}, not logits (a tensor, or an output with "
+        ".logits)"
+    )
+
+
 def classification_task(
     splits: dict[str, Dataset[Any]], batch_size: int = 64, name: str = "classification"
 ) -> Task:
     """Cross-entropy loss; metrics `accuracy` (percent) and `loss` (mean nats)."""
 
     def loss_fn(model: nn.Module, batch: Batch) -> Tensor:
-        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+        return nn.functional.cross_entropy(logits_of(model(batch[0])), batch[1])
 
     def metrics(model: nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
         correct, total, loss_sum = 0, 0, 0.0
         for x, y in batches:
-            logits = model(x)
+            logits = logits_of(model(x))
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(-1) == y).sum())
             total += len(y)
@@ -144,11 +167,14 @@ def language_model_task(
     """Next-token cross-entropy over (tokens, targets) pairs.
 
     Metrics: `loss` (nats per token), `perplexity` (exp of loss) and `bits_per_token`
-    (loss / ln 2; with byte-level tokens this is bits per byte).
+    (loss / ln 2; with byte-level tokens this is bits per byte). The protocol: the loss is
+    summed over every target token of the split's windows and divided by their number (each
+    window is scored on its own, its first tokens with less context; the zoo text's val and
+    test windows do not overlap, so every byte is predicted once); perplexity = exp(loss).
     """
 
     def logits_loss(model: nn.Module, batch: Batch, reduction: str) -> Tensor:
-        logits = model(batch[0])
+        logits = logits_of(model(batch[0]))
         return nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), batch[1].reshape(-1), reduction=reduction
         )

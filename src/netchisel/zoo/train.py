@@ -79,6 +79,8 @@ _RECIPES: dict[str, Recipe] = {
         {"batch_size": 32},
     ),
 }
+# The llama trains on the same text, batches and schedule as the gpt: their numbers compare.
+_RECIPES["llama"] = _RECIPES["gpt"]
 # The MNIST-1D paper's recipe (github.com/greydanus/mnist1d, notebooks/train.py and the
 # classification notebook): Adam, lr 1e-2, no weight decay, batches of 100, 6,000 steps, a
 # constant learning rate. AdamW with weight decay 0 is Adam. See bench/mnist1d_reference.py.
@@ -123,10 +125,10 @@ def recipe(name: str, **kwargs: Any) -> Recipe:
                 f"zoo cnn trains on digits: image_size must be 8 or 32, got {full['image_size']}"
             )
         task_name = "digits" if full["image_size"] == 8 else "digits32"
-    elif name == "gpt":
+    elif name in ("gpt", "llama"):
         if full["vocab_size"] != TEXT_VOCAB_SIZE:
             raise ConfigError(
-                f"zoo gpt trains on bytes: vocab_size must be 256, got {full['vocab_size']}"
+                f"zoo {name} trains on bytes: vocab_size must be 256, got {full['vocab_size']}"
             )
         task_name = "text"
         task_kwargs["block_size"] = full["block_size"]

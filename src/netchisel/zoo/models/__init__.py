@@ -12,6 +12,8 @@ and `netchisel.zoo.models.<name>` keep working.
 - `mobilenet`: MobileNetV2 inverted residuals, with a stage table cut down for 32x32 inputs.
 - `gpt`: a nanoGPT-style decoder-only LM with separate q/k/v projections and an untied head.
 - `minilm`: the real pretrained all-MiniLM-L6-v2 (optional `llm` extra), loaded offline.
+- `llama`: a `transformers` `LlamaForCausalLM` with grouped-query attention (`llm` extra),
+  trained here on the zoo text (`llama.py`).
 - `mnist1d_logistic`, `mnist1d_mlp`, `mnist1d_cnn`: the MNIST-1D paper's models over (N, 1, 40)
   sequences (`sequence.py`).
 """
@@ -25,6 +27,7 @@ from typing import Any
 from torch import nn
 
 from netchisel.core.errors import ConfigError
+from netchisel.zoo.models.llama import llama
 from netchisel.zoo.models.sequence import (
     ResidualMLP,
     mnist1d_cnn,
@@ -73,6 +76,7 @@ __all__ = [
     "build",
     "cnn",
     "gpt",
+    "llama",
     "minilm",
     "minilm_path",
     "minilm_tokenize",
@@ -90,6 +94,7 @@ MODEL_NAMES = (
     "resnet",
     "mobilenet",
     "gpt",
+    "llama",
     "minilm",
     "mnist1d_logistic",
     "mnist1d_mlp",
@@ -102,6 +107,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet": resnet,
     "mobilenet": mobilenet,
     "gpt": gpt,
+    "llama": llama,
     "minilm": minilm,
     "mnist1d_logistic": mnist1d_logistic,
     "mnist1d_mlp": mnist1d_mlp,

@@ -10,11 +10,11 @@ packed width that disagrees with `weight_shape`, or a scale of the wrong shape i
 `ArtifactError` line. Values are checked as they are read (finite scales). No pickle:
 safetensors and json only.
 
-What changes on the way in (netchisel's kernels store scales in bf16): an int4 or int8
-weight-only scale that bf16 cannot hold is rounded to the nearest bf16 (a relative change
-of at most 2**-9), and an asymmetric int4 group's zero, `-zero_point * scale`, is stored as
-a bf16 float (at most 8 x 2**-9 of a step away). Symmetric checkpoints with bf16 scales, and
-W8A8 ones (float32 scales), load exactly.
+What changes on the way in (netchisel's int4 and int8 kernels store scales in bf16): a
+weight-only scale that bf16 cannot hold is rounded to the nearest bf16 (a relative change of
+at most 2**-8), and an asymmetric int4 group's zero, `-zero_point * scale`, is stored as a
+bf16 float (at most 8 x 2**-8 = 1/32 of a step away). netchisel's own exports, symmetric
+checkpoints with bf16 scales and W8A8 ones (float32 scales) load exactly.
 """
 
 from __future__ import annotations

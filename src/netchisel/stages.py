@@ -42,6 +42,8 @@ STAGES: tuple[type[StageConfig], ...] = (
     factorize.CPConfig,
     factorize.SeparableConfig,
     dynamic.EarlyExitConfig,
+    dynamic.MoEConfig,
+    dynamic.WidthConfig,
 )
 _BY_NAME = {config.NAME: config for config in STAGES}
 

@@ -96,6 +96,8 @@ def test_every_training_stage_shares_train_config() -> None:
     assert training == [
         "distill",
         "dynamic.early_exit",
+        "dynamic.moe",
+        "dynamic.width",
         "finetune",
         "prune.gradual",
         "prune.iterative",

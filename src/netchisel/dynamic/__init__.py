@@ -1,7 +1,10 @@
 """Dynamic networks: models that spend less computation on easy inputs.
 
-`dynamic.early_exit` (exit heads with calibrated thresholds; the model stops at the first sure
-exit) is here; `dynamic.moe` and `dynamic.width` are to come beside it (issue 19).
+- `dynamic.early_exit`: exit heads with calibrated thresholds; the model stops at the first
+  sure exit (`EarlyExitConfig`, `EarlyExitModel`);
+- `dynamic.moe`: feed-forward blocks as mixtures of experts, only the chosen experts running
+  (`MoEConfig`);
+- `dynamic.width`: per-sample width on sliced weights, chosen by a small gate (`WidthConfig`).
 
 Example:
     >>> import torch
@@ -26,13 +29,23 @@ from netchisel.core.registry import apply_stage
 from netchisel.core.task import Task
 from netchisel.dynamic.early_exit import Calibration, EarlyExitConfig, calibrate_exits
 from netchisel.dynamic.exits import EarlyExitModel
+from netchisel.dynamic.moe import MoEConfig
+from netchisel.dynamic.width import WidthConfig
 
-__all__ = ["Calibration", "EarlyExitConfig", "EarlyExitModel", "calibrate_exits", "dynamic_"]
+__all__ = [
+    "Calibration",
+    "EarlyExitConfig",
+    "EarlyExitModel",
+    "MoEConfig",
+    "WidthConfig",
+    "calibrate_exits",
+    "dynamic_",
+]
 
 
 def dynamic_(
     model: nn.Module,
-    config: EarlyExitConfig,
+    config: EarlyExitConfig | MoEConfig | WidthConfig,
     task: Task,
     *,
     seed: int = 0,

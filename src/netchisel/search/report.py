@@ -20,7 +20,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from netchisel.core.errors import NetChiselError, first_line
-from netchisel.report.render import human, human_bytes, svg_text, write_atomically
+from netchisel.report.plots import svg_text
+from netchisel.report.render import human, human_bytes, write_atomically
 from netchisel.search.objectives import (
     DOMINATION_RULE,
     SPREADS,

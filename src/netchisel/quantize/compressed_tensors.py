@@ -113,7 +113,8 @@ def export_compressed_tensors(
             "the model has no netchisel-quantized Linear layer to export: quantize it first "
             "(e.g. quantize.rtn with bits 4)"
         )
-    ignored = tuple(n for n, m in model.named_modules() if type(m) is nn.Linear)
+    # Subclasses too: the package's `Linear` target matches a module's base classes.
+    ignored = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
     groups: dict[str, list[str]] = {}
     for name, layer in layers.items():
         groups.setdefault(layer.key(), []).append(name)

@@ -160,3 +160,20 @@ def test_the_result_saves_bit_exactly_and_is_not_slimmed_twice(tmp_path: Path) -
     assert loaded.width_fractions == model.width_fractions  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="already has widths"):
         dynamic_width(model, WidthConfig(**FAST), Context(task, quiet=True))  # type: ignore[arg-type]
+
+
+def test_a_recipe_names_the_stage() -> None:
+    from netchisel.pipeline.recipe import parse_recipe
+    from netchisel.stages import get_stage
+
+    assert get_stage("dynamic.width").config_class is WidthConfig
+    recipe = parse_recipe(
+        {
+            "model": "cnn",
+            "task": "digits32",
+            "stages": [{"dynamic.width": {"widths": [0.5, 1.0], "steps": 200, "max_drop": 1}}],
+        }
+    )
+    name, config = recipe.stages[0]
+    assert name == "dynamic.width" and isinstance(config, WidthConfig)
+    assert (config.widths, config.steps, config.max_drop) == ((0.5, 1.0), 200, 1.0)

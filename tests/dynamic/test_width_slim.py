@@ -13,7 +13,7 @@ from netchisel.dynamic.width_slim import (
     slice_forward,
 )
 from netchisel.zoo.models.sequence import mnist1d_cnn
-from netchisel.zoo.models.vision import cnn
+from netchisel.zoo.models.vision import cnn, mlp
 
 
 def bn_chain(seed: int = 0) -> nn.Sequential:
@@ -71,6 +71,9 @@ def test_plan_of_the_zoo_cnn_and_mnist1d_cnn() -> None:
     one_d = plan_width(mnist1d_cnn(), widths, torch.zeros(1, 1, 40))
     assert [one_d.channels_out[j] for j in one_d.weights] == [[6, 13, 19, 25]] * 3 + [[10] * 4]
     assert one_d.channels_in[-1] == [30, 65, 95, 125]  # 5 positions per channel
+    flat = plan_width(mlp(), [0.5, 1.0], torch.zeros(1, 1, 8, 8))
+    assert flat.kinds == ["flatten", "linear", "pointwise", "linear", "pointwise", "linear"]
+    assert [flat.channels_in[j] for j in flat.weights] == [[64, 64], [150, 300], [50, 100]]
 
 
 @pytest.mark.parametrize(

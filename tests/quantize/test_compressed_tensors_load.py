@@ -245,3 +245,21 @@ def test_hostile_checkpoints_are_refused_with_one_line(
     with pytest.raises(ArtifactError) as info:
         load_compressed_tensors(path)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_mixed_groups_and_tied_embeddings_load_back(tmp_path: Path) -> None:
+    from netchisel.quantize import RTNConfig, quantize_
+
+    model, ids = tiny_llama(), token_ids()
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    config = RTNConfig(bits=4, group_size=64, exclude=("lm_head",), per_layer_bits={r".*o_proj": 8})
+    quantize_(model, config)
+    path = export_compressed_tensors(model, tmp_path / "ct").path
+    assert "lm_head.weight" not in load_file(path / "model.safetensors")  # written once
+    back = load_compressed_tensors(path)
+    assert back.lm_head.weight is back.model.embed_tokens.weight
+    assert type(back.model.layers[0].self_attn.o_proj) is Int8WeightOnlyLinear
+    assert back.model.layers[0].self_attn.q_proj.group_size == 64
+    assert torch.equal(logits(back, ids), logits(model, ids))

@@ -284,6 +284,9 @@ def _load(model: nn.Module, plan: _Plan, headers: dict[str, _Header]) -> None:
             handles[path] = safe_open(str(path), framework="pt")
         return handles[path].get_tensor(key)  # type: ignore[no-any-return]
 
+    # transformers tied the model's shared tensors when it built it; filling the shared
+    # Parameter keeps them tied (tie_weights afterwards would try to assign a quantized
+    # layer's read-only `weight`).
     state = model.state_dict(keep_vars=True)
     with torch.no_grad():
         for key, source in plan.floats.items():
@@ -294,9 +297,6 @@ def _load(model: nn.Module, plan: _Plan, headers: dict[str, _Header]) -> None:
             parent, _, child = name.rpartition(".")
             layer = _layer(name, linear, scheme, read)
             setattr(model.get_submodule(parent) if parent else model, child, layer)
-    tie = getattr(model, "tie_weights", None)
-    if callable(tie):
-        tie()
 
 
 def _layer(name: str, linear: nn.Linear, scheme: Scheme, read: Any) -> nn.Module:

@@ -116,8 +116,9 @@ def test_int8_weights_decompress_exactly(kind: str, tmp_path: Path) -> None:
     hf = decompressed(summary.path)
     for name, layer in quantized_modules(model).items():
         assert torch.equal(hf.get_submodule(name).weight, layer.dequantized_weight()), name
-    meta = json.loads((summary.path / "config.json").read_text())["quantization_config"]
-    scheme = meta["config_groups"]["group_0"]
+    meta = json.loads((summary.path / "config.json").read_text())
+    assert (meta["architectures"], meta["dtype"]) == (["LlamaForCausalLM"], "float32")
+    scheme = meta["quantization_config"]["config_groups"]["group_0"]
     assert scheme["weights"]["strategy"] == "channel" and scheme["weights"]["num_bits"] == 8
     if kind == "dynamic":
         assert scheme["input_activations"] == {

@@ -138,6 +138,9 @@ def export_compressed_tensors(
 
         save_file(tensors, str(staged / "model.safetensors"), metadata={"format": "pt"})
         meta = {**config.to_dict(), "quantization_config": quantization_config}
+        # What save_pretrained records and vLLM reads to pick the model class and dtype.
+        meta["architectures"] = meta.get("architectures") or [type(model).__name__]
+        meta["dtype"] = meta.get("dtype") or _float_dtype(tensors)
         (staged / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         commit_dir(staged, path)
     except BaseException:
@@ -151,6 +154,13 @@ def export_compressed_tensors(
         quantized=tuple(layers),
         ignored=ignored,
         zero_point_error=max(layer.zero_point_error for layer in layers.values()),
+    )
+
+
+def _float_dtype(tensors: dict[str, Tensor]) -> str:
+    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
+    return str(max(set(floats), key=floats.count) if floats else torch.float32).removeprefix(
+        "torch."
     )
 
 

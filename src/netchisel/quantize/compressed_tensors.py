@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +145,6 @@ def export_compressed_tensors(
         (staged / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         commit_dir(staged, path)
     except BaseException:
-        import shutil
-
         shutil.rmtree(staged, ignore_errors=True)
         raise
     return ExportSummary(
@@ -158,10 +157,9 @@ def export_compressed_tensors(
 
 
 def _float_dtype(tensors: dict[str, Tensor]) -> str:
-    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
-    return str(max(set(floats), key=floats.count) if floats else torch.float32).removeprefix(
-        "torch."
-    )
+    """The dtype most float tensors have, as transformers names it ("float32")."""
+    floats = [t.dtype for t in tensors.values() if t.is_floating_point()] or [torch.float32]
+    return str(max(set(floats), key=floats.count)).removeprefix("torch.")
 
 
 def _scheme(layer: _Layer, names: list[str], single: bool) -> dict[str, Any]:
@@ -182,6 +180,8 @@ def _quantized_layers(
 ) -> Iterator[tuple[str, _Layer]]:
     """Each quantized Linear's scheme and tensors; a quantized module of another format is
     an error (it would be exported as float otherwise)."""
+    # One int4 layer with a zero point makes every int4 layer asymmetric (zero points 0
+    # where there are none), so one scheme covers them all.
     asymmetric_int4 = any(
         isinstance(m, Int4WeightOnlyLinear) and bool(_int4_zero(m).any()) for m in model.modules()
     )

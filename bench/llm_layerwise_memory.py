@@ -1,0 +1,151 @@
+"""Peak host memory of layer-by-layer calibration on a Hugging Face decoder (issue 21).
+
+Run: .venv/bin/python bench/llm_layerwise_memory.py  ->  bench/results/llm_layerwise_memory.json
+
+A randomly initialised `transformers` `LlamaForCausalLM` (grouped-query attention; the size is
+in the JSON, about 200 M parameters, 0.8 GB in float32) is calibrated by netchisel's layer-wise
+engine (`calib.run_layerwise`: the first decoder layer's inputs are captured, then one decoder
+layer at a time is solved and its outputs feed the next) with 4-bit GPTQ (group 128) and 50 %
+SparseGPT, on 8 random token windows of 256 tokens. Each arm runs in a fresh process, whose
+peak resident set (`ru_maxrss`) is read when it ends:
+
+- `model_only`: build the model and run one forward on one window (the floor: the model, the
+  interpreter, torch and transformers);
+- `gptq`, `sparsegpt`: build the model and calibrate it.
+
+`over_model` = peak - model_only's peak: what calibration adds. The bound the issue sets is
+model bytes + 2 layers' working set; a layer's working set here is its float32 weights, its
+Hessians (in^2 per input, float32) and the block inputs and outputs held for the calibration
+windows (2 x samples x tokens x hidden, float32), all counted in `layer_working_set_bytes`.
+Weights are random, so the numbers measure memory, not accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+from common import write_result
+
+CONFIG = {
+    "vocab_size": 32000,
+    "hidden_size": 768,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+}
+SAMPLES, TOKENS = 8, 256
+ARMS = ("model_only", "gptq", "sparsegpt")
+
+
+def _arm(name: str) -> dict[str, Any]:
+    """Runs in a child process: build, calibrate, report peak RSS and timings."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    import netchisel as nc
+    from netchisel.core.task import language_model_task
+    from netchisel.prune import SparseGPTConfig
+    from netchisel.quantize import GPTQConfig
+    from netchisel.zoo.models.llama import _transformers
+
+    torch.manual_seed(0)
+    tf = _transformers()
+    config = tf.LlamaConfig(**CONFIG, use_cache=False, tie_word_embeddings=False)
+    model = tf.LlamaForCausalLM(config).eval()
+    tokens = torch.randint(0, CONFIG["vocab_size"], (SAMPLES, TOKENS + 1))
+    data = TensorDataset(tokens[:, :-1], tokens[:, 1:])
+    task = language_model_task({"train": data, "val": data}, batch_size=4)
+    start = time.perf_counter()
+    if name == "model_only":
+        with torch.no_grad():
+            model(tokens[:1, :-1])
+    elif name == "gptq":
+        nc.quantize_(
+            model, GPTQConfig(bits=4, group_size=128, calibration_samples=SAMPLES), task=task
+        )
+    else:
+        nc.prune_(model, SparseGPTConfig(sparsity=0.5, calibration_samples=SAMPLES), task=task)
+    seconds = time.perf_counter() - start
+    params = sum(p.numel() for p in model.parameters()) if name == "model_only" else None
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_bytes": peak_kib * 1024, "seconds": seconds, "params": params}
+
+
+def layer_working_set() -> int:
+    """float32 bytes of one decoder layer's weights + its Hessians + the held block I/O."""
+    h, i = CONFIG["hidden_size"], CONFIG["intermediate_size"]
+    kv = h * CONFIG["num_key_value_heads"] // CONFIG["num_attention_heads"]
+    weights = 2 * h * h + 2 * h * kv + 3 * h * i
+    hessians = 3 * h * h + i * i  # q/k/v share one input; o, gate/up share one; down reads i
+    block_io = 2 * SAMPLES * TOKENS * h
+    return 4 * (weights + hessians + block_io)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--arm", choices=ARMS)
+    args = parser.parse_args()
+    if args.arm:
+        print(json.dumps(_arm(args.arm)))
+        return
+    arms = {}
+    for name in ARMS:
+        out = subprocess.run(
+            [sys.executable, __file__, "--arm", name], capture_output=True, text=True, check=True
+        )
+        arms[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(name, arms[name], flush=True)
+    params = arms["model_only"]["params"]
+    floor = arms["model_only"]["peak_bytes"]
+    working = layer_working_set()
+    result = {
+        "config": CONFIG,
+        "samples": SAMPLES,
+        "tokens": TOKENS,
+        "params": params,
+        "model_bytes": 4 * params,
+        "layer_working_set_bytes": working,
+        "arms": {
+            name: {
+                **a,
+                "over_model": a["peak_bytes"] - floor,
+                "over_in_layers": (a["peak_bytes"] - floor) / working,
+            }
+            for name, a in arms.items()
+        },
+    }
+    write_result("llm_layerwise_memory", result)
+
+
+def render(r: dict[str, Any]) -> str:
+    """BENCHMARKS.md section."""
+    gib = 2**30
+    lines = [
+        "## Layer-wise calibration memory, Hugging Face decoder (`bench/llm_layerwise_memory.py`)",
+        "",
+        f"Random `LlamaForCausalLM`, {r['params'] / 1e6:.0f} M parameters "
+        f"({r['model_bytes'] / gib:.2f} GiB float32), {r['samples']} windows of {r['tokens']} "
+        "tokens; peak RSS of a fresh process per arm. One layer's working set (weights, "
+        f"Hessians, block inputs and outputs): {r['layer_working_set_bytes'] / gib:.3f} GiB.",
+        "",
+        "| arm | peak RSS (GiB) | over model-only (GiB) | in layers' working sets | seconds |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, a in r["arms"].items():
+        lines.append(
+            f"| {name} | {a['peak_bytes'] / gib:.2f} | {a['over_model'] / gib:.2f} | "
+            f"{a['over_in_layers']:.2f} | {a['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -218,6 +218,14 @@ HOSTILE = {
         _config(lambda m: m.__setitem__("model_type", "evil")),
         "model_type 'evil' is not a transformers model type",
     ),
+    "a size of the wrong type": (
+        _config(lambda m: m.__setitem__("hidden_size", "x")),
+        "config.json does not make a llama config (Validation error for field 'hidden_size':",
+    ),
+    "zero key/value heads": (
+        _config(lambda m: m.__setitem__("num_key_value_heads", 0)),
+        "transformers cannot build a causal LM from config.json",
+    ),
     "remote code": (
         _config(lambda m: m.__setitem__("auto_map", {"AutoModel": "x.Y"})),
         "names remote code",

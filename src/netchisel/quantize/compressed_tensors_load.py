@@ -152,16 +152,22 @@ def _model_config(tf: Any, meta: dict[str, Any]) -> Any:
     fields = {k: v for k, v in meta.items() if k not in ("model_type", "quantization_config")}
     try:
         return tf.AutoConfig.for_model(kind, **fields)
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"config.json does not make a {kind} config ({e})") from None
+    except Exception as e:  # transformers' validators raise many types on hostile fields
+        raise ArtifactError(f"config.json does not make a {kind} config ({_one_line(e)})") from None
+
+
+def _one_line(e: Exception) -> str:
+    """A third-party message on one line (transformers' validators write several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _build(tf: Any, config: Any, dtype: torch.dtype) -> nn.Module:
     try:
         model: nn.Module = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except Exception as e:  # a hostile config reaches model code (ZeroDivisionError ...)
         raise ArtifactError(
-            f"transformers cannot build a causal LM from config.json ({e})"
+            f"transformers cannot build a causal LM from config.json ({_one_line(e)})"
         ) from None
     return model
 

@@ -44,6 +44,22 @@ def _built(tmp: Path) -> Path:
     return save(net, tmp / "built")
 
 
+def _buffered(tmp: Path) -> Path:
+    """A described model with a non-persistent buffer, whose value the weights file holds."""
+    torch.manual_seed(0)
+    holder = nn.Identity()
+    holder.register_buffer("freq", torch.arange(4.0), persistent=False)
+    return save(nn.Sequential(nn.Linear(4, 4), holder), tmp / "buffered")
+
+
+def _partial(func: Any, args: Any = (), **keywords: Any) -> dict[str, Any]:
+    return {"__partial__": {"func": func, "args": list(args), "keywords": keywords}}
+
+
+def _config(cls: str, data: str = "{}") -> dict[str, Any]:
+    return {"__config__": {"class": cls, "json": data}}
+
+
 def _edit_manifest(directory: Path, change: Callable[[Manifest], None]) -> None:
     path = directory / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -438,6 +454,98 @@ CASES: list[tuple[str, Callable[[Path], Path], Callable[[Path], None], str]] = [
         "order",
     ),
     ("unknown-top-key", _built, _m(lambda m: m.__setitem__("exec", "import os")), "exec"),
+    # -- partials, configs and non-persistent buffers (issue 20) -------------------------------
+    (
+        "partial-os-system",
+        _described,
+        _m(_set_attr("norm", _partial({"__callable__": "os:system"}, [f"touch {CANARY}"]))),
+        "function 'os:system'",
+    ),
+    (
+        "partial-eval",
+        _described,
+        _m(_set_attr("norm", _partial({"__callable__": "builtins:eval"}, ["1"]))),
+        "not trusted",
+    ),
+    (
+        "partial-func-a-string",
+        _described,
+        _m(_set_attr("norm", _partial("os:system", [f"touch {CANARY}"]))),
+        "not a named callable",
+    ),
+    (
+        "partial-callable-argument",
+        _described,
+        _m(
+            _set_attr(
+                "norm",
+                _partial(
+                    {"__callable__": "torch.nn.modules.normalization:LayerNorm"},
+                    [{"__callable__": "torch.nn.functional:relu"}],
+                ),
+            )
+        ),
+        "callable argument",
+    ),
+    (
+        "partial-nested-partial",
+        _described,
+        _m(
+            _set_attr(
+                "norm",
+                _partial(
+                    {"__callable__": "torch.nn.modules.normalization:LayerNorm"},
+                    eps={"__tuple__": [_partial({"__callable__": "torch:tanh"})]},
+                ),
+            )
+        ),
+        "callable argument",
+    ),
+    (
+        "partial-missing-keys",
+        _described,
+        _m(_set_attr("norm", {"__partial__": {"func": {"__callable__": "torch:tanh"}}})),
+        "func, args and keywords",
+    ),
+    (
+        "partial-bad-keyword",
+        _described,
+        _m(_set_attr("norm", _partial({"__callable__": "torch:tanh"}, **{"a b": 1}))),
+        "an argument name",
+    ),
+    (
+        "config-popen",
+        _described,
+        _m(_set_attr("config", _config("subprocess:Popen", '{"args": "touch x"}'))),
+        "configuration class 'subprocess:Popen'",
+    ),
+    (
+        "config-a-layer-class",
+        _described,
+        _m(_set_attr("config", _config("torch.nn.modules.linear:Linear"))),
+        "not trusted",
+    ),
+    (
+        "config-untrusted-hf",
+        _described,
+        _m(_set_attr("config", _config("transformers.models.bert.configuration_bert:BertConfig"))),
+        "trust=[BertConfig]",
+    ),
+    (
+        "config-no-json",
+        _described,
+        _m(_set_attr("config", {"__config__": {"class": "x:Y"}})),
+        "a class and a json string",
+    ),
+    (
+        "library-layer-untrusted",
+        _described,
+        _m(_set_class("torchvision.ops.misc:Conv2dNormActivation")),
+        "not trusted",
+    ),
+    ("buffer-dtype-swap", _buffered, _w(_swap("1.freq", lambda t: t.double())), "float64"),
+    ("buffer-shape-swap", _buffered, _w(_swap("1.freq", lambda t: t[:2].clone())), "[2]"),
+    ("buffer-nan", _buffered, _w(_swap("1.freq", lambda t: t.fill_(float("nan")))), "NaN"),
     # -- files that are not what they claim -----------------------------------------------------
     ("weights-symlink", _built, _symlink("model.safetensors", "/etc/passwd"), "symbolic link"),
     ("manifest-symlink", _built, _symlink("manifest.json", "/etc/passwd"), "symbolic link"),
@@ -622,3 +730,68 @@ def test_trusting_a_transformers_model_class_trusts_its_library_layers(tmp_path:
     assert type(loaded[1]) is GELUActivation
     with pytest.raises(ConfigError, match="remote code"):
         load(directory, trust=["transformers_modules.evil:Model"])
+
+
+@pytest.fixture()
+def transformers() -> Any:
+    """transformers, imported before `untouched` records the environment (its import sets
+    TORCHINDUCTOR_CACHE_DIR) and its lazy BERT modules loaded."""
+    module = pytest.importorskip("transformers")
+    assert module.BertModel.config_class is module.BertConfig
+    return module
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ('{"attn_implementation": "kernels-community/flash-attn"}', "fetch code from the Hub"),
+        ('{"_attn_implementation_internal": "kernels-community/x"}', "fetch code from the Hub"),
+        ('{"experts_implementation": "sonicmoe"}', "fetch code from the Hub"),
+        ('{"auto_map": {"AutoModel": "evil.Model"}}', "remote code"),
+        ("[1, 2]", "not a JSON object"),
+        ("{not json", "not JSON"),
+        ('{"hidden_size": "wide"}', "BertConfig"),
+    ],
+)
+def test_a_trusted_config_class_still_loads_only_plain_settings(
+    tmp_path: Path, transformers: Any, untouched: None, data: str, fragment: str
+) -> None:
+    """Trusting BertModel lets its BertConfig be rebuilt from JSON, never with an attention
+    implementation that would fetch a kernel from the Hub, nor remote code."""
+    directory = _described(tmp_path)
+    config = _config("transformers.models.bert.configuration_bert:BertConfig", data)
+    _edit_manifest(directory, _set_attr("config", config))
+    with pytest.raises(ArtifactError, match=fragment) as raised:
+        load(directory, trust=[transformers.BertModel])
+    assert "\n" not in str(raised.value)
+
+
+def test_trusting_a_library_model_trusts_its_layers_not_its_functions(
+    transformers: Any, untouched: None
+) -> None:
+    """Trusting torchvision's ResNet trusts torchvision.ops' layers; a timm model, timm.layers
+    and timm.models' helpers. Functions of those modules (downloaders) stay refused as
+    attribute values, and no other torchvision/timm package is reached."""
+    from tests.models._torchvision import timm, torchvision
+
+    tv, tm = torchvision(), timm()
+    from netchisel.artifact.trust import Allowed
+
+    allowed = Allowed.with_trust([tv.models.ResNet, tm.models.VisionTransformer])
+    layer = allowed.resolve("torchvision.ops.misc:Conv2dNormActivation", "class")
+    assert layer is tv.ops.misc.Conv2dNormActivation
+    assert allowed.resolve("timm.layers.mlp:Mlp", "class") is tm.layers.mlp.Mlp
+    assert allowed.resolve("timm.layers.mlp:Mlp", "function") is tm.layers.mlp.Mlp  # a layer value
+    refused = [
+        ("torchvision.models.resnet:load_state_dict_from_url", "function"),
+        ("torchvision.models._api:get_weight", "function"),
+        ("torchvision.datasets.mnist:MNIST", "class"),
+        ("timm.models._hub:download_cached_file", "function"),
+        ("timm.models._hub:load_model_config_from_hf", "function"),
+        ("timm.models._builder:build_model_with_cfg", "builder"),
+        ("timm.models.resnet:ResNet", "class"),  # another model file: trust it by name
+    ]
+    for ref, kind in refused:
+        with pytest.raises(ArtifactError, match="not trusted"):
+            allowed.resolve(ref, kind)
+    assert not Allowed.with_trust([nn.Linear]).library_modules

@@ -363,3 +363,62 @@ def test_a_model_holding_nan_is_not_saved(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"'0.weight' holds NaN values"):
         save(net, tmp_path / "nan")
     assert not (tmp_path / "nan").exists()
+
+
+def test_a_non_persistent_buffer_is_stored_and_restored(tmp_path: Path) -> None:
+    """A rotary embedding's inv_freq is in no state dict; a described model keeps its value."""
+    from safetensors.torch import load_file
+
+    from tests.artifact._user_models import Rotary
+
+    net = nn.Sequential(nn.Linear(4, 4), Rotary(4))
+    x = torch.randn(2, 4)
+    expected = net(x)
+    assert net[1].scale_cache  # filled by the forward; stored empty
+    directory = save(net, tmp_path / "rotary")
+    assert "1.inv_freq" in load_file(str(directory / "model.safetensors"))
+    loaded = load(directory, trust=[Rotary])
+    assert "inv_freq" in loaded[1]._non_persistent_buffers_set
+    assert torch.equal(loaded[1].inv_freq, net[1].inv_freq)
+    assert loaded[1].scale_cache == {}
+    assert torch.equal(loaded(x), expected)
+
+
+def test_load_gives_modules_the_version_their_state_dict_would_carry(tmp_path: Path) -> None:
+    """torchvision's MNASNet rebuilds its stem when `version` is missing (an old checkpoint)."""
+    from tests.artifact._user_models import Versioned
+
+    directory = save(nn.Sequential(Versioned()), tmp_path / "versioned")
+    assert load(directory, trust=[Versioned])[0].seen_version == 2
+
+
+def test_a_partial_norm_layer_round_trips(tmp_path: Path) -> None:
+    import functools
+
+    from tests.artifact._user_models import Scaled
+
+    net = nn.Sequential(Scaled(2))
+    net[0].norm_layer = functools.partial(nn.LayerNorm, eps=1e-6)
+    loaded = load(save(net, tmp_path / "partial"), trust=[Scaled])
+    made = loaded[0].norm_layer(8)
+    assert type(made) is nn.LayerNorm and made.eps == 1e-6
+
+
+def test_a_hugging_face_model_round_trips_sharing_one_config(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=32, max_position_embeddings=32,
+    )  # fmt: skip
+    net = transformers.LlamaForCausalLM(config).eval()
+    ids = torch.randint(0, 64, (2, 6))
+    directory = save(net, tmp_path / "llama")
+    with pytest.raises(ArtifactError, match=r"trust=\[LlamaForCausalLM\]"):
+        load(directory)
+    loaded = load(directory, trust=[transformers.LlamaForCausalLM])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, net(ids).logits)
+    assert loaded.model.layers[0].self_attn.config is loaded.config
+    assert loaded.config._attn_implementation == net.config._attn_implementation
+    assert loaded.generation_config == net.generation_config

@@ -12,7 +12,18 @@ from typing import Any
 from netchisel.core.errors import ArtifactError
 
 JSON = Any
-TAGS = frozenset({"__tuple__", "__dict__", "__dtype__", "__set__", "__float__", "__callable__"})
+TAGS = frozenset(
+    {
+        "__tuple__",
+        "__dict__",
+        "__dtype__",
+        "__set__",
+        "__float__",
+        "__callable__",
+        "__partial__",
+        "__config__",
+    }
+)
 OPS = frozenset({"replace", "patch", "remove", "order"})
 FILES = frozenset({"model.safetensors", "model.pt2", "model.onnx", "model.onnx_int8"})
 _TOP: dict[str, type | tuple[type, ...]] = {
@@ -169,6 +180,27 @@ def _check_value(value: JSON, where: str, depth: int = 0) -> None:
             _check_value(v, f"{where}.{k}", depth + 1)
     elif tag == "__float__":
         _need(inner in ("nan", "inf", "-inf"), where, "nan, inf or -inf")
+    elif tag == "__partial__":
+        _need(
+            isinstance(inner, dict) and set(inner) == {"func", "args", "keywords"},
+            where,
+            "an object with func, args and keywords",
+        )
+        _need(isinstance(inner["args"], list), f"{where}.args", "a list")
+        _need(isinstance(inner["keywords"], dict), f"{where}.keywords", "an object")
+        _check_value(inner["func"], f"{where}.func", depth + 1)
+        _check_value(inner["args"], f"{where}.args", depth + 1)
+        for k, v in inner["keywords"].items():
+            _need(k.isidentifier(), f"{where}.keywords.{k}", "an argument name")
+            _check_value(v, f"{where}.keywords.{k}", depth + 1)
+    elif tag == "__config__":
+        _need(
+            isinstance(inner, dict)
+            and set(inner) == {"class", "json"}
+            and all(isinstance(v, str) for v in inner.values()),
+            where,
+            "an object with a class and a json string",
+        )
     else:  # __dtype__ names are checked against torch's dtypes; __callable__ by trust.py
         _need(isinstance(inner, str), where, "a string")
 

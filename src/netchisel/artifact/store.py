@@ -33,10 +33,13 @@ from netchisel.artifact.structure import (
     BUILD_BYTES_PER_FILE_BYTE,
     MIN_BUILD_BUDGET,
     check_fit,
+    declared_non_persistent,
+    fill_non_persistent,
     leave_out_known_shapes,
     rebuild_structure,
     refuse_nan,
     structure_of,
+    with_versions,
 )
 from netchisel.artifact.trust import Allowed, Trusted
 from netchisel.core.errors import (
@@ -99,6 +102,11 @@ def save(
     stored, tensors, aliases = _encode_state(model)
     structure = structure_of(model)
     leave_out_known_shapes(structure["edits"], set(model.state_dict()))
+    # The values of the non-persistent buffers the manifest declares (a rotary embedding's
+    # inv_freq): not in the state dict, so the builder cannot supply them; stored raw.
+    buffers = dict(model.named_buffers())
+    for key in declared_non_persistent(structure["edits"]):
+        stored[key] = buffers[key].detach().cpu().contiguous().clone()
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -165,9 +173,13 @@ def load(directory: str | Path, *, trust: Iterable[Trusted] = ()) -> nn.Module:
     try:
         state = _decode_state(stored, codecs, manifest.get("aliases", {}), budget)
         model = rebuild_structure(manifest, state, allowed, budget)
-        check_fit(model, state)
+        extra = fill_non_persistent(model, state)
+        check_fit(model, {k: v for k, v in state.items() if k not in extra})
         check_layer_shapes(model)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(
+            with_versions(model, {k: v for k, v in state.items() if k not in extra}),
+            strict=True,
+        )
     except NetChiselError:
         raise
     except (TypeError, ValueError, KeyError, IndexError, RuntimeError, MemoryError) as e:

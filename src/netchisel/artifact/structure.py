@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -260,3 +262,71 @@ def refuse_nan(model: nn.Module) -> None:
             )
         if t.is_floating_point() and bool(torch.isnan(t).any()):
             raise ModelError(f"tensor {name!r} holds NaN values (did training diverge?): not saved")
+
+
+def declared_non_persistent(edits: list[JSON]) -> list[str]:
+    """The full names of the non-persistent buffers whose specs the edits carry: `save`
+    stores their values, which no state dict holds.
+
+    Example:
+        >>> declared_non_persistent([{"op": "replace", "path": "a", "module": {"class": "x:Y",
+        ...     "tensors": {"f": {"kind": "buffer", "shape": [2], "persistent": False}}}}])
+        ['a.f']
+    """
+    found: list[str] = []
+
+    def specs(table: JSON, path: str) -> None:
+        for name, spec in table.items():
+            if spec.get("persistent") is False and not spec.get("none"):
+                found.append(f"{path}.{name}" if path else name)
+
+    def walk(module: JSON | None, path: str) -> None:
+        if module is not None:
+            specs(module.get("tensors", {}), path)
+            for name, child in module.get("children", {}).items():
+                walk(child, f"{path}.{name}" if path else name)
+
+    for edit in edits:
+        if edit["op"] == "patch":
+            specs(edit.get("tensors", {}), edit["path"])
+        elif edit["op"] == "replace":
+            walk(edit["module"], edit["path"])
+    return found
+
+
+def fill_non_persistent(model: nn.Module, state: Mapping[str, torch.Tensor]) -> set[str]:
+    """Copy the stored values of the model's non-persistent buffers into them (checked like
+    the state dict: same dtype and shape, no NaN); return the names used."""
+    used: set[str] = set()
+    for path, module in model.named_modules():
+        for name in module._non_persistent_buffers_set:
+            key = f"{path}.{name}" if path else name
+            buffer, got = module._buffers.get(name), state.get(key)
+            if got is None or buffer is None:
+                continue
+            if got.dtype != buffer.dtype or got.shape != buffer.shape:
+                raise ArtifactError(
+                    f"buffer {key!r} is stored as {_kind(got)}, the model declares "
+                    f"{_kind(buffer)}: the file is corrupt or was edited"
+                )
+            if got.is_floating_point() and bool(torch.isnan(got).any()):
+                raise ArtifactError(f"tensor {key!r} holds NaN values: refused")
+            with torch.no_grad():
+                buffer.copy_(got)
+            used.add(key)
+    return used
+
+
+def with_versions(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with the per-module `version` metadata that `model.state_dict()` carries.
+
+    A module's `_load_from_state_dict` may read it (torchvision's MNASNet rebuilds its stem
+    for version 1 when it is missing); the versions are those of the classes rebuilt, which
+    are the ones the described structure was saved from.
+    """
+    out: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    metadata = OrderedDict(
+        (path, {"version": module._version}) for path, module in model.named_modules()
+    )
+    out._metadata = metadata  # type: ignore[attr-defined]
+    return out

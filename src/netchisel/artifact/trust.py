@@ -8,9 +8,14 @@ functions as "module:qualname" strings; `load` turns each into an object only th
 - netchisel's own `nn.Module` classes and `@netchisel.builder` functions (only a module whose
   name starts with "netchisel." is ever imported, and the object must be defined there);
 - what the caller trusts: `load(path, trust=[MyNet, make_net])`, or `@netchisel.builder` on a
-  class or function of code the caller has imported. Trusting a Hugging Face `transformers`
-  model class also trusts the module classes of its modelling file (and transformers'
-  activations and pytorch_utils), never remote code (`transformers_modules`).
+  class or function of code the caller has imported. Trusting a model class of a library of
+  layers also trusts the layers it is built from (`library_modules`): for a Hugging Face
+  `transformers` class, its modelling file, its configuration file (the config object is
+  stored as data) and transformers' activations and pytorch_utils, never remote code
+  (`transformers_modules`); for a `torchvision.models` class, its file and `torchvision.ops`
+  (Conv2dNormActivation, StochasticDepth ...); for a `timm.models` class, its file and
+  `timm.layers`. Only the modules of those packages that exist on disk are named, and one is
+  imported only when a manifest names a class or function defined in it.
 
 The names are compared as strings: no attribute walk through modules (which once let
 "torch:os.environ.clear" reach `os`), no import of a module the manifest names.
@@ -22,6 +27,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import sys
 import types
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,7 +40,7 @@ from torch import nn
 from netchisel.core.errors import ArtifactError, ConfigError
 from netchisel.core.modules import is_trusted_builder, registered_builders
 
-Kind = Literal["class", "builder", "function"]
+Kind = Literal["class", "builder", "function", "config"]
 Trusted = object  # a class, a function, or "package.module:name"
 
 # Packages of layers (their own modules, walked once); not torch.nn.utils or anything that
@@ -42,7 +48,20 @@ Trusted = object  # a class, a function, or "package.module:name"
 _TORCH_CLASS_PACKAGES = ("torch.nn.modules", "torch.ao.nn")
 _TORCH_FUNCTION_PREFIXES = ("torch.nn.functional:", "torch._C._nn:", "torch:")
 _REMOTE = "transformers_modules"  # where trust_remote_code puts downloaded model code
-_HF_SHARED = ("transformers.activations", "transformers.pytorch_utils")
+_HF_SHARED = (
+    "transformers.activations",
+    "transformers.pytorch_utils",
+    "transformers.generation.configuration_utils",  # a generative model's generation_config
+)
+_HF_CONFIG_BASES = {
+    ("transformers.configuration_utils", "PreTrainedConfig"),
+    ("transformers.configuration_utils", "PretrainedConfig"),
+    ("transformers.generation.configuration_utils", "GenerationConfig"),
+}
+# The layer packages of libraries whose model classes are built from them: trusting
+# `torchvision.models.resnet:ResNet` is trusting torchvision's own layers as well (ResNet is
+# built from them); the user's trust in a library's model is trust in that library's code.
+_LAYER_PACKAGES = {"torchvision.models.": "torchvision.ops", "timm.models.": "timm.layers"}
 _OUR_MODULE = re.compile(r"netchisel(\.[A-Za-z_][A-Za-z0-9_]*)+")
 # Classes that moved since a release saved artifacts naming them: old ref -> new ref. Strings
 # only (this floor never imports a family); `Allowed._lookup` reads a manifest's ref through it.
@@ -130,7 +149,8 @@ class Allowed:
     """The allow-list for one `load`: torch's tables, netchisel's own, and the caller's."""
 
     extra: dict[str, Any] = field(default_factory=dict)
-    hf_modules: set[str] = field(default_factory=set)
+    library_modules: set[str] = field(default_factory=set)
+    configs: dict[tuple[str, str], Any] = field(default_factory=dict)  # decoded, shared
 
     @classmethod
     def with_trust(cls, trust: Iterable[Trusted] = ()) -> Allowed:
@@ -151,8 +171,8 @@ class Allowed:
             if ref.startswith(_REMOTE):
                 raise ConfigError(f"trust: {ref} is remote code (trust_remote_code): refused")
             allowed.extra[ref] = obj
-            if ref.startswith("transformers.") and isinstance(obj, type):
-                allowed.hf_modules.update({obj.__module__, *_HF_SHARED})
+            if isinstance(obj, type):
+                allowed.library_modules.update(library_modules_of(obj))
         return allowed
 
     def resolve(self, ref: Any, kind: Kind) -> Any:
@@ -168,18 +188,65 @@ class Allowed:
         if ref in self.extra:
             return self.extra[ref]
         ref = RENAMED.get(ref, ref)
-        if kind == "function":  # attribute values: torch's functions only, or the caller's
-            return torch_functions().get(ref)
+        module_name, _, qualname = ref.partition(":")
+        if kind in ("function", "config"):
+            # Attribute values: torch's functions and layer classes (a `norm_layer` kept to
+            # build layers with), the caller's, and those of trusted library layer modules.
+            found = torch_functions().get(ref) or torch_classes().get(ref)
+            if found is None and module_name in self.library_modules:
+                # Only classes: a library's functions include downloaders (timm.models._hub),
+                # which an attribute the model calls must never become.
+                found = _defined_in(module_name, qualname)
+                found = found if isinstance(found, type) else None
+            return found
         registered = registered_builders()
         if ref in registered:
             return registered[ref]
         found = torch_classes().get(ref) or torch_functions().get(ref)
         if found is not None:
             return found
-        module_name = ref.partition(":")[0]
-        if _OUR_MODULE.fullmatch(module_name) or module_name in self.hf_modules:
-            return _defined_in(module_name, ref.partition(":")[2])
+        if _OUR_MODULE.fullmatch(module_name) or module_name in self.library_modules:
+            return _defined_in(module_name, qualname)
         return None
+
+
+def library_modules_of(cls: type) -> set[str]:
+    """The modules whose layers a trusted library model class is built from (see the module
+    docstring); none for a class of any other package.
+
+    Example:
+        >>> library_modules_of(nn.Linear)
+        set()
+    """
+    module = cls.__module__
+    if module.startswith(_REMOTE):
+        return set()
+    if module.startswith("transformers."):
+        config = getattr(getattr(cls, "config_class", None), "__module__", None)
+        configs = (
+            {config} if isinstance(config, str) and config.startswith("transformers.") else set()
+        )
+        return {module, *configs, *_HF_SHARED}
+    for prefix, package in _LAYER_PACKAGES.items():
+        if module.startswith(prefix):
+            # timm's private model helpers (timm.models._efficientnet_blocks) are layers too.
+            helpers = {m for m in _package_modules("timm.models") if m.startswith("timm.models._")}
+            return {
+                module,
+                *_package_modules(package),
+                *(helpers if package == "timm.layers" else ()),
+            }
+    return set()
+
+
+def _package_modules(package: str) -> set[str]:
+    """The names of an imported package and of the modules directly in it, read from its
+    directory (nothing is imported: a package not yet imported contributes nothing)."""
+    root = sys.modules.get(package)
+    path = getattr(root, "__path__", None)
+    if path is None:
+        return set()
+    return {package} | {info.name for info in pkgutil.iter_modules(path, f"{package}.")}
 
 
 def _fits(obj: Any, kind: Kind) -> bool:
@@ -188,7 +255,20 @@ def _fits(obj: Any, kind: Kind) -> bool:
         return is_module_class
     if kind == "builder":
         return is_module_class or is_trusted_builder(obj)
-    return callable(obj) and not isinstance(obj, type)
+    if kind == "config":
+        return isinstance(obj, type) and is_hf_config_class(obj)
+    return callable(obj) and (not isinstance(obj, type) or is_module_class)
+
+
+def is_hf_config_class(cls: type) -> bool:
+    """A Hugging Face configuration class (a subclass of transformers' PreTrainedConfig or
+    GenerationConfig), recognised without importing transformers.
+
+    Example:
+        >>> is_hf_config_class(dict)
+        False
+    """
+    return any((base.__module__, base.__name__) in _HF_CONFIG_BASES for base in cls.__mro__)
 
 
 def _defined_in(module_name: str, qualname: str) -> Any:
@@ -233,7 +313,12 @@ def _import_trusted(ref: str) -> Any:
 
 
 def _refusal(ref: str, kind: Kind) -> str:
-    what = {"class": "module class", "builder": "builder", "function": "function"}[kind]
+    what = {
+        "class": "module class",
+        "builder": "builder",
+        "function": "function",
+        "config": "configuration class",
+    }[kind]
     name = ref.rpartition(":")[2].rpartition(".")[2]
     return (
         f"manifest names {what} {ref!r}, which is not trusted: if you trust this file, pass "

@@ -403,15 +403,18 @@ class _ReturnsAnInt(nn.Module):
         return self.b(self.a(x).relu()), 3
 
 
-def test_a_broken_group_is_named_and_the_model_is_left_as_it_was() -> None:
+def test_a_broken_group_is_left_alone_and_named_and_alone_it_is_an_error() -> None:
     net = _FixedOffset()
     before = _state(net)
     conv = net.conv
+    records = _prune(copy.deepcopy(net), ratio=0.5)
+    assert records["channels"] == {"conv2": [8, 4]}
+    assert records["skipped"]["conv"].startswith("pruning it breaks the forward pass")
     with pytest.raises(ModelError, match=r"pruning the group of conv .*exclude=\['conv'\]"):
-        _prune(net, ratio=0.5)
+        _prune(net, ratio=0.5, layers=("conv",))
     assert _unchanged(net, before) and net.conv is conv
     records = _prune(net, ratio=0.5, exclude=("conv",))
-    assert records["channels"] == {"conv2": [8, 4]}
+    assert records["channels"] == {"conv2": [8, 4]} and "conv" not in records["skipped"]
 
 
 def test_an_untraceable_model_is_an_error_that_says_why() -> None:

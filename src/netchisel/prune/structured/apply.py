@@ -14,15 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError, first_line
+from netchisel.core.errors import ConfigError, ModelError, NetChiselError, first_line
 from netchisel.core.masks import masks_of
 from netchisel.core.registry import register
 from netchisel.measure.flops import count_flops
 from netchisel.prune.structured.config import STAGE, StructuredConfig
-from netchisel.prune.structured.graph import output_shapes, run_eval
+from netchisel.prune.structured.graph import is_conv1d, no_kv_cache, output_shapes, run_eval
 from netchisel.prune.structured.plan import Plan, choose_plan, search_ratio
-from netchisel.prune.structured.surgery import cut
-from netchisel.prune.structured.units import score_units
+from netchisel.prune.structured.surgery import BreakingUnits, cut
+from netchisel.prune.structured.units import Unit, score_units
 
 
 def _example_inputs(model: nn.Module, config: StructuredConfig, ctx: Context) -> tuple[Tensor, ...]:
@@ -44,6 +44,8 @@ def _widths(model: nn.Module) -> dict[str, int]:
             out[name] = m.out_channels
         elif isinstance(m, nn.Linear):
             out[name] = m.out_features
+        elif is_conv1d(m):
+            out[name] = int(m.nf)
     return out
 
 
@@ -54,9 +56,13 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: Context) -
     Scores every unit (on a copy), chooses what to keep (at `ratio`, or at the smallest ratio
     that meets `target_macs_ratio`), lets Torch-Pruning cut the coupled tensors and checks the
     model still runs the example inputs to the same output shapes; if anything fails, `model`
-    is as it was. Its layers stay the same objects, narrowed (a removed block becomes a new
-    `nn.Identity`). Records MACs before/after (one example, exact), the ratio, channels kept
-    per layer, heads kept per attention module, blocks removed and groups left alone.
+    is as it was. A unit whose cut alone breaks the forward pass (the model uses its width
+    where the graph cannot see) is left alone and recorded in `skipped` with why; only when no
+    unit is left is that an error naming one of them. Hugging Face models run with
+    `use_cache=False` meanwhile. Its layers stay the same objects, narrowed (a removed block
+    becomes a new `nn.Identity`). Records MACs before/after (one example, exact), the ratio,
+    channels kept per layer, heads kept per attention module, blocks removed and groups left
+    alone.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
@@ -66,6 +72,47 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: Context) -
         >>> net[0].out_channels, net[5].in_features, ctx.records["macs_after"]
         (4, 4, 3896)
     """
+    with no_kv_cache(model):
+        try:
+            return _prune(model, config, ctx)
+        except NetChiselError:
+            raise
+        except Exception as e:  # a library failing on an unusual model: one line, model intact
+            raise ModelError(
+                f"{STAGE}: pruning {type(model).__name__} failed ({type(e).__name__}: "
+                f"{first_line(e)}); exclude the layers involved, or prune it with "
+                "prune.unstructured"
+            ) from e
+
+
+def _cut_dropping(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    units: list[Unit],
+    ratio: float,
+    config: StructuredConfig,
+    expected: list[tuple[int, ...]],
+    skipped: dict[str, str],
+    *,
+    in_place: bool,
+) -> list[Unit]:
+    """Cut (the model or a copy) at `ratio`, leaving out the units whose cut breaks the
+    forward pass (recorded in `skipped`); the units that remain."""
+    blocks = config.granularity == "blocks"
+    while True:
+        plan = choose_plan(units, ratio, config)
+        try:
+            cut(model, inputs, units, plan, blocks, expected, in_place=in_place)
+            return units
+        except BreakingUnits as e:
+            left = [u for u in units if u.name not in e.broken]
+            if not left:
+                raise
+            skipped.update(e.broken)
+            units = left
+
+
+def _prune(model: nn.Module, config: StructuredConfig, ctx: Context) -> nn.Module:
     if masks_of(model):
         raise ConfigError(
             f"{STAGE}: the model carries masks of {len(masks_of(model))} tensors from an "
@@ -95,10 +142,12 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: Context) -
 
     ratio, measured = config.ratio, 0
     if config.target_macs_ratio is not None:
+        # the units that break the model are found once, at a middle ratio, before the search
+        units = _cut_dropping(model, inputs, units, 0.5, config, expected, skipped, in_place=False)
         ratio, measured = search_ratio(units, config, macs_of, base, ctx)
-    plan = choose_plan(units, ratio, config)
     before_w, params_before = _widths(model), sum(p.numel() for p in model.parameters())
-    cut(model, inputs, units, plan, blocks, expected, in_place=True)
+    units = _cut_dropping(model, inputs, units, ratio, config, expected, skipped, in_place=True)
+    plan = choose_plan(units, ratio, config)
     after = count_flops(model, inputs).macs
     after_w = _widths(model)
     record: dict[str, Any] = {
@@ -116,7 +165,11 @@ def prune_structured(model: nn.Module, config: StructuredConfig, ctx: Context) -
         "search_measurements": measured,
     }
     if config.granularity == "heads":
-        record["heads"] = {u.name: [len(u.scores), int(plan[u.name].sum())] for u in units}
+        record["heads"] = {
+            u.name: [len(u.scores) * per, int(plan[u.name].sum()) * per]
+            for u in units
+            for per in [u.layout.per_unit if u.layout is not None else 1]
+        }
     if blocks:
         record["removed_blocks"] = [u.name for u in units if not bool(plan[u.name].all())]
     ctx.record(**record)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from netchisel.core.errors import ConfigError
 from netchisel.prune.importance import LayerStats, get_criterion
 from netchisel.prune.structured.config import IMPORTANCES, STAGE, StructuredConfig
-from netchisel.prune.structured.graph import LAYER_TYPES
+from netchisel.prune.structured.graph import LAYER_TYPES, is_conv1d
 
 SCORED_TYPES: tuple[type[nn.Module], ...] = (*LAYER_TYPES, nn.Embedding)
 """Layers whose weights score the channels of a group (an Embedding's columns are channels)."""
@@ -71,12 +71,14 @@ class CriterionImportance(tp.importance.Importance):  # type: ignore[misc]
             if out and isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine:
                 return layer.weight.detach().abs()[idxs]
             return None
-        if not isinstance(layer, SCORED_TYPES):
+        if not isinstance(layer, SCORED_TYPES) and not is_conv1d(layer):
             return None
         weight = layer.get_parameter("weight")
         element = get_criterion(self.importance)(weight, self.stats.get(layer, LayerStats()))
         if isinstance(layer, nn.Embedding):
             dim = 1  # Torch-Pruning prunes an Embedding's features, its columns
+        elif is_conv1d(layer):
+            dim = 1 if out else 0  # Hugging Face's Conv1D stores its weight (in, out)
         elif isinstance(layer, nn.modules.conv._ConvNd) and layer.transposed:
             dim = 1 if out else 0
         else:

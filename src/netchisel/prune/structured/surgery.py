@@ -15,11 +15,18 @@ from typing import NoReturn
 import torch
 from torch import Tensor, nn
 
-from netchisel.core.errors import ModelError
+from netchisel.core.errors import ModelError, first_line
 from netchisel.core.modules import replace_module
 from netchisel.core.state import restored_on_error
+from netchisel.prune.structured.attention import cut_heads
 from netchisel.prune.structured.config import STAGE
-from netchisel.prune.structured.graph import dependency_graph, output_shapes, run_eval, traceable
+from netchisel.prune.structured.graph import (
+    dependency_graph,
+    guarded_mapping,
+    output_shapes,
+    run_eval,
+    traceable,
+)
 from netchisel.prune.structured.plan import Plan
 from netchisel.prune.structured.units import Unit
 
@@ -33,12 +40,16 @@ def _apply_plan(
             if not bool(plan[unit.name].all()):
                 replace_module(model, unit.name, nn.Identity())
         return
-    with traceable(model):
+    for unit in units:
+        if unit.layout is not None and not bool(plan[unit.name].all()):
+            cut_heads(model, unit.name, unit.layout, plan[unit.name])
+    graph_units = [u for u in units if u.layout is None and not bool(plan[u.name].all())]
+    if not graph_units:
+        return
+    with traceable(model), guarded_mapping():
         dg = dependency_graph(model, inputs)
-        for unit in units:
+        for unit in graph_units:
             keep = plan[unit.name]
-            if bool(keep.all()):
-                continue
             dropped = (~keep).nonzero().flatten().tolist()
             idxs = [h * unit.head_dim + j for h in dropped for j in range(unit.head_dim)]
             root = model.get_submodule(unit.root)
@@ -80,6 +91,64 @@ def cut(
     return target
 
 
+def _trial(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    units: list[Unit],
+    plan: Plan,
+    blocks: bool,
+    expected: list[tuple[int, ...]],
+    subset: list[Unit],
+) -> Exception | None:
+    """What goes wrong when only `subset` is pruned (on a copy), or None if nothing does."""
+    alone = {u.name: plan[u.name] if u in subset else torch.ones_like(plan[u.name]) for u in units}
+    trial = copy.deepcopy(model)
+    try:
+        _apply_plan(trial, inputs, units, alone, blocks)
+        got = output_shapes(run_eval(trial, inputs))
+    except Exception as e:
+        return e
+    if got != expected:
+        return ModelError(f"output shapes {got} differ from the original {expected}")
+    return None
+
+
+def breaking_units(
+    model: nn.Module,
+    inputs: tuple[Tensor, ...],
+    units: list[Unit],
+    plan: Plan,
+    blocks: bool,
+    expected: list[tuple[int, ...]],
+) -> dict[str, str]:
+    """The units that, pruned to `plan` on their own, break the forward pass or change the
+    output shapes (the model uses their width where the dependency graph cannot see), with
+    why; found by halving, so k of n units cost about 2k log2(n) trial cuts on copies."""
+    found: dict[str, str] = {}
+
+    def search(subset: list[Unit], known: Exception | None = None) -> None:
+        error = (
+            known
+            if known is not None
+            else _trial(model, inputs, units, plan, blocks, expected, subset)
+        )
+        if error is None:
+            return
+        if len(subset) == 1:
+            found[subset[0].name] = (
+                f"pruning it breaks the forward pass ({type(error).__name__}: "
+                f"{first_line(error)}): the model uses its width where the dependency graph "
+                "cannot see (a fixed reshape or size attribute)"
+            )
+            return
+        half = len(subset) // 2
+        search(subset[:half])
+        search(subset[half:])
+
+    search([u for u in units if not bool(plan[u.name].all())])
+    return found
+
+
 def _blame(
     model: nn.Module,
     inputs: tuple[Tensor, ...],
@@ -89,31 +158,29 @@ def _blame(
     expected: list[tuple[int, ...]],
     error: Exception,
 ) -> NoReturn:
-    """Raise the error naming the unit that, pruned alone (on a copy of the unpruned `model`),
+    """Raise the error naming a unit that, pruned alone (on a copy of the unpruned `model`),
     breaks the forward pass; `error` itself when it already names the stage (tracing)."""
     if isinstance(error, ModelError) and str(error).startswith(STAGE):
         raise error
-    for unit in units:
-        if bool(plan[unit.name].all()):
-            continue
-        alone = {
-            u.name: plan[u.name] if u is unit else torch.ones_like(plan[u.name]) for u in units
-        }
-        trial = copy.deepcopy(model)
-        try:
-            _apply_plan(trial, inputs, units, alone, blocks)
-            if output_shapes(run_eval(trial, inputs)) == expected:
-                continue
-        except Exception as e:
-            error = e
+    broken = breaking_units(model, inputs, units, plan, blocks, expected)
+    unit = next((u for u in units if u.name in broken), None)
+    if unit is not None:
         what = "removing block" if blocks else "pruning the group of"
-        raise ModelError(
-            f"{STAGE}: {what} {unit.name} ({', '.join(unit.members)}) breaks the model's forward "
-            f"pass ({type(error).__name__}: {error}); the model uses its width where the "
-            f"dependency graph cannot see (a fixed reshape or size attribute): exclude it, "
-            f"e.g. exclude=[{unit.members[-1]!r}]"
+        raise BreakingUnits(
+            f"{STAGE}: {what} {unit.name} ({', '.join(unit.members)}) "
+            f"{broken[unit.name].replace('pruning it ', '')}: "
+            f"exclude it, e.g. exclude=[{unit.members[-1]!r}]",
+            broken,
         ) from error
     raise ModelError(
-        f"{STAGE}: the pruned model no longer runs ({type(error).__name__}: {error}); "
-        "exclude the layers involved or lower the ratio"
+        f"{STAGE}: the pruned model no longer runs ({type(error).__name__}: "
+        f"{first_line(error)}); exclude the layers involved or lower the ratio"
     ) from error
+
+
+class BreakingUnits(ModelError):
+    """A cut failed because of these units (name -> why); the stage may retry without them."""
+
+    def __init__(self, message: str, broken: dict[str, str]) -> None:
+        super().__init__(message)
+        self.broken = broken

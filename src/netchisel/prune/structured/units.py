@@ -10,23 +10,35 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from netchisel.core.context import Context
-from netchisel.core.errors import ConfigError
+from netchisel.core.errors import ConfigError, first_line
 from netchisel.core.modules import sample_of
 from netchisel.core.state import seeded
-from netchisel.prune.importance import NEEDS, LayerStats, collect_stats
+from netchisel.prune.importance import NEEDS, LayerStats, collect_stats, get_criterion
+from netchisel.prune.structured.attention import (
+    HEAD_ATTRS,
+    Layout,
+    attention_layouts,
+    head_scores,
+)
 from netchisel.prune.structured.config import STAGE, StructuredConfig
-from netchisel.prune.structured.graph import LAYER_TYPES, dependency_graph, run_eval, traceable
+from netchisel.prune.structured.graph import (
+    GroupTooLarge,
+    bounded_groups,
+    dependency_graph,
+    guarded_mapping,
+    is_layer,
+    layer_types,
+    run_eval,
+    traceable,
+)
 from netchisel.prune.structured.scores import SCORED_TYPES, CriterionImportance, block_score
-
-HEAD_ATTRS = ("n_head", "num_heads", "n_heads", "num_attention_heads")
-"""An attention module is one with an integer attribute of one of these names."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Unit:
     scores: Tensor  # one per channel / head; one for a block
     head_attr: str | None = None
     head_dim: int = 1
+    layout: Layout | None = None  # heads netchisel cuts itself (`attention.py`), not the graph
 
 
 def _matching(names: list[str], patterns: tuple[str, ...], where: str, what: str) -> set[str]:
@@ -63,9 +76,13 @@ def _chosen(names: list[str], config: StructuredConfig, what: str) -> set[str]:
 
 
 def _attention_modules(model: nn.Module) -> dict[str, str]:
-    """Attention modules (name -> the attribute holding their head count)."""
+    """Attention modules (name -> the attribute holding their head count) that are left to
+    the dependency graph (those of `attention_layouts` are cut by hand)."""
     found: dict[str, str] = {}
+    layouts = attention_layouts(model)
     for name, module in model.named_modules():
+        if any(_inside(name, n) or _inside(n, name) for n in layouts):
+            continue  # cut by hand, or a block holding such an attention module
         for attr in HEAD_ATTRS:
             value = vars(module).get(attr)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -98,42 +115,71 @@ def _layer_units(
     """Channel groups (or head groups) of `model`, scored; and the groups skipped, with why."""
     heads = config.granularity == "heads"
     attention = _attention_modules(model)
-    if heads:
-        if not attention:
-            raise ConfigError(
-                f"{STAGE}: granularity 'heads' needs attention modules with an integer "
-                f"{' / '.join(HEAD_ATTRS)} attribute; the model has none"
-            )
-        chosen = _chosen(sorted(attention), config, "attention module")
-        _matching(sorted(attention), tuple(config.per_layer), "per_layer", "attention module")
-    else:
-        names = [n for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
-        chosen = _chosen(names, config, "Conv/Linear layer")
-        _matching(names, tuple(config.per_layer), "per_layer", "Conv/Linear layer")
-    dg = dependency_graph(model, inputs)
-    names_of = {m: n for n, m in model.named_modules()}
-    importance = CriterionImportance(config.importance, stats)
+    layouts = attention_layouts(model)
     units: list[Unit] = []
     skipped: dict[str, str] = {}
-    for group in dg.get_all_groups(root_module_types=list(LAYER_TYPES)):
-        root = names_of[group[0].dep.target.module]
+    if heads:
+        if not attention and not layouts:
+            raise ConfigError(
+                f"{STAGE}: granularity 'heads' needs attention modules (q/k/v projections, "
+                f"a fused qkv, nn.MultiheadAttention, or an integer {' / '.join(HEAD_ATTRS)} "
+                "attribute); the model has none"
+            )
+        every = sorted({*attention, *layouts})
+        chosen = _chosen(every, config, "attention module")
+        _matching(every, tuple(config.per_layer), "per_layer", "attention module")
+        units = _layout_units(model, layouts, chosen, config, stats)
+        if not any(a in chosen for a in attention):
+            return units, skipped
+    else:
+        names = [n for n, m in model.named_modules() if is_layer(m)]
+        chosen = _chosen(names, config, "Conv/Linear layer")
+        _matching(names, tuple(config.per_layer), "per_layer", "Conv/Linear layer")
+    # q/k/v of the layouts cut by hand are heads, not channels; their groups are not even
+    # built (tracing them through rotary embeddings and repeat_kv takes minutes)
+    projections = {p: a for a, lay in layouts.items() for p in lay.inputs}
+    if not heads:
+        for proj, holder in projections.items():
+            if proj in chosen:
+                skipped[proj] = f"attention heads of {holder}: use granularity 'heads'"
+    dg = dependency_graph(model, inputs)
+    names_of = {m: n for n, m in model.named_modules()}
+    ignored = [model.get_submodule(p) for p in projections]
+    importance = CriterionImportance(config.importance, stats)
+    within = sorted(a for a in attention if a in chosen) if heads else None
+    for root, group in _groups(dg, tuple(layer_types(model)), ignored, names_of, within):
+        if isinstance(group, str):  # Torch-Pruning failed to follow this root's channels
+            inside = next((a for a in attention if _inside(root, a)), None)
+            if heads and inside is not None:
+                skipped[inside] = group
+            elif root in chosen:
+                skipped[root] = group
+            continue
         outs: list[str] = []
         ins: list[str] = []
         for item in group:
             layer = item.dep.target.module
-            if isinstance(layer, LAYER_TYPES) and layer in names_of:
+            if is_layer(layer) and layer in names_of:
                 is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
                 (outs if is_out else ins).append(names_of[layer])
         owner = next((a for a in attention if _owns(a, outs, ins)), None)
         if heads and owner is None:
             continue
-        reason = _why_not(model, dg, group, outs, owner, chosen, heads)
+        reason = _why_not(model, dg, group, outs, ins, owner, chosen, heads)
         relevant = owner in chosen if heads else any(o in chosen for o in outs)
         if reason is not None:
             if relevant:
                 skipped[owner if heads and owner else root] = reason
             continue
-        scores = importance(group)
+        try:
+            scores = importance(group)
+        except IndexError:  # Torch-Pruning mapped the channels past a layer's width
+            if relevant:
+                skipped[root] = (
+                    "the dependency graph maps its channels beyond a coupled layer's width "
+                    "(a transpose or reshape it cannot follow)"
+                )
+            continue
         if scores is None:  # only bn_scale can find nothing to score
             raise ConfigError(
                 f"{STAGE}: bn_scale needs a BatchNorm after each pruned layer; the group of "
@@ -152,12 +198,12 @@ def _layer_units(
         per_head = scores.reshape(n_head, head_dim).sum(dim=1)
         units.append(Unit(owner, root, (owner, *outs), per_head, attr, head_dim))
     if heads:
-        found = {u.name for u in units} | set(skipped)
+        found = {u.name for u in units} | set(skipped) | set(layouts)
         for name in sorted(chosen - found):
             skipped[name] = "no q/k/v Linear projections whose heads one group holds"
     else:
         seen = {names_of[m] for m in dg.module2node if isinstance(m, nn.Module) and m in names_of}
-        for name in sorted(chosen - seen):
+        for name in sorted(chosen - seen - set(skipped)):
             whole = next((s for s in seen if s and _inside(name, s)), None)
             skipped[name] = (
                 f"part of {whole} ({type(model.get_submodule(whole)).__name__}), which the "
@@ -169,27 +215,103 @@ def _layer_units(
     return units, skipped
 
 
+def _groups(
+    dg: Any,
+    types: tuple[type[nn.Module], ...],
+    ignored: list[nn.Module],
+    names_of: Any,
+    within: list[str] | None = None,
+) -> Iterator[tuple[str, Any]]:
+    """(root name, group) per dependency group, as `tp.DependencyGraph.get_all_groups` finds
+    them (each layer's output channels once, groups with an ignored layer left out); a root
+    whose group Torch-Pruning fails to build gives (root name, why) instead of ending all.
+    With `within`, only roots inside those modules (the attention modules, for heads)."""
+    visited: set[nn.Module] = set()
+    limit = 4 * len(dg.module2node) + 64
+    for module in list(dg.module2node):
+        if module in ignored or not isinstance(module, types) or module in visited:
+            continue
+        if within is not None and not any(_inside(names_of[module], w) for w in within):
+            continue
+        pruner = dg.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        width = pruner.get_out_channels(module)
+        why = None
+        try:
+            with bounded_groups(limit):
+                group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        except GroupTooLarge as e:
+            why = (
+                f"Torch-Pruning's group of its channels does not close ({e}): the graph maps "
+                "them through ops it cannot follow (rotary embeddings, shifted windows)"
+            )
+        except (IndexError, ValueError, ZeroDivisionError, KeyError) as e:
+            why = (
+                "Torch-Pruning cannot follow its channels through the graph "
+                f"({type(e).__name__}: {first_line(e)})"
+            )
+        if why is not None:
+            yield names_of[module], why
+            continue
+        outs = [
+            item.dep.target.module
+            for item in group
+            if dg.is_out_channel_pruning_fn(item.dep.handler)
+        ]
+        visited.update(m for m in outs if isinstance(m, nn.Module))
+        if not any(m in ignored for m in outs):
+            yield names_of[module], group
+
+
+def _layout_units(
+    model: nn.Module,
+    layouts: dict[str, Layout],
+    chosen: set[str],
+    config: StructuredConfig,
+    stats: dict[nn.Module, LayerStats],
+) -> list[Unit]:
+    """Head units of the attention modules netchisel cuts itself, scored per head (per
+    key/value group with grouped-query attention)."""
+    criterion = get_criterion(config.importance)
+
+    def score(layer: nn.Module, weight: Tensor) -> Tensor:
+        return criterion(weight.detach(), stats.get(layer, LayerStats()))
+
+    units = []
+    for name, layout in sorted(layouts.items()):
+        if name in chosen:
+            scores = head_scores(model, layout, score)
+            members = (name, *layout.inputs, layout.o)
+            units.append(Unit(name, name, members, scores, None, layout.head_dim, layout))
+    return units
+
+
 def _why_not(
     model: nn.Module,
     dg: Any,
     group: Any,
     outs: list[str],
+    ins: list[str],
     owner: str | None,
     chosen: set[str],
     heads: bool,
 ) -> str | None:
     """Why a dependency group may not be pruned, or None when it may."""
+    outputs: set[Any] = getattr(dg, "netchisel_outputs", set())
     for item in group:
         node = item.dep.target
-        if not node.outputs and dg.is_out_channel_pruning_fn(item.dep.handler):
+        if dg.is_out_channel_pruning_fn(item.dep.handler) and (
+            not node.outputs or node.grad_fn in outputs
+        ):
             return "its channels reach the model's output or an op Torch-Pruning cannot follow"
-    for name in outs:
+    for name in (*outs, *ins):
         layer = model.get_submodule(name)
         if (
             isinstance(layer, nn.modules.conv._ConvNd)
             and layer.groups > 1
             and not layer.groups == layer.in_channels == layer.out_channels
-        ):
+        ):  # channels would have to leave every group alike; Torch-Pruning's slicing does not
             return f"{name} is a grouped convolution (groups={layer.groups})"
     if heads:
         return None if owner in chosen else f"attention module {owner} is not chosen"
@@ -287,7 +409,7 @@ def score_units(
     need = NEEDS.get(config.importance)
     by_name = collect_stats(probe, layers, ctx.task, need, config.calibration_samples)
     stats = {layers[n]: s for n, s in by_name.items()}
-    with seeded(ctx.seed), traceable(probe):  # seeded: the random criterion
+    with seeded(ctx.seed), traceable(probe), guarded_mapping():  # seeded: the random criterion
         if config.granularity == "blocks":
             return _block_units(probe, inputs, config, stats), {}
         return _layer_units(probe, inputs, config, stats)

@@ -265,3 +265,17 @@ def test_w8a8_against_the_package_quantizing_activations_at_run_time(tmp_path: P
     # Measured 6.5e-3 (1% of the largest logit); perplexity 262.5765 / 262.6140.
     assert (out - ref).abs().max() <= 0.02 * ref.abs().max()
     assert abs(perplexity(out, ids) / perplexity(ref, ids) - 1) < 5e-4
+
+
+def test_registered_as_an_artifact_export(tmp_path: Path) -> None:
+    from netchisel.artifact.exports import export_names, get_export
+
+    assert "compressed_tensors" in export_names()
+    model = quantized_llama("sym")
+    get_export("compressed_tensors")(
+        model, (token_ids(),), tmp_path / "model.compressed_tensors", None
+    )
+    assert sorted(p.name for p in (tmp_path / "model.compressed_tensors").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from netchisel.artifact.exports import register_export
 from netchisel.core.errors import ModelError
 from netchisel.core.files import commit_dir, staging_dir
 from netchisel.quantize.compressed_tensors_pack import pack_int32
@@ -154,6 +155,18 @@ def export_compressed_tensors(
         ignored=ignored,
         zero_point_error=max(layer.zero_point_error for layer in layers.values()),
     )
+
+
+@register_export("compressed_tensors")
+def export_compressed_tensors_beside(
+    model: nn.Module,
+    example_inputs: tuple[Tensor, ...],
+    path: Path,
+    calibration: object = None,
+) -> None:
+    """`save(..., export=["compressed_tensors"])`: the checkpoint as the directory
+    `model.compressed_tensors` beside the artifact (inputs and calibration are not used)."""
+    export_compressed_tensors(model, path)
 
 
 def _float_dtype(tensors: dict[str, Tensor]) -> str:

@@ -122,7 +122,8 @@ def test_float_layers_say_why() -> None:
         "no calibrated input (remove the layer or use its output)",
     ]
     with torch.no_grad():
-        assert _relative_error(net(x), ref) < 0.03
+        # 0.037 with 7-bit inputs (CPUs without VNNI: full_int8_range), ~0.02 with 8 bits.
+        assert _relative_error(net(x), ref) < 0.05
 
 
 def test_an_even_same_padded_conv2d_is_one_model_error() -> None:

@@ -90,14 +90,39 @@ def swap_linears(
     # A pruned layer's zeros are now in its integers; its mask names a weight that is gone.
     forget_masks(model, set(new))
     simulated = sorted(n for n, m in new.items() if getattr(m, "simulated", False))
+    read = read_as_weights(model, new)
+    notes = [
+        f"{len(simulated)} layers have no integer kernel at their bit width: stored packed, "
+        "computed in float, no speed-up"
+        if simulated
+        else "all quantized layers run integer kernels",
+    ]
+    if read:
+        notes.append(
+            f"{len(read)} nn.MultiheadAttention out_proj layers are stored quantized but computed "
+            f"in float (the attention reads out_proj.weight): {', '.join(read[:4])}"
+        )
     ctx.record(
         quantized_layers=len(new),
         layer_bits={n: int(getattr(m, "bits", 8)) for n, m in new.items()},
-        note=(
-            f"{len(simulated)} layers have no integer kernel at their bit width: stored packed, "
-            "computed in float, no speed-up"
-            if simulated
-            else "all quantized layers run integer kernels"
-        ),
+        note="; ".join(notes),
     )
     return new
+
+
+def read_as_weights(model: nn.Module, layers: dict[str, nn.Module]) -> list[str]:
+    """The layers `nn.MultiheadAttention` never calls: it passes `out_proj.weight` to its fused
+    function, so a quantized out_proj computes in float from its dequantized weight
+    (`formats/weight_view.py`).
+
+    Example:
+        >>> mha = nn.Sequential(nn.MultiheadAttention(8, 2))
+        >>> read_as_weights(mha, {"0.out_proj": nn.Linear(8, 8)})
+        ['0.out_proj']
+    """
+    return sorted(
+        name
+        for name in layers
+        if "." in name
+        and isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention)
+    )

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from netchisel.artifact.exports import export_onnx, register_export
 from netchisel.core.errors import ConfigError, ModelError, first_line
-from netchisel.quantize.formats.static_int8 import float_twin, has_static_int8
+from netchisel.quantize.formats.static_int8 import float_twin, full_int8_range, has_static_int8
 
 Batch = tuple[Tensor, ...]
 
@@ -88,6 +88,9 @@ def export_onnx_int8(
                     activation_type=ort_quant.QuantType.QUInt8,
                     weight_type=ort_quant.QuantType.QInt8,
                     calibrate_method=ort_quant.CalibrationMethod.MinMax,
+                    # 7-bit weights where the CPU's int8 kernels saturate (no VNNI), as
+                    # ONNX Runtime advises; the same CPUs get 7-bit inputs in static int8.
+                    reduce_range=not full_int8_range(),
                 )
         except (ConfigError, ModelError):
             raise

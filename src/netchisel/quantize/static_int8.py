@@ -24,10 +24,11 @@ as accurate as the PT2E graph.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +44,7 @@ from netchisel.core.registry import register
 from netchisel.quantize.formats.static_int8 import (
     ACT_DTYPE,
     ACT_MAX,
+    ACT_MAX_REDUCED,
     ACT_MIN,
     W_DTYPE,
     W_MAX,
@@ -51,6 +53,7 @@ from netchisel.quantize.formats.static_int8 import (
     StaticInt8Conv2d,
     StaticInt8Linear,
     StaticInt8Weight,
+    full_int8_range,
 )
 
 # -- the stage --------------------------------------------------------------------------------
@@ -155,6 +158,9 @@ def calibrate_pt2e(
         for name in standalone:
             replace_module(work, name, _ChannelAffine(work.get_submodule(name)))
         exported = _export(work, inputs[0])
+        # Node names may differ in the second export.
+        facts = dataclasses.replace(facts, owners=weight_owners(exported))
+    _split_repeated_calls(exported)
     try:
         prepared = prepare_pt2e(exported, quantizer)
     except ValueError as e:  # the x86 quantizer's check that a Conv2d runs as aten conv2d
@@ -174,6 +180,27 @@ def calibrate_pt2e(
             if advance is not None:
                 advance(1)
     return convert_pt2e(prepared), facts
+
+
+def _split_repeated_calls(gm: fx.GraphModule) -> None:
+    """Name each call of a module called more than once apart, as `name@k` (`_module_of` strips
+    the suffix again).
+
+    torchao's x86 quantizer finds its fused patterns (conv-add-relu ...) in partitions by
+    innermost module name, and raises "Input partition has more than one output node" when
+    one module makes two: torchvision's ResNet blocks call one `nn.ReLU` twice (three times in
+    a Bottleneck). torch.export already numbers the calls in `nn_module_stack`'s keys
+    (`...relu@1`); this copies that number into the name the partitions read.
+    """
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (name, cls) = list(stack.items())[-1]
+        _, at, call = str(key).rpartition("@")
+        if at and call.isdigit():
+            # A fresh dict: nodes may share one, and each must be renamed once.
+            node.meta["nn_module_stack"] = {**stack, key: (f"{name}@{call}", cls)}
 
 
 def _numeric_padding_(work: nn.Module) -> None:
@@ -232,7 +259,9 @@ def _torchao_pt2e() -> tuple[Any, Any, Any]:
             pt2e = importlib.import_module("torchao.quantization.pt2e.quantize_pt2e")
     except ImportError:
         raise ConfigError(f"{STAGE} needs torchao: pip install torchao") from None
-    config = x86.get_default_x86_inductor_quantization_config()
+    # Without VNNI the kernels' int16 sums saturate on 8-bit inputs (measured here on AVX2:
+    # ~11% error on a conv whose input zero point is ~128): calibrate 7-bit inputs there.
+    config = x86.get_default_x86_inductor_quantization_config(reduce_range=not full_int8_range())
     quantizer = x86.X86InductorQuantizer()
     quantizer.set_global(config)
     annotate_x86 = quantizer.annotate
@@ -311,28 +340,51 @@ _WEIGHTED = {
 
 @dataclass(frozen=True)
 class GraphFacts:
-    """Of the exported float graph: how often each layer is called, and which BatchNorm reads
-    each Conv2d/Linear output (PT2E folds that BatchNorm into the layer's weights)."""
+    """Of the exported float graph: how often each layer is called, which BatchNorm reads
+    each Conv2d/Linear output (PT2E folds that BatchNorm into the layer's weights), and the
+    layer of each conv/linear call that reads another module's weight (`weight_owners`)."""
 
     calls: dict[str, int]
     bn_after: dict[str, str]
+    owners: dict[str, str] = field(default_factory=dict)
+
+    def layer_of(self, node: fx.Node) -> str | None:
+        """The layer whose weight a conv/linear node computes with (its module otherwise)."""
+        return self.owners.get(node.name) or _module_of(node)
 
 
 def graph_facts(exported: fx.GraphModule) -> GraphFacts:
-    calls: dict[str, int] = {}
-    bn_after: dict[str, str] = {}
+    facts = GraphFacts({}, {}, weight_owners(exported))
     for node in exported.graph.nodes:
-        name = _module_of(node)
+        name = facts.layer_of(node)
         if name is None or node.op != "call_function":
             continue
         if node.target in _WEIGHTED or _is_batch_norm(node):
-            calls[name] = calls.get(name, 0) + 1
+            facts.calls[name] = facts.calls.get(name, 0) + 1
         source = node.args[0] if node.args else None
         if _is_batch_norm(node) and isinstance(source, fx.Node) and source.target in _WEIGHTED:
-            layer = _module_of(source)
+            layer = facts.layer_of(source)
             if layer is not None:
-                bn_after[layer] = name
-    return GraphFacts(calls, bn_after)
+                facts.bn_after[layer] = name
+    return facts
+
+
+def weight_owners(exported: fx.GraphModule) -> dict[str, str]:
+    """Node name -> layer, for each conv/linear call that reads a layer's `.weight` outside
+    that layer's forward: torchvision's Swin calls `F.linear(x, self.qkv.weight, ...)` from the
+    attention module, so the call's module is the attention and the layer is `qkv`. Such a
+    layer is still quantized: its int8 replacement's `weight` routes `F.linear` to its kernel
+    (`formats/weight_view.py`)."""
+    owners = {}
+    for node in exported.graph.nodes:
+        if node.op != "call_function" or node.target not in _WEIGHTED:
+            continue
+        weight = node.args[1]
+        if isinstance(weight, fx.Node) and weight.op == "get_attr":
+            owner, dot, attr = str(weight.target).rpartition(".")
+            if dot and attr == "weight" and owner != _module_of(node):
+                owners[node.name] = owner
+    return owners
 
 
 def plan_swaps(
@@ -342,7 +394,7 @@ def plan_swaps(
     remaining = {_module_of(node) for node in converted.graph.nodes}
     plan = SwapPlan({}, {}, [])
     for node in converted.graph.nodes:
-        name = _module_of(node)
+        name = facts.layer_of(node)
         if node.op != "call_function" or node.target not in _WEIGHTED or name not in chosen:
             continue
         bn = facts.bn_after.get(name)
@@ -394,6 +446,11 @@ def _unsupported(
     module = model.get_submodule(name)
     if not isinstance(module, _WEIGHTED[node.target]):  # type: ignore[index]
         return f"a {type(module).__name__} calls {node.target}"
+    if isinstance(model.get_submodule(name.rpartition(".")[0]), nn.MultiheadAttention):
+        return (
+            "nn.MultiheadAttention never calls it: it passes out_proj.weight to its fused "
+            "function, where an int8 layer would run in float (exclude it to silence this)"
+        )
     mode = getattr(module, "padding_mode", "zeros")
     if mode != "zeros":
         return (
@@ -408,8 +465,9 @@ def _unsupported(
     if not (_is_op(x, "dequantize_per_tensor") and _is_op(w, "dequantize_per_channel")):
         return "the calibrated graph left its input or weight in float (not a float tensor?)"
     assert isinstance(x, fx.Node) and isinstance(w, fx.Node)
-    if tuple(x.args[3:6]) != (ACT_MIN, ACT_MAX, ACT_DTYPE) or not isinstance(x.args[1], float):
-        return f"activation format {x.args[3:6]} is not uint8 0-255 per tensor"
+    ranges = {(ACT_MIN, top, ACT_DTYPE) for top in (ACT_MAX, ACT_MAX_REDUCED)}
+    if tuple(x.args[3:6]) not in ranges or not isinstance(x.args[1], float):
+        return f"activation format {x.args[3:6]} is not uint8 0-255 (or 0-127) per tensor"
     if tuple(w.args[3:7]) != (0, W_MIN, W_MAX, W_DTYPE):
         return f"weight format {w.args[3:7]} is not int8 per output channel"
     weight = module.weight
@@ -451,6 +509,7 @@ def _int8_layer(gm: Any, node: fx.Node) -> nn.Module:
         q = q.unsqueeze(2)
     else:
         layer = StaticInt8Linear(q, bias, x_scale, x_zero)
+    layer.set_input_quant_max(int(x.args[4]))  # type: ignore[arg-type]
     layer.load_int8(q, scale)
     return layer
 
@@ -468,7 +527,7 @@ def _module_of(node: Any) -> str | None:
     stack = node.meta.get("nn_module_stack") if isinstance(node, fx.Node) else None
     if not stack:
         return None
-    return str(list(stack.values())[-1][0])
+    return str(list(stack.values())[-1][0]).partition("@")[0]  # see _split_repeated_calls
 
 
 def _is_batch_norm(node: fx.Node) -> bool:

@@ -36,3 +36,13 @@ def test_int4_accepts_symmetric_integers_from_an_algorithm():
     expected = (q.float().reshape(32, 2, 32) * scale[..., None]).reshape(32, 64)
     # Only the bf16 storage of scales moves values: by <= 8 levels x 2**-8 of a step.
     assert (layer.dequantized_weight() - expected).abs().max() <= 8 * 2**-8 * float(scale.max())
+
+
+@pytest.mark.parametrize("inputs", [64, 40])
+def test_int4_kernel_takes_an_input_transposed_in_its_last_dimension(inputs):
+    # MLP-Mixer's token mixing at batch 1: the CPU kernel expects a contiguous input.
+    torch.manual_seed(0)
+    layer = Int4WeightOnlyLinear.from_float(nn.Linear(inputs, 8), group_size=32)
+    x = torch.randn(1, inputs, 5).transpose(1, 2)
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer(x.contiguous()))

@@ -33,3 +33,15 @@ def test_int8_kernel_pads_inputs_that_are_not_a_multiple_of_16(inputs):
     reference = F.linear(x.bfloat16().float(), layer.dequantized_weight(), lin.bias)
     assert _rel(layer(x), reference) < 0.01
     assert tuple(layer.weight_int8.shape) == (10, inputs)  # stored unpadded
+
+
+@pytest.mark.parametrize("inputs", [64, 40])
+def test_int8_kernel_takes_an_input_transposed_in_its_last_dimension(inputs):
+    # MLP-Mixer's token mixing at batch 1: `_weight_int8pack_mm_cpu : A must be contiguous
+    # on the last dimension`. Such an input is copied; the result is the contiguous one's.
+    torch.manual_seed(0)
+    layer = Int8WeightOnlyLinear.from_float(nn.Linear(inputs, 8))
+    x = torch.randn(1, inputs, 5).transpose(1, 2)
+    assert x.reshape(-1, inputs).stride(-1) != 1
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer(x.contiguous()))

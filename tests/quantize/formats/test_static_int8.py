@@ -35,3 +35,24 @@ def test_layers_from_float_round_to_int8() -> None:
     assert torch.equal(linear(x), expected) and not linear(x).requires_grad
     with pytest.raises(ModelError, match="input scale must be > 0"):
         StaticInt8Linear.from_float(nn.Linear(8, 2), input_scale=0.0)
+
+
+def test_the_kernel_matches_its_reference_pattern_with_a_zero_point_near_128() -> None:
+    # Without VNNI the oneDNN kernel's int16 pair sums saturated on 8-bit inputs around 128
+    # (11% off here, an AVX2 CPU); such CPUs run the inputs as 7 bits (input_qparams).
+    torch.manual_seed(0)
+    conv = StaticInt8Conv2d.from_float(nn.Conv2d(16, 24, 3), input_scale=0.03, input_zero_point=130)
+    linear = StaticInt8Linear.from_float(nn.Linear(64, 8), input_scale=1 / 255)
+    with torch.no_grad():
+        x = torch.randn(2, 16, 12, 12)
+        reference = torch.nn.functional.conv2d(
+            conv._reference_input(x), conv._reference_weight(), conv.bias
+        )
+        assert float((conv(x) - reference).abs().max()) < 1e-4
+        x = torch.rand(4, 64)
+        reference = torch.nn.functional.linear(
+            linear._reference_input(x), linear._reference_weight(), linear.bias
+        )
+        assert float((linear(x) - reference).abs().max()) < 1e-4
+    scale, zero, top = conv.input_qparams()
+    assert (scale, zero, top) in [(0.03, 130, 255), (0.06, 65, 127)]

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from netchisel.quantize.formats.weight_view import HasWeightView
+
 T = TypeVar("T")
 CACHE = "_netchisel_kernel_cache"  # the `_netchisel_` prefix keeps it out of artifacts
 
@@ -55,8 +57,9 @@ def kernel_cache(
     return cache[1]
 
 
-class QuantizedLinear(nn.Module):
-    """The Linear part of a quantized Linear: shapes, bias, output shape and the repr."""
+class QuantizedLinear(HasWeightView, nn.Module):
+    """The Linear part of a quantized Linear: shapes, bias, output shape and the repr, and
+    `weight` for code that reads it (`weight_view.py`)."""
 
     simulated = False
     bits = 8

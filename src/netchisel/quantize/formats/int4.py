@@ -139,6 +139,9 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if self.padded_in != self.in_features:
             x2 = F.pad(x2, (0, self.padded_in - self.in_features))
+        # The kernel wants a contiguous input (a transposed one, e.g. MLP-Mixer's token mix at
+        # batch 1, is rejected); `contiguous` copies only such an input.
+        x2 = x2.contiguous()
         kernel = self._kernel_weight()
         if x2.is_cuda:
             y = torch.ops.aten._weight_int4pack_mm(

@@ -73,6 +73,10 @@ class Int8WeightOnlyLinear(QuantizedLinear):
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         if pad := self._pad():
             x2 = F.pad(x2, (0, pad))
+        # The kernel reads rows with stride 1 (a transposed input, e.g. MLP-Mixer's token mix
+        # at batch 1, is rejected): copy only such an input.
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
         y = torch.ops.aten._weight_int8pack_mm(x2, self._kernel_weight(), self.scales)
         return self._finish(y, x)
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from netchisel.artifact.bits import pack_bits, unpack_bits
 from netchisel.core.errors import ModelError
 from netchisel.quantize.formats.base import QuantizedLinear, conv_forward, kernel_cache
+from netchisel.quantize.formats.weight_view import HasWeightView
 from netchisel.quantize.primitives import (
     DEFAULT_GROUP_SIZE,
     QuantSpec,
@@ -30,7 +31,7 @@ from netchisel.quantize.primitives import (
 )
 
 
-class PackedWeight(nn.Module):
+class PackedWeight(HasWeightView, nn.Module):
     """The packed format: `bits`-bit integers in a uint8 stream and their scales and zeros.
 
     The weight is quantized over its rows `[out, inputs per output]` (a Conv2d's
@@ -50,6 +51,9 @@ class PackedWeight(nn.Module):
     def weight_shape(self) -> tuple[int, ...]:
         """The shape of the float weight the op computes with."""
         raise NotImplementedError
+
+    def _view_shape(self) -> tuple[int, ...]:
+        return self.weight_shape()
 
     def spec(self) -> QuantSpec:
         return QuantSpec(self.bits, self.symmetric, self.granularity, self.group_size)  # type: ignore[arg-type]

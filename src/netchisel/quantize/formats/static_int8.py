@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import torch
@@ -28,14 +29,32 @@ from torch import Tensor, nn
 
 from netchisel.core.errors import ModelError
 from netchisel.core.modules import replace_module
+from netchisel.measure.machine import cpu_flags
 from netchisel.quantize.formats.base import CACHE, kernel_cache
+from netchisel.quantize.formats.weight_view import HasWeightView
 from netchisel.quantize.primitives import QuantSpec, choose_qparams, quantize
 
 # The x86 (oneDNN) int8 formats: uint8 activations with a zero point, symmetric int8 weights.
 ACT_MIN, ACT_MAX, ACT_DTYPE = 0, 255, torch.uint8
+# Without VNNI, x86 int8 kernels add pairs of u8 x s8 products in saturating int16: inputs then
+# use 7 bits (0-127), as torchao's x86 quantizer recommends for such CPUs (`reduce_range`).
+ACT_MAX_REDUCED = 127
 W_MIN, W_MAX, W_DTYPE = -128, 127, torch.int8
 # oneDNN's output arguments: scale 1 and zero point 0 (no requantization), float32, no fused op.
 _FLOAT_OUTPUT: tuple[Any, ...] = (1.0, 0, torch.float32, "none", [], "")
+
+
+@cache
+def full_int8_range() -> bool:
+    """Whether this CPU's int8 kernels take 8-bit inputs without saturating: with VNNI (or
+    AMX) they add u8 x s8 products in int32; without, pairs in saturating int16, and the
+    inputs need 7 bits. Unknown (no flags): 7 bits, the safe side.
+
+    Example:
+        >>> isinstance(full_int8_range(), bool)
+        True
+    """
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def _decomposed_ops() -> Any:
@@ -45,13 +64,15 @@ def _decomposed_ops() -> Any:
     return torch.ops.quantized_decomposed
 
 
-class StaticInt8Weight(nn.Module):
+class StaticInt8Weight(HasWeightView, nn.Module):
     """The static int8 format: the int8 weight and its scales, the input's qparams, the kernel."""
 
     weight_int8: Tensor
     weight_scale: Tensor
     input_scale: float
     input_zero_point: int
+    # A class default: artifacts saved before 7-bit inputs existed hold 8-bit ones.
+    input_quant_max: int = ACT_MAX
 
     def _setup(self, weight: Tensor, bias: Tensor | None, scale: float, zero_point: int) -> None:
         if not 0.0 < scale < float("inf"):
@@ -63,6 +84,23 @@ class StaticInt8Weight(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), False)
         self.input_scale = float(scale)
         self.input_zero_point = int(zero_point)
+
+    def _view_shape(self) -> tuple[int, ...]:
+        return tuple(self.weight_int8.shape)
+
+    def set_input_quant_max(self, quant_max: int) -> None:
+        """Quantize inputs to 0-`quant_max`: 255, or 127 (`ACT_MAX_REDUCED`) for CPUs whose
+        int8 kernels saturate (no VNNI)."""
+        if quant_max not in (ACT_MAX, ACT_MAX_REDUCED):
+            raise ModelError(
+                f"{type(self).__name__}: input range 0-{quant_max} is not 0-255 or 0-127"
+            )
+        if self.input_zero_point > quant_max:
+            raise ModelError(
+                f"{type(self).__name__}: input zero point {self.input_zero_point} "
+                f"is above {quant_max}"
+            )
+        self.input_quant_max = int(quant_max)
 
     def load_int8(self, q: Tensor, scale: Tensor) -> None:
         """Take an int8 weight (this layer's shape) and its per-output-channel scales."""
@@ -80,12 +118,30 @@ class StaticInt8Weight(nn.Module):
         shape = [-1] + [1] * (self.weight_int8.dim() - 1)
         return self.weight_int8.float() * self.weight_scale.reshape(shape)
 
+    def input_qparams(self) -> tuple[float, int, int]:
+        """(scale, zero point, top) the kernels quantize inputs with: the stored ones, or, for
+        8-bit inputs on a CPU whose int8 kernels saturate on them (`full_int8_range`), 7 bits
+        of twice the step over the same range, so an artifact calibrated elsewhere runs right.
+
+        Example:
+            >>> layer = StaticInt8Linear.from_float(nn.Linear(4, 2), input_scale=0.1)
+            >>> layer.input_qparams() in [(0.1, 0, 255), (0.2, 0, 127)]
+            True
+        """
+        s, z, top = self.input_scale, self.input_zero_point, self.input_quant_max
+        if top == ACT_MAX and not full_int8_range():
+            return s * 2, (z + 1) // 2, ACT_MAX_REDUCED
+        return s, z, top
+
     def _reference_input(self, x: Tensor) -> Tensor:
         # quantize -> dequantize, the pattern inductor and the ONNX exporter recognise.
         qd = _decomposed_ops()
-        s, z = self.input_scale, self.input_zero_point
-        q = qd.quantize_per_tensor(x.float(), s, z, ACT_MIN, ACT_MAX, ACT_DTYPE)
-        return qd.dequantize_per_tensor(q, s, z, ACT_MIN, ACT_MAX, ACT_DTYPE)  # type: ignore[no-any-return]
+        s, z, top = self.input_qparams()
+        if top != ACT_MAX and torch.compiler.is_exporting():
+            # ONNX's QuantizeLinear saturates at 255 only: clip to the 7-bit range first.
+            x = x.clamp((ACT_MIN - z) * s, (top - z) * s)
+        q = qd.quantize_per_tensor(x.float(), s, z, ACT_MIN, top, ACT_DTYPE)
+        return qd.dequantize_per_tensor(q, s, z, ACT_MIN, top, ACT_DTYPE)  # type: ignore[no-any-return]
 
     def _reference_weight(self) -> Tensor:
         qd = _decomposed_ops()
@@ -98,9 +154,8 @@ class StaticInt8Weight(nn.Module):
 
     def _quantized_input(self, x: Tensor) -> Tensor:
         qd = _decomposed_ops()
-        return qd.quantize_per_tensor(  # type: ignore[no-any-return]
-            x.float(), self.input_scale, self.input_zero_point, ACT_MIN, ACT_MAX, ACT_DTYPE
-        )
+        s, z, top = self.input_qparams()
+        return qd.quantize_per_tensor(x.float(), s, z, ACT_MIN, top, ACT_DTYPE)  # type: ignore[no-any-return]
 
     def _kernel(self) -> tuple[Tensor, Tensor]:
         """(oneDNN-packed weight, zero weight zero points), rebuilt when the weight changes."""
@@ -109,7 +164,7 @@ class StaticInt8Weight(nn.Module):
             return self._pack(), torch.zeros(self.weight_int8.shape[0], dtype=torch.int64)
 
         tensors = (self.weight_int8, self.weight_scale)
-        return kernel_cache(self, tensors, build, (self.input_scale, self.input_zero_point))
+        return kernel_cache(self, tensors, build, self.input_qparams())
 
     def _pack(self) -> Tensor:
         raise NotImplementedError
@@ -118,10 +173,11 @@ class StaticInt8Weight(nn.Module):
         """The int8 kernel's first arguments: `x` quantized and its qparams, the packed weight
         with its scales and (zero) zero points, the bias."""
         packed, zeros = self._kernel()
+        scale, zero, _ = self.input_qparams()
         return (
             self._quantized_input(x),
-            self.input_scale,
-            self.input_zero_point,
+            scale,
+            zero,
             packed,
             self.weight_scale,
             zeros,
@@ -208,11 +264,12 @@ class StaticInt8Conv2d(StaticInt8Weight):
         return layer
 
     def _pack(self) -> Tensor:
+        scale, zero, _ = self.input_qparams()
         return torch.ops.onednn.qconv_prepack(  # type: ignore[no-any-return]
             self.weight_int8,
             self.weight_scale,
-            self.input_scale,
-            self.input_zero_point,
+            scale,
+            zero,
             list(self.stride),
             list(self.padding),
             list(self.dilation),
@@ -303,6 +360,10 @@ class StaticInt8Conv1d(StaticInt8Conv2d):
         q, scale = int8_per_channel(conv.weight)
         layer.load_int8(q.unsqueeze(2), scale)
         return layer
+
+    def _view_shape(self) -> tuple[int, ...]:
+        out, inputs, _, span = self.weight_int8.shape
+        return out, inputs, span
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.unsqueeze(-2)).squeeze(-2)

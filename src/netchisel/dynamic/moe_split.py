@@ -40,7 +40,8 @@ def balanced_kmeans(features: Tensor, groups: int, iterations: int = 20) -> list
         [[0, 2], [1, 3]]
     """
     n = features.shape[0]
-    unit = nn.functional.normalize(features.double(), dim=1)
+    # Row-major: a transposed input (units x tokens) makes every step below ~20x slower.
+    unit = nn.functional.normalize(features.double().contiguous(), dim=1)
     sizes = [n // groups + (1 if g < n % groups else 0) for g in range(groups)]
     # Farthest-point start (k-means++ without the sampling): a random first row, then each
     # time the row least similar to every centroid so far; balanced greedy assignment from

@@ -81,7 +81,7 @@ def _attention_modules(model: nn.Module) -> dict[str, str]:
     found: dict[str, str] = {}
     layouts = attention_layouts(model)
     for name, module in model.named_modules():
-        if any(_inside(name, n) or _inside(n, name) for n in layouts):
+        if any(name == n or _inside(name, n) or _inside(n, name) for n in layouts):
             continue  # cut by hand, or a block holding such an attention module
         for attr in HEAD_ATTRS:
             value = vars(module).get(attr)

@@ -1,0 +1,10 @@
+"""The `slow` marker of the model matrix: cases over 10 s on one thread (still run by
+`make test`; `pytest -m "not slow" tests/models` leaves them out while iterating)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a model-matrix case over 10 s on one thread")

@@ -11,8 +11,5 @@ REFUSED: dict[str, dict[str, str]] = {
     "dynamic_int8": {},
     "int8_weight_only": {},
     "int4_weight_only": {},
-    "static_int8": {
-        "hf_vit": "FAILS (not a NetChiselError): AttributeError: 'StaticInt8Conv2d' object has ...",
-        "resnet18": "quantize.static_int8: torchao's x86 quantizer rejected the model: Input pa...",
-    },
+    "static_int8": {},
 }

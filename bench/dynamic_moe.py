@@ -71,7 +71,15 @@ MOEFY = {"calibration_samples": 64, "router_steps": 300, "router_lr": 1e-2, "rou
 SWITCH_STEPS = 100
 # Switch arms: each expert's hidden width. 512 = the dense FFN (top-1: equal active
 # parameters); 64 = 512 / 8 (equal total FFN parameters, an eighth of them active).
-ARMS = {"dense": 0, "switch": 512, "switch_equal_total": 64, "switch_no_balance": 512}
+# Each arm: (expert width, balance). 0.1 = ten times Switch's weight, for short training.
+ARMS = {
+    "dense": (0, 0.0),
+    "switch": (512, 0.01),
+    "switch_equal_total": (64, 0.01),
+    "switch_no_balance": (512, 0.0),
+    "switch_balance_0.1": (512, 0.1),
+}
+ALL_ARMS = dict(ARMS)
 SWITCH_BATCH = 8
 TRAIN = {"lr": 3e-3, "weight_decay": 0.01}
 CAPACITY = 1.25
@@ -175,7 +183,7 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {}
     shapes: dict[str, Any] = {}
     for seed in SEEDS:
-        for arm, hidden in ARMS.items():
+        for arm, (hidden, balance) in ARMS.items():
             torch.manual_seed(seed)
             model = gpt()
             ctx = Context(task, seed=seed, quiet=True)
@@ -193,7 +201,7 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
                     top_k=1,
                     expert_hidden=hidden,
                     capacity_factor=CAPACITY,
-                    balance=0.0 if arm.endswith("no_balance") else BALANCE,
+                    balance=balance,
                     steps=SWITCH_STEPS,
                     batch_size=SWITCH_BATCH,
                     **TRAIN,  # type: ignore[arg-type]
@@ -203,6 +211,7 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
                 ffn_active = next(iter(costs["layers"].values()))["active_macs_per_token"]
                 row.update(routing_summary(model))
                 row["final_balance_loss"] = ctx.records["final_balance_loss"]
+                row["balance"] = balance
             row.update(bits(model, task, ("test",)))
             row["seconds"] = time.perf_counter() - start
             row["active_ffn_macs_per_token_per_layer"] = ffn_active
@@ -222,6 +231,7 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
         }
         if "final_balance_loss" in rows[0]:
             out[arm]["final_balance_loss"] = spread([r["final_balance_loss"] for r in rows])
+            out[arm]["balance"] = rows[0]["balance"]
     return out
 
 
@@ -253,8 +263,6 @@ def dense_part(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
 
 def switch_part(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     """Switch from scratch against the dense models, with and without the balancing loss."""
-    switch = switch_arms(task, one)
-    cv = switch["switch"]["load_cv"]["median"]
     return {
         "switch": {
             "steps": SWITCH_STEPS,
@@ -262,12 +270,20 @@ def switch_part(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
             "train": TRAIN,
             "capacity_factor": CAPACITY,
             "balance": BALANCE,
-            "arms": switch,
-        },
+            "arms": switch_arms(task, one),
+        }
+    }
+
+
+def load_cv_summary(arms: dict[str, Any]) -> dict[str, Any]:
+    """The issue's `load_cv` field: the Switch arm at Switch's balance weight (median over
+    seeds of the largest CV over layers), with the target and the other arms beside it."""
+    cv = arms["switch"]["load_cv"]["median"]
+    return {
         "load_cv": cv,
         "load_cv_target": TARGET_CV,
         "load_cv_met": cv < TARGET_CV,
-        "load_cv_no_balance": switch["switch_no_balance"]["load_cv"]["median"],
+        "load_cv_by_arm": {n: a["load_cv"]["median"] for n, a in arms.items() if "load_cv" in a},
     }
 
 
@@ -275,13 +291,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a smoke run, not for the JSON")
     parser.add_argument(
+        "--arms", default="", help="switch: only these arms (comma-separated), merged"
+    )
+    parser.add_argument(
         "--part",
-        choices=("all", "moefy", "switch"),
+        choices=("all", "moefy", "switch", "merge"),
         default="all",
-        help="run one part and merge it into the existing JSON (the parts share no state)",
+        help="run one part and merge it into the existing JSON (the parts share no state); "
+        "merge: run nothing, re-derive the summary fields of the JSON",
     )
     args = parser.parse_args()
-    global SEEDS, SWITCH_STEPS, MOEFY_K
+    global SEEDS, SWITCH_STEPS, MOEFY_K, ARMS
+    if args.arms:
+        ARMS = {name: ARMS[name] for name in args.arms.split(",")}
     if args.quick:
         SEEDS, SWITCH_STEPS, MOEFY_K = (0,), 5, (2, 8)
         MOEFY["router_steps"] = 20
@@ -299,7 +321,7 @@ def main() -> None:
         if args.part in ("all", part):
             start = time.perf_counter()
             result.update(run(task, one))
-            seconds[part] = time.perf_counter() - start
+            seconds[part + (f" ({args.arms})" if args.arms else "")] = time.perf_counter() - start
     if args.quick:
         print(result)
         return
@@ -307,7 +329,15 @@ def main() -> None:
     if old is not None:
         old.pop("benchmark", None)
         seconds = {**old.get("seconds", {}), **seconds}
+        if args.arms and "switch" in old:  # some arms re-run: keep the others
+            result["switch"]["arms"] = {**old["switch"]["arms"], **result["switch"]["arms"]}
         result = {**old, **result}
+    if "switch" in result:
+        for name, arm in result["switch"]["arms"].items():  # runs from before it was recorded
+            if name != "dense" and "balance" not in arm:
+                arm["balance"] = ALL_ARMS[name][1]
+        result.pop("load_cv_no_balance", None)  # an older summary field, now in load_cv_by_arm
+        result.update(load_cv_summary(result["switch"]["arms"]))
     result["seconds"] = seconds
     path = write_result("dynamic_moe", result)
     print(f"wrote {path}")
@@ -345,21 +375,23 @@ def render(d: dict[str, Any]) -> str:
         "",
         f"Switch layers from scratch ({d['switch']['steps']} steps of "
         f"{d['switch']['batch_windows']} windows; E = {d['experts']}, top-1, capacity "
-        f"{d['switch']['capacity_factor']}, balance {d['switch']['balance']}) against dense "
-        "gpt trained the same way, at equal active parameters (experts of 512 units) and equal "
-        "FFN parameters (experts of 64 units: 8 x 64 = the dense 512). Test bits per byte; "
-        "load CV, dropped assignments and load entropy (ln 8 = 2.08 is even) on val.",
+        f"{d['switch']['capacity_factor']}) against the dense gpt trained the same way, at "
+        "equal active parameters (experts of 512 units) and equal FFN parameters (experts of "
+        "64 units: 8 x 64 = the dense 512), median (min-max) over the seeds. Test bits per "
+        "byte; on val: load CV (largest over layers; target < 0.2), dropped assignments and "
+        "load entropy (mean over layers; ln 8 = 2.08 is even).",
         "",
-        "| arm | params | FFN MACs/token/layer | test bits/byte | load CV | dropped "
+        "| arm | balance | params | FFN MACs/token/layer | test bits/byte | load CV | dropped "
         "| load entropy |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, arm in sw.items():
         cv = _range(arm["load_cv"], ".2f") if "load_cv" in arm else ""
         dropped = f"{100 * arm['dropped_fraction']['median']:.1f}%" if "load_cv" in arm else ""
         ent = _range(arm["load_entropy"], ".2f") if "load_entropy" in arm else ""
         lines.append(
-            f"| {name} | {arm['params']:,} | {arm['active_ffn_macs_per_token_per_layer']:,} "
+            f"| {name} | {arm.get('balance', '')} | {arm['params']:,} "
+            f"| {arm['active_ffn_macs_per_token_per_layer']:,} "
             f"| {_range(arm['test_bpb'])} | {cv} | {dropped} | {ent} |"
         )
     lines.append("")

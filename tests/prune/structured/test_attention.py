@@ -151,6 +151,7 @@ def test_multihead_attention_heads_are_cut_and_it_round_trips(
         q = x if batch_first else x.transpose(0, 1)
         out, weights = mha(q, q, q)
         assert weights is not None and weights.shape == (2, 5, 5)
+        torch.testing.assert_close(out, mha(q, q, q, need_weights=False)[0])
         torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))
     if batch_first:
         loaded = load(save(net, tmp_path / "mha"), trust=[_Net])

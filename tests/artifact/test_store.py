@@ -264,7 +264,8 @@ def test_export_needs_inputs_and_a_known_kind(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="needs example inputs"):
         save(nn.Linear(2, 2), tmp_path / "x", export=["onnx"])
     with pytest.raises(
-        ConfigError, match=r"unknown export 'tflite' \(known: pt2, onnx, onnx_int8\)"
+        ConfigError,
+        match=r"unknown export 'tflite' \(known: pt2, onnx, compressed_tensors, onnx_int8\)",
     ):
         save(
             nn.Linear(2, 2), tmp_path / "x", export=["tflite"], example_inputs=(torch.zeros(1, 2),)

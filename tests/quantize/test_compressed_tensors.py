@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netchisel.core.errors import ModelError
+from netchisel.core.errors import ConfigError, ModelError
 from netchisel.quantize import DynamicInt8Config, RTNConfig, quantize_
 from netchisel.quantize.compressed_tensors import export_compressed_tensors
 
@@ -279,3 +279,16 @@ def test_registered_as_an_artifact_export(tmp_path: Path) -> None:
         "config.json",
         "model.safetensors",
     ]
+
+
+def test_saved_beside_the_artifact_without_example_inputs(tmp_path: Path) -> None:
+    import netchisel as nc
+    from netchisel.quantize import load_compressed_tensors
+
+    model = quantized_llama("sym")
+    nc.save(model, tmp_path / "a", export=["compressed_tensors"])  # no example inputs needed
+    again = load_compressed_tensors(tmp_path / "a" / "model.compressed_tensors")
+    ids = token_ids()
+    assert torch.equal(logits(again, ids), logits(model, ids))
+    with pytest.raises(ConfigError, match="export 'pt2' needs example inputs"):
+        nc.save(model, tmp_path / "b", export=["pt2"])

@@ -21,19 +21,29 @@ Calibration = Sequence[Inputs] | None  # model inputs for exports that quantize 
 ExportFn = Callable[[nn.Module, Inputs, Path, Calibration], None]
 F = TypeVar("F", bound=ExportFn)
 _EXPORTS: dict[str, ExportFn] = {}
+_WITHOUT_INPUTS: set[str] = set()  # exports that write the weights as they are (no tracing)
 
 
-def register_export(name: str) -> Callable[[F], F]:
+def register_export(name: str, *, needs_inputs: bool = True) -> Callable[[F], F]:
     """Make `fn(model, example_inputs, path, calibration)` the writer of `model.<name>`.
 
-    The families add theirs (quantize: `onnx_int8`); the artifact format imports none of them.
+    The families add theirs (quantize: `onnx_int8`, `compressed_tensors`); the artifact format
+    imports none of them. `needs_inputs=False`: the export does not run the model, so saving
+    without example inputs is fine (it gets an empty tuple).
     """
 
     def decorate(fn: F) -> F:
         _EXPORTS[name] = fn
+        if not needs_inputs:
+            _WITHOUT_INPUTS.add(name)
         return fn
 
     return decorate
+
+
+def needs_inputs(name: str) -> bool:
+    """Whether export `name` runs the model on example inputs (pt2 and onnx trace it)."""
+    return name not in _WITHOUT_INPUTS
 
 
 def export_names() -> list[str]:

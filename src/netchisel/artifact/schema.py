@@ -25,7 +25,17 @@ TAGS = frozenset(
     }
 )
 OPS = frozenset({"replace", "patch", "remove", "order"})
-FILES = frozenset({"model.safetensors", "model.pt2", "model.onnx", "model.onnx_int8"})
+FILES = frozenset(
+    {
+        "model.safetensors",
+        "model.pt2",
+        "model.onnx",
+        "model.onnx_int8",
+        # An export that is a directory lists its files (a Hugging Face checkpoint).
+        "model.compressed_tensors/config.json",
+        "model.compressed_tensors/model.safetensors",
+    }
+)
 _TOP: dict[str, type | tuple[type, ...]] = {
     "format": str,
     "format_version": int,

@@ -27,7 +27,7 @@ from netchisel.artifact.describe import (
     check_layer_shapes,
     declared_bytes,
 )
-from netchisel.artifact.exports import get_export
+from netchisel.artifact.exports import get_export, needs_inputs
 from netchisel.artifact.schema import check_manifest
 from netchisel.artifact.structure import (
     BUILD_BYTES_PER_FILE_BYTE,
@@ -125,7 +125,10 @@ def save(
         manifest["files"] = {WEIGHTS: _file_info(tmp / WEIGHTS)}
         for kind in export:
             name = _export(model, kind, example_inputs, tmp, calibration)
-            manifest["files"][name] = _file_info(tmp / name)
+            written = tmp / name
+            for path in sorted(written.rglob("*")) if written.is_dir() else [written]:
+                if path.is_file():
+                    manifest["files"][path.relative_to(tmp).as_posix()] = _file_info(path)
         # Key order is kept: it is the order of parameters in the rebuilt modules. Compact,
         # because the manifest counts in the artifact's size (`python -m json.tool` shows it).
         (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
@@ -341,8 +344,8 @@ def _export(
     calibration: Sequence[tuple[torch.Tensor, ...]] | None = None,
 ) -> str:
     write = get_export(kind)
-    if example_inputs is None:
+    if example_inputs is None and needs_inputs(kind):
         raise ConfigError(f"export {kind!r} needs example inputs")
     name = f"model.{kind}"
-    write(model, example_inputs, out / name, calibration)
+    write(model, example_inputs or (), out / name, calibration)
     return name

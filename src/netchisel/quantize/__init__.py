@@ -22,6 +22,8 @@ from netchisel.core.registry import apply_stage
 from netchisel.core.task import Task
 from netchisel.quantize.awq import AWQConfig
 from netchisel.quantize.binary import BinaryConfig
+from netchisel.quantize.compressed_tensors import ExportSummary, export_compressed_tensors
+from netchisel.quantize.compressed_tensors_load import load_compressed_tensors
 from netchisel.quantize.dynamic_int8 import DynamicInt8Config
 from netchisel.quantize.gptq import GPTQConfig
 from netchisel.quantize.kmeans import KMeansConfig
@@ -37,6 +39,7 @@ __all__ = [
     "AWQConfig",
     "BinaryConfig",
     "DynamicInt8Config",
+    "ExportSummary",
     "GPTQConfig",
     "KMeansConfig",
     "MixedPrecisionConfig",
@@ -45,6 +48,8 @@ __all__ = [
     "RTNConfig",
     "SmoothQuantConfig",
     "StaticInt8Config",
+    "export_compressed_tensors",
+    "load_compressed_tensors",
     "quantize_",
 ]
 

@@ -157,7 +157,7 @@ def export_compressed_tensors(
     )
 
 
-@register_export("compressed_tensors")
+@register_export("compressed_tensors", needs_inputs=False)
 def export_compressed_tensors_beside(
     model: nn.Module,
     example_inputs: tuple[Tensor, ...],

@@ -73,8 +73,15 @@ def test_weight_view_runs_the_kernel_under_f_linear(kind: str) -> None:
 def test_weight_view_is_read_only_and_not_stored() -> None:
     layer = Int8WeightOnlyLinear.from_float(nn.Linear(32, 8))
     before = layer.weight_int8.clone()
-    with pytest.raises(ModelError, match="change the weight of a quantized layer"):
-        layer.weight.mul_(2)
+    writes = [
+        lambda w: w.mul_(2),
+        lambda w: nn.init.zeros_(w),
+        lambda w: torch.add(w, 1, out=w),
+        lambda w: w.__iadd__(1),
+    ]
+    for write in writes:
+        with pytest.raises(ModelError, match="change the weight of a quantized layer"):
+            write(layer.weight)
     assert torch.equal(layer.weight_int8, before)
     assert sorted(layer.state_dict()) == ["bias", "scales", "weight_int8"]
     assert "weight" not in dict(layer.named_parameters()) | dict(layer.named_buffers())
@@ -187,3 +194,22 @@ def test_convolutions_have_a_weight_view_too() -> None:
             assert torch.equal(F.conv2d(x, weight, layer.bias, 4), expected)
     conv1d = StaticInt8Conv1d.from_float(nn.Conv1d(2, 4, 3), input_scale=0.02)
     assert tuple(conv1d.weight.shape) == (4, 2, 3) and tuple((conv1d.weight * 1).shape) == (4, 2, 3)
+
+
+def test_a_model_whose_attention_reads_the_view_profiles() -> None:
+    # The FLOP and memory counters are dispatch modes: the view reaches them dequantized.
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(32, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    torch.manual_seed(0)
+    model = Attention().eval()
+    x = torch.randn(2, 6, 32)
+    before = nc.profile(model, x, latency=False, on_disk=False)
+    quantize_(model, RTNConfig(bits=8))
+    after = nc.profile(model, x, latency=False, on_disk=False)
+    assert after.macs == before.macs  # out_proj: the same matmul, in float

@@ -75,8 +75,14 @@ class WeightView(Tensor):
             y = _kernel_linear(*args, **kwargs)
             if y is not None:
                 return y
-        # Metadata reads and every other op: Tensor's own handling, whose aten ops then reach
-        # __torch_dispatch__ with the view (results are plain tensors, not views).
+        name = str(getattr(func, "__name__", ""))
+        out = kwargs.get("out")
+        if isinstance(out, cls) or (_writes(name) and args and isinstance(args[0], cls)):
+            raise _read_only(name)
+        if name not in _METADATA:
+            # Every other function gets the dequantized weight here, so dispatch modes
+            # (netchisel's FLOP and memory counters) see plain tensors.
+            args, kwargs = tree_map_only(cls, _dequantized, (args, kwargs))
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **kwargs)
 
@@ -85,12 +91,32 @@ class WeightView(Tensor):
         cls, func: Any, types: Any, args: Any = (), kwargs: Any = None
     ) -> Any:
         if func._schema.is_mutable:
-            raise ModelError(
-                f"{func.__name__} would change the weight of a quantized layer, whose integers "
-                "are the weights: quantize the float model again after changing it"
-            )
+            raise _read_only(func.__name__)
         args, kwargs = tree_map_only(cls, _dequantized, (args, kwargs or {}))
         return func(*args, **kwargs)
+
+
+# What reads only the view's metadata (`dtype`, `shape`, `device` are attribute getters).
+_METADATA = frozenset(
+    {
+        *("__get__", "size", "dim", "numel", "nelement", "ndimension", "stride"),
+        *("is_contiguous", "is_floating_point", "is_complex", "element_size", "get_device"),
+        "__len__",
+    }
+)
+
+
+def _writes(name: str) -> bool:
+    """Whether a function of this name writes its first argument (`mul_`, `__iadd__`, `out=`)."""
+    in_place = name.endswith("_") and not name.startswith("__")
+    return in_place or name in ("__iadd__", "__isub__", "__imul__", "__itruediv__", "__set__")
+
+
+def _read_only(name: str) -> ModelError:
+    return ModelError(
+        f"{name} would change the weight of a quantized layer, whose integers are the weights: "
+        "quantize the float model again after changing it"
+    )
 
 
 def _dequantized(view: WeightView) -> Tensor:

@@ -71,13 +71,15 @@ MOEFY = {"calibration_samples": 64, "router_steps": 300, "router_lr": 1e-2, "rou
 SWITCH_STEPS = 100
 # Switch arms: each expert's hidden width. 512 = the dense FFN (top-1: equal active
 # parameters); 64 = 512 / 8 (equal total FFN parameters, an eighth of them active).
-# Each arm: (expert width, balance). 0.1 = ten times Switch's weight, for short training.
+# Each arm: (expert width, balance). 0.1 and 1 = 10x and 100x Switch's weight: 100 steps
+# are too few for 0.01 to even the load out.
 ARMS = {
     "dense": (0, 0.0),
     "switch": (512, 0.01),
     "switch_equal_total": (64, 0.01),
     "switch_no_balance": (512, 0.0),
     "switch_balance_0.1": (512, 0.1),
+    "switch_balance_1": (512, 1.0),
 }
 ALL_ARMS = dict(ARMS)
 SWITCH_BATCH = 8

@@ -391,6 +391,11 @@ def test_load_gives_modules_the_version_their_state_dict_would_carry(tmp_path: P
 
     directory = save(nn.Sequential(Versioned()), tmp_path / "versioned")
     assert load(directory, trust=[Versioned])[0].seen_version == 2
+    # A manifest cannot choose the version: it comes from the class, not an attribute.
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["edits"][0]["module"]["children"]["0"]["attrs"]["_version"] = 1
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    assert load(directory, trust=[Versioned])[0].seen_version == 2
 
 
 def test_a_partial_norm_layer_round_trips(tmp_path: Path) -> None:

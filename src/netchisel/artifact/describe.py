@@ -101,6 +101,8 @@ def _holds_code(data: JSON) -> bool:
         return any(_holds_code(v) for v in data)
     if not isinstance(data, dict):
         return False
+    if len(data) != 1:  # not a tagged value: the schema refuses it; never call it plain data
+        return True
     ((tag, inner),) = data.items()
     if tag in _CODE_TAGS:
         return True

@@ -325,8 +325,9 @@ def with_versions(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[s
     are the ones the described structure was saved from.
     """
     out: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    # The class's version, never an instance attribute a manifest could have set.
     metadata = OrderedDict(
-        (path, {"version": module._version}) for path, module in model.named_modules()
+        (path, {"version": type(module)._version}) for path, module in model.named_modules()
     )
     out._metadata = metadata  # type: ignore[attr-defined]
     return out

@@ -103,6 +103,7 @@ def guarded_mapping() -> Iterator[None]:
 
 
 MAX_GROUP_INDICES = 2_000_000
+MAX_INDEX_GROWTH = 256  # a flatten multiplies indices by the spatial size: 49 in VGG
 
 
 class GroupTooLarge(Exception):
@@ -126,6 +127,11 @@ def bounded_groups(limit: int) -> Iterator[None]:
     def bounded(self: Any, dep: Any, idxs: Any) -> None:
         if len(self._group) >= limit:
             raise GroupTooLarge(f"more than {limit} couplings")
+        width = self._group[0].idxs if self._group else idxs
+        if len(idxs) > MAX_INDEX_GROWTH * max(len(width), 1):
+            raise GroupTooLarge(
+                f"one coupling carries {len(idxs)} indices for {len(width)} channels"
+            )
         total = getattr(self, "_netchisel_indices", 0) + len(idxs)
         if total > MAX_GROUP_INDICES:
             raise GroupTooLarge(f"more than {MAX_GROUP_INDICES} channel indices")

@@ -53,7 +53,12 @@ def _ratio_for(unit: Unit, ratio: float, config: StructuredConfig) -> float:
 
 
 def choose_plan(units: list[Unit], ratio: float, config: StructuredConfig) -> Plan:
-    """The keep mask of every unit at `ratio` (scope, per_layer, min_keep, round_to applied)."""
+    """The keep mask of every unit at `ratio` (scope, per_layer, min_keep, round_to applied;
+    no coupled layer left empty: `nonempty`)."""
+    return nonempty(units, _choose_plan(units, ratio, config))
+
+
+def _choose_plan(units: list[Unit], ratio: float, config: StructuredConfig) -> Plan:
     if config.granularity == "blocks":
         scores = torch.cat([u.scores for u in units])
         keep = _top(scores, len(units) - round(ratio * len(units)))
@@ -82,6 +87,21 @@ def choose_plan(units: list[Unit], ratio: float, config: StructuredConfig) -> Pl
         else kept[u.name]
         for u in units
     }
+
+
+def nonempty(units: list[Unit], plan: Plan) -> Plan:
+    """`plan` with, in every unit, at least the best channel of each of its `covers` kept
+    (the whole of some coupled layer: dropping all of it would leave that layer empty)."""
+    out = dict(plan)
+    for unit in units:
+        keep = out[unit.name]
+        for cover in unit.covers:
+            index = torch.tensor(cover)
+            if not bool(keep[index].any()):
+                keep = keep.clone()
+                keep[index[unit.scores[index].argmax()]] = True
+        out[unit.name] = keep
+    return out
 
 
 def max_ratio(units: list[Unit], config: StructuredConfig) -> float:

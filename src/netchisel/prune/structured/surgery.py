@@ -166,16 +166,22 @@ def _blame(
     unit = next((u for u in units if u.name in broken), None)
     if unit is not None:
         what = "removing block" if blocks else "pruning the group of"
+        # exclude matches layers for channels, attention modules for heads, blocks by name
+        hint = unit.members[-1] if _is_channels(unit, blocks) else unit.name
         raise BreakingUnits(
             f"{STAGE}: {what} {unit.name} ({', '.join(unit.members)}) "
             f"{broken[unit.name].replace('pruning it ', '')}: "
-            f"exclude it, e.g. exclude=[{unit.members[-1]!r}]",
+            f"exclude it, e.g. exclude=[{hint!r}]",
             broken,
         ) from error
     raise ModelError(
         f"{STAGE}: the pruned model no longer runs ({type(error).__name__}: "
         f"{first_line(error)}); exclude the layers involved or lower the ratio"
     ) from error
+
+
+def _is_channels(unit: Unit, blocks: bool) -> bool:
+    return not blocks and unit.head_attr is None and unit.layout is None
 
 
 class BreakingUnits(ModelError):

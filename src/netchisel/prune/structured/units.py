@@ -52,6 +52,9 @@ class Unit:
     head_attr: str | None = None
     head_dim: int = 1
     layout: Layout | None = None  # heads netchisel cuts itself (`attention.py`), not the graph
+    # Root channels that are all of some coupled layer's channels (a concat then a slice maps
+    # only part of the root onto it, as in GhostNet): a plan keeps at least one of each.
+    covers: tuple[tuple[int, ...], ...] = ()
 
 
 def _matching(names: list[str], patterns: tuple[str, ...], where: str, what: str) -> set[str]:
@@ -186,7 +189,7 @@ def _layer_units(
                 f"{root} ({', '.join(outs)}) has none: exclude it or use importance l1"
             )
         if not heads:
-            units.append(Unit(root, root, tuple(outs), scores))
+            units.append(Unit(root, root, tuple(outs), scores, covers=_covers(dg, group)))
             continue
         assert owner is not None
         attr = attention[owner]
@@ -262,6 +265,24 @@ def _groups(
         visited.update(m for m in outs if isinstance(m, nn.Module))
         if not any(m in ignored for m in outs):
             yield names_of[module], group
+
+
+def _covers(dg: Any, group: Any) -> tuple[tuple[int, ...], ...]:
+    """The root-channel sets that map onto the whole of a coupled layer, when smaller than
+    the root's channels (removing all of one would leave that layer with no channel)."""
+    width = len(group[0].idxs)
+    found: set[tuple[int, ...]] = set()
+    for item in group:
+        roots = item.root_idxs
+        if not dg.is_out_channel_pruning_fn(item.dep.handler) or not roots or None in roots:
+            continue
+        module = item.dep.target.module
+        pruner = dg.get_pruner_of_module(module) if isinstance(module, nn.Module) else None
+        channels = pruner.get_out_channels(module) if pruner is not None else None
+        subset = tuple(sorted(set(roots)))
+        if channels and len(set(item.idxs)) >= channels and len(subset) < width:
+            found.add(subset)
+    return tuple(sorted(found))
 
 
 def _layout_units(

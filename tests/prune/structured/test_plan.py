@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from netchisel.prune.structured import StructuredConfig, kept_count
-from netchisel.prune.structured.plan import choose_plan
+from netchisel.prune.structured.plan import choose_plan, nonempty
 from netchisel.prune.structured.units import Unit
 
 
@@ -32,3 +32,17 @@ def test_global_plans_rank_mean_normalised_scores_with_a_floor() -> None:
     plan = choose_plan(units, 0.5, StructuredConfig(scope="global", min_keep=0.5))
     assert plan["a"].tolist() == [True, False, True, False]
     assert int(plan["b"].sum()) == 1
+
+
+def test_a_plan_never_drops_all_channels_that_are_a_whole_coupled_layer() -> None:
+    """GhostNet: root channels 0-1 are all of a coupled layer (concat, then a slice)."""
+    unit = Unit("a", "a", ("a",), torch.tensor([1.0, 2.0, 5.0, 6.0]), covers=((0, 1),))
+    plan = choose_plan([unit], 0.5, StructuredConfig(ratio=0.5))
+    # the top-2 keep would be channels 2 and 3; channel 1 (the better of 0-1) is added
+    assert plan["a"].tolist() == [False, True, True, True]
+    assert nonempty([unit], {"a": torch.tensor([True, False, False, True])})["a"].tolist() == [
+        True,
+        False,
+        False,
+        True,
+    ]

@@ -113,11 +113,25 @@ def table(results: dict[tuple[str, str], tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def not_done(results: dict[tuple[str, str], tuple[str, str]]) -> str:
+    """Every case that did not succeed, with its whole first line."""
+    lines = []
+    for name, arch in ARCHS.items():
+        for op in OPERATIONS:
+            outcome, detail = results.get((name, op), ("ok", ""))
+            if applies(arch, op) and outcome != "ok":
+                lines.append(f"- `{name}` {op}, {outcome}: {detail}")
+    if not lines:
+        return "Every case of the matrix succeeds."
+    return "Not done, each with netchisel's message:\n\n" + "\n".join(lines)
+
+
 def write(results: dict[tuple[str, str], tuple[str, str]]) -> None:
     text = DOC.read_text()
     head, _, rest = text.partition(START)
     _, _, tail = rest.partition(END)
-    DOC.write_text(f"{head}{START}\n{table(results)}\n{END}{tail}")
+    body = f"{table(results)}\n\n{not_done(results)}"
+    DOC.write_text(f"{head}{START}\n{body}\n{END}{tail}")
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ What a success asserts:
 - channels / heads: the output shape is unchanged and the model has fewer parameters;
 - unstructured: every Linear/Conv weight has exactly round(0.5 * n) zeros;
 - quantizers: relative output error ||y_q - y|| / ||y|| under a bound per quantizer (see
-  `ERROR_BOUNDS`).
+  `ERROR_BOUNDS`);
+- and after any pruning or quantization, the model saves and loads bit-exactly.
 """
 
 from __future__ import annotations
@@ -197,6 +198,10 @@ def check(name: str, op: str, tmp: Path) -> tuple[str, str]:
         return "ok", "bit-exact"
     out = run(result, inputs)
     assert out.shape == reference.shape, (name, op, out.shape, reference.shape)
+    # The pruned or quantized model is an artifact too: it saves and loads bit-exactly.
+    nc.save(result, tmp / "after")
+    again = run(nc.load(tmp / "after", trust=[type(result)]), inputs)
+    assert torch.equal(again, out), f"{name} {op}: the saved and loaded model differs"
     if op in ("channels", "heads"):
         after = _params(result)
         assert after < params, (name, op, after, params)

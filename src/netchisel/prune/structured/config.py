@@ -19,10 +19,16 @@ IMPORTANCES = (*CRITERIA, "bn_scale")
 class StructuredConfig(StageConfig):
     """What to remove (channels, heads or blocks), how much, and by which criterion.
 
-    - `granularity`: "channels" (conv filters and Linear neurons, with everything coupled to
-      them), "heads" (whole attention heads of modules with an `n_head`/`num_heads` attribute
-      and separate q/k/v/o Linear projections) or "blocks" (whole blocks replaced by
-      `nn.Identity`; only blocks whose output has the shape of their input).
+    - `granularity`: "channels" (conv filters and Linear neurons, Hugging Face's Conv1D
+      included, with everything coupled to them), "heads" (whole attention heads: separate
+      q/k/v/o projections as in Llama, Mistral, Qwen2, BART, OPT, a fused qkv Linear as in
+      timm's ViT, GPT-2's Conv1D c_attn, `nn.MultiheadAttention`, and modules with an
+      `n_head`/`num_heads` attribute whose heads the dependency graph holds, as in BERT; with
+      grouped-query attention a unit is one key/value head with its query heads, so every
+      group keeps the same number of query heads) or "blocks" (whole blocks replaced by
+      `nn.Identity`; only blocks whose output has the shape of their input). Groups whose
+      channels are a model output, that touch a grouped convolution, or whose cut breaks the
+      forward pass are left alone and listed in the record's `skipped` with why.
     - `ratio`: fraction removed in [0, 1): of each group's channels (local; at least this
       fraction, so a group of n keeps floor(n * (1 - ratio)), never fewer than 1), of all
       channels (global), of each attention module's heads, or of the candidate blocks.

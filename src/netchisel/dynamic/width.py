@@ -22,6 +22,7 @@ place); any failure leaves the model handed in as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -407,6 +408,5 @@ def train_gate(model: WidthModel, config: WidthConfig, task: Task, ctx: Context)
             target = gate_targets(probs, y, per_width, config.cost_weight)
         return nn.functional.cross_entropy(gate(x), target)
 
-    settings = train_settings(config, config.gate_steps)
-    settings = type(settings)(**{**settings.__dict__, "lr": config.gate_lr})
+    settings = dataclasses.replace(train_settings(config, config.gate_steps), lr=config.gate_lr)
     return fit(model.gate, task, settings, ctx, loss_fn=loss_fn)

@@ -177,3 +177,34 @@ def test_a_recipe_names_the_stage() -> None:
     name, config = recipe.stages[0]
     assert name == "dynamic.width" and isinstance(config, WidthConfig)
     assert (config.widths, config.steps, config.max_drop) == ((0.5, 1.0), 200, 1.0)
+
+
+def test_sandwich_runs_the_widest_the_narrowest_and_random_others() -> None:
+    from netchisel.dynamic.width import _order
+
+    sandwich = WidthConfig(widths=(0.25, 0.5, 0.75, 1.0), training="sandwich")
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        order = _order(sandwich, 4)
+        assert order[:2] == [3, 0] and len(order) == 3 and order[2] in (1, 2)
+        seen.add(order[2])
+    assert seen == {1, 2}  # both middle widths get their turn
+    two = WidthConfig(widths=(0.25, 0.5, 0.75, 1.0), training="sandwich", sandwich_random=2)
+    assert sorted(_order(two, 4)) == [0, 1, 2, 3]
+    assert _order(WidthConfig(), 4) == [3, 2, 1, 0]  # "all": widest first, it teaches
+
+
+def test_sandwich_without_distillation_trains() -> None:
+    net = bn_chain()
+    task = labelled_by(net)
+    config = WidthConfig(
+        max_drop=100.0,
+        training="sandwich",
+        distill=False,
+        **{**FAST, "widths": (0.25, 0.5, 1.0)},  # type: ignore[arg-type]
+    )
+    ctx = Context(task, quiet=True)
+    model = dynamic_width(net, config, ctx)
+    assert isinstance(model, WidthModel) and ctx.records["steps"] == 40
+    assert ctx.records["macs_per_width"][0] == MACS[0] and ctx.records["width_accuracy"][2] >= 95.0

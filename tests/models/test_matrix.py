@@ -148,6 +148,14 @@ def _apply(op: str, model: nn.Module, arch: Arch, tmp: Path) -> Any:
         return nc.profile(model, inputs, latency=False, on_disk=False)
     if op == "save_load":
         nc.save(model, tmp / arch.name)
+        # A library's class runs its code when loaded: without trust, one line saying what to
+        # trust (checked here, not a refusal of the operation).
+        try:
+            nc.load(tmp / arch.name)
+        except nc.ArtifactError as e:
+            assert f"trust=[{type(model).__name__}]" in str(e), str(e)
+        else:
+            raise AssertionError(f"{arch.name}: loaded a {type(model).__name__} untrusted")
         return nc.load(tmp / arch.name, trust=[type(model)])
     task = task_of(arch)
     if op in ("channels", "heads"):

@@ -271,7 +271,10 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
     for name, layer in layers.items():  # a group size that cannot work fails before any change
         padded_weight(layer, specs[name], name)
     choose = functools.partial(kernel_qparams, method=config.scale_method)  # type: ignore[arg-type]
-    solved: dict[str, GPTQResult] = {}
+    # Only the integers, scales and zeros wait for the swap (not the dequantized weight, which
+    # is copied into the layer at once): held for every layer, a float copy would double the
+    # model's memory by the end.
+    solved: dict[str, tuple[Tensor, Tensor, Tensor, float]] = {}
     errors: dict[str, tuple[float, float]] = {}
 
     def solve(group: dict[str, LayerInputs]) -> None:
@@ -300,11 +303,11 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
                 output_error(weight, rtn, gram),
             )
             layer.weight.copy_(result.weight[:, : layer.in_features])
-            solved[name] = result
+            solved[name] = (result.q, result.scale, result.zero, result.damping)
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
-        r = solved[name]
-        return quantized_linear(linear, specs[name], r.q, r.scale, r.zero)
+        q, scale, zero, _ = solved[name]
+        return quantized_linear(linear, specs[name], q, scale, zero)
 
     how = Layerwise(stage, config.calibration_samples, config.blocks)
     with restored_on_error(model):
@@ -315,7 +318,7 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
     ctx.record(
         layer_output_error={n: e[0] for n, e in errors.items()},
         rtn_layer_output_error={n: e[1] for n, e in errors.items()},
-        damping={n: r.damping for n, r in solved.items()},
+        damping={n: r[3] for n, r in solved.items()},
         calibration_samples=run.samples,
     )
     return model

@@ -63,6 +63,11 @@ SECTIONS = (
     ("nas_darts", "nas_darts"),
     ("nas_darts_pipeline", "nas_darts_pipeline"),
     ("dynamic_early_exit", "dynamic_early_exit"),
+    ("dynamic_moe", "dynamic_moe"),
+    ("dynamic_width", "dynamic_width"),
+    ("models_torch_pruning", "models_torch_pruning"),
+    ("llm_peer", "llm_peer"),
+    ("llm_layerwise_memory", "llm_layerwise_memory"),
 )
 
 

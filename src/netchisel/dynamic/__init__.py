@@ -30,7 +30,8 @@ from netchisel.core.task import Task
 from netchisel.dynamic.early_exit import Calibration, EarlyExitConfig, calibrate_exits
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.moe import MoEConfig
-from netchisel.dynamic.width import WidthConfig
+from netchisel.dynamic.width import WidthConfig, calibrate_gate
+from netchisel.dynamic.width_model import WidthModel
 
 __all__ = [
     "Calibration",
@@ -38,7 +39,9 @@ __all__ = [
     "EarlyExitModel",
     "MoEConfig",
     "WidthConfig",
+    "WidthModel",
     "calibrate_exits",
+    "calibrate_gate",
     "dynamic_",
 ]
 

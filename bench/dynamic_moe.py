@@ -80,7 +80,9 @@ ARMS = {
     "switch_no_balance": (512, 0.0),
     "switch_balance_0.1": (512, 0.1),
     "switch_balance_1": (512, 1.0),
+    "switch_400_steps": (512, 0.01),  # 4x longer: does Switch's weight reach the target?
 }
+LONGER = {"switch_400_steps": 400}  # arms trained for other than SWITCH_STEPS
 ALL_ARMS = dict(ARMS)
 SWITCH_BATCH = 8
 TRAIN = {"lr": 3e-3, "weight_decay": 0.01}
@@ -204,7 +206,7 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
                     expert_hidden=hidden,
                     capacity_factor=CAPACITY,
                     balance=balance,
-                    steps=SWITCH_STEPS,
+                    steps=LONGER.get(arm, SWITCH_STEPS),
                     batch_size=SWITCH_BATCH,
                     **TRAIN,  # type: ignore[arg-type]
                 )
@@ -214,6 +216,7 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
                 row.update(routing_summary(model))
                 row["final_balance_loss"] = ctx.records["final_balance_loss"]
                 row["balance"] = balance
+                row["steps"] = LONGER.get(arm, SWITCH_STEPS)
             row.update(bits(model, task, ("test",)))
             row["seconds"] = time.perf_counter() - start
             row["active_ffn_macs_per_token_per_layer"] = ffn_active
@@ -234,6 +237,11 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
         if "final_balance_loss" in rows[0]:
             out[arm]["final_balance_loss"] = spread([r["final_balance_loss"] for r in rows])
             out[arm]["balance"] = rows[0]["balance"]
+            out[arm]["steps"] = rows[0]["steps"]
+            out[arm]["load_cv_by_layer"] = {
+                layer: spread([r["load_cv_by_layer"][layer] for r in rows])
+                for layer in rows[0]["load_cv_by_layer"]
+            }
     return out
 
 
@@ -383,16 +391,17 @@ def render(d: dict[str, Any]) -> str:
         "byte; on val: load CV (largest over layers; target < 0.2), dropped assignments and "
         "load entropy (mean over layers; ln 8 = 2.08 is even).",
         "",
-        "| arm | balance | params | FFN MACs/token/layer | test bits/byte | load CV | dropped "
-        "| load entropy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| arm | balance | steps | params | FFN MACs/token/layer | test bits/byte | load CV "
+        "| dropped | load entropy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, arm in sw.items():
         cv = _range(arm["load_cv"], ".2f") if "load_cv" in arm else ""
         dropped = f"{100 * arm['dropped_fraction']['median']:.1f}%" if "load_cv" in arm else ""
         ent = _range(arm["load_entropy"], ".2f") if "load_entropy" in arm else ""
         lines.append(
-            f"| {name} | {arm.get('balance', '')} | {arm['params']:,} "
+            f"| {name} | {arm.get('balance', '')} | {arm.get('steps', d['switch']['steps'])} "
+            f"| {arm['params']:,} "
             f"| {arm['active_ffn_macs_per_token_per_layer']:,} "
             f"| {_range(arm['test_bpb'])} | {cv} | {dropped} | {ent} |"
         )

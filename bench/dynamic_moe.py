@@ -27,7 +27,9 @@ perplexity per byte on the val and test splits).
    dense model's FFN parameters in all and an eighth of them active. (A dense gpt with 8x
    wider FFNs would be the other equal-total comparison; it costs ~5x the dense training and
    does not fit this machine's budget.) The ablation `switch_no_balance` trains `switch` with
-   balance 0. Per arm: test bits per byte, and on the val split: load coefficient of
+   balance 0; `switch_balance_0.1` and `switch_balance_1` with 10x and 100x Switch's weight,
+   and `switch_400_steps` with Switch's weight for 4x the steps (no dense run of that
+   length beside it), to see what the load CV needs to reach the target. Per arm: test bits per byte, and on the val split: load coefficient of
    variation (`load_cv`, population std / mean of the assignments each expert gets, the
    largest over the 4 layers; target < 0.2 with the balancing loss), dropped assignments
    (over capacity), the router's mean per-token entropy and the entropy of the expert load

@@ -299,7 +299,7 @@ def _model_and_inputs(
 
 
 def _totals(p: Any) -> dict[str, str]:
-    from netchisel.report.render import exit_rows, human_bytes
+    from netchisel.report.render import dynamic_rows, human_bytes
 
     lat = p.latency
     return {
@@ -318,7 +318,7 @@ def _totals(p: Any) -> dict[str, str]:
         else "-",
         "energy per sample (estimate)": f"{p.energy.total_uj:.4g} µJ",
         "uncounted ops": ", ".join(p.uncounted_ops) or "none",
-        **exit_rows(p.dynamic),
+        **dynamic_rows(p.dynamic),
     }
 
 

@@ -224,21 +224,30 @@ def human_bytes(n: float | None) -> str:
     return f"{int(n)} B"
 
 
-def exit_rows(dynamic: dict[str, Any] | None) -> dict[str, str]:
-    """An early-exit model's paths (`Profile.dynamic`) as label -> text: MACs per exit, the
-    share of the calibration split that left there, and the expected MACs per sample.
+def dynamic_rows(dynamic: dict[str, Any] | None) -> dict[str, str]:
+    """A dynamic model's paths (`Profile.dynamic`) as label -> text: MACs per exit, per width
+    or per MoE layer's experts, the share of the calibration split on each path, and the
+    expected MACs per sample.
 
     Example:
-        >>> rows = exit_rows({"exits": [{"after": "layer1", "threshold": 0.9, "macs": 10,
+        >>> rows = dynamic_rows({"exits": [{"after": "layer1", "threshold": 0.9, "macs": 10,
         ...     "fraction": 0.5}], "expected_macs": 30.0, "mac_reduction": 0.5, "static_macs": 60})
         >>> rows["exit after layer1 (threshold 0.9)"], rows["expected MACs per sample"]
         ('10 MACs, 50.0% of calibration', '30 (50.0% fewer than 60)')
-        >>> list(exit_rows({"exits": [{"after": "layer2", "threshold": 1.0, "head_runs": False,
+        >>> list(dynamic_rows({"exits": [{"after": "layer2", "threshold": 1.0, "head_runs": False,
         ...     "macs": 20, "fraction": 0.0}]}))
         ['exit after layer2 (never fires)']
+        >>> dynamic_rows({"widths": [{"width": 0.5, "macs": 40, "fraction": 0.25}],
+        ...     "gate_macs": 2})["width 0.5"]
+        '40 MACs (+2 gate), 25.0% of calibration'
+        >>> dynamic_rows({"layers": {"h.0.mlp": {"experts": 8, "top_k": 2,
+        ...     "active_macs_per_token": 30, "all_experts_macs_per_token": 100,
+        ...     "load_cv": 0.25, "dropped_fraction": 0.01}}})["h.0.mlp: top-2 of 8 experts"]
+        '30 MACs per token active of 100; load CV 0.25, 1.0% dropped'
     """
     rows: dict[str, str] = {}
-    for e in (dynamic or {}).get("exits", []):
+    data = dynamic or {}
+    for e in data.get("exits", []):
         share = "" if e["fraction"] is None else f", {100 * e['fraction']:.1f}% of calibration"
         where = "the end" if e["threshold"] is None else f"exit after {e['after']}"
         if e["threshold"] is None:
@@ -248,11 +257,24 @@ def exit_rows(dynamic: dict[str, Any] | None) -> dict[str, str]:
         else:
             label = f"{where} (threshold {e['threshold']:.4g})"
         rows[label] = f"{e['macs']:,} MACs{share}"
-    if dynamic is not None and dynamic.get("expected_macs") is not None:
-        rows["expected MACs per sample"] = (
-            f"{dynamic['expected_macs']:,.0f} ({100 * dynamic['mac_reduction']:.1f}% fewer "
-            f"than {dynamic['static_macs']:,})"
+    for w in data.get("widths", []):
+        share = "" if w["fraction"] is None else f", {100 * w['fraction']:.1f}% of calibration"
+        rows[f"width {w['width']:g}"] = f"{w['macs']:,} MACs (+{data['gate_macs']:,} gate){share}"
+    for name, layer in data.get("layers", {}).items():
+        text = (
+            f"{layer['active_macs_per_token']:,} MACs per token active of "
+            f"{layer['all_experts_macs_per_token']:,}"
         )
+        if layer.get("load_cv") is not None:
+            text += (
+                f"; load CV {layer['load_cv']:.2f}, {100 * layer['dropped_fraction']:.1f}% dropped"
+            )
+        rows[f"{name}: top-{layer['top_k']} of {layer['experts']} experts"] = text
+    if data.get("expected_macs") is not None:
+        text = f"{data['expected_macs']:,.0f}"
+        if data.get("static_macs"):
+            text += f" ({100 * data['mac_reduction']:.1f}% fewer than {data['static_macs']:,})"
+        rows["expected MACs per sample"] = text
     return rows
 
 

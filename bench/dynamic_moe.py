@@ -29,11 +29,12 @@ perplexity per byte on the val and test splits).
    does not fit this machine's budget.) The ablation `switch_no_balance` trains `switch` with
    balance 0; `switch_balance_0.1` and `switch_balance_1` with 10x and 100x Switch's weight,
    and `switch_400_steps` with Switch's weight for 4x the steps (no dense run of that
-   length beside it), to see what the load CV needs to reach the target. Per arm: test bits per byte, and on the val split: load coefficient of
-   variation (`load_cv`, population std / mean of the assignments each expert gets, the
-   largest over the 4 layers; target < 0.2 with the balancing loss), dropped assignments
-   (over capacity), the router's mean per-token entropy and the entropy of the expert load
-   (ln 8 = 2.079 is even), averaged over layers. Seeds 0-2.
+   length beside it), to see what the load CV needs to reach the target. Per arm: test bits
+   per byte, and on the val split: load coefficient of variation (`load_cv`, population
+   std / mean of the assignments each expert gets, the largest over the 4 layers; target
+   < 0.2 with the balancing loss), dropped assignments (over capacity), the router's mean
+   per-token entropy and the entropy of the expert load (ln 8 = 2.079 is even), averaged
+   over layers. Seeds 0-2.
 3. Latency, A/B alternating in one run (`compare_latency`, one thread, eager) of the
    saved-and-loaded MoEfied model (k = 2) against the dense one at batch 1 and 8 windows.
 

@@ -10,9 +10,6 @@ from __future__ import annotations
 REFUSED: dict[str, dict[str, str]] = {
     "channels": {},
     "heads": {
-        # T5 computes one relative position bias per head in its first layer and hands it
-        # to every later layer: heads can only go together in all layers (not supported).
-        "hf_t5": "prune.structured: pruning the group of encoder.block.0.layer.0.SelfAttention ...",
         # LeViT's attention reshapes q/k/v with per-head key and value widths and an
         # attention-bias table per head: no layout netchisel cuts, and the graph cannot map it.
         "timm_levit": "prune.structured: nothing to prune among the chosen layers (stages.1.blo...",

@@ -245,3 +245,32 @@ def test_cut_heads_on_a_layout_directly() -> None:
     assert (layout.kind, layout.inputs, layout.o) == ("fused", ("attn.qkv",), "attn.proj")
     cut_heads(net, "attn", layout, torch.tensor([False, True, False, False]))
     assert net.attn.num_heads == 1 and net(torch.zeros(1, 3, 16)).shape == (1, 3)
+
+
+@needs_hf
+def test_t5_layers_sharing_a_position_bias_keep_the_same_heads() -> None:
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
+    net = T5EncoderModel(config).eval()
+    reference = copy.deepcopy(net)
+    ids = torch.randint(0, 64, (2, 6))
+    ctx = _prune_heads(net, (ids[:1],))
+    first = "encoder.block.0.layer.0.SelfAttention"
+    assert ctx.records["heads"] == {first: [4, 2]}  # one unit for both layers
+    attns = [net.encoder.block[i].layer[0].SelfAttention for i in range(2)]
+    refs = [reference.encoder.block[i].layer[0].SelfAttention for i in range(2)]
+    assert attns[0].relative_attention_bias.weight.shape == (32, 2)
+    dropped = _dropped(refs[0].q.weight, attns[0].q.weight, 4, 8)
+    assert dropped == _dropped(refs[1].q.weight, attns[1].q.weight, 4, 8) and len(dropped) == 2
+    assert all((a.n_heads, a.inner_dim, a.o.in_features) == (2, 16, 16) for a in attns)
+    # per layer q, k, v: 2 heads x 8 rows x 32; o: 32 x 16; the bias table: 32 buckets x 2
+    assert ctx.records["params_before"] - ctx.records["params_after"] == 2 * (3 * 512 + 512) + 64
+    with torch.no_grad():
+        for ref in refs:
+            for h in dropped:
+                ref.o.weight[:, 8 * h : 8 * h + 8] = 0
+        torch.testing.assert_close(
+            net(ids).last_hidden_state, reference(ids).last_hidden_state, rtol=1e-4, atol=1e-5
+        )

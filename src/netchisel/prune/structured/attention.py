@@ -131,6 +131,22 @@ def _layout(name: str, module: nn.Module) -> Layout | None:
     return None
 
 
+def tie_key(model: nn.Module, name: str) -> str | None:
+    """Attention modules that must keep the same heads share a key, others have None.
+
+    T5 computes one relative position bias per head in the first layer of a stack and hands
+    it to every later layer (`has_relative_attention_bias`), so the layers of one stack and
+    kind (encoder self-attention, decoder cross-attention, ...) keep the same heads.
+
+    Example:
+        >>> tie_key(nn.Sequential(nn.Linear(2, 2)), "0") is None
+        True
+    """
+    if not isinstance(vars(model.get_submodule(name)).get("has_relative_attention_bias"), bool):
+        return None
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
+
+
 def attention_layouts(model: nn.Module) -> dict[str, Layout]:
     """Attention modules whose heads netchisel cuts itself, by name.
 
@@ -244,6 +260,13 @@ def cut_heads(model: nn.Module, name: str, layout: Layout, keep: Tensor) -> None
     out.weight = _narrow(out.weight, q_idx, 0 if conv1d_out else 1)
     if isinstance(out, nn.Linear):
         out.in_features = width
+    bias: Any = getattr(module, "relative_attention_bias", None)  # T5's, one column per head
+    if type(bias).__name__ == "Embedding" and bias.embedding_dim == layout.heads:
+        heads_idx = torch.tensor(
+            [u * layout.per_unit + j for u in kept for j in range(layout.per_unit)]
+        )
+        bias.weight = _narrow(bias.weight, heads_idx, 1)
+        bias.embedding_dim = heads
     norm: Any = getattr(module, "norm", None)  # timm's optional norm over the attention width
     if type(norm).__name__ == "LayerNorm" and norm.normalized_shape == (
         layout.heads * layout.head_dim,

@@ -42,7 +42,8 @@ def _apply_plan(
         return
     for unit in units:
         if unit.layout is not None and not bool(plan[unit.name].all()):
-            cut_heads(model, unit.name, unit.layout, plan[unit.name])
+            for name, layout in ((unit.name, unit.layout), *unit.tied):
+                cut_heads(model, name, layout, plan[unit.name])
     graph_units = [u for u in units if u.layout is None and not bool(plan[u.name].all())]
     if not graph_units:
         return

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from netchisel.core.context import Context
@@ -26,6 +27,7 @@ from netchisel.prune.structured.attention import (
     Layout,
     attention_layouts,
     head_scores,
+    tie_key,
 )
 from netchisel.prune.structured.config import STAGE, StructuredConfig
 from netchisel.prune.structured.graph import (
@@ -55,6 +57,8 @@ class Unit:
     # Root channels that are all of some coupled layer's channels (a concat then a slice maps
     # only part of the root onto it, as in GhostNet): a plan keeps at least one of each.
     covers: tuple[tuple[int, ...], ...] = ()
+    # Attention modules cut with the same keep mask as this one (T5's shared position bias)
+    tied: tuple[tuple[str, Layout], ...] = ()
 
 
 def _matching(names: list[str], patterns: tuple[str, ...], where: str, what: str) -> set[str]:
@@ -299,12 +303,19 @@ def _layout_units(
     def score(layer: nn.Module, weight: Tensor) -> Tensor:
         return criterion(weight.detach(), stats.get(layer, LayerStats()))
 
-    units = []
-    for name, layout in sorted(layouts.items()):
+    groups: dict[str, list[str]] = {}
+    for name in sorted(layouts):
         if name in chosen:
-            scores = head_scores(model, layout, score)
-            members = (name, *layout.inputs, layout.o)
-            units.append(Unit(name, name, members, scores, None, layout.head_dim, layout))
+            groups.setdefault(tie_key(model, name) or name, []).append(name)
+    units = []
+    for names in groups.values():
+        first, layout = names[0], layouts[names[0]]
+        if any(layouts[n].units != layout.units for n in names):
+            continue  # tied modules of different shapes: never seen, not cut
+        scores = torch.stack([head_scores(model, layouts[n], score) for n in names]).sum(0)
+        members = tuple(m for n in names for m in (n, *layouts[n].inputs, layouts[n].o))
+        tied = tuple((n, layouts[n]) for n in names[1:])
+        units.append(Unit(first, first, members, scores, None, layout.head_dim, layout, tied=tied))
     return units
 
 

@@ -256,3 +256,26 @@ def test_the_example_recipe_parses_as_it_is() -> None:
     assert (config.teacher, config.temperature, config.alpha) == ("mlp", 8.0, 0.5)
     assert config.hints == (("fc1", "fc2"),)
     assert recipe.model.kwargs == {"hidden": [16]} and not recipe.model.pretrained
+
+
+def test_a_hugging_face_causal_lm_distills_through_its_logits() -> None:
+    from netchisel.distill import distill_
+    from netchisel.zoo import data, llama
+
+    teacher = llama(block_size=16, n_layer=1, n_embd=32, n_head=4, n_kv_head=2, intermediate=64)
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    task = data.task("text", block_size=16, batch_size=8)
+    x = next(iter(task.loader("val")))[0]
+
+    def kl() -> float:
+        with torch.no_grad():
+            t = teacher(x).logits.log_softmax(-1)
+            s = student(x).logits.log_softmax(-1)
+        return float((t.exp() * (t - s)).sum(-1).mean())
+
+    before = kl()
+    distill_(student, DistillConfig(steps=30, lr=3e-3, alpha=0.0), task, teacher=teacher)
+    assert kl() < 0.5 * before  # the outputs (with .logits) were read as logits and matched

@@ -42,7 +42,7 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.masks import apply_masks_
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
-from netchisel.core.task import Batch, Task
+from netchisel.core.task import Batch, Task, logits_of
 from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.distill._features import (
     FeatureRecorder,
@@ -151,7 +151,8 @@ class _Plan:
 
 
 def _output(out: Any) -> Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out  # type: ignore[no-any-return]
+    # A tuple's first element (hidden states, attention), or a Hugging Face output's logits.
+    return logits_of(out[0] if isinstance(out, (tuple, list)) else out)
 
 
 def _mismatch(student: Tensor, teacher: Tensor) -> str:

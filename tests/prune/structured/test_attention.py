@@ -274,3 +274,21 @@ def test_t5_layers_sharing_a_position_bias_keep_the_same_heads() -> None:
         torch.testing.assert_close(
             net(ids).last_hidden_state, reference(ids).last_hidden_state, rtol=1e-4, atol=1e-5
         )
+
+
+def test_wanda_on_heads_without_linear_inputs_is_one_line_naming_the_module() -> None:
+    from torch.utils.data import TensorDataset
+
+    import netchisel as nc
+    from netchisel.core.errors import ConfigError
+
+    torch.manual_seed(0)
+    net = _Net(nn.MultiheadAttention(16, 4, batch_first=True)).eval()
+    x = torch.randn(4, 5, 16)
+    task = nc.custom_task(lambda m: {"s": 0.0}, [x[:1]], "s", train=TensorDataset(x), name="t")
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    config = StructuredConfig(granularity="heads", importance="wanda", calibration_samples=4)
+    with pytest.raises(ConfigError) as error:
+        nc.prune_(net, config, task)
+    assert "\n" not in str(error.value) and "needs the input statistics of attn" in str(error.value)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())

@@ -14,7 +14,7 @@ import torch_pruning as tp  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.prune.importance import LayerStats, get_criterion
+from netchisel.prune.importance import NEEDS, LayerStats, get_criterion
 from netchisel.prune.structured.config import IMPORTANCES, STAGE, StructuredConfig
 from netchisel.prune.structured.graph import LAYER_TYPES, is_conv1d
 
@@ -74,6 +74,11 @@ class CriterionImportance(tp.importance.Importance):  # type: ignore[misc]
         if not isinstance(layer, SCORED_TYPES) and not is_conv1d(layer):
             return None
         weight = layer.get_parameter("weight")
+        if NEEDS.get(self.importance) and layer not in self.stats and is_conv1d(layer):
+            raise ConfigError(
+                f"{STAGE}.importance: {self.importance} needs input statistics, which are "
+                f"not collected for {type(layer).__name__} layers: use l1, l2 or random"
+            )
         element = get_criterion(self.importance)(weight, self.stats.get(layer, LayerStats()))
         if isinstance(layer, nn.Embedding):
             dim = 1  # Torch-Pruning prunes an Embedding's features, its columns

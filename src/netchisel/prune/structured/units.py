@@ -300,7 +300,15 @@ def _layout_units(
     key/value group with grouped-query attention)."""
     criterion = get_criterion(config.importance)
 
+    name_of = {m: n for n, m in model.named_modules()}
+
     def score(layer: nn.Module, weight: Tensor) -> Tensor:
+        if NEEDS.get(config.importance) and layer not in stats:
+            raise ConfigError(
+                f"{STAGE}.importance: {config.importance} needs the input statistics of "
+                f"{name_of[layer]} ({type(layer).__name__}), which are collected for Linear, "
+                "Conv and Embedding layers only: use l1, l2 or random for these heads"
+            )
         return criterion(weight.detach(), stats.get(layer, LayerStats()))
 
     groups: dict[str, list[str]] = {}

@@ -15,7 +15,7 @@ REFUSED: dict[str, dict[str, str]] = {
         "timm_levit": "prune.structured: nothing to prune among the chosen layers (stages.1.blo...",
         # Swin's window attention derives head_dim from its input width and keeps a relative
         # position bias table per head: pruning its heads needs a replacement forward.
-        "tv_swin": "prune.structured: nothing to prune among the chosen layers (features.1.0.a...",
+        "tv_swin": "features.1.0.attn: its heads also index its own parameter relative_position...",
     },
     "unstructured": {},
 }

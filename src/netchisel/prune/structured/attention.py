@@ -131,6 +131,17 @@ def _layout(name: str, module: nn.Module) -> Layout | None:
     return None
 
 
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why an attention module with a head count is not one netchisel cuts, when known."""
+    own = [n for n, p in module._parameters.items() if p is not None]
+    if own:
+        return (
+            f"its heads also index its own parameter {own[0]} (a per-head bias table, as in "
+            "Swin and LeViT), which netchisel does not cut: prune its channels or exclude it"
+        )
+    return None
+
+
 def tie_key(model: nn.Module, name: str) -> str | None:
     """Attention modules that must keep the same heads share a key, others have None.
 

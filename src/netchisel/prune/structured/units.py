@@ -28,6 +28,7 @@ from netchisel.prune.structured.attention import (
     attention_layouts,
     head_scores,
     tie_key,
+    unsupported_reason,
 )
 from netchisel.prune.structured.config import STAGE, StructuredConfig
 from netchisel.prune.structured.graph import (
@@ -207,7 +208,9 @@ def _layer_units(
     if heads:
         found = {u.name for u in units} | set(skipped) | set(layouts)
         for name in sorted(chosen - found):
-            skipped[name] = "no q/k/v Linear projections whose heads one group holds"
+            skipped[name] = unsupported_reason(model.get_submodule(name)) or (
+                "no q/k/v Linear projections whose heads one group holds"
+            )
     else:
         seen = {names_of[m] for m in dg.module2node if isinstance(m, nn.Module) and m in names_of}
         for name in sorted(chosen - seen - set(skipped)):

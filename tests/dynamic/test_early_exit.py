@@ -46,10 +46,11 @@ def test_distill_keeps_the_backbone_and_meets_the_budget() -> None:
     assert r["expected_macs"] == 108.0 and r["mac_reduction"] == 1 - 108 / 576
     # What the report draws: every budget of the sweep meets its accuracy at 108 MACs here.
     d = r["dynamic"]
-    assert d["static"] == {"accuracy": 100.0, "mean_macs": 576.0}
-    assert d["chosen"] == {"accuracy": 100.0, "mean_macs": 108.0}
+    assert d["metric"] == "accuracy (%)"
+    assert d["static"] == {"value": 100.0, "mean_macs": 576.0}
+    assert d["chosen"] == {"value": 100.0, "mean_macs": 108.0}
     assert [p["setting"] for p in d["sweep"]][:3] == ["max_drop 0", "max_drop 0.25", "max_drop 0.5"]
-    assert {(p["accuracy"], p["mean_macs"]) for p in d["sweep"]} == {(100.0, 108.0)}
+    assert {(p["value"], p["mean_macs"]) for p in d["sweep"]} == {(100.0, 108.0)}
     assert d["histogram"] == {"exit after 1": 1.0, "exit after 3": 0.0, "end": 0.0}
     # The model as it runs reproduces the calibration on the split it was calibrated on.
     assert task.evaluate(model, "val")["accuracy"] == pytest.approx(r["calibrated_accuracy"])
@@ -220,6 +221,6 @@ def test_the_sweep_meets_each_budget_and_costs_no_more_than_the_static_model() -
     assert len(d["sweep"]) == 7
     for point in d["sweep"]:
         budget = float(point["setting"].split()[1])
-        assert point["accuracy"] >= d["static"]["accuracy"] - budget
+        assert point["value"] >= d["static"]["value"] - budget
         assert point["mean_macs"] <= d["static"]["mean_macs"]
     assert sum(d["histogram"].values()) == pytest.approx(1.0)

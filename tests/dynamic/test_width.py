@@ -60,14 +60,14 @@ def test_training_the_widths_lifts_the_narrow_one_and_meets_the_budget() -> None
     assert shares == pytest.approx(f)
     trade = r["dynamic"]
     assert trade["kind"] == "width" and trade["histogram"] == {"width 0.25": f[0], "width 1": f[1]}
-    assert trade["static"] == {"accuracy": 100.0, "mean_macs": float(MACS[1])}
+    assert trade["static"] == {"value": 100.0, "mean_macs": float(MACS[1])}
     assert trade["chosen"] == {
-        "accuracy": r["calibrated_accuracy"],
+        "value": r["calibrated_accuracy"],
         "mean_macs": r["expected_macs"],
     }
     alone = {p["setting"]: p for p in trade["sweep"] if p["setting"].endswith("alone")}
     assert alone["width 0.25 alone"]["mean_macs"] == MACS[0]
-    assert alone["width 1 alone"]["accuracy"] == r["width_accuracy"][1]
+    assert alone["width 1 alone"]["value"] == r["width_accuracy"][1]
     budgets = [p["setting"] for p in trade["sweep"] if p["setting"].startswith("max_drop")]
     assert budgets[:3] == ["max_drop 0", "max_drop 0.25", "max_drop 0.5"]
 

@@ -144,11 +144,12 @@ def test_a_dynamic_stage_gets_a_trade_off_table_and_two_plots(tmp_path: Path) ->
     report: Any = _report()
     report["steps"][1]["records"]["dynamic"] = {
         "split": "val",
-        "static": {"accuracy": 98.0, "mean_macs": 1000.0},
-        "chosen": {"accuracy": 97.6, "mean_macs": 420.0},
+        "metric": "accuracy (%)",
+        "static": {"value": 98.0, "mean_macs": 1000.0},
+        "chosen": {"value": 97.6, "mean_macs": 420.0},
         "sweep": [
-            {"setting": "max_drop 0", "accuracy": 98.0, "mean_macs": 700.0},
-            {"setting": "max_drop 0.5", "accuracy": 97.6, "mean_macs": 420.0},
+            {"setting": "max_drop 0", "value": 98.0, "mean_macs": 700.0},
+            {"setting": "max_drop 0.5", "value": 97.6, "mean_macs": 420.0},
         ],
         "histogram": {"exit after layer1": 0.55, "end": 0.45},
     }

@@ -205,12 +205,13 @@ def trade_off_record(
     return {
         "kind": "early_exit",
         "split": split,
-        "static": {"accuracy": reference, "mean_macs": float(calibration.static_macs)},
-        "chosen": {"accuracy": outcome.accuracy, "mean_macs": outcome.expected_macs},
+        "metric": "accuracy (%)",
+        "static": {"value": reference, "mean_macs": float(calibration.static_macs)},
+        "chosen": {"value": outcome.accuracy, "mean_macs": outcome.expected_macs},
         "sweep": [
             {
                 "setting": f"max_drop {budget:g}",
-                "accuracy": o.accuracy,
+                "value": o.accuracy,
                 "mean_macs": o.expected_macs,
             }
             for budget, o in calibration.sweep

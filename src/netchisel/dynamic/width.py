@@ -200,14 +200,14 @@ def trade_off_record(
             sweep.append(
                 {
                     "setting": f"max_drop {budget:g}",
-                    "accuracy": found.accuracy,
+                    "value": found.accuracy,
                     "mean_macs": found.expected_macs,
                 }
             )
     alone = [
         {
             "setting": f"width {w:g} alone",
-            "accuracy": 100.0 * float(c.double().mean()),
+            "value": 100.0 * float(c.double().mean()),
             "mean_macs": float(m),
         }
         for w, c, m in zip(model.widths, correct, per_width, strict=True)
@@ -215,8 +215,9 @@ def trade_off_record(
     return {
         "kind": "width",
         "split": split,
-        "static": {"accuracy": reference, "mean_macs": float(static)},
-        "chosen": {"accuracy": chosen.accuracy, "mean_macs": chosen.expected_macs},
+        "metric": "accuracy (%)",
+        "static": {"value": reference, "mean_macs": float(static)},
+        "chosen": {"value": chosen.accuracy, "mean_macs": chosen.expected_macs},
         "sweep": sweep + alone,
         "histogram": {
             f"width {w:g}": f for w, f in zip(model.widths, chosen.fractions, strict=True)

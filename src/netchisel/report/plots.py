@@ -86,25 +86,26 @@ def _sensitivity_plot(name: str, data: dict[str, Any]) -> str:
 
 
 def _dynamic_plots(name: str, data: dict[str, Any]) -> list[str]:
-    """Accuracy against mean MACs over the sweep (static model and chosen point marked), and
-    the histogram of the paths taken."""
+    """The record's metric (accuracy, perplexity, ...) against mean MACs over the sweep
+    (static model and chosen point marked), and the histogram of the paths taken."""
     import matplotlib.pyplot as plt
 
     split = data.get("split", "calibration")
+    metric = data.get("metric", "accuracy (%)")
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     sweep = sorted(data["sweep"], key=lambda p: p["mean_macs"])
-    ax.plot([p["mean_macs"] for p in sweep], [p["accuracy"] for p in sweep], "o-", label="sweep")
-    ax.plot([data["static"]["mean_macs"]], [data["static"]["accuracy"]], "s", label="static")
+    ax.plot([p["mean_macs"] for p in sweep], [p["value"] for p in sweep], "o-", label="sweep")
+    ax.plot([data["static"]["mean_macs"]], [data["static"]["value"]], "s", label="static")
     ax.plot(
         [data["chosen"]["mean_macs"]],
-        [data["chosen"]["accuracy"]],
+        [data["chosen"]["value"]],
         "x",
         markersize=9,
         label="chosen",
     )
     ax.set_xlabel("mean MACs per sample")
-    ax.set_ylabel(f"accuracy on {split} (%)")
-    ax.set_title(f"{name}: accuracy vs mean MACs")
+    ax.set_ylabel(f"{metric} on {split}")
+    ax.set_title(f"{name}: {metric.split(' (')[0]} vs mean MACs")
     ax.legend(fontsize=7)
     figures = [svg_text(fig)]
     paths = list(data["histogram"])

@@ -349,15 +349,16 @@ def sensitivity_table(step: dict[str, Any]) -> list[str]:
 
 
 def dynamic_table(step: dict[str, Any]) -> list[str]:
-    """A dynamic stage's trade-off (the record `dynamic`): accuracy and mean MACs per sample of
-    the static model, of each setting of the sweep and of the one chosen, then the histogram
-    of the paths the split's samples took (exits, experts or widths).
+    """A dynamic stage's trade-off (the record `dynamic`): its metric (`metric`: accuracy,
+    perplexity, ...) and mean MACs per sample of the static model, of each setting of the
+    sweep and of the one chosen, then the histogram of the paths the split's samples took
+    (exits, experts or widths).
 
     Example:
         >>> step = {"name": "dynamic.early_exit", "records": {"dynamic": {"split": "val",
-        ...     "static": {"accuracy": 98.0, "mean_macs": 100.0},
-        ...     "chosen": {"accuracy": 97.5, "mean_macs": 60.0},
-        ...     "sweep": [{"setting": "max_drop 0.5", "accuracy": 97.5, "mean_macs": 60.0}],
+        ...     "metric": "accuracy (%)", "static": {"value": 98.0, "mean_macs": 100.0},
+        ...     "chosen": {"value": 97.5, "mean_macs": 60.0},
+        ...     "sweep": [{"setting": "max_drop 0.5", "value": 97.5, "mean_macs": 60.0}],
         ...     "histogram": {"exit after layer1": 0.4, "end": 0.6}}}}
         >>> print("\\n".join(dynamic_table(step)[5:]))
         | static model | 98 | 100 |
@@ -377,12 +378,12 @@ def dynamic_table(step: dict[str, Any]) -> list[str]:
         "",
         f"## Dynamic trade-off: {step['name']}",
         "",
-        f"| setting | accuracy on {split} (%) | mean MACs per sample |",
+        f"| setting | {data.get('metric', 'accuracy (%)')} on {split} | mean MACs per sample |",
         "|---|---:|---:|",
     ]
     rows = [("static model", data["static"]), *((p["setting"], p) for p in data["sweep"])]
     rows.append(("**chosen**", data["chosen"]))
-    lines += [f"| {name} | {p['accuracy']:.4g} | {p['mean_macs']:,.0f} |" for name, p in rows]
+    lines += [f"| {name} | {p['value']:.4g} | {p['mean_macs']:,.0f} |" for name, p in rows]
     lines += ["", f"| path | share of {split} |", "|---|---:|"]
     lines += [f"| {path} | {100 * share:.1f}% |" for path, share in data["histogram"].items()]
     return lines

@@ -51,6 +51,18 @@ def test_moefy_with_every_expert_is_the_dense_model() -> None:
     val_tokens = sum(b[0].numel() for b in task.loader("val"))
     assert dyn.routing is not None
     assert dyn.routing["layers"]["blocks.0.mlp"]["kept"] == [val_tokens] * 4
+    # The report's trade-off: the metric at every top-k (the router ranks all 4 experts), the
+    # chosen k = 4 equal to the dense model; fewer experts, fewer expected MACs.
+    d = r["dynamic"]
+    assert d["kind"] == "moe" and d["metric"] == task.primary_metric
+    assert [p["setting"] for p in d["sweep"]] == ["top-1", "top-2", "top-4"]
+    assert d["chosen"]["value"] == pytest.approx(d["static"]["value"], rel=1e-5)
+    assert d["sweep"][-1]["value"] == pytest.approx(d["chosen"]["value"])
+    macs = [p["mean_macs"] for p in d["sweep"]]
+    assert macs[0] < macs[1] < macs[2] == d["chosen"]["mean_macs"]
+    assert sum(d["histogram"].values()) == pytest.approx(1.0)
+    assert d["histogram"]["blocks.0.mlp expert 0"] == pytest.approx(0.125)  # 4 of 4: even
+    assert [layer.top_k for layer in (model.blocks[0].mlp, model.blocks[1].mlp)] == [4, 4]
 
 
 def _directions(seed: int = 0) -> tuple[nn.Module, Task]:

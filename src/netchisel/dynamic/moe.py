@@ -53,6 +53,7 @@ from netchisel.dynamic.moe_split import (
     sliced_experts,
     upcycled_experts,
 )
+from netchisel.dynamic.moe_tradeoff import moe_trade_off, per_sample_macs
 
 STAGE = "dynamic.moe"
 
@@ -140,13 +141,21 @@ def moe(model: nn.Module, config: MoEConfig, ctx: Context) -> nn.Module:
                     f"{STAGE}: module {block.name!r} has {block.hidden} hidden units, not a "
                     f"multiple of experts = {config.experts}; choose experts dividing it"
                 )
+    was_training = model.training
+    model.eval()
+    dense = {
+        "value": task.evaluate(model, config.split)[task.primary_metric],
+        "mean_macs": float(per_sample_macs(model, task, config.split)),
+    }
+    model.train(was_training)
     with restored_on_error(model):
         if config.method == "moefy":
             details = _moefy(model, blocks, config, task, ctx)
         else:
             details = _switch(model, blocks, config, task, ctx)
         routing = measure_routing(model, task, config.split)
-    model.eval()
+        model.eval()
+        trade_off = moe_trade_off(model, task, config.split, dense, config.method == "moefy")
     ctx.record(
         modules=[b.name for b in blocks],
         method=config.method,
@@ -160,6 +169,7 @@ def moe(model: nn.Module, config: MoEConfig, ctx: Context) -> nn.Module:
             }
             for name, r in routing["layers"].items()
         },
+        dynamic=trade_off,
     )
     return MoEModel(model, [b.name for b in blocks], routing)
 

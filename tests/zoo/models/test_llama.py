@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
+import netchisel as nc
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.train import TrainSettings, fit
@@ -48,3 +51,11 @@ def test_the_text_task_reads_its_logits_and_training_lowers_the_loss() -> None:
     assert before["bits_per_token"] == pytest.approx(math.log2(before["perplexity"]))
     fit(model, task, TrainSettings(steps=30, lr=3e-3), Context(task, quiet=True))
     assert task.evaluate(model, "val")["perplexity"] < 0.5 * before["perplexity"]
+
+
+def test_save_and_load_are_bit_exact(tmp_path: Path) -> None:
+    model = llama(block_size=16, **TINY).eval()
+    loaded = nc.load(nc.save(model, tmp_path / "llama"))
+    x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model(x).logits)

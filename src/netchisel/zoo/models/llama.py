@@ -17,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from netchisel.core.errors import ConfigError
+from netchisel.core.modules import builder
 from netchisel.zoo.models._marks import marked
 
 _MISSING = "zoo model 'llama' needs the llm extra: pip install 'netchisel[llm]'"
@@ -30,6 +31,7 @@ def _transformers() -> Any:
         raise ConfigError(_MISSING) from None
 
 
+@builder
 def llama(
     vocab_size: int = 256,
     block_size: int = 128,

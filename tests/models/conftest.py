@@ -1,5 +1,5 @@
-"""The `slow` marker of the model matrix: cases over 10 s on one thread (still run by
-`make test`; `pytest -m "not slow" tests/models` leaves them out while iterating)."""
+"""The `slow` marker of the model matrix: its slowest cases (still run by `make test`;
+`pytest -m "not slow" tests/models` leaves them out while iterating)."""
 
 from __future__ import annotations
 
@@ -7,4 +7,4 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: a model-matrix case over 10 s on one thread")
+    config.addinivalue_line("markers", "slow: one of the model matrix's slowest cases")

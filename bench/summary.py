@@ -67,6 +67,7 @@ SECTIONS = (
     ("dynamic_width", "dynamic_width"),
     ("models_torch_pruning", "models_torch_pruning"),
     ("llm_peer", "llm_peer"),
+    ("llm_heads", "llm_heads"),
     ("llm_layerwise_memory", "llm_layerwise_memory"),
 )
 

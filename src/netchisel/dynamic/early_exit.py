@@ -38,6 +38,7 @@ from netchisel.dynamic.confidence import check_threshold, fires, soft_kl
 from netchisel.dynamic.costs import exit_macs
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.heads import make_head
+from netchisel.dynamic.labelled import classifier_logits, labelled, split_accuracy
 from netchisel.dynamic.thresholds import Outcome, calibrate, outcome_of, trade_off
 
 STAGE = "dynamic.early_exit"
@@ -123,16 +124,6 @@ class Calibration:
     sweep: list[tuple[float, Outcome]] = field(default_factory=list)
 
 
-def _logits(out: object) -> Tensor:
-    if not isinstance(out, Tensor) or out.dim() != 2 or not out.is_floating_point():
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ConfigError(
-            f"{STAGE}: the model's output is {shape}; early exit needs a classifier's "
-            "(N, classes) logits"
-        )
-    return out
-
-
 @register(EarlyExitConfig)
 def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Module:
     """Attach, train and calibrate exits; returns the `EarlyExitModel` around `model`."""
@@ -144,7 +135,7 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = tuple(t.to(device) for t in task.example_inputs(2))
     chain = plan_chain(model, list(config.exits), example)
-    classes = _logits(chain.output).shape[-1]
+    classes = classifier_logits(chain.output, STAGE).shape[-1]
     for k, value in enumerate(config.thresholds):
         check_threshold(config.criterion, value, classes, f"thresholds[{k}]")
     with seeded(ctx.seed):
@@ -152,7 +143,7 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
             make_head(f, classes, config.pool, name).to(device)
             for f, name in zip(chain.features, config.exits, strict=True)
         ]
-    reference = _accuracy(model, task, config.split)
+    reference = split_accuracy(model, task, config.split, STAGE)
     with restored_on_error(model):
         dyn = EarlyExitModel(
             model, heads, chain.steps, chain.exit_after, [], config.criterion, classes
@@ -246,7 +237,7 @@ def calibrate_exits(
         [0.0, 1.0]
     """
     if reference is None:
-        reference = _accuracy(model.backbone, task, split)
+        reference = split_accuracy(model.backbone, task, split, STAGE)
     logits, labels = _outputs(model, task, split)
     device = next(model.parameters()).device
     example = task.inputs_of(next(iter(task.loader(split, batch_size=1))))[0].to(device)
@@ -270,34 +261,6 @@ def calibrate_exits(
     return Calibration(found, macs.per_exit(live), macs.static, sweep)
 
 
-def _accuracy(model: nn.Module, task: Task, split: str) -> float:
-    """Accuracy in percent of `model`'s argmax on a split (the model without exits)."""
-    correct = total = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in task.loader(split):
-                x, y = _labelled(task, batch)
-                correct += int((_logits(model(x)).argmax(-1) == y).sum())
-                total += len(y)
-    finally:
-        model.train(was_training)
-    if total == 0:
-        raise ConfigError(f"{STAGE}: the {split!r} split is empty; thresholds need data")
-    return 100.0 * correct / total
-
-
-def _labelled(task: Task, batch: Batch) -> tuple[Tensor, Tensor]:
-    inputs = task.inputs_of(batch)
-    if len(batch) < 2 or batch[1].dim() != 1 or batch[1].is_floating_point():
-        raise ConfigError(
-            f"{STAGE}: task {task.name!r} has no class labels; early exit needs a "
-            "classification task"
-        )
-    return inputs[0], batch[1]
-
-
 def _outputs(model: EarlyExitModel, task: Task, split: str) -> tuple[list[Tensor], Tensor]:
     """Every exit's and the final logits on a split, concatenated, and the labels."""
     device = next(model.parameters()).device
@@ -306,7 +269,7 @@ def _outputs(model: EarlyExitModel, task: Task, split: str) -> tuple[list[Tensor
     model.eval()
     with torch.no_grad():
         for batch in task.loader(split):
-            x, y = _labelled(task, batch)
+            x, y = labelled(task, batch, STAGE)
             chunks.append([z.float().cpu() for z in model.all_outputs(x.to(device))])
             labels.append(y.cpu())
     return [torch.cat(parts) for parts in zip(*chunks, strict=True)], torch.cat(labels)
@@ -318,7 +281,7 @@ def _train(model: EarlyExitModel, config: EarlyExitConfig, task: Task, ctx: Cont
     frozen = [p for p in model.backbone.parameters() if p.requires_grad] if distill else []
 
     def loss_fn(_: nn.Module, batch: Batch) -> Tensor:
-        x, y = _labelled(task, batch)
+        x, y = labelled(task, batch, STAGE)
         if distill:
             model.backbone.eval()  # frozen: BatchNorm statistics and dropout stay as they were
             with torch.no_grad():

@@ -37,6 +37,7 @@ from netchisel.core.state import restored_on_error, seeded
 from netchisel.core.task import Batch, Task
 from netchisel.core.train import TrainConfig, check_training, fit, train_settings
 from netchisel.dynamic.confidence import soft_kl
+from netchisel.dynamic.labelled import labelled, split_accuracy
 from netchisel.dynamic.thresholds import BUDGETS
 from netchisel.dynamic.width_gate import (
     GateOutcome,
@@ -141,7 +142,7 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
     example = task.example_inputs(2)[0].to(device)
     widths = list(config.widths)
     plan = plan_width(model, widths, example)
-    reference = accuracy(model, task, config.split)
+    reference = split_accuracy(model, task, config.split, STAGE)
     with restored_on_error(model):
         if config.reorder:
             reorder_channels_(model, plan)
@@ -268,41 +269,8 @@ def width_accuracies(model: WidthModel, task: Task, split: str = "val") -> list[
     return [100.0 * float(c.double().mean()) for c in correct]
 
 
-def accuracy(model: nn.Module, task: Task, split: str) -> float:
-    """Accuracy in percent of `model`'s argmax on a split."""
-    correct = total = 0
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in task.loader(split):
-                x, y = _labelled(task, batch)
-                out = model(x.to(_device(model)))
-                if out.dim() != 2 or not out.is_floating_point():
-                    raise ConfigError(
-                        f"{STAGE}: the model's output is {tuple(out.shape)}; per-sample width "
-                        "needs a classifier's (N, classes) logits"
-                    )
-                correct += int((out.argmax(-1).cpu() == y).sum())
-                total += len(y)
-    finally:
-        model.train(was)
-    if total == 0:
-        raise ConfigError(f"{STAGE}: the {split!r} split is empty; calibration needs data")
-    return 100.0 * correct / total
-
-
 def _device(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def _labelled(task: Task, batch: Batch) -> tuple[Tensor, Tensor]:
-    if len(batch) < 2 or batch[1].dim() != 1 or batch[1].is_floating_point():
-        raise ConfigError(
-            f"{STAGE}: task {task.name!r} has no class labels; per-sample width needs a "
-            "classification task"
-        )
-    return task.inputs_of(batch)[0], batch[1]
 
 
 def _split_outputs(model: WidthModel, task: Task, split: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -314,7 +282,7 @@ def _split_outputs(model: WidthModel, task: Task, split: str) -> tuple[Tensor, T
     model.eval()
     with torch.no_grad():
         for batch in task.loader(split):
-            x, y = _labelled(task, batch)
+            x, y = labelled(task, batch, STAGE)
             x = x.to(device)
             gates.append(model.gate(x).float().cpu())
             outs = [model.run_width(x, k).argmax(-1).cpu() for k in range(len(model.widths))]
@@ -339,7 +307,7 @@ def train_widths(model: WidthModel, config: WidthConfig, task: Task, ctx: Contex
     """Train every width of `model` (not the gate) through `fit`; the loss of every step."""
 
     def loss_fn(_: nn.Module, batch: Batch) -> Tensor:
-        x, y = _labelled(task, batch)
+        x, y = labelled(task, batch, STAGE)
         order = _order(config, len(model.widths))
         widest = model.run_width(x, order[0])
         total = nn.functional.cross_entropy(widest, y)
@@ -401,7 +369,7 @@ def train_gate(model: WidthModel, config: WidthConfig, task: Task, ctx: Context)
     model.eval()
 
     def loss_fn(gate: nn.Module, batch: Batch) -> Tensor:
-        x, y = _labelled(task, batch)
+        x, y = labelled(task, batch, STAGE)
         with torch.no_grad():
             probs = torch.stack(
                 [model.run_width(x, k).float().softmax(-1) for k in range(len(model.widths))]

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from netchisel.artifact.describe import decode_value, describe, encode_value, rebuild
+from netchisel.artifact.describe import describe, rebuild
+from netchisel.artifact.values import decode_value, encode_value
 from netchisel.core.errors import ArtifactError
 
 

@@ -22,11 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from netchisel.artifact.codecs import DTYPES, decode_checked, get_codec, smallest_codec
-from netchisel.artifact.describe import (
-    JSON,
-    check_layer_shapes,
-    declared_bytes,
-)
+from netchisel.artifact.describe import check_layer_shapes, declared_bytes
 from netchisel.artifact.exports import get_export, needs_inputs
 from netchisel.artifact.schema import check_manifest
 from netchisel.artifact.structure import (
@@ -42,6 +38,7 @@ from netchisel.artifact.structure import (
     with_versions,
 )
 from netchisel.artifact.trust import Allowed, Trusted
+from netchisel.artifact.values import JSON
 from netchisel.core.errors import (
     ArtifactError,
     ConfigError,

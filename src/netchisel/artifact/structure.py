@@ -16,17 +16,16 @@ import torch
 from torch import nn
 
 from netchisel.artifact.describe import (
-    JSON,
     apply_tensor_specs,
     attributes,
     describe,
-    encode_value,
     rebuild,
     refresh_caches,
     set_attributes,
     tensor_specs,
 )
 from netchisel.artifact.trust import Allowed
+from netchisel.artifact.values import JSON, encode_value
 from netchisel.core.errors import ArtifactError, ModelError, NetChiselError, first_line
 from netchisel.core.modules import (
     build,

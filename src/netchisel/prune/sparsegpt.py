@@ -253,7 +253,9 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
         widths = {name: layer.in_features for name, layer in layers.items()}
         check_n_of_m(widths, pattern[1], "prune.sparsegpt")
     earlier = _earlier_pruned(model, layers)
-    solved: dict[str, tuple[SparseResult, float]] = {}
+    # Per solved layer: its keep mask, output error and damping (not the float weight, which
+    # is copied into the layer at once: held for every layer it would double the model).
+    solved: dict[str, tuple[Tensor, float, float]] = {}
 
     def solve(group: dict[str, LayerInputs]) -> None:
         for name, seen in group.items():
@@ -274,18 +276,18 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
                 ) from None
             error = output_error(weight, result.weight, seen.gram)  # type: ignore[arg-type]
             weight.copy_(result.weight)
-            solved[name] = (result, error)
+            solved[name] = (result.keep, error, result.damping)
 
     how = Layerwise(config.NAME, config.calibration_samples, config.blocks)
     with restored_on_error(model):
         run = run_layerwise(model, layers, task, solve, how, ctx)
-        for name, (result, _) in solved.items():
-            set_mask(model, f"{name}.weight", result.keep)
-    total = sum(r.keep.numel() for r, _ in solved.values())
+        for name, (keep, _, _) in solved.items():
+            set_mask(model, f"{name}.weight", keep)
+    total = sum(keep.numel() for keep, _, _ in solved.values())
     ctx.record(
-        sparsity=sum(int((~r.keep).sum()) for r, _ in solved.values()) / total,
-        layer_output_error={n: e for n, (_, e) in solved.items()},
-        damping={n: r.damping for n, (r, _) in solved.items()},
+        sparsity=sum(int((~keep).sum()) for keep, _, _ in solved.values()) / total,
+        layer_output_error={n: e for n, (_, e, _) in solved.items()},
+        damping={n: d for n, (_, _, d) in solved.items()},
         calibration_samples=run.samples,
         note=DENSE_KERNEL_NOTE,
         **({"left_dense": left_dense} if left_dense else {}),

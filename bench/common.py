@@ -69,6 +69,14 @@ def spread(values: list[float], by_seed: bool = False) -> dict[str, Any]:
     return {**out, "median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def split_tensors(task: Any, split: str = "test") -> tuple[Any, Any]:
+    """A task split's inputs and labels, each concatenated into one tensor."""
+    import torch
+
+    batches = list(task.loader(split))
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+
+
 def ab_entry(cmp: Any) -> dict[str, Any]:
     """A `compare_latency` result as the JSON every bench records: ratio, medians, p10-p90."""
     return {

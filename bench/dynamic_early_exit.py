@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 import torch
-from common import ab_entry, saturated_note, shipped, spread, write_result
+from common import ab_entry, saturated_note, shipped, split_tensors, spread, write_result
 from torch import Tensor, nn
 
 from netchisel.core.context import Context
@@ -72,11 +72,6 @@ SETUPS: dict[str, dict[str, Any]] = {
         },
     },
 }
-
-
-def _test_inputs(task: Any) -> tuple[Tensor, Tensor]:
-    batches = list(task.loader("test"))
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 def _exits_on(model: Any, x: Tensor) -> Tensor:
@@ -129,7 +124,7 @@ def run_seed(name: str, seed: int, rounds: int) -> dict[str, Any]:
     model = early_exit(backbone, config, ctx)
     seconds = time.perf_counter() - t0
     r = ctx.records
-    x, _ = _test_inputs(task)
+    x, _ = split_tensors(task)
     loaded, artifact_bytes = shipped(model, (x[:64],))
     fractions = _fractions(_exits_on(loaded, x), len(config.exits))
     costs = r["macs_per_exit"]

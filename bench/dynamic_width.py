@@ -41,7 +41,7 @@ import time
 from typing import Any
 
 import torch
-from common import saturated_note, shipped, spread, write_result
+from common import saturated_note, shipped, split_tensors, spread, write_result
 from torch import Tensor, nn
 
 from netchisel.core.context import Context
@@ -79,11 +79,6 @@ SETUPS: dict[str, dict[str, Any]] = {
         },
     },
 }
-
-
-def _test_split(task: Any) -> tuple[Tensor, Tensor]:
-    batches = list(task.loader("test"))
-    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
 def _split(task: Any, split: str) -> tuple[Tensor, Tensor]:
@@ -206,7 +201,7 @@ def run_seed(name: str, seed: int, rounds: int, smoke: bool = False) -> dict[str
         found = calibrate_gate(model, task, bias=1e9)
         budget_met = False
     seconds = time.perf_counter() - t0
-    x, y = _test_split(task)
+    x, y = split_tensors(task)
     loaded, artifact_bytes = shipped(model, (x[:64],))
     per_width, gate, static_macs = width_macs(loaded, x)
     preds, choice = _per_width(loaded, x)

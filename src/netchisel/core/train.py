@@ -6,9 +6,10 @@ train all derive their config from it, so `lr`, `optimizer`, `weight_decay`, `lr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Self
 
@@ -103,6 +104,28 @@ def train_settings(config: TrainConfig, steps: int | None, epochs: float = 1.0) 
         schedule=config.lr_schedule,
         batch_size=config.batch_size,
     )
+
+
+@contextlib.contextmanager
+def frozen(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Train with these parameters held fixed; those that required grad do again afterwards.
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> with frozen(layer.parameters()):
+        ...     layer.weight.requires_grad
+        False
+        >>> layer.weight.requires_grad
+        True
+    """
+    held = [p for p in parameters if p.requires_grad]
+    for p in held:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in held:
+            p.requires_grad_(True)
 
 
 def check_training(stage: str, lr: float, batch_size: int | None) -> None:

@@ -32,7 +32,7 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error, seeded
 from netchisel.core.task import Batch, Task
-from netchisel.core.train import TrainConfig, check_training, fit, train_settings
+from netchisel.core.train import TrainConfig, check_training, fit, frozen, train_settings
 from netchisel.dynamic.chain import plan_chain
 from netchisel.dynamic.confidence import check_threshold, fires, soft_kl
 from netchisel.dynamic.costs import exit_macs
@@ -278,7 +278,6 @@ def _outputs(model: EarlyExitModel, task: Task, split: str) -> tuple[list[Tensor
 def _train(model: EarlyExitModel, config: EarlyExitConfig, task: Task, ctx: Context) -> list[float]:
     weights = list(config.weights) or [1.0] * len(model.heads)
     distill = config.training == "distill"
-    frozen = [p for p in model.backbone.parameters() if p.requires_grad] if distill else []
 
     def loss_fn(_: nn.Module, batch: Batch) -> Tensor:
         x, y = labelled(task, batch, STAGE)
@@ -301,11 +300,6 @@ def _train(model: EarlyExitModel, config: EarlyExitConfig, task: Task, ctx: Cont
             total = total + w * nn.functional.cross_entropy(out, y)
         return total
 
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with frozen(model.backbone.parameters() if distill else ()):
         settings = train_settings(config, config.steps, config.epochs)
         return fit(model, task, settings, ctx, loss_fn=loss_fn)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)

@@ -35,7 +35,7 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error, seeded
 from netchisel.core.task import Batch, Task
-from netchisel.core.train import TrainConfig, check_training, fit, train_settings
+from netchisel.core.train import TrainConfig, check_training, fit, frozen, train_settings
 from netchisel.dynamic.confidence import soft_kl
 from netchisel.dynamic.labelled import labelled, split_accuracy
 from netchisel.dynamic.thresholds import BUDGETS
@@ -320,15 +320,9 @@ def train_widths(model: WidthModel, config: WidthConfig, task: Task, ctx: Contex
                 total = total + nn.functional.cross_entropy(out, y)
         return total
 
-    frozen = [p for p in model.gate.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
+    with frozen(model.gate.parameters()):
         settings = train_settings(config, config.steps, config.epochs)
         return fit(model, task, settings, ctx, loss_fn=loss_fn)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
 
 
 def recalibrate_norms(model: WidthModel, task: Task, samples: int) -> None:

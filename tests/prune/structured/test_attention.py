@@ -5,7 +5,6 @@ the output projection; counts, widths and MACs follow exactly."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,7 @@ from netchisel.prune.structured.attention import (
     attention_layouts,
     cut_heads,
 )
-
-needs_hf = pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is None, reason="needs transformers"
-)
+from tests.prune.structured._hf import needs_hf, tiny_llama
 
 
 class _Fused(nn.Module):
@@ -166,20 +162,9 @@ def test_a_multihead_attention_with_bias_k_is_not_a_known_layout() -> None:
     assert (layout.kind, layout.heads, layout.kv_heads, layout.head_dim) == ("mha", 2, 2, 4)
 
 
-def _llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=64, max_position_embeddings=32,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval()
-
-
 @needs_hf
 def test_grouped_query_attention_keeps_whole_kv_groups() -> None:
-    net = _llama()
+    net = tiny_llama()
     reference = copy.deepcopy(net)
     ids = torch.randint(0, 64, (2, 6))
     assert net.config.use_cache

@@ -5,7 +5,6 @@ residual stream, Hugging Face's Conv1D and key/value cache, runaway groups)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import time
 
 import pytest
@@ -25,10 +24,7 @@ from netchisel.prune.structured.graph import (
     no_kv_cache,
     traceable,
 )
-
-needs_hf = pytest.mark.skipif(
-    importlib.util.find_spec("transformers") is None, reason="needs transformers"
-)
+from tests.prune.structured._hf import needs_hf, tiny_llama
 
 
 def _prune(net: nn.Module, inputs: tuple[Tensor, ...], **kwargs: object) -> dict[str, object]:
@@ -209,20 +205,9 @@ def test_bounded_groups_stop_a_group_past_its_limit() -> None:
             dg.get_pruning_group(net.ch1, root, list(range(16)))
 
 
-def _llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, vocab_size=64, max_position_embeddings=32,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval()
-
-
 @needs_hf
 def test_a_causal_lm_prunes_in_seconds_without_setting_use_cache() -> None:
-    net = _llama()
+    net = tiny_llama()
     ids = torch.randint(0, 64, (1, 6))
     with no_kv_cache(net):
         assert net.config.use_cache is False

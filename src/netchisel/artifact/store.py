@@ -180,8 +180,11 @@ def load(directory: str | Path, *, trust: Iterable[Trusted] = ()) -> nn.Module:
             with_versions(model, {k: v for k, v in state.items() if k not in extra}),
             strict=True,
         )
-    except NetChiselError:
+        check_loaded(model)
+    except ArtifactError:
         raise
+    except NetChiselError as e:
+        raise ArtifactError(f"{root} cannot be rebuilt: {e}") from None
     except (TypeError, ValueError, KeyError, IndexError, RuntimeError, MemoryError) as e:
         # Whatever a malformed file still provokes is one line, not a traceback.
         raise ArtifactError(
@@ -331,6 +334,25 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_loaded(model: nn.Module) -> None:
+    """Call `check_loaded()` of every module class that defines one (netchisel's dynamic
+    models check their plain attributes, which a manifest sets: widths, thresholds, exits,
+    top-k), so a hostile value is refused at load, not met at the first forward.
+
+    Example:
+        >>> class Half(nn.Module):
+        ...     def check_loaded(self) -> None:
+        ...         raise ValueError("bad")
+        >>> check_loaded(nn.Sequential(Half()))
+        Traceback (most recent call last):
+        ValueError: bad
+    """
+    for module in model.modules():
+        check = getattr(type(module), "check_loaded", None)  # the class's, never an attribute
+        if callable(check):
+            check(module)
 
 
 def _export(

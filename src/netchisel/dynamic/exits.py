@@ -75,6 +75,22 @@ class EarlyExitModel(nn.Module):
         """The module after which each exit sits."""
         return [self.steps[i] for i in self.exit_after]
 
+    def check_loaded(self) -> None:
+        """The attributes a manifest set agree with each other: exits at increasing steps
+        before the last, one head each, thresholds in range, one fraction per path."""
+        after, steps = self.exit_after, self.steps
+        if not all(isinstance(i, int) and 0 <= i < len(steps) - 1 for i in after):
+            raise ConfigError(f"dynamic.early_exit: exit_after {after!r} is not steps' indices")
+        if any(a >= b for a, b in itertools.pairwise(after)):
+            raise ConfigError(f"dynamic.early_exit: exit_after must increase, got {after}")
+        if len(after) != len(self.heads):
+            raise ConfigError("dynamic.early_exit: one exit position per head is needed")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"dynamic.early_exit: unknown criterion {self.criterion!r}")
+        self.set_thresholds(self.thresholds)
+        if self.exit_fractions and len(self.exit_fractions) != len(self.heads) + 1:
+            raise ConfigError("dynamic.early_exit: exit_fractions needs one share per path")
+
     def set_thresholds(self, thresholds: list[float]) -> None:
         """Set one threshold per exit, each checked against the criterion's range.
 

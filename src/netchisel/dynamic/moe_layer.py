@@ -138,6 +138,22 @@ class MoEFeedForward(nn.Module):
         """E, the number of experts."""
         return len(self.experts)
 
+    def check_loaded(self) -> None:
+        """What `__init__` checks, for a layer a manifest rebuilt (its attributes are data)."""
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool):
+            raise ConfigError(f"MoEFeedForward: top_k must be an integer, got {self.top_k!r}")
+        cf = self.capacity_factor
+        if cf is not None and not (isinstance(cf, (int, float)) and math.isfinite(cf)):
+            raise ConfigError(f"MoEFeedForward: capacity_factor must be a number, got {cf!r}")
+        check_routing(self.num_experts, self.top_k, cf, "MoEFeedForward")
+        if self.gating not in GATINGS:
+            raise ConfigError(f"MoEFeedForward: gating {self.gating!r} is not one of {GATINGS}")
+        if self.router.out_features != self.num_experts:
+            raise ConfigError(
+                f"MoEFeedForward: the router has {self.router.out_features} outputs for "
+                f"{self.num_experts} experts"
+            )
+
     def balance_loss(self) -> Tensor:
         """The Switch load-balancing loss of the last training forward (0 before any).
 

@@ -17,6 +17,7 @@ the width histogram of the calibration split are plain attributes, so `netchisel
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from netchisel.dynamic.width_slim import SlimPlan, slice_forward, tensor_of
+from netchisel.core.errors import ConfigError
+from netchisel.dynamic.width_slim import STAGE, SlimPlan, check_width, slice_forward, tensor_of
 from netchisel.measure.flops import count_flops
 
 
@@ -71,6 +73,27 @@ class WidthModel(nn.Module):
                 narrow.append(bn.to(tensor_of(full, "weight").device))
             norms.append(narrow)
         self.norms = nn.ModuleList(norms)
+
+    def check_loaded(self) -> None:
+        """The attributes a manifest set agree with each other: widths in (0, 1], increasing;
+        one channel count per width in every step; a valid fixed width and fractions."""
+        widths = self.widths
+        if not isinstance(widths, list) or not widths:
+            raise ConfigError(f"{STAGE}: widths must be a non-empty list, got {widths!r}")
+        for k, w in enumerate(widths):
+            check_width(w, f"widths[{k}]")
+        if any(a >= b for a, b in itertools.pairwise(widths)):
+            raise ConfigError(f"{STAGE}: widths must increase, got {widths}")
+        rows = [*self.channels_in, *self.channels_out]
+        if len(self.channels_in) != len(self.steps) or len(self.channels_out) != len(self.steps):
+            raise ConfigError(f"{STAGE}: one channel plan per step is needed")
+        if any(not isinstance(r, list) or len(r) != len(widths) for r in rows):
+            raise ConfigError(f"{STAGE}: every step needs one channel count per width")
+        fixed = self.fixed_width
+        if fixed is not None and not (isinstance(fixed, int) and 0 <= fixed < len(widths)):
+            raise ConfigError(f"{STAGE}: fixed_width {fixed!r} is not an index of widths")
+        if self.width_fractions and len(self.width_fractions) != len(widths):
+            raise ConfigError(f"{STAGE}: width_fractions needs one share per width")
 
     def _module(self, j: int) -> nn.Module:
         module = self.backbone

@@ -1,0 +1,95 @@
+"""A dynamic model's plain attributes come from the manifest, which is hostile data: values
+that disagree with the model (a width above 1, an exit past the last step, top-k above the
+experts) are refused at load in one line, not met at the first forward."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import netchisel as nc
+from netchisel.core.errors import ArtifactError
+from netchisel.core.task import classification_task
+from netchisel.dynamic import EarlyExitConfig, WidthConfig
+from netchisel.dynamic.moe_layer import MoEFeedForward, make_expert
+from netchisel.dynamic.moe_model import MoEModel
+from tests.dynamic._nets import conv_chain, labelled_by
+
+
+def _edited(path: Path, attr: str, value: Any) -> None:
+    """Set every `attr` in the manifest's described attributes to `value`."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    hits = 0
+
+    def walk(node: Any) -> None:
+        nonlocal hits
+        if isinstance(node, dict):
+            if attr in node.get("attrs", {}):
+                node["attrs"][attr] = value
+                hits += 1
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(manifest)
+    assert hits, attr
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _width(tmp: Path) -> Path:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 16, 2),
+    )  # fmt: skip
+    x = torch.randn(64, 1, 4, 4)
+    data = TensorDataset(x, (x.mean((1, 2, 3)) > 0).long())
+    task = classification_task({"train": data, "val": data}, batch_size=16)
+    config = WidthConfig(widths=(0.5, 1.0), steps=3, gate_steps=3, max_drop=100.0)
+    return nc.save(nc.dynamic_(net, config, task), tmp / "width")
+
+
+def _exits(tmp: Path) -> Path:
+    net = conv_chain()
+    config = EarlyExitConfig(exits=("1",), steps=3, max_drop=100.0)
+    return nc.save(nc.dynamic_(net, config, labelled_by(net)), tmp / "exits")
+
+
+def _moe(tmp: Path) -> Path:
+    layer = MoEFeedForward(nn.Linear(4, 2), [make_expert(4, 8, 4, nn.ReLU())] * 2, None)
+    return nc.save(MoEModel(nn.Sequential(layer, nn.Linear(4, 3)), ["0"]), tmp / "moe")
+
+
+CASES: list[tuple[Callable[[Path], Path], str, Any, str]] = [
+    (_width, "widths", [5.0, 1.0], r"widths\[0\] = 5.0 is outside \(0, 1\]"),
+    (_width, "widths", [1.0, 0.5], "widths must increase"),
+    (_width, "widths", [0.5], "one channel count per width"),
+    (_width, "fixed_width", 7, "fixed_width 7 is not an index"),
+    (_exits, "exit_after", [9], r"exit_after \[9\] is not steps' indices"),
+    (_exits, "thresholds", [3.0], r"thresholds\[0\] = 3.0 is outside"),
+    (_exits, "exit_fractions", [1.0], "one share per path"),
+    (_moe, "top_k", 5, "top_k = 5 is more than experts = 2"),
+    (_moe, "capacity_factor", -1.0, "capacity"),
+    (_moe, "gating", "os.system", "gating 'os.system' is not one of"),
+]
+
+
+@pytest.mark.parametrize(("make", "attr", "value", "message"), CASES)
+def test_a_hostile_attribute_is_refused_at_load(
+    make: Callable[[Path], Path], attr: str, value: Any, message: str, tmp_path: Path
+) -> None:
+    path = make(tmp_path)
+    nc.load(path)  # as saved: loads
+    _edited(path, attr, value)
+    with pytest.raises(ArtifactError, match=message) as err:
+        nc.load(path)
+    assert "\n" not in str(err.value)

@@ -116,11 +116,34 @@ def pad_to_groups(w: Tensor, spec: QuantSpec) -> Tensor:
     return F.pad(w, (0, pad)) if pad else w
 
 
+def symmetric_steps(spec: QuantSpec) -> float:
+    """How many steps of the scale a symmetric grid puts between 0 and the largest |value|.
+
+    Below 8 bits the grid uses all of its 2**bits levels: `amax` maps to `qmax + 1/2` steps,
+    so -amax lands on qmin and +amax rounds to qmax with an error of half a step, no more
+    than any other value's (the divisor of compressed-tensors, llm-compressor and PyTorch's
+    symmetric observers). Mapping `amax` to `qmax` instead leaves qmin unused: 7 of 8 levels
+    at 3 bits, a step 1/6 wider than needed. 8-bit grids keep the restricted [-127, 127]
+    range of the int8 kernels and exports (negation stays exact; the loss is 1/255 of a step).
+
+    Example:
+        >>> symmetric_steps(QuantSpec(bits=3)), symmetric_steps(QuantSpec(bits=8))
+        (3.5, 127.0)
+    """
+    return spec.qmax + 0.5 if spec.bits < 8 else float(spec.qmax)
+
+
 def qparams_from_range(lo: Tensor, hi: Tensor, spec: QuantSpec) -> tuple[Tensor, Tensor]:
-    """Scale and integer zero point that map `[lo, hi]` onto the spec's integer range."""
+    """Scale and integer zero point that map `[lo, hi]` onto the spec's integer range.
+
+    Example:
+        >>> s, z = qparams_from_range(torch.tensor([-1.0]), torch.tensor([0.5]), QuantSpec(3))
+        >>> round(float(s[0]), 4), float(z[0])
+        (0.2857, 0.0)
+    """
     if spec.symmetric:
         amax = torch.maximum(lo.abs(), hi.abs())
-        scale = amax / spec.qmax
+        scale = amax / symmetric_steps(spec)
         zero = torch.zeros_like(scale)
     else:
         lo = torch.minimum(lo, torch.zeros_like(lo))  # zero must be exactly representable

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from netchisel.calib import LayerInputs, Layerwise, run_layerwise
 from netchisel.calib.hessian import (
     damped_factors,
+    gram_error,
     layer_hessian,
     output_error,
     prepared_hessian,
@@ -61,6 +62,7 @@ from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
+from netchisel.prune.reconstruct import exact_weights, refined_mask
 from netchisel.prune.select import (
     check_n_of_m,
     checked_pattern,
@@ -86,6 +88,11 @@ class SparseGPTConfig(StageConfig):
     - `layers` / `exclude`: regexes over module names (default: every Linear).
     - `blocks`: name of the `nn.ModuleList` of transformer blocks; None finds the ModuleList
       holding the most chosen layers; "" runs every layer's pass through the whole model.
+    - `reconstruct`: after the sweep, solve each row's kept weights exactly by least squares
+      on the mask the sweep chose (`exact_weights`); costs O(rows x kept^3) per layer.
+    - `refine_steps`: alternate mask and update that many times (`refined_mask`, ADMM as in
+      Boza 2024), then solve exactly on whichever mask, the sweep's or ADMM's, loses less on
+      the calibration data; 0 keeps SparseGPT's mask. Implies reconstruct.
 
     Example:
         >>> SparseGPTConfig(pattern="2:4", layers=("blocks\\\\..*",)).blocksize
@@ -102,8 +109,15 @@ class SparseGPTConfig(StageConfig):
     layers: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
     blocks: str | None = None
+    reconstruct: bool = False
+    refine_steps: int = 0
 
     def validate(self) -> None:
+        if self.refine_steps < 0:
+            raise ConfigError(
+                f"prune.sparsegpt.refine_steps: must be >= 0 (0: off; 20 converges), "
+                f"got {self.refine_steps}"
+            )
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"prune.sparsegpt.sparsity: {self.sparsity} is not in [0, 1)")
         nm = checked_pattern("prune.sparsegpt", self.pattern, self.sparsity)
@@ -139,15 +153,21 @@ def sparsegpt_solve(
     blocksize: int = 128,
     damping: float = 0.01,
     pruned: Tensor | None = None,
+    *,
+    reconstruct: bool = False,
+    refine_steps: int = 0,
 ) -> SparseResult:
     """Prune `weight` (out, in) to `sparsity` (or N:M) keeping `weight @ x` for H's inputs.
 
     `hessian` is X^T X (any positive scale) of the layer's inputs, (in, in). Exactly
     `round(sparsity * weight.numel())` weights are zero in the result for unstructured
     sparsity; N:M keeps exactly N of every M consecutive inputs of each row. Entries where
-    `pruned` is True are pruned whatever their saliency (an earlier mask). If the damped H is
-    not positive definite in float32, or the result is not finite, the damping is raised
-    tenfold, up to `calib.hessian.DAMPING_RETRIES` times. Inputs are not modified.
+    `pruned` is True are pruned whatever their saliency (an earlier mask). `refine_steps`
+    moves the sweep's mask by ADMM (`reconstruct.refined_mask`); with it or `reconstruct`,
+    the kept weights are then solved exactly on the mask (`reconstruct.exact_weights`), both
+    against the damped H. If the damped H is not positive definite in float32, or the result
+    is not finite, the damping is raised tenfold, up to `calib.hessian.DAMPING_RETRIES`
+    times. Inputs are not modified.
 
     Example:
         >>> x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
@@ -161,6 +181,17 @@ def sparsegpt_solve(
         new, keep = _obs_prune(
             weight.detach().float(), factor, sparsity, pattern, blocksize, pruned
         )
+        if reconstruct or refine_steps:
+            damped = h + used * float(h.diagonal().mean()) * torch.eye(len(h), device=h.device)
+            new = exact_weights(weight, damped, keep)
+            if refine_steps:
+                # ADMM is a heuristic for the mask: its mask is kept only if the layer's
+                # output on the calibration data (undamped H) loses less with it.
+                moved = refined_mask(weight, damped, keep, sparsity, pattern, refine_steps, pruned)
+                other = exact_weights(weight, damped, moved)
+                w = weight.detach().float()
+                if gram_error(other - w, h) < gram_error(new - w, h):
+                    new, keep = other, moved
         if bool(torch.isfinite(new).all()):
             return SparseResult(new.to(weight.dtype), keep, used)
     raise unsolvable(damping)
@@ -269,6 +300,8 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
                     config.blocksize,
                     config.damping,
                     earlier.get(name),
+                    reconstruct=config.reconstruct,
+                    refine_steps=config.refine_steps,
                 )
             except ModelError as e:
                 raise ModelError(

@@ -117,10 +117,10 @@ def _layout(name: str, module: nn.Module) -> Layout | None:
         if not all(isinstance(children.get(p), nn.Linear) for p in (q, k, v)):
             continue
         head_dim = _int_attr(module, ("head_dim", "key_value_proj_dim", "attention_head_size"))
-        heads = heads or _config_int(module, "num_attention_heads")
         q_out: int = children[q].out_features
-        if heads is None and head_dim:
+        if heads is None and head_dim:  # the module's own width outlives a stale config count
             heads = q_out // head_dim
+        heads = heads or _config_int(module, "num_attention_heads")
         if not heads or q_out % heads:
             return None
         head_dim = q_out // heads

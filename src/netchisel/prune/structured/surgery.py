@@ -27,6 +27,7 @@ from netchisel.prune.structured.graph import (
     run_eval,
     traceable,
 )
+from netchisel.prune.structured.hf_config import sync_head_counts
 from netchisel.prune.structured.plan import Plan
 from netchisel.prune.structured.units import Unit
 
@@ -44,6 +45,7 @@ def _apply_plan(
         if unit.layout is not None and not bool(plan[unit.name].all()):
             for name, layout in ((unit.name, unit.layout), *unit.tied):
                 cut_heads(model, name, layout, plan[unit.name])
+    sync_head_counts(model)
     graph_units = [u for u in units if u.layout is None and not bool(plan[u.name].all())]
     if not graph_units:
         return

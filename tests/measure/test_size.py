@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -33,3 +34,21 @@ def test_memory_counts_the_float_weight_a_clustered_layer_keeps() -> None:
     layer = ClusteredLinear.from_linear(nn.Linear(64, 32), bits=4)
     # codebook 16 + bias 32 floats, the gathered 32 x 64 float weight, 32 x 64 uint8 indices
     assert memory_bytes(nn.Sequential(layer)) == {"float32": (16 + 32 + 2048) * 4, "uint8": 2048}
+
+
+class _Local(nn.Module):  # defined here, and so not a class an artifact can name
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)  # type: ignore[no-any-return]
+
+
+def test_a_model_no_artifact_can_hold_is_weighed_in_memory_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_Local, "__module__", "__main__")
+    with pytest.warns(UserWarning, match=r"bytes_on_disk not measured: .*__main__"):
+        s = size_stats(_Local())
+    assert s.bytes_on_disk is None and s.bytes_in_memory == 32 and s.params == 8

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from netchisel.core.errors import ModelError, first_line
 from netchisel.core.modules import prepare_kernels
 
 
@@ -83,12 +85,23 @@ def memory_bytes(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def disk_bytes(model: nn.Module) -> int:
-    """Save the model as an artifact in a temp dir and return the bytes `load` would read."""
+def disk_bytes(model: nn.Module) -> int | None:
+    """Save the model as an artifact in a temp dir and return the bytes `load` would read;
+    None, with a warning saying why, for a model an artifact cannot hold (a class defined in
+    `__main__`, say): the other measurements still stand, and no size is made up.
+
+    Example:
+        >>> disk_bytes(nn.Linear(3, 2)) > 32
+        True
+    """
     from netchisel.artifact.store import artifact_bytes, save
 
     with tempfile.TemporaryDirectory() as tmp:
-        return artifact_bytes(save(model, f"{tmp}/model"))
+        try:
+            return artifact_bytes(save(model, f"{tmp}/model"))
+        except ModelError as e:
+            warnings.warn(f"bytes_on_disk not measured: {first_line(e)}", stacklevel=3)
+            return None
 
 
 def size_stats(model: nn.Module, on_disk: bool = True) -> SizeStats:

@@ -600,3 +600,22 @@ def test_training_flags_and_hooks_restored() -> None:
         count_flops(Broken(), torch.randn(2))
     assert [dict(h) for h in hooks] == before_hooks
     assert count_flops(nn.ReLU(), torch.randn(3)).flops == 3  # a clean stack afterwards
+
+
+def test_a_container_never_called_counts_its_children() -> None:
+    class _Blocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            for block in self.blocks:
+                x = block(x)
+            return self.head(x)  # type: ignore[no-any-return]
+
+    count = count_flops(_Blocks(), (torch.zeros(1, 4),))
+    assert count.macs_by_module == {
+        "": 56, "blocks": 48, "blocks.0": 16, "blocks.1": 16, "blocks.2": 16, "head": 8
+    }  # fmt: skip
+    assert count.flops_by_module["blocks"] == 3 * 36

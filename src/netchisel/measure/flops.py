@@ -177,6 +177,20 @@ class _Tally:
                 self.macs_by_module[module] = self.macs_by_module.get(module, 0) + cost.macs
 
 
+def _inclusive(model: nn.Module, counted: dict[str, int]) -> dict[str, int]:
+    """Per-module totals; a container that is never called itself (a ModuleList, a ModuleDict)
+    counts what its children did, as a called module does."""
+    out: dict[str, int] = {}
+    named = list(model.named_modules())
+    for name, module in reversed(named):  # children come after their parent
+        if name in counted:
+            out[name] = counted[name]
+        else:
+            prefix = f"{name}." if name else ""
+            out[name] = sum(out.get(prefix + child, 0) for child, _ in module.named_children())
+    return {name: out[name] for name, _ in named}
+
+
 class _CountingMode(TorchDispatchMode):
     def __init__(self, tally: _Tally) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
@@ -275,8 +289,8 @@ def count_flops(model: nn.Module, example_inputs: Any) -> FlopCount:
     prepare_kernels(model)
     with _eval_mode(model), torch.no_grad(), _module_stack(model, tally), _CountingMode(tally):
         model(*args, **kwargs)
-    by_module = {name: tally.flops_by_module.get(name, 0) for name, _ in model.named_modules()}
-    macs_by_module = {name: tally.macs_by_module.get(name, 0) for name in by_module}
+    by_module = _inclusive(model, tally.flops_by_module)
+    macs_by_module = _inclusive(model, tally.macs_by_module)
     return FlopCount(
         flops=tally.flops_by_module.get("", 0),
         macs=tally.macs_by_module.get("", 0),

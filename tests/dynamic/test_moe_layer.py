@@ -119,3 +119,43 @@ def test_routing_errors_name_the_value() -> None:
         MoEFeedForward(nn.Linear(4, 2), _experts(2), None, gating="dense")
     with pytest.raises(ConfigError, match="router has 3 outputs for 2 experts"):
         MoEFeedForward(nn.Linear(4, 3), _experts(2), None)
+
+
+def test_z_loss_hand_computed_and_it_has_a_gradient() -> None:
+    # Logits (ln 3, 0) for every token: logsumexp = ln 4, z-loss = (ln 4)^2 = 1.9218...
+    moe = MoEFeedForward(
+        _router([[0.0], [0.0]], [math.log(3.0), 0.0]), _experts(2, d=1, h=2), None
+    ).train()
+    moe(torch.randn(5, 1))
+    assert float(moe.z_loss()) == pytest.approx(math.log(4.0) ** 2, abs=1e-6)
+    moe.z_loss().backward()
+    assert moe.router.bias.grad is not None
+    # d/db_i of (lse)^2 = 2 lse p_i: (2 ln 4 * 3/4, 2 ln 4 * 1/4)
+    want = [2 * math.log(4.0) * 0.75, 2 * math.log(4.0) * 0.25]
+    assert moe.router.bias.grad.tolist() == pytest.approx(want, abs=1e-6)
+    fresh = MoEFeedForward(nn.Linear(1, 2), _experts(2, d=1, h=2), None)
+    assert float(fresh.z_loss()) == 0.0  # before any training forward
+
+
+def test_jitter_moves_training_routing_only() -> None:
+    # Router logits x * (1, -1) + (0, 0.5): token x = 0.3 sits near the boundary (0.25).
+    torch.manual_seed(0)
+    experts = _experts(2, d=1, h=2)
+    x = torch.full((400, 1), 0.3)
+    still = MoEFeedForward(_router([[1.0], [-1.0]], [0.0, 0.5]), experts, None).train()
+    still(x)
+    assert still.stats["load"] == [400, 0]  # no jitter: every token to expert 0
+    moe = MoEFeedForward(_router([[1.0], [-1.0]], [0.0, 0.5]), experts, None, jitter=0.5)
+    moe.train()(x)
+    # x * U(0.5, 1.5) < 0.25 with probability 1/3: about 133 of 400 go to expert 1.
+    assert 90 < moe.stats["load"][1] < 180
+    moe.eval()
+    with torch.no_grad():
+        assert torch.equal(moe(x), still.eval()(x))  # eval forwards never jitter
+        assert moe.stats["load"] == [400, 0]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), True])
+def test_jitter_outside_zero_one_is_one_line(bad: float) -> None:
+    with pytest.raises(ConfigError, match=r"^MoEFeedForward: jitter must be in \[0, 1\), got "):
+        MoEFeedForward(nn.Linear(4, 2), _experts(2), None, jitter=bad)

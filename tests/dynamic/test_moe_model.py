@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import Subset
 
 import netchisel as nc
 from netchisel.core.context import Context
+from netchisel.core.errors import ArtifactError
 from netchisel.core.task import language_model_task
 from netchisel.dynamic.moe import MoEConfig, moe
 from netchisel.dynamic.moe_layer import MoEFeedForward
@@ -30,6 +32,8 @@ def _switch_gpt() -> tuple[nn.Module, object]:
         top_k=2,
         expert_hidden=8,
         capacity_factor=1.0,
+        jitter=0.01,
+        z_loss=1e-3,
         steps=3,
     )
     return moe(model, config, Context(task, quiet=True)), task
@@ -47,10 +51,24 @@ def test_save_and_load_round_trip_bit_exactly(tmp_path: Path) -> None:
     layer = loaded.model.blocks[0].mlp
     assert isinstance(layer, MoEFeedForward)
     assert (layer.top_k, layer.capacity_factor, layer.gating) == (2, 1.0, "renorm")
+    assert layer.jitter == 0.01
     with torch.no_grad():
         assert torch.equal(loaded(*x), want)
     assert layer.stats == dyn.model.blocks[0].mlp.stats
     assert float(layer.balance_loss()) == 0.0  # training state is not saved
+    assert float(layer.z_loss()) == 0.0
+
+
+def test_a_hostile_jitter_is_refused_at_load(tmp_path: Path) -> None:
+    dyn, _ = _switch_gpt()
+    path = nc.save(dyn, tmp_path / "moe")
+    manifest = path / "manifest.json"
+    text = manifest.read_text()
+    assert text.count('"jitter":0.01') == 2  # one per layer
+    manifest.write_text(text.replace('"jitter":0.01', '"jitter":7.0'))
+    with pytest.raises(ArtifactError, match=r"jitter must be in \[0, 1\), got 7.0") as err:
+        nc.load(path)
+    assert "\n" not in str(err.value)
 
 
 def test_profile_reports_the_expected_macs() -> None:

@@ -17,7 +17,9 @@
    of width `expert_hidden`, default the block's) or `upcycle` (every expert a copy of the
    block, Komatsuzaki et al. 2022), a fresh router, then the whole model trains on the task's
    loss plus `balance` times the mean over layers of the load-balancing loss (0 = the ablation
-   without it). Gates: the router probability for top_k = 1, renormalised over the k chosen
+   without it) plus `z_loss` times the mean router z-loss (ST-MoE, Zoph et al. 2022); `jitter`
+   multiplies the routers' inputs by U(1 - jitter, 1 + jitter) noise while training
+   (Switch). Gates: the router probability for top_k = 1, renormalised over the k chosen
    for top_k > 1 (so an upcycled layer starts as the dense block).
 4. The routing is measured on `split` (`measure_routing`) and kept on the returned `MoEModel`
    for `dynamic_costs`; the records give the load coefficient of variation, dropped tokens and
@@ -28,6 +30,7 @@ A failure leaves the model handed in as it was.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -40,11 +43,18 @@ from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
-from netchisel.core.task import Batch, Task
-from netchisel.core.train import TrainConfig, TrainSettings, check_training, fit, train_settings
+from netchisel.core.task import Batch, Task, logits_of
+from netchisel.core.train import (
+    TrainConfig,
+    TrainSettings,
+    check_training,
+    fit,
+    frozen,
+    train_settings,
+)
 from netchisel.dynamic.moe_blocks import FeedForward, find_feed_forwards, replace_module
 from netchisel.dynamic.moe_costs import load_cv, load_entropy, measure_routing, moe_layers
-from netchisel.dynamic.moe_layer import MoEFeedForward, check_routing
+from netchisel.dynamic.moe_layer import MoEFeedForward, check_jitter, check_routing
 from netchisel.dynamic.moe_model import MoEModel
 from netchisel.dynamic.moe_split import (
     coactivation_groups,
@@ -68,10 +78,14 @@ class MoEConfig(TrainConfig):
       (Switch layers trained on the task), with `init` "scratch" or "upcycle" (switch only);
     - `experts` (E), `top_k` (k <= E), `capacity_factor` (> 0; null: no capacity, nothing
       dropped), `expert_hidden` (switch scratch: each expert's width, default the block's);
-    - `balance`: weight of the Switch load-balancing loss (0 = none); `steps` / `epochs`
-      (switch training length; steps win), plus the shared training fields (`lr`, ...);
+    - `balance`: weight of the Switch load-balancing loss (0 = none); `z_loss`: weight of the
+      router z-loss (0 = none; ST-MoE uses 1e-3); `jitter`: router input noise (0 = none;
+      Switch uses 0.01); `steps` / `epochs` (switch training length; steps win), plus the
+      shared training fields (`lr`, ...);
     - moefy: `calibration_samples` (train samples whose tokens drive the split and the
-      routers), `router_steps`, `router_lr`, `router_batch` (tokens per step);
+      routers), `router_target` ("output_norm" or "activation"), `router_steps`,
+      `router_lr`, `router_batch` (tokens per step), `finetune_steps` (experts distilled
+      from the dense model afterwards; 0 = none; with the shared `lr`, `batch_size`, ...);
     - `split`: where the routing is measured for the expected MACs.
 
     Example:
@@ -90,12 +104,16 @@ class MoEConfig(TrainConfig):
     capacity_factor: float | None = None
     expert_hidden: int | None = None
     balance: float = 0.01
+    z_loss: float = 0.0
+    jitter: float = 0.0
     steps: int | None = None
     epochs: float = 1.0
     calibration_samples: int = 64
+    router_target: Literal["output_norm", "activation"] = "output_norm"
     router_steps: int = 300
     router_lr: float = 1e-2
     router_batch: int = 256
+    finetune_steps: int = 0
     split: str = "val"
 
     def validate(self) -> None:
@@ -103,6 +121,14 @@ class MoEConfig(TrainConfig):
         check_routing(self.experts, self.top_k, self.capacity_factor, STAGE)
         if not (self.balance >= 0 and math.isfinite(self.balance)):
             raise ConfigError(f"{STAGE}: balance must be >= 0, got {self.balance}")
+        if not (self.z_loss >= 0 and math.isfinite(self.z_loss)):
+            raise ConfigError(f"{STAGE}: z_loss must be >= 0 (ST-MoE: 0.001), got {self.z_loss}")
+        check_jitter(self.jitter, STAGE)
+        if self.finetune_steps < 0:
+            raise ConfigError(
+                f"{STAGE}: finetune_steps must be >= 0 (0: no fine-tuning), got "
+                f"{self.finetune_steps}"
+            )
         if not self.epochs > 0:
             raise ConfigError(f"{STAGE}: epochs must be > 0, got {self.epochs}")
         for field, value in (
@@ -119,6 +145,20 @@ class MoEConfig(TrainConfig):
         if self.method == "moefy" and self.init == "scratch":
             raise ConfigError(
                 f"{STAGE}: init: scratch applies to method: switch; moefy splits a trained block"
+            )
+        if self.method == "switch" and self.finetune_steps:
+            raise ConfigError(
+                f"{STAGE}: finetune_steps = {self.finetune_steps} applies to method: moefy; "
+                "switch trains for `steps`"
+            )
+        if self.method == "switch" and self.router_target != "output_norm":
+            raise ConfigError(
+                f"{STAGE}: router_target = {self.router_target!r} applies to method: moefy"
+            )
+        if self.method == "moefy" and (self.jitter or self.z_loss):
+            raise ConfigError(
+                f"{STAGE}: jitter / z_loss apply to method: switch (moefy routers train on "
+                "labels); set them to 0"
             )
         if self.method == "moefy" and self.expert_hidden is not None:
             raise ConfigError(
@@ -163,6 +203,7 @@ def moe(model: nn.Module, config: MoEConfig, ctx: Context) -> nn.Module:
         routing={
             name: {
                 "load_cv": load_cv(r["load"]),
+                "load_cv_kept": load_cv(r["kept"]),
                 "dropped_fraction": r["dropped"] / max(sum(r["load"]), 1),
                 "router_entropy": r["router_entropy"],
                 "load_entropy": load_entropy(r["load"]),
@@ -192,6 +233,7 @@ def _layer(
         capacity_factor=c.capacity_factor,
         gating=_gating(c),
         dropout=block.dropout,
+        jitter=c.jitter,
     )
 
 
@@ -239,6 +281,24 @@ def expert_scores(experts: list[nn.Sequential], x: Tensor) -> Tensor:
         return torch.stack([e(x).float().norm(dim=-1) for e in experts], dim=1)
 
 
+def activation_mass(experts: list[nn.Sequential], x: Tensor) -> Tensor:
+    """(tokens, E): the sum of each expert's positive hidden activations on each token (no
+    grad): MoEfication's router target (its MLP router "predicts the sum of positive values
+    in each expert", BMCook's MoEfication README).
+
+    Example:
+        >>> from netchisel.dynamic.moe_layer import make_expert
+        >>> e = make_expert(2, 3, 2, nn.ReLU())
+        >>> _ = nn.init.ones_(e[0].weight), nn.init.zeros_(e[0].bias)
+        >>> activation_mass([e], torch.tensor([[1.0, 1.0], [-1.0, -1.0]])).tolist()
+        [[6.0], [0.0]]
+    """
+    with torch.no_grad():
+        return torch.stack(
+            [e[1](e[0](x)).float().clamp_min(0.0).sum(dim=-1) for e in experts], dim=1
+        )
+
+
 def _router_task(x: Tensor, targets: Tensor, batch: int) -> Task:
     """The router's training data as a task: block inputs and their k-hot expert labels."""
 
@@ -255,6 +315,7 @@ def _router_task(x: Tensor, targets: Tensor, batch: int) -> Task:
 def _moefy(
     model: nn.Module, blocks: list[FeedForward], c: MoEConfig, task: Task, ctx: Context
 ) -> dict[str, Any]:
+    dense = copy.deepcopy(model).eval() if c.finetune_steps else None
     inputs = _block_inputs(model, blocks, task, c.calibration_samples)
     recall: dict[str, float] = {}
     losses: dict[str, float] = {}
@@ -262,7 +323,8 @@ def _moefy(
         x = inputs[block.name]
         groups = coactivation_groups(block, x, c.experts, seed=ctx.seed + k)
         experts = sliced_experts(block, groups)
-        scores = expert_scores(experts, x)
+        score = expert_scores if c.router_target == "output_norm" else activation_mass
+        scores = score(experts, x)
         top = scores.topk(c.top_k, dim=1).indices
         targets = torch.zeros_like(scores).scatter_(1, top, 1.0).to(x.dtype)
         # A held-out tenth of the tokens measures how often the router finds the true top-k.
@@ -278,11 +340,40 @@ def _moefy(
         hits = torch.zeros_like(scores[:cut]).scatter_(1, picked, 1.0) * targets[:cut]
         recall[block.name] = float(hits.sum() / (cut * c.top_k))
         replace_module(model, block.name, _layer(block, experts, router, c))
-    return {
+    details: dict[str, Any] = {
         "router_final_loss": losses,
         "router_recall": recall,
         "calibration_tokens": len(next(iter(inputs.values()))),
     }
+    if dense is not None:
+        distil = _distil_experts(model, dense, task, c, ctx)
+        details["finetune_steps"] = len(distil)
+        details["finetune_first_loss"] = distil[0]
+        details["finetune_final_loss"] = distil[-1]
+    return details
+
+
+def _distil_experts(
+    model: nn.Module, dense: nn.Module, task: Task, c: MoEConfig, ctx: Context
+) -> list[float]:
+    """Train the MoE layers' experts (and shared biases) so the model's outputs match the
+    dense model's: per-position KL(dense || MoE) of the softmax over the last axis. The
+    routers and every other weight stay fixed. Returns the loss of every step."""
+    layers = moe_layers(model).values()
+    trained = {id(p) for layer in layers for n, p in layer.named_parameters() if n[:6] != "router"}
+
+    def loss_fn(m: nn.Module, batch: Batch) -> Tensor:
+        inputs = task.inputs_of(batch)
+        with torch.no_grad():
+            want = logits_of(dense(*inputs)).float().log_softmax(dim=-1)
+        got = logits_of(m(*inputs)).float().log_softmax(dim=-1)
+        width = got.shape[-1]
+        return nn.functional.kl_div(
+            got.reshape(-1, width), want.reshape(-1, width), reduction="batchmean", log_target=True
+        )
+
+    with frozen(p for p in model.parameters() if id(p) not in trained):
+        return fit(model, task, train_settings(c, c.finetune_steps), ctx, loss_fn=loss_fn)
 
 
 # -- switch ----------------------------------------------------------------------------------
@@ -309,15 +400,22 @@ def _switch(
     layers = list(moe_layers(model).values())
     balance: list[float] = []
 
+    z: list[float] = []
+
     def loss_fn(m: nn.Module, batch: Batch) -> Tensor:
         loss = task.loss(m, batch)
         aux = torch.stack([layer.balance_loss() for layer in layers]).mean()
+        router_z = torch.stack([layer.z_loss() for layer in layers]).mean()
         balance.append(float(aux.detach()))
-        return loss + c.balance * aux if c.balance > 0 else loss
+        z.append(float(router_z.detach()))
+        if c.balance > 0:
+            loss = loss + c.balance * aux
+        return loss + c.z_loss * router_z if c.z_loss > 0 else loss
 
     losses = fit(model, task, train_settings(c, c.steps, c.epochs), ctx, loss_fn=loss_fn)
     return {
         "steps": len(losses),
         "final_train_loss": losses[-1],
         "final_balance_loss": balance[-1],
+        "final_z_loss": z[-1],
     }

@@ -28,7 +28,11 @@ shared `bias` added once per token (an FFN sliced into experts keeps its own bia
 In training mode the layer keeps the Switch load-balancing loss of its last forward
 (`balance_loss()`: E * sum_i f_i * P_i, with f_i the fraction of the T*k assignments routed
 to expert i before capacity and P_i the mean router probability of expert i; for k = 1 this
-is Switch's definition). Every forward records its routing in `stats` (plain data):
+is Switch's definition) and the router z-loss (`z_loss()`: the mean over tokens of
+logsumexp(logits)^2, ST-MoE, Zoph et al. 2022, which keeps the router's logits small). With
+`jitter` = eps > 0, a training forward multiplies the router's input by noise drawn from
+U(1 - eps, 1 + eps) (Switch's jitter; the experts see the input unchanged, eval forwards
+never jitter). Every forward records its routing in `stats` (plain data):
 per-expert assignments (`load`) and served tokens (`kept`), `dropped` assignments, `tokens`,
 and, when `track_entropy` is set, the sum over tokens of the router's entropy (nats).
 """
@@ -82,6 +86,21 @@ def capacity(tokens: int, experts: int, top_k: int, capacity_factor: float | Non
     return min(tokens, math.ceil(capacity_factor * top_k * tokens / experts))
 
 
+def check_jitter(jitter: float, where: str) -> None:
+    """Jitter is a fraction: 0 <= jitter < 1 (0: none).
+
+    Example:
+        >>> check_jitter(1.5, "dynamic.moe")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        netchisel.core.errors.ConfigError: dynamic.moe: jitter must be in [0, 1), got 1.5; ...
+    """
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+        raise ConfigError(
+            f"{where}: jitter must be in [0, 1), got {jitter!r}; Switch uses 0.01, 0 turns it off"
+        )
+
+
 def make_expert(d_in: int, hidden: int, d_out: int, act: nn.Module) -> nn.Sequential:
     """One expert: Linear(d_in, hidden) - act - Linear(hidden, d_out, bias=False).
 
@@ -113,9 +132,11 @@ class MoEFeedForward(nn.Module):
         capacity_factor: float | None = None,
         gating: str = "softmax",
         dropout: float = 0.0,
+        jitter: float = 0.0,
     ) -> None:
         super().__init__()
         check_routing(len(experts), top_k, capacity_factor, "MoEFeedForward")
+        check_jitter(jitter, "MoEFeedForward")
         if gating not in GATINGS:
             raise ConfigError(f"MoEFeedForward: gating {gating!r} is not one of {GATINGS}")
         if router.out_features != len(experts):
@@ -130,6 +151,7 @@ class MoEFeedForward(nn.Module):
         self.capacity_factor = capacity_factor
         self.gating = gating
         self.dropout = dropout
+        self.jitter = float(jitter)
         self.track_entropy = False
         self.stats: dict[str, Any] = {}
 
@@ -146,6 +168,7 @@ class MoEFeedForward(nn.Module):
         if cf is not None and not (isinstance(cf, (int, float)) and math.isfinite(cf)):
             raise ConfigError(f"MoEFeedForward: capacity_factor must be a number, got {cf!r}")
         check_routing(self.num_experts, self.top_k, cf, "MoEFeedForward")
+        check_jitter(getattr(self, "jitter", 0.0), "MoEFeedForward")
         if self.gating not in GATINGS:
             raise ConfigError(f"MoEFeedForward: gating {self.gating!r} is not one of {GATINGS}")
         if self.router.out_features != self.num_experts:
@@ -168,6 +191,21 @@ class MoEFeedForward(nn.Module):
         loss = self.__dict__.get("_balance")
         return loss if isinstance(loss, Tensor) else torch.zeros(())
 
+    def z_loss(self) -> Tensor:
+        """The router z-loss of the last training forward (0 before any): the mean over
+        tokens of logsumexp(router logits)^2 (ST-MoE, Zoph et al. 2022).
+
+        Example:
+            >>> router = nn.Linear(1, 2)
+            >>> _ = nn.init.zeros_(router.weight), nn.init.zeros_(router.bias)
+            >>> moe = MoEFeedForward(router, [make_expert(1, 2, 1, nn.ReLU())] * 2, None)
+            >>> _ = moe.train()(torch.randn(4, 1))  # logits (0, 0): logsumexp = ln 2
+            >>> round(float(moe.z_loss()), 6) == round(math.log(2) ** 2, 6)
+            True
+        """
+        loss = self.__dict__.get("_z")
+        return loss if isinstance(loss, Tensor) else torch.zeros(())
+
     def _choose(self, probs: Tensor) -> tuple[Tensor, Tensor]:
         """The k chosen experts per token, (k, T) long, and their gates, (k, T)."""
         left = probs
@@ -188,7 +226,12 @@ class MoEFeedForward(nn.Module):
         flat = x.reshape(-1, shape[-1])
         tokens = flat.shape[0]
         n = self.num_experts
-        probs = self.router(flat).float().softmax(dim=-1)
+        routed = flat
+        if self.training and getattr(self, "jitter", 0.0) > 0:
+            noise = torch.empty_like(flat).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+            routed = flat * noise
+        logits = self.router(routed).float()
+        probs = logits.softmax(dim=-1)
         chosen, gates = self._choose(probs)
         # One row per (choice, token), first choices first: the order capacity serves them in.
         hit = chosen.reshape(-1, 1) == torch.arange(n, device=x.device)
@@ -198,6 +241,7 @@ class MoEFeedForward(nn.Module):
         if self.training:
             fraction = hit.float().mean(0)  # f_i over the k*T assignments (no gradient)
             self._balance = n * (fraction * probs.mean(0)).sum()
+            self._z = logits.logsumexp(dim=-1).square().mean()
         row_token = torch.arange(tokens, device=x.device).repeat(self.top_k)
         flat_gates = gates.reshape(-1).to(x.dtype)
         out: Tensor | None = None
@@ -234,5 +278,6 @@ class MoEFeedForward(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"experts={self.num_experts}, top_k={self.top_k}, "
-            f"capacity_factor={self.capacity_factor}, gating={self.gating!r}"
+            f"capacity_factor={self.capacity_factor}, gating={self.gating!r}, "
+            f"jitter={getattr(self, 'jitter', 0.0)}"
         )

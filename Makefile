@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torchvision and timm for the model matrix only, outside the venv's site-packages: see
 	# tests/models/_torchvision.py (their presence there breaks transformers on CPU torch).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c constraints.txt --upgrade --target $(VENV)/models torchvision timm
+	# compressed-tensors 0.14, the last release with sparse compressors, checks netchisel's sparse
+	# exports (tests/quantize/test_compressed_tensors_sparse.py runs it in a subprocess).
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps --upgrade --target $(VENV)/ct014 compressed-tensors==0.14.0.1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -190,7 +190,7 @@ def test_export_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_what_cannot_be_exported_is_one_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no transformers config"):
         export_compressed_tensors(nn.Sequential(nn.Linear(4, 4)), tmp_path / "a")
-    with pytest.raises(ModelError, match="no netchisel-quantized Linear"):
+    with pytest.raises(ModelError, match="no netchisel-quantized or pruned Linear"):
         export_compressed_tensors(tiny_llama(), tmp_path / "b")
     three_bit = tiny_llama()
     quantize_(three_bit, RTNConfig(bits=3, group_size=32, exclude=("lm_head",)))

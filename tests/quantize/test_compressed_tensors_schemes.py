@@ -11,6 +11,7 @@ from netchisel.core.errors import ArtifactError
 from netchisel.quantize.compressed_tensors_schemes import (
     Scheme,
     read_quantization_config,
+    read_sparsity_config,
     scheme_of,
 )
 
@@ -75,8 +76,17 @@ def test_states_and_extras_netchisel_does_not_read() -> None:
     with pytest.raises(ArtifactError, match="only 'compressed' checkpoints"):
         read_quantization_config(frozen)
     sparse = config()
+    sparse["quantization_config"]["sparsity_config"] = {"format": "marlin-24"}
+    with pytest.raises(ArtifactError, match=r"sparsity_config\.format 'marlin-24' is not read"):
+        read_sparsity_config(sparse)
     sparse["quantization_config"]["sparsity_config"] = {"format": "sparse-bitmask"}
-    with pytest.raises(ArtifactError, match="sparsity_config is set"):
-        read_quantization_config(sparse)
+    assert read_sparsity_config(sparse) == ("sparse-bitmask", ("Linear",), ())
+    sparse["quantization_config"]["sparsity_config"]["ignore"] = ["re:("]
+    with pytest.raises(ArtifactError, match="not a regular expression"):
+        read_sparsity_config(sparse)
+    transform = config()
+    transform["quantization_config"]["transform_config"] = {"hadamard": {}}
+    with pytest.raises(ArtifactError, match="transform_config is set"):
+        read_quantization_config(transform)
     with pytest.raises(ArtifactError, match="no quantization_config object"):
         read_quantization_config({})

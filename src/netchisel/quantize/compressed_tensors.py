@@ -8,6 +8,11 @@ checkpoint (the format vLLM and transformers load): `config.json` with a
 - `DynamicInt8Linear` -> int 8 bits `channel` weights with dynamic int 8 `token` (or
   `tensor`) input activations, W8A8: `int-quantized` (`weight` int8, `weight_scale`).
 - Linears left float are listed in `ignore`; every other tensor is written as it is.
+- Pruned float Linears of a model with no quantized layer -> a `sparsity_config`:
+  `sparse-24-bitmask` when every one is 2:4, else `sparse-bitmask`
+  (`compressed_tensors_sparse`), for each layer whose bitmask form is smaller than its dense
+  weight. Beside quantized layers they are written dense: the package cannot decompress
+  both kinds in one checkpoint. A quantized layer's zeros stay in its integers.
 
 Symmetric int4, int8 and dynamic int8 are exact: the checkpoint's `(q - zero_point) * scale`
 is netchisel's weight, bit for bit, in the scales' dtype. netchisel's int4 kernel stores an
@@ -38,6 +43,7 @@ from netchisel.artifact.exports import register_export
 from netchisel.core.errors import ModelError
 from netchisel.core.files import commit_dir, staging_dir
 from netchisel.quantize.compressed_tensors_pack import pack_int32
+from netchisel.quantize.compressed_tensors_sparse import SparseLayers, Sparsity, sparse_layers
 from netchisel.quantize.formats.dynamic_int8 import DynamicInt8Linear
 from netchisel.quantize.formats.int4 import Int4WeightOnlyLinear
 from netchisel.quantize.formats.int8 import Int8WeightOnlyLinear
@@ -51,8 +57,10 @@ SCALE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 class ExportSummary:
     """What `export_compressed_tensors` wrote.
 
-    - `format`: the checkpoint's format (`mixed-precision` when layers differ in format).
+    - `format`: the checkpoint's format (`mixed-precision` when layers differ in format; the
+      sparse format when no layer is quantized).
     - `quantized` / `ignored`: the Linear layers written quantized / left float (`ignore`).
+    - `sparse` / `sparse_format`: the float Linears written sparse, and in which format.
     - `zero_point_error`: the largest change of a weight, in quantization steps, from
       writing netchisel's float int4 zero points as integers (0 when all are symmetric).
     """
@@ -62,6 +70,8 @@ class ExportSummary:
     quantized: tuple[str, ...]
     ignored: tuple[str, ...]
     zero_point_error: float
+    sparse: tuple[str, ...] = ()
+    sparse_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,11 @@ class _Layer:
 
 
 def export_compressed_tensors(
-    model: nn.Module, directory: str | Path, *, scale_dtype: torch.dtype | None = None
+    model: nn.Module,
+    directory: str | Path,
+    *,
+    scale_dtype: torch.dtype | None = None,
+    sparsity: Sparsity = "auto",
 ) -> ExportSummary:
     """Write `model` (a transformers `PreTrainedModel` quantized by netchisel) to `directory`
     as a compressed-tensors checkpoint; the directory is replaced whole, or left as it was.
@@ -85,7 +99,9 @@ def export_compressed_tensors(
     `scale_dtype`: the dtype of the stored scales; None keeps netchisel's (bf16 for the int4
     and int8 kernels, float32 for dynamic int8). float32 makes the package's own
     dequantization, which computes in the scales' dtype, give netchisel's weights exactly.
-    A dtype that cannot hold a scale exactly is refused.
+    A dtype that cannot hold a scale exactly is refused. `sparsity`: `auto` stores the pruned
+    float Linears of an unquantized model sparse (2:4 when all are), `sparse-bitmask` /
+    `sparse-24-bitmask` force a format, `none` writes them dense.
 
     Example:
         >>> import tempfile, transformers
@@ -110,10 +126,19 @@ def export_compressed_tensors(
             "takes a Hugging Face PreTrainedModel"
         )
     layers = dict(_quantized_layers(model, scale_dtype))
-    if not layers:
+    # The package decompresses a sparse layer, or a quantized one, not both kinds side by side
+    # (0.14 fails on such a checkpoint), so a quantized model's pruned float layers stay dense.
+    sparse = sparse_layers(model, "none" if layers and sparsity == "auto" else sparsity)
+    if layers and sparse is not None:
         raise ModelError(
-            "the model has no netchisel-quantized Linear layer to export: quantize it first "
-            "(e.g. quantize.rtn with bits 4)"
+            f"sparsity {sparsity!r} beside quantized layers: compressed-tensors cannot "
+            "decompress sparse and quantized layers in one checkpoint; export with sparsity "
+            "'auto' or 'none' (the pruned float layers are then written dense)"
+        )
+    if not layers and sparse is None:
+        raise ModelError(
+            "the model has no netchisel-quantized or pruned Linear layer to export: quantize "
+            "it (e.g. quantize.rtn with bits 4) or prune it (e.g. prune.sparsegpt) first"
         )
     # Subclasses too: the package's `Linear` target matches a module's base classes.
     ignored = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
@@ -121,18 +146,21 @@ def export_compressed_tensors(
     for name, layer in layers.items():
         groups.setdefault(layer.key(), []).append(name)
     formats = {layer.format for layer in layers.values()}
-    quantization_config = {
-        "quant_method": "compressed-tensors",
-        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
-        "quantization_status": "compressed",
-        "config_groups": {
-            f"group_{i}": _scheme(layers[names[0]], names, single=len(groups) == 1)
-            for i, names in enumerate(groups.values())
-        },
-        "ignore": list(ignored),
-        "kv_cache_scheme": None,
-    }
-    tensors = _state_tensors(model, layers)
+    quantization_config: dict[str, Any] = {"quant_method": "compressed-tensors"}
+    if layers:
+        quantization_config |= {
+            "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+            "quantization_status": "compressed",
+            "config_groups": {
+                f"group_{i}": _scheme(layers[names[0]], names, single=len(groups) == 1)
+                for i, names in enumerate(groups.values())
+            },
+            "ignore": list(ignored),
+            "kv_cache_scheme": None,
+        }
+    if sparse is not None:
+        quantization_config["sparsity_config"] = sparse.config()
+    tensors = _state_tensors(model, layers, sparse)
     path = Path(directory)
     staged = staging_dir(path)
     try:
@@ -148,12 +176,15 @@ def export_compressed_tensors(
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    sparse_format = None if sparse is None else sparse.format
     return ExportSummary(
         path=path,
-        format=str(quantization_config["format"]),
+        format=str(quantization_config.get("format", sparse_format)),
         quantized=tuple(layers),
         ignored=ignored,
-        zero_point_error=max(layer.zero_point_error for layer in layers.values()),
+        zero_point_error=max((layer.zero_point_error for layer in layers.values()), default=0.0),
+        sparse=() if sparse is None else tuple(sparse.tensors),
+        sparse_format=sparse_format,
     )
 
 
@@ -302,12 +333,17 @@ def _with_bias(tensors: dict[str, Tensor], layer: nn.Module) -> dict[str, Tensor
     return tensors
 
 
-def _state_tensors(model: nn.Module, layers: dict[str, _Layer]) -> dict[str, Tensor]:
-    """The model's state dict with each quantized layer's tensors replaced by the format's;
-    a tensor shared under several names (tied embeddings) is written once."""
+def _state_tensors(
+    model: nn.Module, layers: dict[str, _Layer], sparse: SparseLayers | None
+) -> dict[str, Tensor]:
+    """The model's state dict with each quantized layer's tensors, and each sparse layer's
+    weight, replaced by the format's; a tensor shared under several names (tied embeddings)
+    is written once."""
     replaced = {
         f"{name}.{key}" for name in layers for key in model.get_submodule(name).state_dict()
     }
+    sparse_tensors = {} if sparse is None else sparse.tensors
+    replaced |= {f"{name}.weight" for name in sparse_tensors}
     out: dict[str, Tensor] = {}
     seen: set[tuple[int, tuple[int, ...], torch.dtype]] = set()
     for key, value in model.state_dict().items():
@@ -320,4 +356,6 @@ def _state_tensors(model: nn.Module, layers: dict[str, _Layer]) -> dict[str, Ten
         out[key] = value.detach().contiguous()
     for name, layer in layers.items():
         out.update({f"{name}.{key}": t.contiguous() for key, t in layer.tensors.items()})
+    for name, parts in sparse_tensors.items():
+        out.update({f"{name}.{key}": t.contiguous() for key, t in parts.items()})
     return out

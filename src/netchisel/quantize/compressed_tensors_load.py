@@ -1,6 +1,7 @@
 """Read a compressed-tensors checkpoint (netchisel's export, or one llm-compressor wrote)
 into a transformers model whose quantized Linears are netchisel's modules, so int4 runs
-netchisel's int4 kernel.
+netchisel's int4 kernel; sparse layers (`sparse-bitmask`, `sparse-24-bitmask`) are
+decompressed into their float Linears.
 
 The checkpoint is hostile data. The model is built from `config.json` by transformers
 (`AutoConfig.for_model`, never remote code), first on the meta device: every tensor name,
@@ -34,9 +35,12 @@ from netchisel.core.errors import ArtifactError
 from netchisel.quantize.compressed_tensors_pack import packed_words, unpack_int32
 from netchisel.quantize.compressed_tensors_schemes import (
     Scheme,
+    matches,
     read_quantization_config,
+    read_sparsity_config,
     scheme_of,
 )
+from netchisel.quantize.compressed_tensors_sparse import BITMASK, decompress, keys_of
 from netchisel.quantize.formats.dynamic_int8 import DynamicInt8Linear
 from netchisel.quantize.formats.int4 import Int4WeightOnlyLinear
 from netchisel.quantize.formats.int8 import Int8WeightOnlyLinear
@@ -76,12 +80,13 @@ def load_compressed_tensors(
     root = Path(directory)
     meta = _read_config(root)
     schemes, ignore = read_quantization_config(meta)
+    sparsity = read_sparsity_config(meta)
     headers = _headers(root)
     tf = _transformers()
     config = _model_config(tf, meta)
     with torch.device("meta"):
         skeleton = _build(tf, config, dtype)
-    plan = _plan(skeleton, schemes, ignore, headers)
+    plan = _plan(skeleton, schemes, ignore, headers, sparsity)
     del skeleton
     model = _build(tf, config, dtype)
     _load(model, plan, headers)
@@ -176,10 +181,15 @@ def _build(tf: Any, config: Any, dtype: torch.dtype) -> nn.Module:
 class _Plan:
     quantized: dict[str, Scheme]  # layer name -> its scheme
     floats: dict[str, str]  # model state key -> checkpoint key (itself, or a tied alias)
+    sparse: dict[str, str]  # float layer name -> its sparse format
 
 
 def _plan(
-    skeleton: nn.Module, schemes: list[Scheme], ignore: tuple[str, ...], headers: dict[str, _Header]
+    skeleton: nn.Module,
+    schemes: list[Scheme],
+    ignore: tuple[str, ...],
+    headers: dict[str, _Header],
+    sparsity: tuple[str, tuple[str, ...], tuple[str, ...]],
 ) -> _Plan:
     """Check every name, dtype and shape against the skeleton before loading anything."""
     quantized = {
@@ -188,13 +198,25 @@ def _plan(
         if isinstance(module, nn.Linear)
         and (scheme := scheme_of(name, module, schemes, ignore)) is not None
     }
+    sparse = _sparse_layers(skeleton, sparsity, headers)
+    both = sorted(set(sparse) & set(quantized))
+    if both:
+        raise ArtifactError(
+            f"layer {both[0]} is both sparse-compressed and quantized; netchisel reads one or "
+            "the other per layer"
+        )
     state = skeleton.state_dict()
     expected: set[str] = set()
     for name, scheme in quantized.items():
         linear = skeleton.get_submodule(name)
         assert isinstance(linear, nn.Linear)
         expected |= _check_layer(name, linear, scheme, headers)
+    for name, fmt in sparse.items():
+        linear = skeleton.get_submodule(name)
+        assert isinstance(linear, nn.Linear)
+        expected |= _check_sparse(name, linear, fmt, headers)
     owned = {f"{n}.{k}" for n in quantized for k in skeleton.get_submodule(n).state_dict()}
+    owned |= {f"{n}.weight" for n in sparse}
     aliases = _aliases(skeleton)
     floats: dict[str, str] = {}
     for key, value in state.items():
@@ -211,7 +233,47 @@ def _plan(
             f"tensor {unknown[0]!r} names nothing the model or its schemes define "
             f"({len(unknown)} such)"
         )
-    return _Plan(quantized, floats)
+    return _Plan(quantized, floats, sparse)
+
+
+def _sparse_layers(
+    skeleton: nn.Module,
+    sparsity: tuple[str, tuple[str, ...], tuple[str, ...]],
+    headers: dict[str, _Header],
+) -> dict[str, str]:
+    """The Linears stored sparse: targeted by the sparsity config and holding a bitmask (a
+    targeted layer the writer kept dense has its `weight`)."""
+    fmt, targets, ignore = sparsity
+    if not fmt:
+        return {}
+    return {
+        name: fmt
+        for name, module in skeleton.named_modules()
+        if isinstance(module, nn.Linear)
+        and matches(name, module, targets)
+        and not matches(name, module, ignore)
+        and f"{name}.bitmask" in headers
+    }
+
+
+def _check_sparse(name: str, linear: nn.Linear, fmt: str, headers: dict[str, _Header]) -> set[str]:
+    out, inp = linear.out_features, linear.in_features
+    keys = {f"{name}.{k}" for k in keys_of(fmt)}
+    shape = _header(headers, f"{name}.shape")
+    if shape.dtype not in _INTS or shape.shape not in ((2,), (2, 1)):
+        raise ArtifactError(f"tensor {name}.shape must be 2 integers")
+    _check(_header(headers, f"{name}.bitmask"), (out, -(-inp // 8)), ("U8",), f"{name}.bitmask")
+    values = _header(headers, f"{name}.compressed")
+    if fmt == BITMASK:
+        _check(_header(headers, f"{name}.row_offsets"), (out,), ("I64",), f"{name}.row_offsets")
+        if len(values.shape) != 1 or values.shape[0] > out * inp:
+            raise ArtifactError(f"tensor {name}.compressed must be 1-D, at most {out * inp} long")
+        _check(values, values.shape, tuple(_FLOATS), f"{name}.compressed")
+    else:
+        if inp % 4:
+            raise ArtifactError(f"{name}: 2:4 sparsity needs in_features ({inp}) divisible by 4")
+        _check(values, (out, inp // 2), tuple(_FLOATS), f"{name}.compressed")
+    return keys
 
 
 def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
@@ -297,6 +359,12 @@ def _load(model: nn.Module, plan: _Plan, headers: dict[str, _Header]) -> None:
     with torch.no_grad():
         for key, source in plan.floats.items():
             state[key].copy_(read(source))
+        for name, fmt in plan.sparse.items():
+            linear = model.get_submodule(name)
+            assert isinstance(linear, nn.Linear)
+            parts = {k: read(f"{name}.{k}") for k in keys_of(fmt)}
+            weight = decompress(name, fmt, parts, linear.out_features, linear.in_features)
+            linear.weight.copy_(weight)
         for name, scheme in plan.quantized.items():
             linear = model.get_submodule(name)
             assert isinstance(linear, nn.Linear)

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from netchisel.core.errors import ArtifactError
+from netchisel.quantize.compressed_tensors_sparse import FORMATS as SPARSE_FORMATS
 from netchisel.quantize.formats.kernels import INT4_GROUP_SIZES
 
 _MAX_PATTERN = 512  # characters: a target is a layer name or a short regex, never a program
@@ -80,15 +81,43 @@ def read_quantization_config(meta: dict[str, Any]) -> tuple[list[Scheme], tuple[
             f"quantization_status {qc.get('quantization_status')!r}: only 'compressed' "
             "checkpoints hold integers (load the others with transformers)"
         )
-    for key in ("sparsity_config", "transform_config", "kv_cache_scheme"):
+    for key in ("transform_config", "kv_cache_scheme"):
         if qc.get(key):
             raise ArtifactError(f"quantization_config.{key} is set; netchisel reads no {key}")
     top_format = qc.get("format")
     groups = qc.get("config_groups")
+    if groups is None and qc.get("sparsity_config"):
+        return [], ()  # sparse only: `read_sparsity_config` reads it
     if not isinstance(groups, dict) or not groups:
         raise ArtifactError("quantization_config.config_groups must be a non-empty object")
     schemes = [_scheme(str(name), group, top_format) for name, group in groups.items()]
     return schemes, _patterns(qc.get("ignore") or [], "quantization_config.ignore")
+
+
+def read_sparsity_config(meta: dict[str, Any]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The `sparsity_config` of a checkpoint's config.json: format, targets and ignore; the
+    format is "" when there is none.
+
+    Example:
+        >>> read_sparsity_config({"quantization_config": {"sparsity_config": {
+        ...     "format": "sparse-24-bitmask", "targets": ["Linear"], "ignore": ["lm_head"]}}})
+        ('sparse-24-bitmask', ('Linear',), ('lm_head',))
+    """
+    qc = meta.get("quantization_config")
+    sc = qc.get("sparsity_config") if isinstance(qc, dict) else None
+    if not sc:
+        return "", (), ()
+    if not isinstance(sc, dict):
+        raise ArtifactError("quantization_config.sparsity_config must be an object")
+    fmt = sc.get("format")
+    if fmt == "dense":
+        return "", (), ()
+    if fmt not in SPARSE_FORMATS:
+        raise ArtifactError(
+            f"sparsity_config.format {fmt!r} is not read (read: {', '.join(SPARSE_FORMATS)})"
+        )
+    targets = _patterns(sc.get("targets") or ["Linear"], "sparsity_config.targets")
+    return str(fmt), targets, _patterns(sc.get("ignore") or [], "sparsity_config.ignore")
 
 
 def scheme_of(

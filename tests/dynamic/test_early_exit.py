@@ -44,13 +44,16 @@ def test_distill_keeps_the_backbone_and_meets_the_budget() -> None:
     assert r["thresholds"][1] == 1.0
     assert r["macs_per_exit"] == [108, 492, 588] and r["static_macs"] == 576
     assert r["expected_macs"] == 108.0 and r["mac_reduction"] == 1 - 108 / 576
-    # What the report draws: every budget of the sweep meets its accuracy at 108 MACs here.
+    # What the report draws. The agreement rule on 64 validation samples: below 2 points not
+    # even zero disagreements bound the drop (0.995**64 = 0.73 > 0.5), so budgets 0-1 take no
+    # exit (576 MACs); from 2 points on (0.98**64 = 0.27) every sample leaves at 108 MACs.
     d = r["dynamic"]
     assert d["metric"] == "accuracy (%)"
     assert d["static"] == {"value": 100.0, "mean_macs": 576.0}
     assert d["chosen"] == {"value": 100.0, "mean_macs": 108.0}
     assert [p["setting"] for p in d["sweep"]][:3] == ["max_drop 0", "max_drop 0.25", "max_drop 0.5"]
-    assert {(p["value"], p["mean_macs"]) for p in d["sweep"]} == {(100.0, 108.0)}
+    assert [p["mean_macs"] for p in d["sweep"]] == [576.0] * 4 + [108.0] * 3
+    assert {p["value"] for p in d["sweep"]} == {100.0}
     assert d["histogram"] == {"exit after 1": 1.0, "exit after 3": 0.0, "end": 0.0}
     # The model as it runs reproduces the calibration on the split it was calibrated on.
     assert task.evaluate(model, "val")["accuracy"] == pytest.approx(r["calibrated_accuracy"])

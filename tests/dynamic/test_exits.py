@@ -71,6 +71,24 @@ def test_batch_one_returns_at_the_first_sure_exit() -> None:
     assert taken.tolist() == [2] and torch.equal(out, net(x[:1]))
 
 
+def test_forward_at_batch_one_is_exiting_without_its_bookkeeping() -> None:
+    net = conv_chain().eval()
+    x = torch.randn(32, 1, 8)
+    model = _model(net, ["1", "3"], x)
+    threshold = _median_threshold(model, x)
+    model.set_thresholds([threshold, threshold])
+    second = Calls(net[2])
+    with torch.no_grad():
+        one_by_one = [model.exiting(x[i : i + 1]) for i in range(32)]
+        second.calls = second.samples = 0
+        singles = torch.cat([model(x[i : i + 1]) for i in range(32)])
+    assert torch.equal(singles, torch.cat([out for out, _ in one_by_one]))  # bit for bit
+    taken = torch.cat([t for _, t in one_by_one])
+    assert 0 < int((taken == 0).sum()) < 32  # some leave at the first exit, some do not
+    # The second step ran once per sample that did not leave at the first exit.
+    assert second.calls == int((taken > 0).sum()) and second.samples == second.calls
+
+
 def test_outputs_keep_the_original_order_through_two_exits() -> None:
     net = resnet(depth=8, width=4).eval()
     x = torch.randn(32, 1, 16, 16)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
+from netchisel.dynamic.thresholds import Budget
 from netchisel.dynamic.width_gate import (
     calibrate_bias,
     choices,
@@ -54,14 +56,38 @@ def test_calibration_takes_the_cheapest_bias_within_budget() -> None:
     logits = torch.tensor([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
     correct = torch.tensor([[True, True, False, False], [True, True, True, True]])
     costs, gate = [10, 100], 2
-    full = calibrate_bias(logits, correct, costs, gate, 100.0)
+    full = calibrate_bias(logits, correct, costs, gate, Budget(100.0, 0.0, "accuracy"))
     assert full is not None
     # The bias must move sample 2 (switch point 1.0) but not samples 0 and 1 (2.0 and 3.0).
     assert full.fractions == [0.5, 0.5] and full.accuracy == 100.0
     assert full.expected_macs == gate + 0.5 * 10 + 0.5 * 100
     assert 1.0 <= full.bias < 2.0
-    loose = calibrate_bias(logits, correct, costs, gate, 50.0)
+    loose = calibrate_bias(logits, correct, costs, gate, Budget(100.0, 50.0, "accuracy"))
     assert loose is not None and loose.fractions == [1.0, 0.0] and loose.expected_macs == 12.0
-    assert calibrate_bias(logits, ~correct, costs, gate, 60.0) is None  # nothing meets it
+    nothing = Budget(100.0, 40.0, "accuracy")
+    assert calibrate_bias(logits, ~correct, costs, gate, nothing) is None  # nothing meets it
     again = outcome(logits, correct, costs, gate, full.bias)
     assert again == full
+
+
+def test_the_agreement_rule_counts_answers_that_differ_from_the_widest() -> None:
+    # 500 samples; width 0 answers as the widest on all but three (gate logits 1.0, 2.0, 3.0
+    # lean narrow on those, 4.0 on the rest). The widest is right on every one.
+    n = 500
+    margin = torch.full((n,), 4.0)
+    margin[:3] = torch.tensor([1.0, 2.0, 3.0])
+    logits = torch.stack([margin, torch.zeros(n)], 1)
+    differs = torch.zeros(2, n, dtype=torch.bool)
+    differs[0, :3] = True
+    correct = ~differs
+    costs, gate = [10, 100], 0
+    point = calibrate_bias(logits, correct, costs, gate, Budget(100.0, 0.5, "accuracy"), differs)
+    # As measured, two of 500 wrong = 0.4 points: the narrow width takes all but one.
+    assert point is not None and point.fractions == [499 / 500, 1 / 500]
+    # One difference of 500 bounds 0.34% <= 0.5%, two 0.53% > 0.5% (Clopper-Pearson at 0.5):
+    # only one of the three may stay narrow.
+    honest = calibrate_bias(logits, correct, costs, gate, Budget(100.0, 0.5), differs)
+    assert honest is not None and honest.fractions == [498 / 500, 2 / 500]
+    assert honest.accuracy == pytest.approx(100.0 - 100.0 / 500) and 2.0 <= honest.bias < 3.0
+    with pytest.raises(ValueError, match="needs `differs`"):
+        calibrate_bias(logits, correct, costs, gate, Budget(100.0, 0.5))

@@ -11,7 +11,10 @@
      and the final one's (BranchyNet, Teerapittayanon et al. 2016); the backbone changes.
 3. Thresholds: `thresholds:` given (checked against the criterion's range), or calibrated on
    the `split` (validation) to the least mean MACs within `max_drop` accuracy points of the
-   model without exits (`thresholds.calibrate`). Exits whose threshold never fires on the split
+   model without exits (`thresholds.calibrate`), judged by `rule`: "agreement" (default: the
+   early answers that differ from the final head's, each counted as lost, their rate's
+   Clopper-Pearson upper bound at `confidence` within the budget) or "accuracy" (the split's
+   accuracy as measured, a point estimate). Exits whose threshold never fires on the split
    are recorded as `never_fire`, not hidden.
 
 The result is an `EarlyExitModel` (the model handed in is its `backbone`); any failure leaves
@@ -39,7 +42,14 @@ from netchisel.dynamic.costs import exit_macs
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.heads import make_head
 from netchisel.dynamic.labelled import classifier_logits, labelled, split_accuracy
-from netchisel.dynamic.thresholds import Outcome, calibrate, outcome_of, trade_off
+from netchisel.dynamic.thresholds import (
+    RULES,
+    Budget,
+    Outcome,
+    calibrate,
+    outcome_of,
+    trade_off,
+)
 
 STAGE = "dynamic.early_exit"
 
@@ -56,7 +66,10 @@ class EarlyExitConfig(TrainConfig):
     - `criterion`: "max_softmax" (exit when the top probability > threshold, in [0, 1]) or
       "entropy" (exit when the entropy < threshold, in [0, ln C]);
     - `thresholds`: one per exit to use as given; empty to calibrate them on `split` so that
-      the accuracy stays within `max_drop` points of the model without exits.
+      the accuracy stays within `max_drop` points of the model without exits;
+    - `rule`: how calibration judges that ("agreement": the upper bound, at `confidence`, on
+      the rate of early answers that differ from the final head's; "accuracy": the split's
+      accuracy as measured). See `netchisel.dynamic.thresholds`.
 
     Example:
         >>> c = EarlyExitConfig.from_dict({"exits": ["layer1", "layer2"], "max_drop": 0.5})
@@ -78,6 +91,8 @@ class EarlyExitConfig(TrainConfig):
     criterion: Literal["max_softmax", "entropy"] = "max_softmax"
     thresholds: tuple[float, ...] = ()
     max_drop: float = 0.5
+    rule: Literal["agreement", "accuracy"] = "agreement"
+    confidence: float = 0.5
     split: str = "val"
 
     def validate(self) -> None:
@@ -109,6 +124,10 @@ class EarlyExitConfig(TrainConfig):
             check_threshold(self.criterion, value, 1 << 30, f"thresholds[{k}]")
         if not (0.0 <= self.max_drop <= 100.0):
             raise ConfigError(f"{STAGE}: max_drop must be in [0, 100] points, got {self.max_drop}")
+        if self.rule not in RULES:
+            raise ConfigError(f"{STAGE}: rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"{STAGE}: confidence must be in (0, 1), got {self.confidence}")
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,8 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
             reference=reference,
             split=config.split,
             thresholds=list(config.thresholds) or None,
+            rule=config.rule,
+            confidence=config.confidence,
         )
     dyn.eval()
     outcome = calibration.outcome
@@ -164,6 +185,8 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
         steps=len(losses),
         final_train_loss=losses[-1],
         thresholds=outcome.thresholds,
+        rule=config.rule,
+        confidence=config.confidence,
         exit_fractions=outcome.fractions,
         macs_per_exit=calibration.costs,
         static_macs=calibration.static_macs,
@@ -219,10 +242,13 @@ def calibrate_exits(
     reference: float | None = None,
     split: str = "val",
     thresholds: list[float] | None = None,
+    rule: str = "agreement",
+    confidence: float = 0.5,
 ) -> Calibration:
-    """Set `model`'s thresholds (in place) to the least mean MACs whose accuracy on `split` is
-    within `max_drop` points of `reference` (default: the backbone alone on `split`), or to
-    the `thresholds` given; records the exit fractions on `split` for the expected MACs.
+    """Set `model`'s thresholds (in place) to the least mean MACs that keep `split` within
+    `max_drop` points of `reference` (default: the backbone alone on `split`) by `rule` at
+    `confidence` (`thresholds.Budget`), or to the `thresholds` given; records the exit
+    fractions on `split` for the expected MACs.
 
     The heads are not retrained, so a sweep over budgets costs one pass over the split each.
 
@@ -242,10 +268,11 @@ def calibrate_exits(
     device = next(model.parameters()).device
     example = task.inputs_of(next(iter(task.loader(split, batch_size=1))))[0].to(device)
     macs = exit_macs(model, example)
+    budget = Budget(reference, max_drop, rule, confidence)
     if thresholds is not None:
         found = outcome_of(logits, labels, model.criterion, macs, thresholds)
     else:
-        calibrated = calibrate(logits, labels, model.criterion, macs, reference - max_drop)
+        calibrated = calibrate(logits, labels, model.criterion, macs, budget)
         if calibrated is None:
             final = 100.0 * float((logits[-1].argmax(-1) == labels).double().mean())
             raise ConfigError(
@@ -257,7 +284,7 @@ def calibrate_exits(
     model.set_thresholds(found.thresholds)
     model.exit_fractions = found.fractions
     live = [fires(model.criterion, t) for t in found.thresholds]
-    sweep = trade_off(logits, labels, model.criterion, macs, reference)
+    sweep = trade_off(logits, labels, model.criterion, macs, budget)
     return Calibration(found, macs.per_exit(live), macs.static, sweep)
 
 

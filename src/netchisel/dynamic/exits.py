@@ -189,7 +189,21 @@ class EarlyExitModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             return run_steps(self.backbone, self.steps, x)
+        if x.shape[0] == 1:
+            return self._single(x)
         return self.exiting(x)[0]
+
+    def _single(self, x: Tensor) -> Tensor:
+        """Batch 1 without `exiting`'s bookkeeping (the exit index, the output buffer): on a
+        small model each extra tensor operation costs as much as a layer."""
+        segments = self._segments()
+        for k, (segment, head) in enumerate(zip(segments, self.heads, strict=False)):
+            x = run_steps(self.backbone, segment, x)
+            if fires(self.criterion, self.thresholds[k]):
+                logits: Tensor = head(x)
+                if bool(exits_now(logits, self.criterion, self.thresholds[k])):
+                    return logits
+        return run_steps(self.backbone, segments[-1], x)
 
     def dynamic_costs(self, example_inputs: Any) -> dict[str, Any]:
         """MACs per sample at each exit and the expected MACs under the calibration split's

@@ -38,7 +38,7 @@ from netchisel.core.task import Batch, Task
 from netchisel.core.train import TrainConfig, check_training, fit, frozen, train_settings
 from netchisel.dynamic.confidence import soft_kl
 from netchisel.dynamic.labelled import labelled, split_accuracy
-from netchisel.dynamic.thresholds import BUDGETS
+from netchisel.dynamic.thresholds import BUDGETS, RULES, Budget
 from netchisel.dynamic.width_gate import (
     GateOutcome,
     calibrate_bias,
@@ -64,7 +64,9 @@ class WidthConfig(TrainConfig):
     - gate: `gate_channels`, `gate_pool` (its size), `gate_steps`, `gate_lr`, `cost_weight`
       (MACs price in its targets);
     - `gate_bias`: use as given; None to calibrate it on `split` to the least mean MACs within
-      `max_drop` accuracy points of the static model.
+      `max_drop` accuracy points of the static model, judged by `rule` at `confidence` (as
+      early exit's: "agreement" bounds the rate of answers that differ from the widest's,
+      "accuracy" takes the split's accuracy as measured; `netchisel.dynamic.thresholds`).
 
     Example:
         >>> c = WidthConfig.from_dict({"widths": [0.25, 0.5, 1.0], "max_drop": 1.0})
@@ -90,6 +92,8 @@ class WidthConfig(TrainConfig):
     cost_weight: float = 0.1
     gate_bias: float | None = None
     max_drop: float = 0.5
+    rule: Literal["agreement", "accuracy"] = "agreement"
+    confidence: float = 0.5
     split: str = "val"
 
     def validate(self) -> None:
@@ -130,6 +134,10 @@ class WidthConfig(TrainConfig):
             raise ConfigError(f"{STAGE}: gate_bias must be finite, got {self.gate_bias}")
         if not (0.0 <= self.max_drop <= 100.0):
             raise ConfigError(f"{STAGE}: max_drop must be in [0, 100] points, got {self.max_drop}")
+        if self.rule not in RULES:
+            raise ConfigError(f"{STAGE}: rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"{STAGE}: confidence must be in (0, 1), got {self.confidence}")
 
 
 @register(WidthConfig)
@@ -160,6 +168,8 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
             reference=reference,
             split=config.split,
             bias=config.gate_bias,
+            rule=config.rule,
+            confidence=config.confidence,
         )
     dyn.eval()
     per_width, gate_macs, static = width_macs(dyn, example)
@@ -179,28 +189,38 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
         mac_reduction=1.0 - found.expected_macs / static,
         reference_accuracy=reference,
         calibrated_accuracy=found.accuracy,
-        dynamic=trade_off_record(dyn, task, reference, found, config.split),
+        rule=config.rule,
+        confidence=config.confidence,
+        dynamic=trade_off_record(
+            dyn,
+            task,
+            Budget(reference, config.max_drop, config.rule, config.confidence),
+            found,
+            config.split,
+        ),
     )
     return dyn
 
 
 def trade_off_record(
-    model: WidthModel, task: Task, reference: float, chosen: GateOutcome, split: str
+    model: WidthModel, task: Task, budget: Budget, chosen: GateOutcome, split: str
 ) -> dict[str, object]:
     """What a report plots of the stage (the record `dynamic`): accuracy against mean MACs
     per sample on `split` for the gate calibrated at each budget of `thresholds.BUDGETS` and
     for each width alone (no gate), the point chosen, the static model, and the share of the
     split at each width."""
-    logits, correct, _ = _split_outputs(model, task, split)
+    logits, correct, differs = _split_outputs(model, task, split)
     example = task.example_inputs(1, split)[0].to(_device(model))
     per_width, gate_macs, static = width_macs(model, example)
+    reference = budget.reference
     sweep = []
-    for budget in BUDGETS:
-        found = calibrate_bias(logits, correct, per_width, gate_macs, reference - budget)
+    for points in BUDGETS:
+        at = dataclasses.replace(budget, max_drop=points)
+        found = calibrate_bias(logits, correct, per_width, gate_macs, at, differs)
         if found is not None:
             sweep.append(
                 {
-                    "setting": f"max_drop {budget:g}",
+                    "setting": f"max_drop {points:g}",
                     "value": found.accuracy,
                     "mean_macs": found.expected_macs,
                 }
@@ -234,14 +254,17 @@ def calibrate_gate(
     reference: float | None = None,
     split: str = "val",
     bias: float | None = None,
+    rule: str = "agreement",
+    confidence: float = 0.5,
 ) -> GateOutcome:
-    """Set `model`'s gate bias (in place) to the least mean MACs whose accuracy on `split` is
-    within `max_drop` points of `reference` (default: the full width on `split`), or to
-    `bias`; records the share of `split` sent to each width for the expected MACs.
+    """Set `model`'s gate bias (in place) to the least mean MACs that keep `split` within
+    `max_drop` points of `reference` (default: the full width on `split`) by `rule` at
+    `confidence` (`thresholds.Budget`), or to `bias`; records the share of `split` sent to
+    each width for the expected MACs.
 
     The gate is not retrained, so a sweep over budgets costs one pass over the split.
     """
-    logits, correct, _ = _split_outputs(model, task, split)
+    logits, correct, differs = _split_outputs(model, task, split)
     example = task.example_inputs(1, split)[0].to(_device(model))
     per_width, gate_macs, _ = width_macs(model, example)
     if reference is None:
@@ -249,7 +272,8 @@ def calibrate_gate(
     if bias is not None:
         found = outcome(logits, correct, per_width, gate_macs, bias)
     else:
-        calibrated = calibrate_bias(logits, correct, per_width, gate_macs, reference - max_drop)
+        budget = Budget(reference, max_drop, rule, confidence)
+        calibrated = calibrate_bias(logits, correct, per_width, gate_macs, budget, differs)
         if calibrated is None:
             full = 100.0 * float(correct[-1].double().mean())
             raise ConfigError(
@@ -274,11 +298,12 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def _split_outputs(model: WidthModel, task: Task, split: str) -> tuple[Tensor, Tensor, Tensor]:
-    """The gate's logits (N, widths), each width's correctness (widths, N) and the labels."""
+    """The gate's logits (N, widths), each width's correctness (widths, N) and whether its
+    answer differs from the widest width's (widths, N)."""
     device = _device(model)
     gates: list[Tensor] = []
     right: list[Tensor] = []
-    labels: list[Tensor] = []
+    differ: list[Tensor] = []
     model.eval()
     with torch.no_grad():
         for batch in task.loader(split):
@@ -287,10 +312,10 @@ def _split_outputs(model: WidthModel, task: Task, split: str) -> tuple[Tensor, T
             gates.append(model.gate(x).float().cpu())
             outs = [model.run_width(x, k).argmax(-1).cpu() for k in range(len(model.widths))]
             right.append(torch.stack([o == y for o in outs]))
-            labels.append(y)
-    if not labels:
+            differ.append(torch.stack([o != outs[-1] for o in outs]))
+    if not right:
         raise ConfigError(f"{STAGE}: the {split!r} split is empty; calibration needs data")
-    return torch.cat(gates), torch.cat(right, 1), torch.cat(labels)
+    return torch.cat(gates), torch.cat(right, 1), torch.cat(differ, 1)
 
 
 def _order(config: WidthConfig, count: int) -> list[int]:

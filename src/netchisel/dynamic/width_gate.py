@@ -14,9 +14,12 @@ sample runs exactly one width; a cascade pays for every width it tries.
 
 Calibration: the gate's logits get `bias * k` added (k = width index; > 0 leans wider). As the
 bias grows each sample's width can only grow, so the accuracy on the validation split moves
-with it; the bias kept is the one with the least expected MACs whose accuracy is within
-`max_drop` points of the reference (the static model), found exactly over every bias at which
-some sample changes width.
+with it; the bias kept is the one with the least expected MACs that keeps the budget
+(`thresholds.Budget`: `max_drop` points below the reference, the static model), found exactly
+over every bias at which some sample changes width. With the "agreement" rule (the default) a
+sample sent to a narrower width whose answer differs from the widest's counts as lost, and the
+Clopper-Pearson upper bound of their rate must stay within the budget, as for early exits; with
+"accuracy" the split's accuracy as measured must.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from netchisel.dynamic.thresholds import Budget
 
 # At most this many candidate biases are scored (quantiles of every sample's switch points).
 CANDIDATES = 2048
@@ -128,17 +133,30 @@ def switch_points(logits: Tensor) -> Tensor:
 
 
 def calibrate_bias(
-    logits: Tensor, correct: Tensor, costs: list[int], gate_macs: int, target: float
+    logits: Tensor,
+    correct: Tensor,
+    costs: list[int],
+    gate_macs: int,
+    budget: Budget,
+    differs: Tensor | None = None,
 ) -> GateOutcome | None:
-    """The bias with the least mean MACs whose accuracy is >= `target` percent (ties: the
-    more accurate), or None when even the widest choice of every sample misses it.
+    """The bias with the least mean MACs that keeps `budget` (ties: the more accurate), or
+    None when even the widest choice of every sample misses it. `differs` (widths, N) marks
+    the answers that differ from the widest width's; the "agreement" rule needs it.
 
     Example:
         >>> z = torch.tensor([[1.0, 0.0], [0.0, 0.5]])
         >>> ok = torch.tensor([[True, False], [True, True]])
-        >>> calibrate_bias(z, ok, [10, 100], 1, 100.0).fractions
+        >>> calibrate_bias(z, ok, [10, 100], 1, Budget(100.0, 0.0, "accuracy")).fractions
         [0.5, 0.5]
     """
+    agreement = budget.rule == "agreement"
+    if agreement and differs is None:
+        raise ValueError("calibrate_bias: the agreement rule needs `differs`")
+    widest = 100.0 * float(correct[-1].double().mean())
+    if agreement and widest < budget.floor():
+        return None
+    allowed = budget.misses_allowed(correct.shape[1], widest)
     points = switch_points(logits.float())
     if len(points) > CANDIDATES:
         points = torch.quantile(points, torch.linspace(0, 1, CANDIDATES, dtype=points.dtype))
@@ -149,7 +167,12 @@ def calibrate_bias(
     best: GateOutcome | None = None
     for bias in candidates:
         found = outcome(logits.float(), correct, costs, gate_macs, bias)
-        if found.accuracy < target:
+        if agreement and differs is not None:
+            pick = choices(logits.float(), bias)
+            misses = int(differs.gather(0, pick[None]).sum())
+            if misses > allowed and found.fractions[-1] < 1.0:
+                continue  # all at the widest keeps any budget the widest itself keeps
+        elif found.accuracy < budget.floor():
             continue
         if (
             best is None

@@ -164,24 +164,28 @@ class EarlyExitModel(nn.Module):
             if not fires(self.criterion, self.thresholds[k]):
                 continue  # an exit that can never let a sample out: its head does not run
             logits = head(x)
+            done = exits_now(logits, self.criterion, self.thresholds[k])
+            # One sync decides what follows; on a small model each tensor operation costs
+            # about as much as a layer, so the cases below index as little as they can.
+            count = int(done.sum())
+            if count == 0:
+                continue
+            if count == len(index) and out is None:  # all of them, at the first live exit
+                taken.fill_(k)
+                return logits, taken
             if out is None:
                 out = logits.new_empty((n, *logits.shape[1:]))
-            done = exits_now(logits, self.criterion, self.thresholds[k])
-            if n == 1:  # batch 1: one sync decides, no indexing
-                if bool(done):
-                    out = logits
-                    taken[0] = k
-                    return out, taken
-                continue
-            if bool(done.any()):
-                out[index[done]] = logits[done]
-                taken[index[done]] = k
-                stay = ~done
-                if not bool(stay.any()):
-                    return out, taken
-                x, index = x[stay], index[stay]
+            if count == len(index):
+                out[index] = logits
+                taken[index] = k
+                return out, taken
+            rows = done.nonzero().squeeze(1)
+            keep = (~done).nonzero().squeeze(1)
+            out[index[rows]] = logits[rows]
+            taken[index[rows]] = k
+            x, index = x[keep], index[keep]
         final = run_steps(self.backbone, segments[-1], x)
-        if out is None or n == 1:
+        if out is None:
             return final, taken
         out[index] = final.to(out.dtype)
         return out, taken

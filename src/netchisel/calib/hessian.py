@@ -50,13 +50,20 @@ def inverse_cholesky(h: Tensor, damp: float) -> Tensor | None:
         >>> inverse_cholesky(4.0 * torch.eye(2), 0.0).diagonal().tolist()
         [0.5, 0.5]
     """
-    damped = h + damp * torch.eye(len(h), dtype=h.dtype, device=h.device)
+    # The same values as h + damp * I (`+ 0.0` turns -0.0 into +0.0 as that sum does) without
+    # two more in x in matrices; each intermediate is freed as soon as the next exists, so a
+    # layer with 2048+ inputs holds two of them at a time, not five.
+    damped = h + 0.0
+    damped.diagonal().add_(damp)
     lower, info = torch.linalg.cholesky_ex(damped)
+    del damped
     if int(info) != 0:
         return None
     inverse = torch.cholesky_inverse(lower)
+    del lower
     upper: Tensor
     upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+    del inverse
     if int(info) != 0 or not bool(torch.isfinite(upper).all()):
         return None
     return upper

@@ -21,8 +21,13 @@ quantize/dequantize functions as arguments.
   activations).
 
 Rollback is the caller's: run this and the module swap after it inside
-`core.state.restored_on_error`. Written here because no well-kept library runs this over any
-`nn.Module`: the papers' code and llm-compressor's pipelines are tied to Hugging Face classes.
+`core.state.restored_on_error` (with `spill=None`, so a large model's rollback copy waits on
+disk, not in memory). Memory: the model plus one block's calibration inputs and one group's
+statistics and solver temporaries; glibc is told to give freed tensors back to the system
+(`core.heap`), else its heap fragments between the results each layer keeps.
+
+Written here because no well-kept library runs this over any `nn.Module`: the papers' code
+and llm-compressor's pipelines are tied to Hugging Face classes.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from netchisel.calib.inputs import (
 from netchisel.calib.trace import find_blocks, first_output, hooks, trace_calls
 from netchisel.core.context import Context
 from netchisel.core.errors import ModelError
+from netchisel.core.heap import unmap_large_allocations
 from netchisel.core.task import Task
 
 Solve = Callable[[dict[str, LayerInputs]], None]
@@ -126,6 +132,7 @@ def run_layerwise(
         >>> seen
         [['0'], ['2']]
     """
+    unmap_large_allocations()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = calibration_inputs(task, how.samples, device, how.stage)
     was_training = model.training

@@ -312,7 +312,7 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
             solved[name] = (result.keep, error, result.damping)
 
     how = Layerwise(config.NAME, config.calibration_samples, config.blocks)
-    with restored_on_error(model):
+    with restored_on_error(model, spill=None):
         run = run_layerwise(model, layers, task, solve, how, ctx)
         for name, (keep, _, _) in solved.items():
             set_mask(model, f"{name}.weight", keep)

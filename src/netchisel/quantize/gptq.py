@@ -61,6 +61,7 @@ from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.registry import register
+from netchisel.core.spill import held_tensors
 from netchisel.core.state import restored_on_error
 from netchisel.quantize.formats import kernel_qparams, padded_weight, quantized_linear
 from netchisel.quantize.linears import chosen_linears, swap_linears
@@ -274,7 +275,8 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
     # Only the integers, scales and zeros wait for the swap (not the dequantized weight, which
     # is copied into the layer at once): held for every layer, a float copy would double the
     # model's memory by the end.
-    solved: dict[str, tuple[Tensor, Tensor, Tensor, float]] = {}
+    solved: dict[str, tuple[Tensor, Tensor, Tensor]]  # held_tensors below: on disk if large
+    damping: dict[str, float] = {}
     errors: dict[str, tuple[float, float]] = {}
 
     def solve(group: dict[str, LayerInputs]) -> None:
@@ -303,14 +305,15 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
                 output_error(weight, rtn, gram),
             )
             layer.weight.copy_(result.weight[:, : layer.in_features])
-            solved[name] = (result.q, result.scale, result.zero, result.damping)
+            solved[name] = (result.q, result.scale, result.zero)
+            damping[name] = result.damping
 
     def make(name: str, linear: nn.Linear) -> nn.Module:
-        q, scale, zero, _ = solved[name]
+        q, scale, zero = solved[name]
         return quantized_linear(linear, specs[name], q, scale, zero)
 
     how = Layerwise(stage, config.calibration_samples, config.blocks)
-    with restored_on_error(model):
+    with restored_on_error(model, spill=None), held_tensors(model) as solved:
         run = run_layerwise(model, layers, task, solve, how, ctx)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already
@@ -318,7 +321,7 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
     ctx.record(
         layer_output_error={n: e[0] for n, e in errors.items()},
         rtn_layer_output_error={n: e[1] for n, e in errors.items()},
-        damping={n: r[3] for n, r in solved.items()},
+        damping=damping,
         calibration_samples=run.samples,
     )
     return model

@@ -172,7 +172,9 @@ def gptq_solve(
     fixed = choose(w, spec) if static else None
     if spec.granularity == "group" and not act_order:
         blocksize = -(-blocksize // spec.group_size) * spec.group_size
-    for factor, used in damped_factors(h[perm][:, perm], damping):
+    if act_order:  # without it perm is the identity: no permuted copy of H (memory)
+        h = h[perm][:, perm]
+    for factor, used in damped_factors(h, damping):
         q, scale, zero = _sweep(w[:, perm], factor, spec, perm, blocksize, fixed, choose)
         inverse = torch.argsort(perm)
         q = q[:, inverse].contiguous()

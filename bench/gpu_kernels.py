@@ -226,6 +226,11 @@ def main() -> None:
         "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        # to_sparse_semi_structured uses cuSPARSELt when torch has it, else CUTLASS (whose fp16
+        # shapes must be multiples of 32 x 64 rather than 16 x 16)
+        "semi_structured_backend": "cusparselt"
+        if torch.backends.cusparselt.is_available()
+        else "cutlass",
         "iters": ITERS,
         "rounds": ROUNDS,
         "layer_4096": {

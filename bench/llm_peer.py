@@ -24,6 +24,17 @@ no activation ordering, damping 0.01, block 128; SparseGPT at 50 % unstructured,
 Baselines: round-to-nearest (both) and magnitude pruning per layer (netchisel's
 `prune.unstructured`, the same patterns).
 
+SparseGPT's options (netchisel only): `reconstruct` solves each row's kept weights exactly on
+the sweep's mask (least squares against the layer's Hessian, Boza 2024, "Fast and Optimal
+Weight Update for Pruned Large Language Models"); `refine_steps=20` moves the mask by ADMM
+first (the same paper). A sweep of SparseGPT-50's settings (calibration 256 windows, damping
+0.001 / 0.1, block 32) shows what else moves it, and three random draws of 64 calibration
+windows (seeds 0-2) give the spread of the plain, reconstructed and refined arms.
+
+Symmetric grids: both sides map a group's largest |w| to qmax + 1/2 steps below 8 bits
+(compressed-tensors' divisor, netchisel's since the 3-bit RTN gap of the previous run: 3.27
+against 3.17, from a grid that left its lowest level unused).
+
 Targets (issue 21): 4-bit GPTQ closes >= 50 % of RTN's perplexity gap to the dense model;
 SparseGPT at 50 % costs <= 1/3 of magnitude's perplexity increase.
 """
@@ -42,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import write_result
+from common import load_result, spread, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".venv" / "llmc" / "bin" / "python"
@@ -61,7 +72,25 @@ OURS = (
     "sparsegpt_2of4",
     "magnitude_4of8",
     "sparsegpt_4of8",
+    "sparsegpt_50_reconstruct",
+    "sparsegpt_50_refine",
+    "sparsegpt_2of4_refine",
+    "sparsegpt_4of8_refine",
 )
+# SparseGPT-50 settings beyond the shared ones: arm -> (config overrides, calibration set)
+SWEEP: dict[str, tuple[dict[str, Any], str]] = {
+    "calibration_256": ({"calibration_samples": 256}, "calibration_256"),
+    "damping_0.001": ({"damping": 0.001}, "calibration"),
+    "damping_0.1": ({"damping": 0.1}, "calibration"),
+    "block_32": ({"blocksize": 32}, "calibration"),
+    "block_32_reconstruct": ({"blocksize": 32, "reconstruct": True}, "calibration"),
+    "calibration_256_refine": (
+        {"calibration_samples": 256, "refine_steps": 20},
+        "calibration_256",
+    ),
+}
+OPTIONS = {"reconstruct": {"reconstruct": True}, "refine": {"refine_steps": 20}}
+DRAWS = 3
 PEER = ("rtn_4", "gptq_4", "rtn_3", "gptq_3", "sparsegpt_50", "sparsegpt_2of4", "sparsegpt_4of8")
 PATTERNS = {"50": "unstructured", "2of4": "2:4", "4of8": "4:8"}
 
@@ -84,6 +113,17 @@ def prepare(work: Path) -> None:
     pick = torch.linspace(0, len(train_windows) - 1, CALIBRATION).long()
     tokens = {
         "calibration": train_windows[pick].contiguous(),
+        "calibration_256": train_windows[
+            torch.linspace(0, len(train_windows) - 1, 256).long()
+        ].contiguous(),
+        **{
+            f"calibration_seed{seed}": train_windows[
+                torch.randperm(len(train_windows), generator=torch.Generator().manual_seed(seed))[
+                    :CALIBRATION
+                ]
+            ].contiguous()
+            for seed in range(DRAWS)
+        },
         "val": _windows(text["val"]).contiguous(),
         "test": _windows(text["test"]).contiguous(),
     }
@@ -108,7 +148,11 @@ def perplexity(model: torch.nn.Module, windows: torch.Tensor) -> float:
 
 
 def our_arm(work: Path, arm: str) -> dict[str, Any]:
-    """One netchisel arm in this process (a fresh one: see main)."""
+    """One netchisel arm in this process (a fresh one: see main).
+
+    `arm` is KIND_SETTING[_OPTION], or sweep:NAME (SparseGPT-50 with SWEEP[NAME]), or
+    draw:SEED:ARM (ARM on the random calibration draw SEED).
+    """
     from safetensors.torch import load_file
     from torch.utils.data import TensorDataset
 
@@ -119,12 +163,27 @@ def our_arm(work: Path, arm: str) -> dict[str, Any]:
     from netchisel.zoo import train
 
     tokens = load_file(str(work / "tokens.safetensors"))
-    calibration = tokens["calibration"]
+    overrides: dict[str, Any] = {}
+    calibration_set = "calibration"
+    if arm.startswith("sweep:"):
+        overrides, calibration_set = SWEEP[arm.removeprefix("sweep:")]
+        arm = "sparsegpt_50"
+    elif arm.startswith("draw:"):
+        _, seed, arm = arm.split(":")
+        calibration_set = f"calibration_seed{seed}"
+    calibration = tokens[calibration_set]
     task = language_model_task(
         {"train": TensorDataset(calibration[:, :-1], calibration[:, 1:])}, batch_size=8
     )
     model = train.pretrained("llama").eval()
-    kind, _, setting = arm.partition("_")
+    kind, _, rest = arm.partition("_")
+    setting, _, option = rest.partition("_")
+    overrides = {**OPTIONS.get(option, {}), **overrides}
+    if option == "oldgrid":
+        # The ablation of the symmetric grid before commit 6662752: amax -> qmax steps.
+        from netchisel.quantize import primitives
+
+        primitives.symmetric_steps = lambda spec: float(spec.qmax)
     start = time.perf_counter()
     exclude = ("lm_head",)
     if kind == "rtn":
@@ -148,14 +207,15 @@ def our_arm(work: Path, arm: str) -> dict[str, Any]:
         config = UnstructuredConfig(sparsity=0.5, pattern=PATTERNS[setting], exclude=exclude)
         nc.prune_(model, config)
     elif kind == "sparsegpt":
-        config = SparseGPTConfig(
-            sparsity=0.5,
-            pattern=PATTERNS[setting],
-            exclude=exclude,
-            calibration_samples=CALIBRATION,
-            damping=0.01,
-            blocksize=128,
-        )
+        settings = {
+            "sparsity": 0.5,
+            "pattern": PATTERNS[setting],
+            "exclude": exclude,
+            "calibration_samples": CALIBRATION,
+            "damping": 0.01,
+            "blocksize": 128,
+        }
+        config = SparseGPTConfig(**{**settings, **overrides})
         nc.prune_(model, config, task=task)
     seconds = time.perf_counter() - start
     linears = [
@@ -189,13 +249,40 @@ def gap_closed(rows: dict[str, Any], method: str, baseline: str) -> float | None
     return 1.0 - (rows[method]["test"] - dense) / (rows[baseline]["test"] - dense)
 
 
+def gptq_draws(work: Path) -> dict[str, Any]:
+    """GPTQ-4 on the random calibration draws, with the grid as it is and as it was."""
+    out: dict[str, Any] = {}
+    for arm in ("gptq_4", "gptq_4_oldgrid"):
+        rows = [
+            _run([sys.executable, __file__, "--arm", f"draw:{seed}:{arm}", "--work", str(work)])
+            for seed in range(DRAWS)
+        ]
+        out[arm] = spread([r["test"] for r in rows], by_seed=True)
+        print("gptq draws", arm, out[arm], flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arm")
     parser.add_argument("--work")
+    parser.add_argument(
+        "--gptq-draws-only",
+        action="store_true",
+        help="run only the GPTQ-4 calibration draws and add them to the committed JSON",
+    )
     args = parser.parse_args()
     if args.arm:
         print(json.dumps(our_arm(Path(args.work), args.arm)))
+        return
+    if args.gptq_draws_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            prepare(Path(tmp))
+            entry = gptq_draws(Path(tmp))
+        result = load_result("llm_peer")
+        assert result is not None, "run the whole benchmark first"
+        result.pop("benchmark"), result.pop("date"), result.pop("machine")
+        write_result("llm_peer", {**result, "gptq4_calibration_draws": entry})
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -205,10 +292,29 @@ def main() -> None:
         for arm in OURS:
             ours[arm] = _run([sys.executable, __file__, "--arm", arm, "--work", str(work)])
             print("netchisel", arm, ours[arm], flush=True)
+        sweep = {
+            name: _run([sys.executable, __file__, "--arm", f"sweep:{name}", "--work", str(work)])
+            for name in SWEEP
+        }
+        print("sweep", sweep, flush=True)
+        draws = {
+            arm: [
+                _run([sys.executable, __file__, "--arm", f"draw:{seed}:{arm}", "--work", str(work)])
+                for seed in range(DRAWS)
+            ]
+            for arm in ("sparsegpt_50", "sparsegpt_50_reconstruct", "sparsegpt_50_refine")
+        }
+        print("draws", draws, flush=True)
+        gptq = gptq_draws(work)
         for arm in PEER:
             peer[arm] = _run([str(PEER_PYTHON), str(PEER_SCRIPT), str(work), arm])
             print("llm-compressor", arm, peer[arm], flush=True)
         peer_rows = {**peer, "dense": ours["dense"], "magnitude_50": ours["magnitude_50"]}
+    magnitude = ours["magnitude_50"]["test"] - ours["dense"]["test"]
+
+    def ratio(test: float) -> float:
+        return (test - ours["dense"]["test"]) / magnitude
+
     result = {
         "model": "zoo llama (transformers LlamaForCausalLM, 803,968 parameters)",
         "group_size": GROUP,
@@ -225,8 +331,22 @@ def main() -> None:
                 "netchisel": 1.0 - (gap_closed(ours, "sparsegpt_50", "magnitude_50") or 0.0),
                 "llmcompressor": 1.0
                 - (gap_closed(peer_rows, "sparsegpt_50", "magnitude_50") or 0.0),
+                "netchisel_reconstruct": ratio(ours["sparsegpt_50_reconstruct"]["test"]),
+                "netchisel_refine": ratio(ours["sparsegpt_50_refine"]["test"]),
                 "target": 1 / 3,
             },
+        },
+        "sparsegpt50_sweep": {
+            name: {"settings": SWEEP[name][0], **row, "ratio": ratio(row["test"])}
+            for name, row in sweep.items()
+        },
+        "gptq4_calibration_draws": gptq,
+        "sparsegpt50_calibration_draws": {
+            arm: {
+                "test": spread([r["test"] for r in rows], by_seed=True),
+                "ratio": spread([ratio(r["test"]) for r in rows], by_seed=True),
+            }
+            for arm, rows in draws.items()
         },
     }
     write_result("llm_peer", result)
@@ -261,8 +381,33 @@ def render(r: dict[str, Any]) -> str:
         f"4-bit GPTQ closes {100 * g['netchisel']:.0f}% of RTN's perplexity gap (llm-compressor: "
         f"{100 * g['llmcompressor']:.0f}%; target >= 50%). SparseGPT at 50% costs "
         f"{s['netchisel']:.2f}x magnitude's perplexity increase (llm-compressor: "
-        f"{s['llmcompressor']:.2f}x; target <= 0.33x).",
+        f"{s['llmcompressor']:.2f}x; target <= 0.33x); with `reconstruct` "
+        f"{s['netchisel_reconstruct']:.2f}x, with `refine_steps=20` {s['netchisel_refine']:.2f}x.",
+        "",
+        "SparseGPT-50 settings (test ppl, x magnitude's increase): "
+        + "; ".join(
+            f"{name} {v['test']:.4f} ({v['ratio']:.2f}x)"
+            for name, v in r["sparsegpt50_sweep"].items()
+        )
+        + ". Three random draws of 64 calibration windows (median, min-max of the ratio): "
+        + "; ".join(
+            f"{arm} {v['ratio']['median']:.2f}x ({v['ratio']['min']:.2f}-{v['ratio']['max']:.2f})"
+            for arm, v in r["sparsegpt50_calibration_draws"].items()
+        )
+        + ".",
     ]
+    if "gptq4_calibration_draws" in r:
+        d = r["gptq4_calibration_draws"]
+        lines += [
+            "",
+            "GPTQ-4 on the same three draws (test ppl, median and min-max): "
+            + "; ".join(
+                f"{'grid before 6662752 (amax -> qmax)' if k.endswith('oldgrid') else 'grid now'}"
+                f" {v['median']:.4f} ({v['min']:.4f}-{v['max']:.4f})"
+                for k, v in d.items()
+            )
+            + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -59,6 +59,9 @@ def test_a_worse_admm_mask_is_not_taken() -> None:
     weight, x = layer_data(32, 64, 1024)
     sweep, exact, refined = _errors(weight, x, (2, 4))
     assert exact < 0.8 * sweep and refined == exact  # measured 0.78
+    h = x.T @ x
+    assert not sparsegpt_solve(weight, h, 0.5, (2, 4), 16, refine_steps=20).refined
+    assert sparsegpt_solve(weight, h, 0.5, None, 16, refine_steps=20).refined
     sweep, exact, refined = _errors(weight, x, None)
     assert refined < 0.7 * exact < 0.7 * sweep  # measured 0.66, 0.68
 

@@ -171,7 +171,12 @@ def test_exact_reconstruction_and_refined_masks_bring_the_output_closer() -> Non
     for options in ({}, {"reconstruct": True}, {"refine_steps": 20}):
         model = tiny_gpt()
         config = SparseGPTConfig(layers=BLOCK_LAYERS, **options)  # type: ignore[arg-type]
-        prune_sparsegpt(model, config, quiet_context(task))
+        ctx = quiet_context(task)
+        prune_sparsegpt(model, config, ctx)
+        # which layers took ADMM's mask is recorded, only when refine_steps asks for it
+        refined = ctx.records.get("refined_masks")
+        assert (refined is None) == ("refine_steps" not in options)
+        assert refined is None or 0 < len(refined) <= len(ctx.records["layer_output_error"])
         masks = masks_of(model).values()
         assert sum(int((~m.keep).sum()) for m in masks) * 2 == sum(m.keep.numel() for m in masks)
         with torch.no_grad():

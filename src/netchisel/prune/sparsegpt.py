@@ -145,11 +145,15 @@ class SparseGPTConfig(StageConfig):
 
 @dataclass(frozen=True)
 class SparseResult:
-    """A solved layer: the new weight, its keep-mask and the damping that made H invertible."""
+    """A solved layer: the new weight, its keep-mask and the damping that made H invertible.
+
+    `refined` is True when the mask is ADMM's (`refine_steps`), not the sweep's.
+    """
 
     weight: Tensor
     keep: Tensor
     damping: float
+    refined: bool = False
 
 
 def sparsegpt_solve(
@@ -188,6 +192,7 @@ def sparsegpt_solve(
         new, keep = _obs_prune(
             weight.detach().float(), factor, sparsity, pattern, blocksize, pruned
         )
+        refined = False
         if reconstruct or refine_steps:
             damped = h + used * float(h.diagonal().mean()) * torch.eye(len(h), device=h.device)
             new = exact_weights(weight, damped, keep)
@@ -198,9 +203,9 @@ def sparsegpt_solve(
                 other = exact_weights(weight, damped, moved)
                 w = weight.detach().float()
                 if gram_error(other - w, h) < gram_error(new - w, h):
-                    new, keep = other, moved
+                    new, keep, refined = other, moved, True
         if bool(torch.isfinite(new).all()):
-            return SparseResult(new.to(weight.dtype), keep, used)
+            return SparseResult(new.to(weight.dtype), keep, used, refined)
     raise unsolvable(damping)
 
 
@@ -294,6 +299,7 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
     # Per solved layer: its keep mask, output error and damping (not the float weight, which
     # is copied into the layer at once: held for every layer it would double the model).
     solved: dict[str, tuple[Tensor, float, float]] = {}
+    refined: list[str] = []  # layers whose mask is ADMM's (refine_steps), not the sweep's
 
     def solve(group: dict[str, LayerInputs]) -> None:
         for name, seen in group.items():
@@ -317,6 +323,8 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
             error = output_error(weight, result.weight, seen.gram)  # type: ignore[arg-type]
             weight.copy_(result.weight)
             solved[name] = (result.keep, error, result.damping)
+            if result.refined:
+                refined.append(name)
 
     how = Layerwise(config.NAME, config.calibration_samples, config.blocks)
     with restored_on_error(model, spill=None):
@@ -331,6 +339,7 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
         calibration_samples=run.samples,
         note=DENSE_KERNEL_NOTE,
         **({"left_dense": left_dense} if left_dense else {}),
+        **({"refined_masks": refined} if config.refine_steps else {}),
     )
     return model
 

@@ -21,6 +21,18 @@ from netchisel.quantize.primitives import (
 _INT4_ROWS = 16  # the CPU int4 kernel wants the output features in multiples of 16
 
 
+def cuda_inner_k_tiles(padded_in: int) -> int:
+    """The CUDA int4 kernel's inner K tiles for `padded_in` inputs: the most of 8, 4, 2 whose
+    super-tile (16 inputs a tile) divides it. Groups pad the inputs to a multiple of 32, so
+    2 always fits.
+
+    Example:
+        >>> cuda_inner_k_tiles(4096), cuda_inner_k_tiles(352), cuda_inner_k_tiles(96)
+        (8, 2, 2)
+    """
+    return next((t for t in (8, 4, 2) if padded_in % (16 * t) == 0), 2)
+
+
 class Int4WeightOnlyLinear(QuantizedLinear):
     """4-bit weights, two per byte, with a bf16 scale and zero per group of inputs.
 
@@ -127,7 +139,7 @@ class Int4WeightOnlyLinear(QuantizedLinear):
             unpacked = self.unpacked()
             if self.qweight.is_cuda:
                 packed = (unpacked[:, 1::2] | (unpacked[:, 0::2] << 4)).to(torch.uint8)
-                tiles = next(t for t in (8, 4, 2) if self.padded_in % (32 * t) == 0)
+                tiles = cuda_inner_k_tiles(self.padded_in)
                 out: Tensor = torch.ops.aten._convert_weight_to_int4pack(packed, tiles)
             else:
                 out = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpacked, 1)

@@ -1,46 +1,76 @@
-"""Mixture of experts on the zoo gpt (issue 19, benchmark 2): MoEfication of the trained model,
-and Switch layers trained from scratch against dense models, with and without the balancing
-loss.
+"""Mixture of experts on the zoo gpt (issue 19, benchmark 2): MoEfication of the trained model
+(with and without a distillation recovery), Switch layers trained from scratch against dense
+models, and Switch layers upcycled from the trained gpt; with and without the balancing loss.
 
 Run: .venv/bin/python bench/dynamic_moe.py  ->  bench/results/dynamic_moe.json
-(`--part moefy` or `--part switch` runs one part and merges it into the JSON.)
+(`--part moefy`, `--part switch` or `--part upcycle` runs one part and merges it into the
+JSON; `--arms a,b` runs only those arms of the switch or upcycle part, merged.)
 
-Model and data: the zoo's trained `gpt` (4 layers, n_embd 128, FFN 128 -> 512 -> 128, byte
-tokens, trained on the pydoc text) and its task (windows of 128 bytes; bits per byte and
-perplexity per byte on the val and test splits).
+Model and data: the zoo's trained `gpt` (4 layers, n_embd 128, FFN 128 -> 512 -> 128, GELU,
+byte tokens, trained on the pydoc text for 1,000 steps of 32 windows) and its task (windows of
+128 bytes; bits per byte and perplexity per byte on the test split).
+
+Routing figures (every Switch and upcycled arm) are measured on the **test split** (all its
+windows, eval mode, the task's batches of 32 windows = 4,096 tokens per forward, which is
+what capacity applies to), per layer:
+- `load_cv_by_layer`: the coefficient of variation (population std / mean) over the E
+  experts of the number of assignments each receives, **before capacity** (a token routed to
+  an expert counts whether or not it is then dropped; top-k: k assignments per token);
+- `load_cv_kept_by_layer`: the same over the assignments each expert **served** (after
+  capacity);
+- `dropped_by_layer`: the fraction of the assignments over capacity;
+- `router_entropy_by_layer`: the router's mean per-token entropy (nats; ln 8 = 2.079 is flat);
+- the arm's `load_cv` (the issue's field) is the largest per-layer CV before capacity;
+  `load_entropy` is the entropy of the load shares (ln 8 even), the mean over layers.
+Target: `load_cv` < 0.2 with the balancing loss. The JSON's top-level `load_cv` is the
+median over seeds of `upcycle_balance_1` (part 3, balance weight 1 = 100x Switch's alpha);
+`load_cv_met` asks every seed to be under 0.2; `load_cv_by_arm` has every arm's median.
 
 1. MoEfication (`dynamic.moe`, method moefy; Zhang et al. 2022): each of the 4 FFNs is split
    into E = 8 experts of 64 hidden units by co-activation on 64 train windows (8,192 tokens),
-   and a Linear router per layer is trained (300 steps) to pick the experts with the largest
-   outputs. k = 2 (the issue's headline) with seeds 0-2; k = 1, 4 and 8 (all experts: equals
-   the dense model) with seed 0, for the MACs-quality curve. Per arm: active FFN MACs per
-   token (router + k experts, exact from the shapes; the model's count on a real forward is
-   checked against `count_flops`), test perplexity and bits per byte,
-   router recall on held-out calibration tokens, and the expected MACs per window under the
-   val routing (`Profile.dynamic`). A seed sets the k-means start, router init and data order.
+   and a Linear router per layer is trained (300 steps) to pick the top-k experts by output
+   norm (`router_target: output_norm`). k = 2 with seeds 0-2; k = 1, 4 and 8 (all experts:
+   the dense model) with seed 0, for the MACs-quality curve. `router_target: activation`
+   (MoEfication's own target: the sum of each expert's positive activations) at k = 2,
+   seed 0. Recovery (`finetune_steps`): the experts distilled from the dense gpt
+   (per-position KL, routers and the rest fixed), `MOEFY_FINETUNE` steps of 8 windows, for k =
+   1, 2 (seeds 0-2) and 4. Per arm: active FFN MACs per token (router + k experts, exact
+   from the shapes; the model's count on a real forward is checked against `count_flops`),
+   test perplexity and bits per byte, router recall on held-out calibration tokens, and the
+   expected MACs per window under the val routing (`Profile.dynamic`).
 2. Switch from scratch (`dynamic.moe`, method switch, init scratch; Fedus et al. 2021):
    E = 8 experts, top-1, capacity factor 1.25, balance 0.01 (Switch's alpha), against the
    dense gpt trained the same way, all from the same untrained gpt (seeded), `SWITCH_STEPS`
-   AdamW steps of `SWITCH_BATCH` windows, lr 3e-3, weight decay 0.01, cosine schedule.
+   AdamW steps of `SWITCH_BATCH` windows, lr 3e-3, weight decay 0.01, cosine schedule: an
+   under-trained comparison (the zoo gpt gets 1,000 steps of 32 windows, 40x the data).
    `switch`: experts of 512 hidden units, each a dense FFN's size, so equal active
    parameters (and 8x the FFN parameters); `switch_equal_total`: experts of 64 units, so the
    dense model's FFN parameters in all and an eighth of them active. (A dense gpt with 8x
-   wider FFNs would be the other equal-total comparison; it costs ~5x the dense training and
-   does not fit this machine's budget.) The ablation `switch_no_balance` trains `switch` with
-   balance 0; `switch_balance_0.1` and `switch_balance_1` with 10x and 100x Switch's weight,
-   and `switch_400_steps` with Switch's weight for 4x the steps (no dense run of that
-   length beside it), to see what the load CV needs to reach the target. Per arm: test bits
-   per byte, and on the val split: load coefficient of variation (`load_cv`, population
-   std / mean of the assignments each expert gets, the largest over the 4 layers; target
-   < 0.2 with the balancing loss), dropped assignments (over capacity), the router's mean
-   per-token entropy and the entropy of the expert load (ln 8 = 2.079 is even), averaged
-   over layers. Seeds 0-2.
-3. Latency, A/B alternating in one run (`compare_latency`, one thread, eager) of the
+   wider FFNs would be the other equal-total comparison; it does not fit this machine's
+   budget.) `switch_no_balance` trains `switch` with balance 0; `switch_balance_0.1` and
+   `switch_balance_1` with 10x and 100x Switch's weight, and `switch_400_steps` with
+   Switch's weight for 4x the steps. Seeds 0-2. The routing of the arms in the committed JSON
+   was measured on the val split (their `routing_split`), by the run of 2026-12-06, before
+   this script measured routing on test; `--part switch` re-measures them on test. Part 3
+   records how much of the FFN inputs' second moment is their mean over tokens
+   (`mlp_input_mean_share_by_layer`, first 64 test windows; 1 = every token the same
+   vector) for the untrained gpt, the dense gpt after part 2's 100 steps (seed 0) and the
+   trained zoo gpt.
+3. Upcycling (`dynamic.moe`, method switch, init upcycle; Komatsuzaki et al. 2022): every
+   expert a copy of the trained gpt's FFN, a fresh router, top-2 with gates renormalised over
+   the two (so the layer starts as the dense block; Sparse Upcycling routes its decoder
+   top-2), capacity 1.25, then the whole model fine-tuned `UPCYCLE_STEPS` steps of 8 windows
+   at lr 1e-3 (weight decay 0.01, cosine) with the balancing loss at weight 1, 0.01
+   (Switch's alpha), 0 (the ablation) and 0.01 with the router z-loss (1e-3, ST-MoE, Zoph et
+   al. 2022) and input jitter (0.01, Switch). Seeds 0-2, but seed 0 only for: weight 0.01 with
+   z-loss and jitter, weight 0.1, and top-1 (Switch's routing, softmax gate) at weight 1.
+   Beside them `dense_finetuned`: the trained dense gpt fine-tuned the same way (the same
+   steps and batches; an upcycled top-2 layer runs twice the dense FFN's MACs).
+4. Latency, A/B alternating in one run (`compare_latency`, one thread, eager) of the
    saved-and-loaded MoEfied model (k = 2) against the dense one at batch 1 and 8 windows.
 
 The training lengths are scaled down to fit a 2-core machine shared by several jobs (one
-thread each): the Switch comparison is an early-training comparison (100 steps of 8 windows;
-the zoo trains the reference gpt for 1,000 steps of 32 windows), not converged models.
+thread each).
 
 Anchors: MoEfication keeps about 97% of the original performance on downstream tasks using
 10-30% of the FFN (T5, ReLU FFNs; Zhang et al. 2022); Switch-Base reaches the dense T5-Base
@@ -62,7 +92,7 @@ from torch import nn
 from netchisel.core.context import Context
 from netchisel.core.train import TrainSettings, fit
 from netchisel.dynamic.moe import MoEConfig, moe
-from netchisel.dynamic.moe_costs import load_cv, load_entropy
+from netchisel.dynamic.moe_costs import load_cv, load_entropy, measure_routing
 from netchisel.measure import count_flops
 from netchisel.zoo import data, gpt, train
 
@@ -71,11 +101,12 @@ EXPERTS = 8
 MOEFY_K = (1, 2, 4, 8)
 HEADLINE_K = 2  # seeds 0-2; the other k (the MACs-quality curve) seed 0 only
 MOEFY = {"calibration_samples": 64, "router_steps": 300, "router_lr": 1e-2, "router_batch": 256}
+MOEFY_FINETUNE = {"finetune_steps": 200, "lr": 1e-3, "batch_size": 8}
+FINETUNE_K = (1, 2, 4)
 SWITCH_STEPS = 100
 # Switch arms: each expert's hidden width. 512 = the dense FFN (top-1: equal active
 # parameters); 64 = 512 / 8 (equal total FFN parameters, an eighth of them active).
-# Each arm: (expert width, balance). 0.1 and 1 = 10x and 100x Switch's weight: 100 steps
-# are too few for 0.01 to even the load out.
+# Each arm: (expert width, balance). 0.1 and 1 = 10x and 100x Switch's weight.
 ARMS = {
     "dense": (0, 0.0),
     "switch": (512, 0.01),
@@ -92,6 +123,21 @@ TRAIN = {"lr": 3e-3, "weight_decay": 0.01}
 CAPACITY = 1.25
 BALANCE = 0.01
 TARGET_CV = 0.2
+UPCYCLE_STEPS = 200
+UPCYCLE_TRAIN = {"lr": 1e-3, "weight_decay": 0.01}
+# Upcycled arms: (top_k, balance, z_loss, jitter); None: the dense gpt fine-tuned alike.
+UPCYCLE_ARMS: dict[str, tuple[int, float, float, float] | None] = {
+    "dense_finetuned": None,
+    "upcycle_balance_1": (2, 1.0, 0.0, 0.0),
+    "upcycle_no_balance": (2, 0.0, 0.0, 0.0),
+    "upcycle_balance_0.01": (2, 0.01, 0.0, 0.0),
+    "upcycle_balance_0.01_z_jitter": (2, 0.01, 1e-3, 0.01),
+    "upcycle_balance_0.1": (2, 0.1, 0.0, 0.0),
+    "upcycle_top1_balance_1": (1, 1.0, 0.0, 0.0),
+}
+ONE_SEED = {"upcycle_balance_0.1", "upcycle_top1_balance_1", "upcycle_balance_0.01_z_jitter"}
+HEADLINE_ARM = "upcycle_balance_1"  # the issue's `load_cv`
+MOEFY_ONLY: set[str] = set()  # --arms: only these MoEfication arms (k2, k2_finetuned, ...)
 
 
 def bits(
@@ -113,68 +159,119 @@ def ffn_macs_per_token(model: nn.Module, one: tuple[torch.Tensor, ...]) -> int:
     return sum(mlp) // (tokens * len(mlp))
 
 
-def routing_summary(dyn: nn.Module) -> dict[str, Any]:
-    routing = dyn.routing  # type: ignore[union-attr]
-    layers = routing["layers"]
-    load = {n: r["load"] for n, r in layers.items()}
+def mlp_input_mean_share(model: nn.Module, task: Any, windows: int = 64) -> dict[str, float]:
+    """Per FFN: |mean over tokens of its input|^2 / mean over tokens of |input|^2 on the first
+    `windows` test windows (1: every token brings the same vector; a router then cannot tell
+    tokens apart)."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    hooks = [
+        m.register_forward_pre_hook(
+            lambda _m, a, n=n: seen.setdefault(n, []).append(a[0].reshape(-1, a[0].shape[-1]))
+        )
+        for n, m in model.named_modules()
+        if n.endswith(".mlp")
+    ]
+    x = task.example_inputs(windows, split="test")
+    try:
+        with torch.no_grad():
+            model.eval()(*x)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name, parts in seen.items():
+        h = torch.cat(parts).double()
+        out[name] = float(h.mean(0).square().sum() / h.square().sum(1).mean())
+    return out
+
+
+def routing_fields(model: nn.Module, task: Any, split: str = "test") -> dict[str, Any]:
+    """The routing of every MoE layer over `split` (see the module docstring)."""
+    inner = getattr(model, "model", model)  # layer names as in the zoo gpt: blocks.0.mlp
+    layers = measure_routing(inner, task, split)["layers"]
+    by = {
+        "load_cv_by_layer": {n: load_cv(r["load"]) for n, r in layers.items()},
+        "load_cv_kept_by_layer": {n: load_cv(r["kept"]) for n, r in layers.items()},
+        "dropped_by_layer": {n: r["dropped"] / sum(r["load"]) for n, r in layers.items()},
+        "router_entropy_by_layer": {n: r["router_entropy"] for n, r in layers.items()},
+    }
     return {
-        "load_cv": max(load_cv(x) for x in load.values()),
-        "load_cv_by_layer": {n: load_cv(x) for n, x in load.items()},
+        "routing_split": split,
+        "load_cv": max(by["load_cv_by_layer"].values()),
+        "load_cv_kept": max(by["load_cv_kept_by_layer"].values()),
         "dropped_fraction": sum(r["dropped"] for r in layers.values())
         / sum(sum(r["load"]) for r in layers.values()),
         "router_entropy": sum(r["router_entropy"] for r in layers.values()) / len(layers),
-        "load_entropy": sum(load_entropy(x) for x in load.values()) / len(layers),
-        "load_by_layer": load,
+        "load_entropy": sum(load_entropy(r["load"]) for r in layers.values()) / len(layers),
+        **by,
+        "load_by_layer": {n: r["load"] for n, r in layers.items()},
     }
 
 
-def moefy_arms(reference: nn.Module, task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seeds' rows of one arm: floats as spreads, per-layer dicts as per-layer spreads."""
     out: dict[str, Any] = {}
+    for key, value in rows[0].items():
+        if isinstance(value, float):
+            out[key] = spread([r[key] for r in rows], by_seed=True)
+        elif key.endswith("_by_layer") and key != "load_by_layer":
+            out[key] = {n: spread([r[key][n] for r in rows]) for n in value}
+        elif key != "load_by_layer":
+            out[key] = value
+    return out
+
+
+def moefy_run(
+    reference: nn.Module, task: Any, one: tuple[torch.Tensor, ...], seed: int, **fields: Any
+) -> tuple[dict[str, Any], nn.Module]:
+    model = copy.deepcopy(reference)
+    ctx = Context(task, seed=seed, quiet=True)
+    start = time.perf_counter()
+    config = MoEConfig(method="moefy", experts=EXPERTS, **MOEFY, **fields)  # type: ignore[arg-type]
+    dyn = moe(model, config, ctx)
+    seconds = time.perf_counter() - start
+    costs = dyn.dynamic_costs(one)  # type: ignore[operator]
+    layer = next(iter(costs["layers"].values()))
+    # The count of the real forward: outside + served tokens * expert MACs, exactly.
+    counted = count_flops(dyn, one).macs
+    assert counted == costs["example_macs"]
+    recall = ctx.records["router_recall"]
+    row = {
+        **bits(dyn, task, ("test",)),
+        "active_ffn_macs_per_token": layer["active_macs_per_token"],
+        "expected_macs_per_window": float(costs["expected_macs"]),
+        "router_recall": sum(recall.values()) / len(recall),
+        "seconds": seconds,
+    }
+    if "finetune_final_loss" in ctx.records:
+        row["finetune_first_kl"] = ctx.records["finetune_first_loss"]
+        row["finetune_final_kl"] = ctx.records["finetune_final_loss"]
+    print(f"moefy {fields} seed {seed}: {row['test_bpb']:.4f} bpb ({seconds:.0f} s)", flush=True)
+    return row, dyn
+
+
+def moefy_arms(reference: nn.Module, task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    plan: list[tuple[str, int, dict[str, Any]]] = []
     for k in MOEFY_K:
-        runs = []
-        for seed in SEEDS if k == HEADLINE_K else SEEDS[:1]:
-            model = copy.deepcopy(reference)
-            ctx = Context(task, seed=seed, quiet=True)
-            start = time.perf_counter()
-            config = MoEConfig(method="moefy", experts=EXPERTS, top_k=k, **MOEFY)  # type: ignore[arg-type]
-            dyn = moe(model, config, ctx)
-            seconds = time.perf_counter() - start
-            costs = dyn.dynamic_costs(one)  # type: ignore[operator]
-            layer = next(iter(costs["layers"].values()))
-            # The count of the real forward: outside + served tokens * expert MACs, exactly.
-            counted = count_flops(dyn, one).macs
-            assert counted == costs["example_macs"]
-            runs.append(
-                {
-                    **bits(dyn, task, ("test",)),
-                    "active_ffn_macs_per_token": layer["active_macs_per_token"],
-                    "expected_macs_per_window": costs["expected_macs"],
-                    "example_macs_per_window": counted,
-                    "router_recall": sum(ctx.records["router_recall"].values())
-                    / len(ctx.records["router_recall"]),
-                    **routing_summary(dyn),
-                    "seconds": seconds,
-                }
-            )
-            print(f"moefy k={k} seed {seed}: {runs[-1]['test_bpb']:.4f} bpb", flush=True)
-            if k == 2 and seed == SEEDS[0]:
+        plan.append((f"k{k}", k, {}))
+    for k in FINETUNE_K:
+        plan.append((f"k{k}_finetuned", k, MOEFY_FINETUNE))
+    plan.append((f"k{HEADLINE_K}_activation_target", HEADLINE_K, {"router_target": "activation"}))
+    out: dict[str, Any] = {}
+    for name, k, fields in plan:
+        if MOEFY_ONLY and name not in MOEFY_ONLY:
+            continue
+        rows = []
+        for seed in SEEDS if k == HEADLINE_K and "router_target" not in fields else SEEDS[:1]:
+            row, dyn = moefy_run(reference, task, one, seed, top_k=k, **fields)
+            rows.append(row)
+            if name == f"k{HEADLINE_K}" and seed == SEEDS[0]:
                 out["_model_k2"] = dyn
-        out[f"k{k}"] = {
+        out[name] = {
             "top_k": k,
-            "active_ffn_macs_per_token": runs[0]["active_ffn_macs_per_token"],
-            **{
-                key: spread([r[key] for r in runs], by_seed=True)
-                for key in (
-                    "test_bpb",
-                    "test_ppl",
-                    "router_recall",
-                    "expected_macs_per_window",
-                    "load_cv",
-                    "router_entropy",
-                    "seconds",
-                )
-            },
-            "dropped_fraction": max(r["dropped_fraction"] for r in runs),
+            **{key: value for key, value in fields.items() if key != "batch_size"},
+            **summarise(rows),
+            "active_ffn_macs_per_token": rows[0]["active_ffn_macs_per_token"],
         }
     return out
 
@@ -200,6 +297,7 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
                 fit(model, task, settings, ctx)
                 model.eval()
                 ffn_active = ffn_macs_per_token(model, one)
+                row["mlp_input_mean_share_by_layer"] = mlp_input_mean_share(model, task)
             else:
                 config = MoEConfig(
                     method="switch",
@@ -216,35 +314,75 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
                 model = moe(model, config, ctx)
                 costs = model.dynamic_costs(one)  # type: ignore[operator]
                 ffn_active = next(iter(costs["layers"].values()))["active_macs_per_token"]
-                row.update(routing_summary(model))
+                row.update(routing_fields(model, task))
                 row["final_balance_loss"] = ctx.records["final_balance_loss"]
-                row["balance"] = balance
-                row["steps"] = LONGER.get(arm, SWITCH_STEPS)
             row.update(bits(model, task, ("test",)))
             row["seconds"] = time.perf_counter() - start
-            row["active_ffn_macs_per_token_per_layer"] = ffn_active
             runs.setdefault(arm, []).append(row)
             inner = getattr(model, "model", model)
-            shapes[arm] = params(inner)
+            shapes[arm] = {**params(inner), "active_ffn_macs_per_token_per_layer": ffn_active}
             print(
                 f"{arm} seed {seed}: {row['test_bpb']:.4f} bpb ({row['seconds']:.0f} s)", flush=True
             )
     out: dict[str, Any] = {}
     for arm, rows in runs.items():
-        keys = [k for k in rows[0] if isinstance(rows[0][k], float) and k != "final_balance_loss"]
+        out[arm] = {**shapes[arm], **summarise(rows)}
+        if arm != "dense":
+            out[arm]["balance"] = ARMS[arm][1]
+            out[arm]["steps"] = LONGER.get(arm, SWITCH_STEPS)
+    return out
+
+
+def upcycle_arms(reference: nn.Module, task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    settings = TrainSettings(steps=UPCYCLE_STEPS, batch_size=SWITCH_BATCH, **UPCYCLE_TRAIN)  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    for arm, spec in UPCYCLE_ARMS.items():
+        rows = []
+        for seed in SEEDS[:1] if arm in ONE_SEED else SEEDS:
+            model = copy.deepcopy(reference)
+            ctx = Context(task, seed=seed, quiet=True)
+            start = time.perf_counter()
+            row: dict[str, Any] = {}
+            if spec is None:
+                fit(model, task, settings, ctx)
+                model.eval()
+                active = ffn_macs_per_token(model, one)
+            else:
+                top_k, balance, z_loss, jitter = spec
+                config = MoEConfig(
+                    method="switch",
+                    init="upcycle",
+                    experts=EXPERTS,
+                    top_k=top_k,
+                    capacity_factor=CAPACITY,
+                    balance=balance,
+                    z_loss=z_loss,
+                    jitter=jitter,
+                    steps=UPCYCLE_STEPS,
+                    batch_size=SWITCH_BATCH,
+                    **UPCYCLE_TRAIN,  # type: ignore[arg-type]
+                )
+                model = moe(model, config, ctx)
+                costs = model.dynamic_costs(one)  # type: ignore[operator]
+                active = next(iter(costs["layers"].values()))["active_macs_per_token"]
+                row.update(routing_fields(model, task))
+                row["final_balance_loss"] = ctx.records["final_balance_loss"]
+                row["final_z_loss"] = ctx.records["final_z_loss"]
+            row.update(bits(model, task, ("test",)))
+            row["seconds"] = time.perf_counter() - start
+            rows.append(row)
+            inner = getattr(model, "model", model)
+            print(
+                f"{arm} seed {seed}: {row['test_bpb']:.4f} bpb, CV {row.get('load_cv')}", flush=True
+            )
         out[arm] = {
-            **shapes[arm],
-            "active_ffn_macs_per_token_per_layer": rows[0]["active_ffn_macs_per_token_per_layer"],
-            **{k: spread([r[k] for r in rows], by_seed=True) for k in keys},
+            **params(inner),
+            "active_ffn_macs_per_token_per_layer": active,
+            **summarise(rows),
         }
-        if "final_balance_loss" in rows[0]:
-            out[arm]["final_balance_loss"] = spread([r["final_balance_loss"] for r in rows])
-            out[arm]["balance"] = rows[0]["balance"]
-            out[arm]["steps"] = rows[0]["steps"]
-            out[arm]["load_cv_by_layer"] = {
-                layer: spread([r["load_cv_by_layer"][layer] for r in rows])
-                for layer in rows[0]["load_cv_by_layer"]
-            }
+        if spec is not None:
+            keys = ("top_k", "balance", "z_loss", "jitter")
+            out[arm].update(dict(zip(keys, spec, strict=True)))
     return out
 
 
@@ -257,8 +395,10 @@ def dense_part(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
         "ffn_macs_per_token_per_layer": ffn_macs_per_token(reference, one),
         "macs_per_window": count_flops(reference, one).macs,
     }
-    print(f"dense: {dense['val_bpb']:.4f} bpb", flush=True)
+    print(f"dense: {dense['test_bpb']:.4f} bpb", flush=True)
     moefy = moefy_arms(reference, task, one)
+    if "_model_k2" not in moefy:  # some arms re-run (--arms): the latency A/B is kept
+        return {"dense": dense, "moefy": {"finetune": MOEFY_FINETUNE, "arms": moefy}}
     model_k2 = moefy.pop("_model_k2")
     loaded, artifact = shipped(model_k2, task.example_inputs(2, split="test"))
     latency = ab_speedups(
@@ -267,7 +407,12 @@ def dense_part(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     print({k: round(v["speedup"], 3) for k, v in latency.items()}, flush=True)
     return {
         "dense": dense,
-        "moefy": {"config": MOEFY, "arms": moefy, "artifact_bytes_k2": artifact},
+        "moefy": {
+            "config": MOEFY,
+            "finetune": MOEFY_FINETUNE,
+            "arms": moefy,
+            "artifact_bytes_k2": artifact,
+        },
         "latency": latency,
         "threads": 1,
         "latency_harness": "compare_latency: alternating A/B blocks, ratio of medians",
@@ -288,49 +433,86 @@ def switch_part(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     }
 
 
-def load_cv_summary(arms: dict[str, Any]) -> dict[str, Any]:
-    """The issue's `load_cv` field: the Switch arm at Switch's balance weight (median over
-    seeds of the largest CV over layers), with the target and the other arms beside it."""
-    cv = arms["switch"]["load_cv"]["median"]
+def upcycle_part(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """Switch layers upcycled from the trained gpt, fine-tuned with and without balancing."""
+    reference = train.pretrained("gpt").eval()
+    torch.manual_seed(0)
+    untrained = gpt()
+    shares = {"untrained": mlp_input_mean_share(untrained, task)}
+    # The dense arm of part 2 (seed 0): what a from-scratch router sees after SWITCH_STEPS.
+    settings = TrainSettings(steps=SWITCH_STEPS, batch_size=SWITCH_BATCH, **TRAIN)  # type: ignore[arg-type]
+    fit(untrained, task, settings, Context(task, seed=0, quiet=True))
+    shares[f"scratch_{SWITCH_STEPS}_steps"] = mlp_input_mean_share(untrained, task)
+    shares["trained"] = mlp_input_mean_share(reference, task)
+    return {
+        "upcycle": {
+            "steps": UPCYCLE_STEPS,
+            "batch_windows": SWITCH_BATCH,
+            "train": UPCYCLE_TRAIN,
+            "capacity_factor": CAPACITY,
+            "mlp_input_mean_share_by_layer": shares,
+            "arms": upcycle_arms(reference, task, one),
+        }
+    }
+
+
+def load_cv_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's `load_cv` field: the headline upcycled arm (median over seeds of the
+    largest per-layer CV on test), with the target and every arm's median beside it."""
+    by_arm = {}
+    for part in ("switch", "upcycle"):
+        for name, arm in result.get(part, {}).get("arms", {}).items():
+            if "load_cv" in arm:
+                by_arm[name] = arm["load_cv"]["median"]
+    cv = by_arm.get(HEADLINE_ARM)
     return {
         "load_cv": cv,
+        "load_cv_arm": HEADLINE_ARM,
         "load_cv_target": TARGET_CV,
-        "load_cv_met": cv < TARGET_CV,
-        "load_cv_by_arm": {n: a["load_cv"]["median"] for n, a in arms.items() if "load_cv" in a},
+        "load_cv_met": cv is not None
+        and max(result["upcycle"]["arms"][HEADLINE_ARM]["load_cv"]["by_seed"]) < TARGET_CV,
+        "load_cv_by_arm": by_arm,
     }
+
+
+PARTS = {"moefy": dense_part, "switch": switch_part, "upcycle": upcycle_part}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a smoke run, not for the JSON")
     parser.add_argument(
-        "--arms", default="", help="switch: only these arms (comma-separated), merged"
+        "--arms", default="", help="switch / upcycle: only these arms (comma-separated), merged"
     )
     parser.add_argument(
         "--part",
-        choices=("all", "moefy", "switch", "merge"),
+        choices=("all", *PARTS, "merge"),
         default="all",
         help="run one part and merge it into the existing JSON (the parts share no state); "
         "merge: run nothing, re-derive the summary fields of the JSON",
     )
     args = parser.parse_args()
-    global SEEDS, SWITCH_STEPS, MOEFY_K, ARMS
+    global SEEDS, SWITCH_STEPS, UPCYCLE_STEPS, MOEFY_K, FINETUNE_K, ARMS, UPCYCLE_ARMS
     if args.arms:
-        ARMS = {name: ARMS[name] for name in args.arms.split(",")}
+        chosen = args.arms.split(",")
+        MOEFY_ONLY.update(n for n in chosen if n.startswith("k"))
+        ARMS = {n: ARMS[n] for n in chosen if n in ARMS}
+        UPCYCLE_ARMS = {n: UPCYCLE_ARMS[n] for n in chosen if n in UPCYCLE_ARMS}
     if args.quick:
-        SEEDS, SWITCH_STEPS, MOEFY_K = (0,), 5, (2, 8)
+        SEEDS, SWITCH_STEPS, UPCYCLE_STEPS, MOEFY_K, FINETUNE_K = (0,), 5, 5, (2, 8), (2,)
         MOEFY["router_steps"] = 20
+        MOEFY_FINETUNE["finetune_steps"] = 5
     torch.set_num_threads(1)  # a shared 2-core machine: more threads only add contention
     task = data.task("text", block_size=128)
     one = task.example_inputs(1, split="test")
     result: dict[str, Any] = {
         "model": "zoo gpt (4 layers, n_embd 128, FFN 512, byte tokens)",
-        "task": "pydoc text, windows of 128 bytes; bits per byte and perplexity on val/test",
+        "task": "pydoc text, windows of 128 bytes; bits per byte and perplexity on test",
         "seeds": list(SEEDS),
         "experts": EXPERTS,
     }
     seconds: dict[str, float] = {}
-    for part, run in (("moefy", dense_part), ("switch", switch_part)):
+    for part, run in PARTS.items():
         if args.part in ("all", part):
             start = time.perf_counter()
             result.update(run(task, one))
@@ -342,15 +524,20 @@ def main() -> None:
     if old is not None:
         old.pop("benchmark", None)
         seconds = {**old.get("seconds", {}), **seconds}
-        if args.arms and "switch" in old:  # some arms re-run: keep the others
-            result["switch"]["arms"] = {**old["switch"]["arms"], **result["switch"]["arms"]}
+        for part in ("switch", "upcycle", "moefy"):  # some arms re-run: keep the others
+            if args.arms and part in old and part in result:
+                arms = {**old[part]["arms"], **result[part]["arms"]}
+                result[part] = {**old[part], **result[part], "arms": arms}
         result = {**old, **result}
-    if "switch" in result:
-        for name, arm in result["switch"]["arms"].items():  # runs from before it was recorded
-            if name != "dense" and "balance" not in arm:
-                arm["balance"] = ALL_ARMS[name][1]
-        result.pop("load_cv_no_balance", None)  # an older summary field, now in load_cv_by_arm
-        result.update(load_cv_summary(result["switch"]["arms"]))
+    for arm in result.get("switch", {}).get("arms", {}).values():
+        if "load_cv" in arm and "routing_split" not in arm:
+            arm["routing_split"] = "val"  # measured by the run before test-split routing
+    for part in ("switch", "upcycle"):  # runs that named layers through MoEModel's child
+        for arm in result.get(part, {}).get("arms", {}).values():
+            for key in [k for k in arm if k.endswith("_by_layer")]:
+                arm[key] = {n.removeprefix("model."): v for n, v in arm[key].items()}
+    if "upcycle" in result and HEADLINE_ARM in result["upcycle"]["arms"]:
+        result.update(load_cv_summary(result))
     result["seconds"] = seconds
     path = write_result("dynamic_moe", result)
     print(f"wrote {path}")
@@ -360,17 +547,31 @@ def _range(s: dict[str, Any], fmt: str = ".3f") -> str:
     return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
 
 
-def render(d: dict[str, Any]) -> str:
-    """The BENCHMARKS.md section of this benchmark's result `d`
-    (bench/results/dynamic_moe.json)."""
-    dense, mo, sw = d["dense"], d["moefy"]["arms"], d["switch"]["arms"]
+def _cell(arm: dict[str, Any], key: str, fmt: str = ".2f", scale: float = 1.0) -> str:
+    if key not in arm:
+        return ""
+    v = arm[key]
+    if scale != 1.0:
+        v = {k: x * scale for k, x in v.items() if k != "by_seed"}
+    return _range(v, fmt)
+
+
+def _seeds(arm: dict[str, Any]) -> int:
+    return len(arm["test_bpb"].get("by_seed", [None]))
+
+
+def _moefy_lines(d: dict[str, Any]) -> list[str]:
+    dense, mo = d["dense"], d["moefy"]["arms"]
+    ft = d["moefy"].get("finetune", {})
     lines = [
         "## Mixture of experts on the gpt (`bench/dynamic_moe.py`)",
         "",
         f"MoEfication of the trained zoo gpt: each FFN split into {d['experts']} experts by "
         "co-activation, a Linear router per layer; active FFN MACs per token and layer (router "
-        "+ k experts) against bits per byte, median (min-max) over seeds "
-        f"{', '.join(map(str, d['seeds']))}.",
+        "+ k experts) against test bits per byte, median (min-max) over the seeds. "
+        f"`finetuned`: the experts then distilled from the dense gpt for "
+        f"{ft.get('finetune_steps', '?')} steps of {ft.get('batch_size', '?')} windows "
+        "(routers fixed).",
         "",
         "| model | seeds | active FFN MACs/token/layer | test bits/byte | test perplexity "
         "| router recall |",
@@ -378,36 +579,89 @@ def render(d: dict[str, Any]) -> str:
         f"| dense | | {dense['ffn_macs_per_token_per_layer']:,} | {dense['test_bpb']:.3f} "
         f"| {dense['test_ppl']:.3f} | |",
     ]
-    for arm in mo.values():
+    for name, arm in mo.items():
+        label = f"MoEfied, top-{arm['top_k']}"
+        if name.endswith("_finetuned"):
+            label += ", finetuned"
+        if name.endswith("_activation_target"):
+            label += ", router target: activation"
         lines.append(
-            f"| MoEfied, top-{arm['top_k']} | {len(arm['test_bpb']['by_seed'])} "
-            f"| {arm['active_ffn_macs_per_token']:,} | {_range(arm['test_bpb'])} "
-            f"| {_range(arm['test_ppl'])} | {_range(arm['router_recall'], '.2f')} |"
+            f"| {label} | {_seeds(arm)} | {arm['active_ffn_macs_per_token']:,} "
+            f"| {_range(arm['test_bpb'])} | {_range(arm['test_ppl'])} "
+            f"| {_range(arm['router_recall'], '.2f')} |"
         )
+    return lines
+
+
+def _routing_table(arms: dict[str, Any], steps: int) -> list[str]:
+    lines = [
+        "| arm | balance | steps | seeds | params | FFN MACs/token/layer | test bits/byte "
+        "| routing split | load CV | load CV after capacity | dropped | load entropy |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for name, arm in arms.items():
+        dropped = _cell(arm, "dropped_fraction", ".1f", 100.0)
+        lines.append(
+            f"| {name} | {arm.get('balance', '')} | {arm.get('steps', steps)} | {_seeds(arm)} "
+            f"| {arm['params']:,} | {arm['active_ffn_macs_per_token_per_layer']:,} "
+            f"| {_range(arm['test_bpb'])} | {arm.get('routing_split', '')} "
+            f"| {_cell(arm, 'load_cv')} "
+            f"| {_cell(arm, 'load_cv_kept')} | {dropped + '%' if dropped else ''} "
+            f"| {_cell(arm, 'load_entropy')} |"
+        )
+    return lines
+
+
+def _per_layer(arms: dict[str, Any]) -> list[str]:
+    rows = [(n, a) for n, a in arms.items() if "load_cv_by_layer" in a]
+    if not rows:
+        return []
+    layers = list(rows[0][1]["load_cv_by_layer"])
+    lines = [
+        "",
+        "Load CV per layer before capacity (median over the seeds):",
+        "",
+        "| arm | " + " | ".join(layers) + " |",
+        "|---|" + "---:|" * len(layers),
+    ]
+    for name, arm in rows:
+        cells = [f"{arm['load_cv_by_layer'][n]['median']:.2f}" for n in layers]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(d: dict[str, Any]) -> str:
+    """The BENCHMARKS.md section of this benchmark's result `d`
+    (bench/results/dynamic_moe.json)."""
+    sw = d["switch"]
+    lines = _moefy_lines(d)
     lines += [
         "",
-        f"Switch layers from scratch ({d['switch']['steps']} steps of "
-        f"{d['switch']['batch_windows']} windows; E = {d['experts']}, top-1, capacity "
-        f"{d['switch']['capacity_factor']}) against the dense gpt trained the same way, at "
-        "equal active parameters (experts of 512 units) and equal FFN parameters (experts of "
-        "64 units: 8 x 64 = the dense 512), median (min-max) over the seeds. Test bits per "
-        "byte; on val: load CV (largest over layers; target < 0.2), dropped assignments and "
-        "load entropy (mean over layers; ln 8 = 2.08 is even).",
+        f"Switch layers from scratch ({sw['steps']} steps of {sw['batch_windows']} windows: an "
+        f"under-trained comparison; E = {d['experts']}, top-1, capacity "
+        f"{sw['capacity_factor']}) against the dense gpt trained the same way, at equal active "
+        "parameters (experts of 512 units) and equal FFN parameters (experts of 64 units: 8 x "
+        "64 = the dense 512). Load CV: the largest per-layer coefficient of variation of the "
+        "experts' assignments on the routing split (target < 0.2), before and after capacity; "
+        "dropped assignments; load entropy (mean over layers; ln 8 = 2.08 is even).",
         "",
-        "| arm | balance | steps | params | FFN MACs/token/layer | test bits/byte | load CV "
-        "| dropped | load entropy |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *_routing_table(sw["arms"], sw["steps"]),
+        *_per_layer(sw["arms"]),
     ]
-    for name, arm in sw.items():
-        cv = _range(arm["load_cv"], ".2f") if "load_cv" in arm else ""
-        dropped = f"{100 * arm['dropped_fraction']['median']:.1f}%" if "load_cv" in arm else ""
-        ent = _range(arm["load_entropy"], ".2f") if "load_entropy" in arm else ""
-        lines.append(
-            f"| {name} | {arm.get('balance', '')} | {arm.get('steps', d['switch']['steps'])} "
-            f"| {arm['params']:,} "
-            f"| {arm['active_ffn_macs_per_token_per_layer']:,} "
-            f"| {_range(arm['test_bpb'])} | {cv} | {dropped} | {ent} |"
-        )
+    if "upcycle" in d:
+        up = d["upcycle"]
+        lines += [
+            "",
+            f"Upcycled from the trained gpt (every expert a copy of its FFN, top-2 with "
+            f"renormalised gates unless named top1, capacity {up['capacity_factor']}), "
+            f"fine-tuned {up['steps']} steps of {up['batch_windows']} windows at lr "
+            f"{up['train']['lr']}; `dense_finetuned` is the dense gpt fine-tuned alike. The "
+            f"issue's `load_cv` ({d.get('load_cv_arm')}): {d.get('load_cv', float('nan')):.3f} "
+            f"(target < {d.get('load_cv_target')}; met: {d.get('load_cv_met')}).",
+            "",
+            *_routing_table(up["arms"], up["steps"]),
+            *_per_layer(up["arms"]),
+        ]
     lines.append("")
     for key, lat in d["latency"].items():
         batch = key.split("@")[1]

@@ -39,7 +39,7 @@ import sys
 import time
 from typing import Any
 
-from common import write_result
+from common import load_result, write_result
 
 CONFIG = {
     "vocab_size": 32000,
@@ -51,6 +51,7 @@ CONFIG = {
     "max_position_embeddings": 512,
 }
 SAMPLES, TOKENS = 8, 256
+_MEASURED = ("peak_bytes", "seconds", "params", "output_extra_bytes")
 ARMS = ("model_only", "gptq", "sparsegpt", "gptq_lm_head", "gptq_heap_default")
 
 
@@ -112,12 +113,16 @@ def layer_working_set() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--arm", choices=ARMS)
+    parser.add_argument("--rerun", choices=ARMS, nargs="+", help="re-measure only these arms")
     args = parser.parse_args()
     if args.arm:
         print(json.dumps(_arm(args.arm)))
         return
-    arms = {}
-    for name in ARMS:
+    arms: dict[str, Any] = {}
+    if args.rerun:  # the other arms as the last run measured them
+        previous = load_result("llm_layerwise_memory") or {"arms": {}}
+        arms = {n: {k: a[k] for k in _MEASURED if k in a} for n, a in previous["arms"].items()}
+    for name in args.rerun or ARMS:
         out = subprocess.run(
             [sys.executable, __file__, "--arm", name], capture_output=True, text=True, check=True
         )

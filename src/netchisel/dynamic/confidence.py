@@ -5,6 +5,9 @@
   when it is above the threshold, in [0, 1]; 1 never fires.
 - `entropy`: the softmax entropy in nats; a sample exits when it is below the threshold, in
   [0, ln C]; 0 never fires.
+- `learned`: a small decider per exit (`netchisel.dynamic.deciders`) scores how likely the
+  exit's answer is the final head's, in [0, 1]; a sample exits when it is above the threshold
+  (1 never fires).
 - `soft_kl`: T^2 KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al. 2015): exits
   learn the final head's distribution. A few lines, so written here rather than shared with the
   distill family, a sibling this family does not import.
@@ -17,8 +20,11 @@ import math
 from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
+from netchisel.dynamic.deciders import decide
 
-CRITERIA = ("max_softmax", "entropy")
+CRITERIA = ("max_softmax", "entropy", "learned")
+# Criteria whose score is a probability-like number in [0, 1], higher = surer.
+_UNIT = ("max_softmax", "learned")
 
 
 def never(criterion: str) -> float:
@@ -28,7 +34,7 @@ def never(criterion: str) -> float:
         >>> never("max_softmax"), never("entropy")
         (1.0, 0.0)
     """
-    return 1.0 if criterion == "max_softmax" else 0.0
+    return 1.0 if criterion in _UNIT else 0.0
 
 
 def fires(criterion: str, threshold: float) -> bool:
@@ -48,7 +54,7 @@ def threshold_range(criterion: str, num_classes: int) -> tuple[float, float]:
         >>> round(threshold_range("entropy", 10)[1], 4)
         2.3026
     """
-    return (0.0, 1.0) if criterion == "max_softmax" else (0.0, math.log(num_classes))
+    return (0.0, 1.0) if criterion in _UNIT else (0.0, math.log(num_classes))
 
 
 def check_threshold(criterion: str, value: float, num_classes: int, where: str) -> None:
@@ -62,15 +68,16 @@ def check_threshold(criterion: str, value: float, num_classes: int, where: str) 
     """
     low, high = threshold_range(criterion, num_classes)
     if not (low <= value <= high):
-        off = "1 never fires" if criterion == "max_softmax" else "0 never fires"
+        off = "1 never fires" if criterion in _UNIT else "0 never fires"
         raise ConfigError(
             f"dynamic.early_exit: {where} = {value} is outside [{low:g}, {high:.4g}] for "
             f"{criterion} ({off})"
         )
 
 
-def score(logits: Tensor, criterion: str) -> Tensor:
-    """One number per row, higher = surer: max probability, or minus the entropy.
+def score(logits: Tensor, criterion: str, decider: nn.Module | None = None) -> Tensor:
+    """One number per row, higher = surer: max probability, minus the entropy, or the
+    `decider`'s score (criterion "learned", which needs one).
 
     Example:
         >>> import torch
@@ -79,6 +86,10 @@ def score(logits: Tensor, criterion: str) -> Tensor:
         >>> round(float(score(torch.zeros(1, 4), "entropy")), 4)  # -ln 4
         -1.3863
     """
+    if criterion == "learned":
+        if decider is None:
+            raise ConfigError("dynamic.early_exit: criterion 'learned' needs a decider per exit")
+        return decide(decider, logits)
     log_p = nn.functional.log_softmax(logits.float(), dim=-1)
     if criterion == "max_softmax":
         return log_p.amax(dim=-1).exp()
@@ -92,10 +103,12 @@ def score_threshold(criterion: str, threshold: float) -> float:
         >>> score_threshold("entropy", 0.5)
         -0.5
     """
-    return threshold if criterion == "max_softmax" else -threshold
+    return threshold if criterion in _UNIT else -threshold
 
 
-def exits_now(logits: Tensor, criterion: str, threshold: float) -> Tensor:
+def exits_now(
+    logits: Tensor, criterion: str, threshold: float, decider: nn.Module | None = None
+) -> Tensor:
     """Which rows are sure enough to stop here (a bool per row).
 
     Example:
@@ -103,7 +116,7 @@ def exits_now(logits: Tensor, criterion: str, threshold: float) -> Tensor:
         >>> exits_now(torch.tensor([[4.0, 0.0], [0.0, 0.0]]), "max_softmax", 0.9).tolist()
         [True, False]
     """
-    return score(logits, criterion) > score_threshold(criterion, threshold)
+    return score(logits, criterion, decider) > score_threshold(criterion, threshold)
 
 
 def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:

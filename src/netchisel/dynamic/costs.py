@@ -4,9 +4,11 @@ A sample that leaves at exit k has run the backbone's steps up to that exit and 
 exits 0..k (each earlier head ran and said "not sure"); a sample that reaches the end has run
 every step and every head. The counts come from `netchisel.measure.count_flops` on one forward
 that runs everything (`all_outputs`), read per module, so they are the same exact counts as
-every other profile. The head of an exit whose threshold never fires does not run and costs
-nothing. The expected MACs weight them by the fraction of the calibration split
-that left at each exit (`exit_fractions`, set when the thresholds were calibrated).
+every other profile. With criterion "learned" an exit's cost includes its decider (which runs
+on every sample that reaches the exit, right after the head). The head of an exit whose
+threshold never fires does not run and costs nothing. The expected MACs weight them by the
+fraction of the calibration split that left at each exit (`exit_fractions`, set when the
+thresholds were calibrated).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-from netchisel.dynamic.confidence import fires
+from netchisel.dynamic.confidence import fires, score
 from netchisel.measure.flops import count_flops
 
 
@@ -30,19 +32,24 @@ class ExitModel(Protocol):
     thresholds: list[float]
     exit_fractions: list[float]
     criterion: str
+    deciders: nn.ModuleList
 
     def all_outputs(self, x: Tensor) -> list[Tensor]: ...
 
 
 class _Everything(nn.Module):
-    """Runs every step and every head once, so one count prices them all."""
+    """Runs every step, every head and every decider once, so one count prices them all."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        return self.model.all_outputs(x)  # type: ignore[operator,no-any-return]
+        outs: list[Tensor] = self.model.all_outputs(x)  # type: ignore[operator]
+        deciders: nn.ModuleList = self.model.deciders  # type: ignore[assignment]
+        for decider, logits in zip(deciders, outs, strict=False):
+            score(logits, "learned", decider)
+        return outs
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,11 @@ def exit_macs(model: ExitModel, x: Tensor) -> ExitCosts:
     count = count_flops(_Everything(model), x[:1])  # type: ignore[arg-type]
     by_module = count.macs_by_module
     steps = [by_module[f"model.backbone.{s}"] for s in model.steps]
-    heads = [by_module[f"model.heads.{k}"] for k in range(len(model.heads))]
+    deciders = len(model.deciders)
+    heads = [
+        by_module[f"model.heads.{k}"] + (by_module[f"model.deciders.{k}"] if deciders else 0)
+        for k in range(len(model.heads))
+    ]
     return ExitCosts(steps, heads, list(model.exit_after))
 
 

@@ -16,6 +16,10 @@
    Clopper-Pearson upper bound at `confidence` within the budget) or "accuracy" (the split's
    accuracy as measured, a point estimate). Exits whose threshold never fires on the split
    are recorded as `never_fire`, not hidden.
+   With `criterion: learned` a decider per exit (`netchisel.dynamic.deciders`) is trained
+   first, after the heads and with them and the backbone frozen, on the train split to
+   predict "this exit's answer is the final head's"; its score replaces the max softmax and
+   the thresholds are calibrated on it exactly as above.
 
 The result is an `EarlyExitModel` (the model handed in is its `backbone`); any failure leaves
 the model handed in as it was.
@@ -37,8 +41,9 @@ from netchisel.core.state import restored_on_error, seeded
 from netchisel.core.task import Batch, Task
 from netchisel.core.train import TrainConfig, check_training, fit, frozen, train_settings
 from netchisel.dynamic.chain import plan_chain
-from netchisel.dynamic.confidence import check_threshold, fires, soft_kl
+from netchisel.dynamic.confidence import CRITERIA, check_threshold, fires, soft_kl
 from netchisel.dynamic.costs import exit_macs
+from netchisel.dynamic.deciders import agreement_loss, make_decider
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.heads import make_head
 from netchisel.dynamic.labelled import classifier_logits, labelled, split_accuracy
@@ -63,8 +68,11 @@ class EarlyExitConfig(TrainConfig):
       cross-entropies: `weights` one per exit, default 1 each, and `final_weight`);
     - `epochs` / `steps`: training length (steps win when given);
     - `pool`: positions per spatial axis a head pools conv features to (1 = global pooling);
-    - `criterion`: "max_softmax" (exit when the top probability > threshold, in [0, 1]) or
-      "entropy" (exit when the entropy < threshold, in [0, ln C]);
+    - `criterion`: "max_softmax" (exit when the top probability > threshold, in [0, 1]),
+      "entropy" (exit when the entropy < threshold, in [0, ln C]) or "learned" (exit when a
+      decider's score > threshold, in [0, 1]; the decider is trained on the train split for
+      `decider_steps` steps at `lr` to predict agreement with the final head, with
+      `decider_hidden` hidden units, 0 = a logistic regression);
     - `thresholds`: one per exit to use as given; empty to calibrate them on `split` so that
       the accuracy stays within `max_drop` points of the model without exits;
     - `rule`: how calibration judges that ("agreement": the upper bound, at `confidence`, on
@@ -88,7 +96,9 @@ class EarlyExitConfig(TrainConfig):
     weights: tuple[float, ...] = ()
     final_weight: float = 1.0
     pool: int = 1
-    criterion: Literal["max_softmax", "entropy"] = "max_softmax"
+    criterion: Literal["max_softmax", "entropy", "learned"] = "max_softmax"
+    decider_hidden: int = 16
+    decider_steps: int = 500
     thresholds: tuple[float, ...] = ()
     max_drop: float = 0.5
     rule: Literal["agreement", "accuracy"] = "agreement"
@@ -115,6 +125,14 @@ class EarlyExitConfig(TrainConfig):
                 raise ConfigError(f"{STAGE}: loss weights must be >= 0, got {value}")
         if self.pool < 1:
             raise ConfigError(f"{STAGE}: pool must be >= 1, got {self.pool}")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(
+                f"{STAGE}: criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}"
+            )
+        if not (isinstance(self.decider_hidden, int) and self.decider_hidden >= 0):
+            raise ConfigError(f"{STAGE}: decider_hidden must be >= 0, got {self.decider_hidden}")
+        if not (isinstance(self.decider_steps, int) and self.decider_steps >= 1):
+            raise ConfigError(f"{STAGE}: decider_steps must be >= 1, got {self.decider_steps}")
         if self.thresholds and len(self.thresholds) != len(self.exits):
             raise ConfigError(
                 f"{STAGE}: {len(self.thresholds)} thresholds for {len(self.exits)} exits; give "
@@ -162,12 +180,19 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
             make_head(f, classes, config.pool, name).to(device)
             for f, name in zip(chain.features, config.exits, strict=True)
         ]
+        learned = config.criterion == "learned"
+        deciders = [
+            make_decider(classes, config.decider_hidden).to(device)
+            for _ in (config.exits if learned else ())
+        ]
     reference = split_accuracy(model, task, config.split, STAGE)
     with restored_on_error(model):
         dyn = EarlyExitModel(
-            model, heads, chain.steps, chain.exit_after, [], config.criterion, classes
+            model, heads, chain.steps, chain.exit_after, [], config.criterion, classes, deciders
         )
         losses = _train(dyn, config, task, ctx)
+        if learned:
+            train_deciders(dyn, task, config, ctx)
         calibration = calibrate_exits(
             dyn,
             task,
@@ -269,10 +294,11 @@ def calibrate_exits(
     example = task.inputs_of(next(iter(task.loader(split, batch_size=1))))[0].to(device)
     macs = exit_macs(model, example)
     budget = Budget(reference, max_drop, rule, confidence)
+    deciders = list(model.deciders) or None
     if thresholds is not None:
-        found = outcome_of(logits, labels, model.criterion, macs, thresholds)
+        found = outcome_of(logits, labels, model.criterion, macs, thresholds, deciders)
     else:
-        calibrated = calibrate(logits, labels, model.criterion, macs, budget)
+        calibrated = calibrate(logits, labels, model.criterion, macs, budget, deciders)
         if calibrated is None:
             final = 100.0 * float((logits[-1].argmax(-1) == labels).double().mean())
             raise ConfigError(
@@ -284,7 +310,7 @@ def calibrate_exits(
     model.set_thresholds(found.thresholds)
     model.exit_fractions = found.fractions
     live = [fires(model.criterion, t) for t in found.thresholds]
-    sweep = trade_off(logits, labels, model.criterion, macs, budget)
+    sweep = trade_off(logits, labels, model.criterion, macs, budget, deciders=deciders)
     return Calibration(found, macs.per_exit(live), macs.static, sweep)
 
 
@@ -329,4 +355,39 @@ def _train(model: EarlyExitModel, config: EarlyExitConfig, task: Task, ctx: Cont
 
     with frozen(model.backbone.parameters() if distill else ()):
         settings = train_settings(config, config.steps, config.epochs)
+        return fit(model, task, settings, ctx, loss_fn=loss_fn)
+
+
+def train_deciders(
+    model: EarlyExitModel, task: Task, config: EarlyExitConfig, ctx: Context | None = None
+) -> list[float]:
+    """Train `model`'s deciders (everything else frozen) to predict, per exit, whether its
+    answer is the final head's: binary cross-entropy on the train split through `fit`, for
+    `config.decider_steps` steps at `config.lr`; returns the losses.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> from netchisel.core.task import classification_task
+        >>> from netchisel.dynamic.deciders import make_decider
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> data = TensorDataset(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
+        >>> task = classification_task({"train": data})
+        >>> m = EarlyExitModel(net, [nn.Linear(2, 2)], ["0", "1"], [0], [], "learned", 2,
+        ...     [make_decider(2, 0)])
+        >>> len(train_deciders(m, task, EarlyExitConfig(decider_steps=3),
+        ...     Context(task, quiet=True)))
+        3
+    """
+
+    def loss_fn(_: nn.Module, batch: Batch) -> Tensor:
+        x, _y = labelled(task, batch, STAGE)
+        model.backbone.eval()
+        with torch.no_grad():
+            outs = model.all_outputs(x)
+        terms = [agreement_loss(d, z, outs[-1]) for d, z in zip(model.deciders, outs, strict=False)]
+        return torch.stack(terms).sum()
+
+    others = [*model.backbone.parameters(), *model.heads.parameters()]
+    with frozen(others):
+        settings = train_settings(config, config.decider_steps, config.epochs)
         return fit(model, task, settings, ctx, loss_fn=loss_fn)

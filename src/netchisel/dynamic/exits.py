@@ -13,7 +13,9 @@ In training mode `forward` is the backbone's own output (through the same steps)
 `all_outputs` gives every exit's logits and the final ones for the training losses.
 
 The backbone is kept whole as the child `backbone` (its state-dict keys gain the prefix
-`backbone.`); the heads are `heads.0`, `heads.1`, ... The split points, criterion,
+`backbone.`); the heads are `heads.0`, `heads.1`, ...; with `criterion: learned` each exit
+also has a decider, `deciders.0`, ... (`netchisel.dynamic.deciders`), which runs on the
+samples still in the batch at its exit, right after the head. The split points, criterion,
 thresholds and the exit distribution measured on the validation split are plain attributes,
 so `netchisel.save` / `netchisel.load` keep them.
 """
@@ -31,6 +33,7 @@ from netchisel.core.errors import ConfigError
 from netchisel.dynamic.chain import run_steps
 from netchisel.dynamic.confidence import CRITERIA, check_threshold, exits_now, fires, never
 from netchisel.dynamic.costs import exit_costs
+from netchisel.dynamic.deciders import check_decider
 
 
 class EarlyExitModel(nn.Module):
@@ -53,6 +56,7 @@ class EarlyExitModel(nn.Module):
         thresholds: list[float],
         criterion: str = "max_softmax",
         num_classes: int | None = None,
+        deciders: Sequence[nn.Module] = (),
     ) -> None:
         super().__init__()
         if criterion not in CRITERIA:
@@ -61,6 +65,8 @@ class EarlyExitModel(nn.Module):
             )
         self.backbone = backbone
         self.heads = nn.ModuleList(heads)
+        # One per head with criterion "learned", else none (empty: no parameters, no keys).
+        self.deciders = nn.ModuleList(deciders)
         self.steps = list(steps)
         self.exit_after = list(exit_after)
         self.criterion = criterion
@@ -69,6 +75,7 @@ class EarlyExitModel(nn.Module):
         # Fraction of the calibration split that leaves at each exit, then at the end.
         self.exit_fractions: list[float] = []
         self.set_thresholds(thresholds or self.thresholds)
+        self._check_deciders()
 
     @property
     def exit_names(self) -> list[str]:
@@ -88,8 +95,27 @@ class EarlyExitModel(nn.Module):
         if self.criterion not in CRITERIA:
             raise ConfigError(f"dynamic.early_exit: unknown criterion {self.criterion!r}")
         self.set_thresholds(self.thresholds)
+        self._check_deciders()
         if self.exit_fractions and len(self.exit_fractions) != len(self.heads) + 1:
             raise ConfigError("dynamic.early_exit: exit_fractions needs one share per path")
+
+    def _check_deciders(self) -> None:
+        """A decider per exit that maps the exit's logits to one score with criterion
+        "learned", none otherwise."""
+        wanted = len(self.heads) if self.criterion == "learned" else 0
+        if len(self.deciders) != wanted:
+            raise ConfigError(
+                f"dynamic.early_exit: criterion {self.criterion!r} with {len(self.heads)} exits "
+                f"needs {wanted} deciders, got {len(self.deciders)}"
+            )
+        if wanted and not isinstance(self.num_classes, int):
+            raise ConfigError("dynamic.early_exit: criterion 'learned' needs num_classes")
+        for k, decider in enumerate(self.deciders):
+            check_decider(decider, int(self.num_classes or 0), f"deciders[{k}]")
+
+    def decider(self, k: int) -> nn.Module | None:
+        """Exit `k`'s decider with criterion "learned", else None."""
+        return self.deciders[k] if self.criterion == "learned" else None
 
     def set_thresholds(self, thresholds: list[float]) -> None:
         """Set one threshold per exit, each checked against the criterion's range.
@@ -164,7 +190,7 @@ class EarlyExitModel(nn.Module):
             if not fires(self.criterion, self.thresholds[k]):
                 continue  # an exit that can never let a sample out: its head does not run
             logits = head(x)
-            done = exits_now(logits, self.criterion, self.thresholds[k])
+            done = exits_now(logits, self.criterion, self.thresholds[k], self.decider(k))
             # One sync decides what follows; on a small model each tensor operation costs
             # about as much as a layer, so the cases below index as little as they can.
             count = int(done.sum())
@@ -205,7 +231,8 @@ class EarlyExitModel(nn.Module):
             x = run_steps(self.backbone, segment, x)
             if fires(self.criterion, self.thresholds[k]):
                 logits: Tensor = head(x)
-                if bool(exits_now(logits, self.criterion, self.thresholds[k])):
+                decision = exits_now(logits, self.criterion, self.thresholds[k], self.decider(k))
+                if bool(decision):
                     return logits
         return run_steps(self.backbone, segments[-1], x)
 

@@ -38,10 +38,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from netchisel.dynamic.confidence import never, score, score_threshold, threshold_range
 from netchisel.dynamic.costs import ExitCosts, expected_macs
@@ -164,8 +165,21 @@ def taken_exits(scores: Tensor, taus: list[float]) -> Tensor:
 class _Problem:
     """One split's scores and correctness, the costs, and "never" in score units."""
 
-    def __init__(self, logits: list[Tensor], labels: Tensor, criterion: str, costs: ExitCosts):
-        self.scores = torch.stack([score(z, criterion) for z in logits[:-1]])
+    def __init__(
+        self,
+        logits: list[Tensor],
+        labels: Tensor,
+        criterion: str,
+        costs: ExitCosts,
+        deciders: Sequence[nn.Module] | None = None,
+    ):
+        with torch.no_grad():
+            self.scores = torch.stack(
+                [
+                    score(z, criterion, deciders[k] if deciders else None)
+                    for k, z in enumerate(logits[:-1])
+                ]
+            )
         self.correct = torch.stack([z.argmax(-1) == labels for z in logits])
         final = logits[-1].argmax(-1)
         self.differs = torch.stack([z.argmax(-1) != final for z in logits])
@@ -198,6 +212,7 @@ def outcome_of(
     criterion: str,
     costs: ExitCosts,
     thresholds: list[float],
+    deciders: Sequence[nn.Module] | None = None,
 ) -> Outcome:
     """What given thresholds do on a split's logits (each exit's, then the final ones).
 
@@ -207,7 +222,7 @@ def outcome_of(
         >>> outcome_of(z, torch.tensor([1]), "max_softmax", costs, [0.5]).fractions
         [1.0, 0.0]
     """
-    problem = _Problem(logits, labels, criterion, costs)
+    problem = _Problem(logits, labels, criterion, costs, deciders)
     accuracy, fractions, mean = problem.run([score_threshold(criterion, t) for t in thresholds])
     return Outcome(list(thresholds), accuracy, fractions, mean)
 
@@ -246,11 +261,13 @@ def calibrate(
     criterion: str,
     costs: ExitCosts,
     budget: Budget,
+    deciders: Sequence[nn.Module] | None = None,
 ) -> Outcome | None:
     """Thresholds (in `criterion`'s units) with the least mean MACs that keep `budget` on
     these logits; None when even no exit at all misses it.
 
-    `logits` holds each exit's (N, C) logits, then the final ones.
+    `logits` holds each exit's (N, C) logits, then the final ones; `deciders`, one per exit,
+    score them for criterion "learned".
 
     Example:
         >>> final = torch.tensor([[0.0, 9.0], [9.0, 0.0], [0.0, 9.0]])
@@ -261,7 +278,7 @@ def calibrate(
         >>> out.fractions, out.accuracy
         ([0.0, 1.0], 100.0)
     """
-    problem = _Problem(logits, labels, criterion, costs)
+    problem = _Problem(logits, labels, criterion, costs, deciders)
     exits = problem.scores.shape[0]
     taus_off = [problem.off] * exits
     if not problem.keeps(taus_off, budget):
@@ -295,6 +312,7 @@ def trade_off(
     costs: ExitCosts,
     budget: Budget,
     budgets: tuple[float, ...] = BUDGETS,
+    deciders: Sequence[nn.Module] | None = None,
 ) -> list[tuple[float, Outcome]]:
     """The calibrated thresholds at each of `budgets` (points of `max_drop`, with `budget`'s
     reference, rule and confidence) on one split's logits: accuracy against mean MACs over
@@ -312,7 +330,12 @@ def trade_off(
     out = []
     for points in budgets:
         found = calibrate(
-            logits, labels, criterion, costs, dataclasses.replace(budget, max_drop=points)
+            logits,
+            labels,
+            criterion,
+            costs,
+            dataclasses.replace(budget, max_drop=points),
+            deciders,
         )
         if found is not None:
             out.append((points, found))

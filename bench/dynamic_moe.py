@@ -32,7 +32,7 @@ median over seeds of `upcycle_balance_1` (part 3, balance weight 1 = 100x Switch
    norm (`router_target: output_norm`). k = 2 with seeds 0-2; k = 1, 4 and 8 (all experts:
    the dense model) with seed 0, for the MACs-quality curve. `router_target: activation`
    (MoEfication's own target: the sum of each expert's positive activations) at k = 2,
-   seed 0. Recovery (`finetune_steps`): the experts distilled from the dense gpt
+   seeds 0-2. Recovery (`finetune_steps`): the experts distilled from the dense gpt
    (per-position KL, routers and the rest fixed), `MOEFY_FINETUNE` steps of 8 windows, for k =
    1, 2 (seeds 0-2) and 4. Per arm: active FFN MACs per token (router + k experts, exact
    from the shapes; the model's count on a real forward is checked against `count_flops`),
@@ -62,10 +62,10 @@ median over seeds of `upcycle_balance_1` (part 3, balance weight 1 = 100x Switch
    top-2), capacity 1.25, then the whole model fine-tuned `UPCYCLE_STEPS` steps of 8 windows
    at lr 1e-3 (weight decay 0.01, cosine) with the balancing loss at weight 1, 0.01
    (Switch's alpha), 0 (the ablation) and 0.01 with the router z-loss (1e-3, ST-MoE, Zoph et
-   al. 2022) and input jitter (0.01, Switch). Seeds 0-2, but seed 0 only for: weight 0.01 with
-   z-loss and jitter, weight 0.1, and top-1 (Switch's routing, softmax gate) at weight 1.
-   Beside them `dense_finetuned`: the trained dense gpt fine-tuned the same way (the same
-   steps and batches; an upcycled top-2 layer runs twice the dense FFN's MACs).
+   al. 2022) and input jitter (0.01, Switch), 0.1, and top-1 (Switch's routing, softmax
+   gate) at weight 1; seeds 0-2. Beside them `dense_finetuned`: the trained dense gpt
+   fine-tuned the same way (the same steps and batches; an upcycled top-2 layer runs twice
+   the dense FFN's MACs).
 4. Latency, A/B alternating in one run (`compare_latency`, one thread, eager) of the
    saved-and-loaded MoEfied model (k = 2) against the dense one at batch 1 and 8 windows.
 
@@ -135,7 +135,7 @@ UPCYCLE_ARMS: dict[str, tuple[int, float, float, float] | None] = {
     "upcycle_balance_0.1": (2, 0.1, 0.0, 0.0),
     "upcycle_top1_balance_1": (1, 1.0, 0.0, 0.0),
 }
-ONE_SEED = {"upcycle_balance_0.1", "upcycle_top1_balance_1", "upcycle_balance_0.01_z_jitter"}
+ONE_SEED: set[str] = set()  # arms run with seed 0 only (none now)
 HEADLINE_ARM = "upcycle_balance_1"  # the issue's `load_cv`
 MOEFY_ONLY: set[str] = set()  # --arms: only these MoEfication arms (k2, k2_finetuned, ...)
 
@@ -262,7 +262,7 @@ def moefy_arms(reference: nn.Module, task: Any, one: tuple[torch.Tensor, ...]) -
         if MOEFY_ONLY and name not in MOEFY_ONLY:
             continue
         rows = []
-        for seed in SEEDS if k == HEADLINE_K and "router_target" not in fields else SEEDS[:1]:
+        for seed in SEEDS if k == HEADLINE_K else SEEDS[:1]:
             row, dyn = moefy_run(reference, task, one, seed, top_k=k, **fields)
             rows.append(row)
             if name == f"k{HEADLINE_K}" and seed == SEEDS[0]:
@@ -544,6 +544,8 @@ def main() -> None:
 
 
 def _range(s: dict[str, Any], fmt: str = ".3f") -> str:
+    if s["min"] == s["max"]:  # one seed
+        return f"{s['median']:{fmt}}"
     return f"{s['median']:{fmt}} ({s['min']:{fmt}}-{s['max']:{fmt}})"
 
 
@@ -648,6 +650,22 @@ def render(d: dict[str, Any]) -> str:
         *_routing_table(sw["arms"], sw["steps"]),
         *_per_layer(sw["arms"]),
     ]
+    share = sw["arms"]["dense"].get("mlp_input_mean_share_by_layer")
+    if share and "upcycle" in d:
+        known = d["upcycle"]["mlp_input_mean_share_by_layer"]
+
+        def span(values: list[float]) -> str:
+            return f"{min(values):.2f}-{max(values):.2f}"
+
+        lines += [
+            "",
+            "Share of the FFN inputs' second moment that is their mean over tokens (1: every "
+            "token brings the same vector), per layer: untrained gpt "
+            f"{span(list(known['untrained'].values()))}; dense after {sw['steps']} steps, "
+            f"medians over seeds {span([v['median'] for v in share.values()])} (all seeds "
+            f"{span([v['min'] for v in share.values()] + [v['max'] for v in share.values()])}); "
+            f"trained zoo gpt {span(list(known['trained'].values()))}.",
+        ]
     if "upcycle" in d:
         up = d["upcycle"]
         lines += [

@@ -176,8 +176,8 @@ def test_upcycled_switch_starts_as_the_dense_model() -> None:
             "router_target = 'activation' applies to method: moefy",
         ),
         ({"router_target": "norm"}, "router_target"),
-        ({"jitter": 0.01}, "jitter / z_loss apply to method: switch"),
-        ({"z_loss": 0.001}, "jitter / z_loss apply to method: switch"),
+        ({"jitter": 0.01}, "jitter = 0.01, z_loss = 0.0 apply to method: switch"),
+        ({"z_loss": 0.001}, "jitter = 0.0, z_loss = 0.001 apply to method: switch"),
     ],
 )
 def test_bad_configs_are_one_line(fields: dict[str, object], message: str) -> None:

@@ -157,8 +157,8 @@ class MoEConfig(TrainConfig):
             )
         if self.method == "moefy" and (self.jitter or self.z_loss):
             raise ConfigError(
-                f"{STAGE}: jitter / z_loss apply to method: switch (moefy routers train on "
-                "labels); set them to 0"
+                f"{STAGE}: jitter = {self.jitter}, z_loss = {self.z_loss} apply to method: "
+                "switch (moefy routers train on labels); set them to 0"
             )
         if self.method == "moefy" and self.expert_hidden is not None:
             raise ConfigError(

@@ -135,6 +135,8 @@ def test_switch_training_lowers_the_loss_and_the_balance_loss_balances() -> None
     assert min(r["dropped_fraction"] for r in routing[0.0]) > 0.3
     assert max(r["load_cv"] for r in routing[1.0]) < 0.3
     assert max(r["dropped_fraction"] for r in routing[1.0]) < 0.05
+    # Capacity clips the overloaded experts: the served load is more even than the routed one.
+    assert all(r["load_cv_kept"] < r["load_cv"] for r in routing[0.0])
     assert runs[1.0][1]["final_balance_loss"] < 1.01  # 1.0 is perfectly balanced
 
 

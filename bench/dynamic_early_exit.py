@@ -54,13 +54,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ab_entry, saturated_note, shipped, split_tensors, spread, write_result
+from common import (
+    ab_entry,
+    load_result,
+    saturated_note,
+    shipped,
+    split_tensors,
+    spread,
+    write_result,
+)
 from torch import Tensor, nn
 
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError
 from netchisel.dynamic import EarlyExitConfig, EarlyExitModel, calibrate_exits
 from netchisel.dynamic.chain import plan_chain
+from netchisel.dynamic.confidence import score
 from netchisel.dynamic.costs import ExitCosts, exit_macs
 from netchisel.dynamic.early_exit import early_exit
 from netchisel.dynamic.heads import make_head
@@ -83,6 +92,23 @@ SETUPS: dict[str, dict[str, Any]] = {
             "steps": 3000,
             "lr": 3e-3,
             "temperature": 2.0,
+        },
+    },
+    # The same heads (same seeds, same distillation) with a learned exit decision: a decider
+    # per exit trained on the train split to predict agreement with the final head
+    # (netchisel.dynamic.deciders), its score calibrated like the max softmax.
+    "mnist1d_cnn_learned": {
+        "zoo": "mnist1d_cnn",
+        "task": "mnist1d",
+        "config": {
+            "exits": ("features.relu1", "features.relu2"),
+            "pool": 4,
+            "steps": 3000,
+            "lr": 3e-3,
+            "temperature": 2.0,
+            "criterion": "learned",
+            "decider_hidden": 0,  # a logistic regression: 22 MACs per exit (16 hidden: 368)
+            "decider_steps": 1000,
         },
     },
     "mnist1d_cnn_joint": {
@@ -200,13 +226,51 @@ def oracle(
 
 
 def threshold_oracle(
-    logits: list[Tensor], labels: Tensor, costs: ExitCosts, reference: float, max_drop: float
+    logits: list[Tensor],
+    labels: Tensor,
+    costs: ExitCosts,
+    reference: float,
+    max_drop: float,
+    model: EarlyExitModel | None = None,
 ) -> float | None:
-    """The MAC reduction of the best max-softmax thresholds chosen on this split itself with
-    its labels (the point-estimate "accuracy" rule): what these heads and this criterion can
-    reach when the calibration has nothing to guess."""
-    found = calibrate(logits, labels, "max_softmax", costs, Budget(reference, max_drop, "accuracy"))
+    """The MAC reduction of the best thresholds chosen on this split itself with its labels
+    (the point-estimate "accuracy" rule): what these heads and this criterion (max softmax,
+    or `model`'s own with its deciders) can reach when the calibration has nothing to guess."""
+    criterion = "max_softmax" if model is None else model.criterion
+    deciders = None if model is None else list(model.deciders) or None
+    budget = Budget(reference, max_drop, "accuracy")
+    found = calibrate(logits, labels, criterion, costs, budget, deciders)
     return None if found is None else 1.0 - found.expected_macs / costs.static
+
+
+def _auc(scores: Tensor, positive: Tensor) -> float:
+    """Probability that a random positive scores above a random negative (ties half)."""
+    pos, neg = scores[positive], scores[~positive]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).double().mean()
+    ties = (pos[:, None] == neg[None, :]).double().mean()
+    return float(above + 0.5 * ties)
+
+
+def ranking(model: EarlyExitModel, logits: list[Tensor]) -> list[dict[str, float]]:
+    """Per exit on this split: how well the max softmax, and the model's own criterion,
+    rank the samples whose answer is the final head's above the others (AUC), and the
+    share that agrees."""
+    final = logits[-1].argmax(-1)
+    out = []
+    for k, z in enumerate(logits[:-1]):
+        agree = z.argmax(-1) == final
+        row = {
+            "agree_share": float(agree.double().mean()),
+            "auc_max_softmax": _auc(score(z, "max_softmax"), agree),
+        }
+        if model.criterion != "max_softmax":
+            with torch.no_grad():
+                own = score(z, model.criterion, model.decider(k))
+            row[f"auc_{model.criterion}"] = _auc(own, agree)
+        out.append(row)
+    return out
 
 
 def _on_test(
@@ -288,7 +352,12 @@ def run_seed(name: str, seed: int, rounds: int) -> dict[str, Any]:
         ],
         "oracle": oracle(test_logits, y, macs, static_test, MAX_DROP),
         "threshold_oracle": threshold_oracle(test_logits, y, macs, static_test, MAX_DROP),
+        "ranking_test": ranking(model, test_logits),
     }
+    if model.criterion != "max_softmax":
+        row["threshold_oracle_own"] = threshold_oracle(
+            test_logits, y, macs, static_test, MAX_DROP, model
+        )
     # The point-estimate rule first (what calibration did before the agreement rule), then
     # the default, whose thresholds the model keeps.
     for rule in ("accuracy", RULE):
@@ -307,6 +376,23 @@ def run_seed(name: str, seed: int, rounds: int) -> dict[str, Any]:
             "test_drop": static_test - measured["test_accuracy"],
             "macs_per_exit": cal.costs,
         }
+    if model.criterion != "max_softmax":  # the same heads, the max softmax instead
+        own, kept = model.criterion, (list(model.thresholds), list(model.exit_fractions))
+        deciders, model.deciders = model.deciders, nn.ModuleList()  # not paid for either
+        model.criterion = "max_softmax"
+        try:
+            cal = calibrate_exits(model, task, max_drop=MAX_DROP, reference=static_val, rule=RULE)
+            measured = _on_test(model, x, y, cal.costs, macs.static)
+            row["max_softmax_same_heads"] = {
+                **measured,
+                "test_drop": static_test - measured["test_accuracy"],
+            }
+        except ConfigError as err:
+            row["max_softmax_same_heads"] = {"error": str(err)}
+        finally:
+            model.criterion, model.deciders = own, deciders
+            model.set_thresholds(kept[0])
+            model.exit_fractions = kept[1]
     chosen = row[RULE]
     row["meets_budget_on_val"] = "error" not in chosen
     if "error" in chosen:
@@ -397,6 +483,19 @@ def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "oracle_mac_reduction": _maybe(runs, "oracle", "mac_reduction"),
         "oracle_agree_mac_reduction": _maybe(runs, "oracle", "agree_mac_reduction"),
         "threshold_oracle_mac_reduction": _maybe(runs, "threshold_oracle"),
+        "criterion": setup["config"].get("criterion", "max_softmax"),
+        "threshold_oracle_own_mac_reduction": _maybe(runs, "threshold_oracle_own"),
+        "max_softmax_same_heads": {
+            "mac_reduction": _maybe(runs, "max_softmax_same_heads", "mac_reduction"),
+            "test_drop": _maybe(runs, "max_softmax_same_heads", "test_drop"),
+        },
+        "ranking_test": [
+            {
+                key: spread([r["ranking_test"][k][key] for r in runs])
+                for key in runs[0]["ranking_test"][k]
+            }
+            for k in range(len(runs[0]["ranking_test"]))
+        ],
         "accuracy_rule": {
             "mac_reduction": _maybe(runs, "accuracy", "mac_reduction"),
             "test_drop": _maybe(runs, "accuracy", "test_drop"),
@@ -442,6 +541,11 @@ def main() -> None:
     parser.add_argument("--part", help="write the models' summaries to this file, not the result")
     parser.add_argument("--merge", nargs="+", help="write the result from these part files")
     parser.add_argument("--overhead", action="store_true", help="only the time breakdown")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other models (and the time breakdown) of the JSON already written",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -463,6 +567,11 @@ def main() -> None:
             for name in args.models
         }
         seconds = round(time.perf_counter() - started, 1)
+    old = load_result("dynamic_early_exit") if args.update and not args.part else None
+    if old is not None:  # re-run some models: the others stay as they were measured
+        models = {**old["models"], **models}
+        breakdown = breakdown or old.get("overhead_mnist1d_cnn")
+        seconds = round(old.get("seconds", 0.0) + seconds, 1)
     if args.part:
         Path(args.part).write_text(json.dumps({"models": models, "seconds": seconds}))
         return
@@ -474,7 +583,9 @@ def main() -> None:
             "training": {
                 name: SETUPS[name]["config"].get("training", "distill") for name in models
             },
-            "criterion": "max_softmax",
+            "criterion": {
+                name: SETUPS[name]["config"].get("criterion", "max_softmax") for name in models
+            },
             "calibration_split": "val",
             "calibration_rule": f"{RULE}, confidence 0.5 (netchisel.dynamic.thresholds)",
             "latency": f"compare_latency, {args.rounds} rounds x 2 calls, one thread",
@@ -522,14 +633,15 @@ def render(d: dict[str, Any]) -> str:
         " (min-max). Latency: the saved-and-loaded artifact against the static model, A/B"
         " alternating, one thread; speed-up = static time / dynamic time.",
         "",
-        "| model | training | MACs per exit / static | MAC reduction % | test drop (points) |"
-        " speed-up batch 1 | speed-up batch 64 |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| model | training | criterion | MACs per exit / static | MAC reduction % |"
+        " test drop (points) | speed-up batch 1 | speed-up batch 64 |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for name, m in d["models"].items():
         costs = " / ".join(f"{c:,}" for c in m.get("macs_per_exit", [])) or "-"
         lines.append(
-            f"| {name} | {m['config'].get('training', 'distill')} | {costs} /"
+            f"| {name} | {m['config'].get('training', 'distill')} |"
+            f" {m['config'].get('criterion', 'max_softmax')} | {costs} /"
             f" {m['static_macs']:,} | {_cell(m['mac_reduction'], 100)} |"
             f" {_cell(m['test_drop'], 1, 2)} | {_cell(m.get('speedup_batch1'), 1, 2)} |"
             f" {_cell(m.get('speedup_batch64'), 1, 2)} |"
@@ -555,6 +667,26 @@ def render(d: dict[str, Any]) -> str:
             f" {_cell(m['oracle_mac_reduction'], 100)} |"
             f" {_cell(m['oracle_agree_mac_reduction'], 100)} |"
         )
+    learned = [
+        (n, m) for n, m in d["models"].items() if m.get("threshold_oracle_own_mac_reduction")
+    ]
+    if learned:
+        lines += [
+            "",
+            "Learned exit decision: the threshold oracle of the model's own criterion (MAC"
+            " reduction %), and how well each score ranks the test samples whose exit answer is"
+            " the final head's (AUC per exit, max softmax / learned):",
+            "",
+            "| model | max softmax, same heads: reduction % / drop | threshold oracle (own"
+            " criterion) | AUC max softmax | AUC learned |",
+            "|---|---|---:|---|---|",
+        ]
+        for name, m in learned:
+            ms = " / ".join(f"{r['auc_max_softmax']['median']:.3f}" for r in m["ranking_test"])
+            own = " / ".join(f"{r['auc_learned']['median']:.3f}" for r in m["ranking_test"])
+            lines.append(
+                f"| {name} | {_cell(m['threshold_oracle_own_mac_reduction'], 100)} | {ms} | {own} |"
+            )
     lines.append("")
     for name, m in d["models"].items():
         verdict = "meets" if m["meets_target"] else "misses"

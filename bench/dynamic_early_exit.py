@@ -11,7 +11,8 @@ heads' initial weights and the data order) the `dynamic.early_exit` stage attach
 after the named modules and trains them: by distillation from the final head with the
 backbone frozen (so a sample that does not exit gets exactly the original output), or, for
 `mnist1d_cnn_joint`, jointly with the backbone (weighted cross-entropies, the issue's first
-training mode). Then one max-softmax threshold per exit is calibrated on the validation split
+training mode). Then one max-softmax threshold per exit (for `mnist1d_cnn_learned`: a threshold
+on a learned decider's score, see below) is calibrated on the validation split
 (`calibrate_exits`): the least mean MACs within `max_drop` = 0.5 points of the static model's
 validation accuracy, judged by the stage's default "agreement" rule (the Clopper-Pearson
 bound, at confidence 0.5, on the rate of early answers that differ from the final head's;
@@ -36,7 +37,15 @@ choice saw:
   test samples one at a time, so the mix of exits is the test split's) and batch 64 with
   regrouping (one call = the first 256 test samples in 4 batches). `speedup` = static time /
   dynamic time;
-- `overhead_mnist1d_cnn`: where the time goes on the MNIST-1D CNN (see `overhead`).
+- `overhead_mnist1d_cnn`: where the time goes on the MNIST-1D CNN (see `overhead`);
+- `mnist1d_cnn_learned`: the same distilled heads (same seeds) with `criterion: learned`: a
+  logistic-regression decider per exit (`netchisel.dynamic.deciders`, 22 MACs, counted in
+  each exit's cost) trained on the train split to predict "this exit's answer is the final
+  head's", its score calibrated by the same rule. Beside it: `max_softmax_same_heads` (these
+  heads calibrated on the max softmax instead, deciders neither run nor paid),
+  `threshold_oracle_own` (the threshold oracle on the learned score) and `ranking_test` (per
+  exit, the AUC with which each score ranks the test samples that agree with the final head
+  above those that do not). `--update` keeps the other models of the JSON already written.
 
 Anchors: BranchyNet (Teerapittayanon et al. 2016) 2-6x on CPU at comparable accuracy;
 Shallow-Deep Networks (Kaya et al. 2019) cut the average inference cost by > 50%; CALM
@@ -627,7 +636,8 @@ def render(d: dict[str, Any]) -> str:
         "",
         f"`python bench/dynamic_early_exit.py` ({d['date']}). Heads after the named modules"
         " (distilled from the final head with the backbone frozen, or trained jointly); one"
-        " max-softmax threshold per exit calibrated on the validation split to the least mean"
+        " threshold per exit on the criterion's score (the max softmax, or for"
+        " `criterion: learned` a decider's) calibrated on the validation split to the least mean"
         f" MACs within {s['max_drop_points']} points of the static model by the"
         f" {s['calibration_rule']} rule; measured on the test split. Seeds {seeds}: median"
         " (min-max). Latency: the saved-and-loaded artifact against the static model, A/B"
@@ -684,8 +694,11 @@ def render(d: dict[str, Any]) -> str:
         for name, m in learned:
             ms = " / ".join(f"{r['auc_max_softmax']['median']:.3f}" for r in m["ranking_test"])
             own = " / ".join(f"{r['auc_learned']['median']:.3f}" for r in m["ranking_test"])
+            same = m.get("max_softmax_same_heads") or {}
             lines.append(
-                f"| {name} | {_cell(m['threshold_oracle_own_mac_reduction'], 100)} | {ms} | {own} |"
+                f"| {name} | {_cell(same.get('mac_reduction'), 100)} /"
+                f" {_cell(same.get('test_drop'), 1, 2)} |"
+                f" {_cell(m['threshold_oracle_own_mac_reduction'], 100)} | {ms} | {own} |"
             )
     lines.append("")
     for name, m in d["models"].items():

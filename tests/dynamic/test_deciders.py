@@ -163,6 +163,27 @@ def test_a_manifest_whose_deciders_disagree_is_refused(tmp_path: Path) -> None:
         nc.load(path)
 
 
+def test_an_artifact_saved_before_deciders_existed_still_loads(tmp_path: Path) -> None:
+    net = conv_chain()
+    config = EarlyExitConfig(exits=("1",), steps=3, max_drop=100.0)
+    dyn = nc.dynamic_(net, config, labelled_by(net))
+    path = nc.save(dyn, tmp_path / "old")
+    manifest = json.loads((path / "manifest.json").read_text())
+
+    def drop(node: object) -> int:
+        if isinstance(node, dict):
+            return int(node.pop("deciders", None) is not None) + sum(map(drop, node.values()))
+        return sum(map(drop, node)) if isinstance(node, list) else 0
+
+    assert drop(manifest) == 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    loaded = nc.load(path)
+    assert isinstance(loaded, EarlyExitModel) and len(loaded.deciders) == 0
+    x = torch.randn(16, 1, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), dyn.eval()(x))
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

@@ -94,6 +94,8 @@ class EarlyExitModel(nn.Module):
             raise ConfigError("dynamic.early_exit: one exit position per head is needed")
         if self.criterion not in CRITERIA:
             raise ConfigError(f"dynamic.early_exit: unknown criterion {self.criterion!r}")
+        if "deciders" not in self._modules:  # saved before learned exit decisions existed
+            self.deciders = nn.ModuleList()
         self.set_thresholds(self.thresholds)
         self._check_deciders()
         if self.exit_fractions and len(self.exit_fractions) != len(self.heads) + 1:

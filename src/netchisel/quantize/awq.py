@@ -305,7 +305,7 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
         return InputScale.around(module, r.input_scale)
 
     how = Layerwise(stage, config.calibration_samples, config.blocks)
-    with restored_on_error(model):
+    with restored_on_error(model, spill=None):
         run = run_layerwise(model, layers, task, solve, how, ctx, prepare=find_folds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already

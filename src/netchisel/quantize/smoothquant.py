@@ -148,7 +148,7 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
 
     # The scales come from the original activations: one pass of the unchanged model.
     how = Layerwise(stage, config.calibration_samples, sequential=False, gram=False)
-    with restored_on_error(model):
+    with restored_on_error(model, spill=None):
         run = run_layerwise(model, layers, task, solve, how, ctx, prepare=find_folds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already

@@ -16,7 +16,11 @@ peak resident set (`ru_maxrss`) is read when it ends:
 - `gptq_lm_head`: GPTQ's default, every Linear layer, the 32000 x 768 `lm_head` included (one
   layer four times the size of a decoder layer's weights);
 - `gptq_heap_default`: `gptq` with glibc's malloc left as it is (`core.heap` not applied), to
-  show what heap fragmentation adds.
+  show what heap fragmentation adds;
+- `gptq_from_disk`: `gptq` on the same model loaded from a `save_pretrained` safetensors
+  checkpoint (written by another process first) with `from_pretrained`, which reads the
+  memory-mapped file into the model's tensors: loading and calibrating end to end, to show
+  the model never has to fit twice.
 
 `over_model` = peak - model_only's peak: what calibration adds. The target the issue sets is
 model bytes + 2 layers' working set; a layer's working set here is its float32 weights, its
@@ -52,7 +56,8 @@ CONFIG = {
 }
 SAMPLES, TOKENS = 8, 256
 _MEASURED = ("peak_bytes", "seconds", "params", "output_extra_bytes")
-ARMS = ("model_only", "gptq", "sparsegpt", "gptq_lm_head", "gptq_heap_default")
+ARMS = ("model_only", "gptq", "sparsegpt", "gptq_lm_head", "gptq_heap_default", "gptq_from_disk")
+CHECKPOINT = "/tmp/netchisel_llm_layerwise_memory"  # written by `--write` for gptq_from_disk
 
 
 def _arm(name: str) -> dict[str, Any]:
@@ -71,7 +76,13 @@ def _arm(name: str) -> dict[str, Any]:
     torch.manual_seed(0)
     tf = _transformers()
     config = tf.LlamaConfig(**CONFIG, use_cache=False, tie_word_embeddings=False)
-    model = tf.LlamaForCausalLM(config).eval()
+    if name == "write":
+        tf.LlamaForCausalLM(config).save_pretrained(CHECKPOINT)
+        return {}
+    if name == "gptq_from_disk":
+        model = tf.LlamaForCausalLM.from_pretrained(CHECKPOINT, dtype=torch.float32).eval()
+    else:
+        model = tf.LlamaForCausalLM(config).eval()
     tokens = torch.randint(0, CONFIG["vocab_size"], (SAMPLES, TOKENS + 1))
     data = TensorDataset(tokens[:, :-1], tokens[:, 1:])
     task = language_model_task({"train": data, "val": data}, batch_size=4)
@@ -112,7 +123,7 @@ def layer_working_set() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--arm", choices=ARMS)
+    parser.add_argument("--arm", choices=(*ARMS, "write"))
     parser.add_argument("--rerun", choices=ARMS, nargs="+", help="re-measure only these arms")
     args = parser.parse_args()
     if args.arm:
@@ -123,6 +134,8 @@ def main() -> None:
         previous = load_result("llm_layerwise_memory") or {"arms": {}}
         arms = {n: {k: a[k] for k in _MEASURED if k in a} for n, a in previous["arms"].items()}
     for name in args.rerun or ARMS:
+        if name == "gptq_from_disk":
+            subprocess.run([sys.executable, __file__, "--arm", "write"], check=True)
         out = subprocess.run(
             [sys.executable, __file__, "--arm", name], capture_output=True, text=True, check=True
         )

@@ -91,18 +91,15 @@ MAX_DROP = 0.5
 RULE = "agreement"  # the stage's default calibration rule (netchisel.dynamic.thresholds)
 # Validation budgets of the sweep (points): the same heads recalibrated, measured on test.
 BUDGETS = (0.0, 0.25, 0.5, 1.0, 2.0)
+MNIST1D_DISTILLED = {
+    "exits": ("features.relu1", "features.relu2"),
+    "pool": 4,
+    "steps": 3000,
+    "lr": 3e-3,
+    "temperature": 2.0,
+}
 SETUPS: dict[str, dict[str, Any]] = {
-    "mnist1d_cnn": {
-        "zoo": "mnist1d_cnn",
-        "task": "mnist1d",
-        "config": {
-            "exits": ("features.relu1", "features.relu2"),
-            "pool": 4,
-            "steps": 3000,
-            "lr": 3e-3,
-            "temperature": 2.0,
-        },
-    },
+    "mnist1d_cnn": {"zoo": "mnist1d_cnn", "task": "mnist1d", "config": MNIST1D_DISTILLED},
     # The same heads (same seeds, same distillation) with a learned exit decision: a decider
     # per exit trained on the train split to predict agreement with the final head
     # (netchisel.dynamic.deciders), its score calibrated like the max softmax.
@@ -110,11 +107,7 @@ SETUPS: dict[str, dict[str, Any]] = {
         "zoo": "mnist1d_cnn",
         "task": "mnist1d",
         "config": {
-            "exits": ("features.relu1", "features.relu2"),
-            "pool": 4,
-            "steps": 3000,
-            "lr": 3e-3,
-            "temperature": 2.0,
+            **MNIST1D_DISTILLED,
             "criterion": "learned",
             "decider_hidden": 0,  # a logistic regression: 22 MACs per exit (16 hidden: 368)
             "decider_steps": 1000,

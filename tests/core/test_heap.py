@@ -49,8 +49,9 @@ def test_freed_blocks_leave_the_resident_set_only_with_the_fixed_threshold() -> 
     }
     grown = {fix: float(p.communicate(timeout=120)[0].split()[-1]) for fix, p in probes.items()}
     # Growth beyond the 50 MiB of results kept: glibc's default keeps freed temporaries between
-    # the kept results (measured: 170-190 MiB); with the fixed threshold they are unmapped.
-    assert grown[False] > 60 and grown[True] < 8, grown
+    # the kept results (measured: 170-190 MiB alone, 46 MiB once inside the whole suite); with
+    # the fixed threshold they are unmapped.
+    assert grown[False] > 30 and grown[True] < 8, grown
 
 
 def test_a_threshold_the_user_chose_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:

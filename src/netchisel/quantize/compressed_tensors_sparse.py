@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from netchisel.artifact import bits
 from netchisel.core.errors import ArtifactError, ModelError
 
 BITMASK = "sparse-bitmask"
@@ -32,7 +33,8 @@ SPARSITY_CHOICES: tuple[str, ...] = ("auto", "none", *FORMATS)
 
 
 def pack_bits(mask: Tensor) -> Tensor:
-    """A 2-D bool mask as uint8 `[rows, ceil(cols / 8)]`, bit `i` of byte `j` = column 8j+i.
+    """A 2-D bool mask as uint8 `[rows, ceil(cols / 8)]`, bit `i` of byte `j` = column 8j+i:
+    the artifact's 1-bit packing of each row padded to whole bytes.
 
     Example:
         >>> pack_bits(torch.tensor([[True, False, True] + [False] * 6 + [True]]))
@@ -40,9 +42,8 @@ def pack_bits(mask: Tensor) -> Tensor:
     """
     rows, cols = mask.shape
     padded = torch.zeros(rows, -(-cols // 8) * 8, dtype=torch.uint8)
-    padded[:, :cols] = mask.to(torch.uint8)
-    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.uint8)
-    return (padded.view(rows, -1, 8) * weights).sum(-1, dtype=torch.uint8)
+    padded[:, :cols] = mask
+    return bits.pack_bits(padded, 1).view(rows, -1)
 
 
 def unpack_bits(packed: Tensor, cols: int) -> Tensor:
@@ -52,9 +53,9 @@ def unpack_bits(packed: Tensor, cols: int) -> Tensor:
         >>> unpack_bits(torch.tensor([[5, 2]], dtype=torch.uint8), 10).int().tolist()
         [[1, 0, 1, 0, 0, 0, 0, 0, 0, 1]]
     """
-    shifts = torch.arange(8, dtype=torch.uint8)
-    bits = (packed.unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(packed.shape[0], -1)[:, :cols].bool()
+    rows, width = packed.shape
+    flat = bits.unpack_bits(packed.contiguous(), 1, rows * width * 8)
+    return flat.view(rows, width * 8)[:, :cols].bool()
 
 
 def two_four_mask(weight: Tensor) -> Tensor | None:

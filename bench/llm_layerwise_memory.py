@@ -14,7 +14,9 @@ peak resident set (`ru_maxrss`) is read when it ends:
 - `gptq`, `sparsegpt`: build the model and calibrate its decoder layers (`lm_head` excluded,
   as llm-compressor's GPTQ recipes and the compressed-tensors checkpoints vLLM serves do);
 - `gptq_lm_head`: GPTQ's default, every Linear layer, the 32000 x 768 `lm_head` included (one
-  layer four times the size of a decoder layer's weights);
+  layer four times the size of a decoder layer's weights; the solver takes its rows in
+  chunks of 8 MiB of float32, `calib.hessian.row_chunks`, and writes each chunk back
+  before the next);
 - `gptq_heap_default`: `gptq` with glibc's malloc left as it is (`core.heap` not applied), to
   show what heap fragmentation adds;
 - `gptq_from_disk`: `gptq` on the same model loaded from a `save_pretrained` safetensors
@@ -27,10 +29,10 @@ model bytes + 2 layers' working set; a layer's working set here is its float32 w
 Hessians (in^2 per input, float32) and the block inputs and outputs held for the calibration
 windows (2 x samples x tokens x hidden, float32), all counted in `layer_working_set_bytes`;
 `met` = over_model <= 2 x that. `output_extra_bytes` is what the result itself holds beyond
-the float model (SparseGPT's keep masks, one byte per weight), part of any peak after the
-stage. The rollback copy of the model that `restored_on_error` keeps waits in a temporary
-file (`core.spill`), not in memory. Weights are random, so the numbers measure memory, not
-accuracy.
+the float model (SparseGPT's keep masks, packed one bit per weight by `core.masks`), part
+of any peak after the stage. The rollback copy of the model that `restored_on_error` keeps
+waits in a temporary file (`core.spill`), not in memory. Weights are random, so the numbers
+measure memory, not accuracy.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def _arm(name: str) -> dict[str, Any]:
         nc.prune_(model, config, task=task)
     seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters()) if name == "model_only" else None
-    masks = sum(m.keep.numel() * m.keep.element_size() for m in masks_of(model).values())
+    masks = sum(m.packed.numel() * m.packed.element_size() for m in masks_of(model).values())
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "peak_bytes": peak_kib * 1024,

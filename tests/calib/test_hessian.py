@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from netchisel.calib import LayerInputs
 from netchisel.calib.hessian import (
     DAMPING_RETRIES,
+    ROW_CHUNK_BYTES,
     damped_factors,
     gram_error,
     layer_hessian,
     output_error,
     prepared_hessian,
+    row_chunks,
 )
 from netchisel.core.errors import ModelError
 
@@ -44,3 +48,14 @@ def test_output_error_is_relative_to_the_layer_output() -> None:
     assert gram_error(w - w2, x.T @ x) == pytest.approx(
         float((x @ (w - w2).T).pow(2).sum()), rel=1e-4
     )
+
+
+def test_row_chunks_cover_every_row_within_the_byte_bound() -> None:
+    head = row_chunks(32000, 768)  # an LM head: 8 MiB of float32 rows per chunk
+    assert len(head) == 12 and head[0] == slice(0, 2730) and head[-1].stop == 32000
+    assert all(a.stop == b.start for a, b in itertools.pairwise(head))
+    assert all(4 * (c.stop - c.start) * 768 <= ROW_CHUNK_BYTES for c in head)
+    # A layer wider than 1024 inputs: chunks of H's own width, never thinner.
+    assert [c.stop for c in row_chunks(11008, 4096)] == [4096, 8192, 11008]
+    assert row_chunks(2048, 768) == [slice(0, 2048)]  # a decoder layer: one chunk
+    assert row_chunks(0, 8) == []

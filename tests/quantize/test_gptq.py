@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 import netchisel as nc
+from netchisel.calib import hessian
 from netchisel.calib.hessian import output_error
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.task import classification_task
@@ -195,3 +196,46 @@ def test_bad_input_at_run_time_leaves_the_model_unchanged() -> None:
 def test_bad_config_is_one_clear_error(options: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         GPTQConfig.from_dict(options)
+
+
+# -- row chunks: one inverse factor, the rows solved a chunk at a time ------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "act_order"),
+    [
+        (QuantSpec(4, False, "group", 32), False),
+        (QuantSpec(4, False, "group", 32), True),
+        (QuantSpec(3, True, "channel"), False),
+        (QuantSpec(8, False, "tensor"), True),
+    ],
+)
+def test_solving_in_row_chunks_is_bit_identical(
+    spec: QuantSpec, act_order: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weight, x = layer_data(200, 64, 1024)
+    one = gptq_solve(weight, x.T @ x, spec, act_order=act_order)
+    monkeypatch.setattr(hessian, "ROW_CHUNK_BYTES", 1)  # chunks of 64 rows (H's width)
+    assert [c.stop for c in hessian.row_chunks(200, 64)] == [64, 128, 192, 200]
+    many = gptq_solve(weight, x.T @ x, spec, act_order=act_order)
+    assert torch.equal(many.q, one.q)
+    assert torch.equal(many.scale, one.scale) and torch.equal(many.zero, one.zero)
+    assert torch.equal(many.weight, one.weight)
+    assert tuple(many.scale.shape) == tuple(one.scale.shape)
+
+
+def test_stage_in_row_chunks_writes_back_the_same_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = lm_task()
+    one, many = tiny_gpt(), tiny_gpt()
+    config = GPTQConfig(bits=4, group_size=32, calibration_samples=32)
+    one_ctx, many_ctx = quiet_context(task), quiet_context(task)
+    quantize_gptq(one, config, one_ctx)
+    monkeypatch.setattr(hessian, "ROW_CHUNK_BYTES", 1)  # the 256 x 32 head: 8 chunks
+    assert len(hessian.row_chunks(256, 32)) == 8
+    quantize_gptq(many, config, many_ctx)
+    ones, manys = one.state_dict(), many.state_dict()
+    assert ones.keys() == manys.keys()
+    assert all(torch.equal(ones[k], manys[k]) for k in ones)
+    for key in ("layer_output_error", "rtn_layer_output_error"):
+        expected = one_ctx.records[key]
+        assert many_ctx.records[key] == pytest.approx(expected, rel=1e-5)

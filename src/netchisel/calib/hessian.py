@@ -23,6 +23,8 @@ from netchisel.core.errors import ModelError
 
 DAMPING_RETRIES = 6
 """How many times the damping is raised tenfold before a layer is given up (0.01 -> 1e4)."""
+ROW_CHUNK_BYTES = 2**23
+"""float32 bytes of the weight rows a solver works on at once (unless H itself is larger)."""
 
 
 def prepared_hessian(hessian: Tensor) -> Tensor:
@@ -85,6 +87,24 @@ def damped_factors(h: Tensor, damping: float) -> Iterator[tuple[Tensor, float]]:
         factor = inverse_cholesky(h, used * mean_diag)
         if factor is not None:
             yield factor, used
+
+
+def row_chunks(rows: int, cols: int) -> list[slice]:
+    """The output rows of a (rows, cols) weight in the chunks a solver takes them in.
+
+    Every output row is its own least-squares problem under the shared H, so a layer can be
+    solved a chunk of rows at a time with one inverse factor: the solver's float copies are
+    of one chunk, not of the whole weight (a 32000 x 768 LM head is 98 MB in float32). A
+    chunk's float32 copy is at most `ROW_CHUNK_BYTES` or H's own size (cols rows), whichever
+    is larger, so large layers are not cut into many small chunks whose per-column loops
+    would cost more than their memory saves. Most decoder layers are one chunk.
+
+    Example:
+        >>> row_chunks(5000, 768)
+        [slice(0, 2730, None), slice(2730, 5000, None)]
+    """
+    per = max(1, cols, ROW_CHUNK_BYTES // (4 * max(1, cols)))
+    return [slice(start, min(start + per, rows)) for start in range(0, rows, per)]
 
 
 def unsolvable(damping: float) -> ModelError:

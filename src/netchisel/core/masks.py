@@ -8,20 +8,45 @@ from it on load.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from netchisel.core.bits import pack_flags, unpack_flags
 
 _MASKS_ATTR = "_netchisel_masks"
 
 
 @dataclass(frozen=True)
 class Mask:
-    """`keep` is True where the parameter is free; elsewhere it is held at `fill` (zero if None)."""
+    """`keep` is True where the parameter is free; elsewhere it is held at `fill` (zero if None).
 
-    keep: Tensor
+    `keep` is stored packed, one bit per entry (`packed`, ceil(n / 8) bytes, `core.bits`
+    order), because a pruned model holds a mask for every pruned weight: as bools they would
+    add a byte per weight, a quarter of a float32 model. Reading `keep` unpacks a fresh bool
+    tensor (one byte per entry, freed with it); nothing keeps an unpacked copy.
+
+    Example:
+        >>> mask = Mask.of(torch.tensor([[True, False, True]]))
+        >>> mask.packed.tolist(), mask.keep.tolist()
+        ([5], [[True, False, True]])
+    """
+
+    packed: Tensor
+    shape: tuple[int, ...]
     fill: Tensor | None = None
+
+    @classmethod
+    def of(cls, keep: Tensor, fill: Tensor | None = None) -> Mask:
+        """The mask that keeps the True entries of `keep` (packed on `keep`'s device)."""
+        return cls(pack_flags(keep.to(torch.bool)), tuple(keep.shape), fill)
+
+    @property
+    def keep(self) -> Tensor:
+        """True where the parameter is free, as a bool tensor of `shape` (unpacked now)."""
+        return unpack_flags(self.packed, math.prod(self.shape)).view(self.shape)
 
 
 def set_mask(model: nn.Module, name: str, keep: Tensor, fill: Tensor | None = None) -> None:
@@ -37,7 +62,7 @@ def set_mask(model: nn.Module, name: str, keep: Tensor, fill: Tensor | None = No
     if keep.shape != param.shape:
         raise ValueError(f"mask for {name} has shape {tuple(keep.shape)}, not {tuple(param.shape)}")
     masks = dict(masks_of(model))
-    masks[name] = Mask(keep.to(device=param.device, dtype=torch.bool), fill)
+    masks[name] = Mask.of(keep.to(device=param.device), fill)
     object.__setattr__(model, _MASKS_ATTR, masks)
     apply_masks_(model)
 
@@ -64,10 +89,11 @@ def apply_masks_(model: nn.Module) -> None:
     """Put every masked entry back to its held value (after an optimizer step)."""
     for name, mask in masks_of(model).items():
         param = model.get_parameter(name)
+        keep = mask.keep  # unpacked for this multiply only
         if mask.fill is None:
-            param.mul_(mask.keep)
+            param.mul_(keep)
         else:
-            param.copy_(torch.where(mask.keep, param, mask.fill))
+            param.copy_(torch.where(keep, param, mask.fill))
 
 
 def sparsity(model: nn.Module, names: list[str] | None = None) -> float:

@@ -65,7 +65,7 @@ from netchisel.calib.hessian import (
 from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
-from netchisel.core.masks import masks_of, set_mask
+from netchisel.core.masks import Mask, masks_of, set_mask
 from netchisel.core.modules import nothing_chosen, select_modules
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
@@ -295,15 +295,17 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
     if pattern is not None:
         widths = {name: layer.in_features for name, layer in layers.items()}
         check_n_of_m(widths, pattern[1], "prune.sparsegpt")
-    earlier = _earlier_pruned(model, layers)
-    # Per solved layer: its keep mask, output error and damping (not the float weight, which
-    # is copied into the layer at once: held for every layer it would double the model).
-    solved: dict[str, tuple[Tensor, float, float]] = {}
+    earlier = _earlier_masks(model, layers)
+    # Per solved layer: its keep mask (packed, one bit per weight), pruned count, output error
+    # and damping (not the float weight, which is copied into the layer at once: held for
+    # every layer it would double the model).
+    solved: dict[str, tuple[Mask, int, float, float]] = {}
     refined: list[str] = []  # layers whose mask is ADMM's (refine_steps), not the sweep's
 
     def solve(group: dict[str, LayerInputs]) -> None:
         for name, seen in group.items():
             weight = layers[name].weight
+            pruned = ~earlier[name].keep if name in earlier else None
             try:
                 result = sparsegpt_solve(
                     weight,
@@ -312,7 +314,7 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
                     pattern,
                     config.blocksize,
                     config.damping,
-                    earlier.get(name),
+                    pruned,
                     reconstruct=config.reconstruct,
                     refine_steps=config.refine_steps,
                 )
@@ -322,20 +324,21 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
                 ) from None
             error = output_error(weight, result.weight, seen.gram)  # type: ignore[arg-type]
             weight.copy_(result.weight)
-            solved[name] = (result.keep, error, result.damping)
+            pruned_now = int((~result.keep).sum())
+            solved[name] = (Mask.of(result.keep), pruned_now, error, result.damping)
             if result.refined:
                 refined.append(name)
 
     how = Layerwise(config.NAME, config.calibration_samples, config.blocks)
     with restored_on_error(model, spill=None):
         run = run_layerwise(model, layers, task, solve, how, ctx)
-        for name, (keep, _, _) in solved.items():
-            set_mask(model, f"{name}.weight", keep)
-    total = sum(keep.numel() for keep, _, _ in solved.values())
+        for name, (mask, _, _, _) in solved.items():
+            set_mask(model, f"{name}.weight", mask.keep)
+    total = sum(layers[name].weight.numel() for name in solved)
     ctx.record(
-        sparsity=sum(int((~keep).sum()) for keep, _, _ in solved.values()) / total,
-        layer_output_error={n: e for n, (_, e, _) in solved.items()},
-        damping={n: d for n, (_, _, d) in solved.items()},
+        sparsity=sum(p for _, p, _, _ in solved.values()) / total,
+        layer_output_error={n: e for n, (_, _, e, _) in solved.items()},
+        damping={n: d for n, (_, _, _, d) in solved.items()},
         calibration_samples=run.samples,
         note=DENSE_KERNEL_NOTE,
         **({"left_dense": left_dense} if left_dense else {}),
@@ -344,9 +347,9 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
     return model
 
 
-def _earlier_pruned(model: nn.Module, layers: dict[str, nn.Linear]) -> dict[str, Tensor]:
-    """Entries an earlier stage pruned to zero: they stay pruned (and count toward sparsity)."""
-    out: dict[str, Tensor] = {}
+def _earlier_masks(model: nn.Module, layers: dict[str, nn.Linear]) -> dict[str, Mask]:
+    """Masks an earlier stage set: their pruned entries stay pruned (and count toward sparsity)."""
+    out: dict[str, Mask] = {}
     for name, mask in masks_of(model).items():
         layer = name.removesuffix(".weight")
         if layer in layers and name.endswith(".weight"):
@@ -355,5 +358,5 @@ def _earlier_pruned(model: nn.Module, layers: dict[str, nn.Linear]) -> dict[str,
                     f"prune.sparsegpt: {name} has frozen entries (mode freeze) that SparseGPT "
                     "would change: exclude the layer"
                 )
-            out[layer] = ~mask.keep
+            out[layer] = mask  # packed: unpacked one layer at a time, when it is solved
     return out

@@ -52,9 +52,10 @@ from torch import Tensor, nn
 from netchisel.calib import LayerInputs, Layerwise, run_layerwise
 from netchisel.calib.hessian import (
     damped_factors,
+    gram_error,
     layer_hessian,
-    output_error,
     prepared_hessian,
+    row_chunks,
     unsolvable,
 )
 from netchisel.core.config import check_calibration_samples
@@ -119,15 +120,32 @@ class GPTQConfig(WeightQuantConfig):
 class GPTQResult:
     """A solved layer: integers, scales and zeros as `primitives.quantize` gives them.
 
-    `weight` is the dequantized weight (what the layer computes with) and `damping` the
-    fraction of H's mean diagonal that made H invertible.
+    `damping` is the fraction of H's mean diagonal that made H invertible. The dequantized
+    weight (what the layer computes with) is not held: `weight` and `rows` compute it from
+    the integers, which is how a large layer is written back a chunk of rows at a time.
     """
 
     q: Tensor
     scale: Tensor
     zero: Tensor
-    weight: Tensor
     damping: float
+    spec: QuantSpec
+    dtype: torch.dtype = torch.float32
+
+    def rows(self, rows: slice) -> Tensor:
+        """The dequantized weight of output rows `rows`, in the input weight's dtype."""
+        scale, zero = _of_rows(self.scale, rows), _of_rows(self.zero, rows)
+        return dequantize(self.q[rows], scale, zero, self.spec).to(self.dtype)
+
+    @property
+    def weight(self) -> Tensor:
+        """The whole dequantized weight (a new tensor)."""
+        return self.rows(slice(None))
+
+
+def _of_rows(t: Tensor, rows: slice) -> Tensor:
+    """Rows `rows` of a per-row parameter; a per-tensor one (one row) serves every row."""
+    return t if t.shape[0] == 1 else t[rows]
 
 
 def gptq_solve(
@@ -146,7 +164,9 @@ def gptq_solve(
     scales and zeros for a block of columns under `spec` (default: `kernel_qparams` min-max,
     whose scales are exactly what the kernels store). If the damped H is not positive
     definite in float32, or the result is not finite, the damping is raised tenfold, up to
-    `calib.hessian.DAMPING_RETRIES` times. Inputs are not modified.
+    `calib.hessian.DAMPING_RETRIES` times. The rows are solved in chunks
+    (`calib.hessian.row_chunks`) with one inverse factor: the float working set is one
+    chunk's, whatever the layer's size, and the result is the same. Inputs are not modified.
 
     Example:
         >>> x = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
@@ -156,8 +176,8 @@ def gptq_solve(
         (True, (4, 1), 0.01)
     """
     choose = choose or functools.partial(kernel_qparams, method="minmax")
-    w = weight.detach().float()
-    cols = w.shape[1]
+    weight = weight.detach()
+    rows, cols = weight.shape
     if group_padding(cols, spec):
         raise ConfigError(
             f"group_size {spec.group_size} does not divide the {cols} inputs of the weight: "
@@ -167,20 +187,36 @@ def gptq_solve(
     if act_order:
         perm = torch.argsort(h.diagonal(), descending=True, stable=True)
     else:
-        perm = torch.arange(cols, device=w.device)
+        perm = torch.arange(cols, device=weight.device)
+    inverse = torch.argsort(perm)
     static = spec.granularity != "group" or act_order
-    fixed = choose(w, spec) if static else None
+    # Chosen from the whole weight before any row is solved (a per-tensor scale sees all rows).
+    fixed = choose(weight.float(), spec) if static else None
     if spec.granularity == "group" and not act_order:
         blocksize = -(-blocksize // spec.group_size) * spec.group_size
     if act_order:  # without it perm is the identity: no permuted copy of H (memory)
         h = h[perm][:, perm]
     for factor, used in damped_factors(h, damping):
-        q, scale, zero = _sweep(w[:, perm], factor, spec, perm, blocksize, fixed, choose)
-        inverse = torch.argsort(perm)
-        q = q[:, inverse].contiguous()
-        deq = dequantize(q, scale, zero, spec)
-        if bool(torch.isfinite(deq).all()):
-            return GPTQResult(q, scale, zero, deq.to(weight.dtype), used)
+        q = torch.empty(rows, cols, dtype=spec.storage_dtype, device=weight.device)
+        scales, zeros = [], []
+        for chunk in row_chunks(rows, cols):
+            # [:, perm] copies the chunk's rows in solving order; the sweep works on that copy.
+            w = weight[chunk].float()[:, perm]
+            chunk_fixed = (
+                None if fixed is None else (_of_rows(fixed[0], chunk), _of_rows(fixed[1], chunk))
+            )
+            q_chunk, scale, zero = _sweep(w, factor, spec, perm, blocksize, chunk_fixed, choose)
+            del w
+            q[chunk] = q_chunk[:, inverse]
+            if not bool(torch.isfinite(dequantize(q[chunk], scale, zero, spec)).all()):
+                break
+            scales.append(scale)
+            zeros.append(zero)
+        else:
+            if spec.granularity == "tensor":  # every chunk holds the one fixed scale
+                scales, zeros = scales[:1], zeros[:1]
+            scale, zero = torch.cat(scales), torch.cat(zeros)
+            return GPTQResult(q, scale, zero, used, spec, weight.dtype)
     raise unsolvable(damping)
 
 
@@ -193,8 +229,8 @@ def _sweep(
     fixed: tuple[Tensor, Tensor] | None,
     choose: QParamsChooser,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The column sweep over `w` (columns already in solving order): integers, scale, zero."""
-    w = w.clone()
+    """The column sweep over `w` (columns in solving order; updated in place): integers, scale,
+    zero."""
     rows, cols = w.shape
     column = QuantSpec(spec.bits, spec.symmetric, "channel")
     if fixed is not None:
@@ -242,6 +278,10 @@ def rtn_weight(weight: Tensor, spec: QuantSpec, method: ScaleMethod = "minmax") 
         tensor([[ 0.0000,  0.5000, -1.0000]])
     """
     scale, zero = kernel_qparams(weight, spec, method)
+    return _rounded(weight, scale, zero, spec)
+
+
+def _rounded(weight: Tensor, scale: Tensor, zero: Tensor, spec: QuantSpec) -> Tensor:
     return dequantize(quantize(weight, scale, zero, spec), scale, zero, spec)
 
 
@@ -301,12 +341,7 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
                     f"{stage}: layer {name}: {e}; exclude it or raise damping"
                 ) from None
             gram = F.pad(seen.gram, pad)  # type: ignore[arg-type]
-            rtn = rtn_weight(weight, spec, config.scale_method)  # type: ignore[arg-type]
-            errors[name] = (
-                output_error(weight, result.weight, gram),
-                output_error(weight, rtn, gram),
-            )
-            layer.weight.copy_(result.weight[:, : layer.in_features])
+            errors[name] = _write_back(layer, weight, result, gram, config.scale_method)
             solved[name] = (result.q, result.scale, result.zero)
             damping[name] = result.damping
 
@@ -327,3 +362,25 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
         calibration_samples=run.samples,
     )
     return model
+
+
+def _write_back(
+    layer: nn.Linear, weight: Tensor, result: GPTQResult, gram: Tensor, method: str
+) -> tuple[float, float]:
+    """Copy the dequantized result into `layer`; its output error and RTN's (relative).
+
+    A chunk of rows at a time (`row_chunks`), so no float copy of a whole large layer is made;
+    `weight` (the padded float weight) may be a view of the layer's: each chunk is read before
+    it is written.
+    """
+    spec = result.spec
+    rtn_scale, rtn_zero = kernel_qparams(weight, spec, method)  # type: ignore[arg-type]
+    total = ours = rtn = 0.0
+    for rows in row_chunks(*weight.shape):
+        before, after = weight[rows], result.rows(rows)
+        rounded = _rounded(before, _of_rows(rtn_scale, rows), _of_rows(rtn_zero, rows), spec)
+        total += gram_error(before, gram)
+        ours += gram_error(before - after, gram)
+        rtn += gram_error(before - rounded, gram)
+        layer.weight[rows].copy_(after[:, : layer.in_features])
+    return (ours / total, rtn / total) if total > 0 else (0.0, 0.0)

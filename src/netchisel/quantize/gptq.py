@@ -190,8 +190,9 @@ def gptq_solve(
         perm = torch.arange(cols, device=weight.device)
     inverse = torch.argsort(perm)
     static = spec.granularity != "group" or act_order
-    # Chosen from the whole weight before any row is solved (a per-tensor scale sees all rows).
-    fixed = choose(weight.float(), spec) if static else None
+    # Static parameters come from the original rows before the sweep: from each chunk's own
+    # rows (per row, so the same), from the whole weight only for the one per-tensor scale.
+    whole = choose(weight.float(), spec) if spec.granularity == "tensor" else None
     if spec.granularity == "group" and not act_order:
         blocksize = -(-blocksize // spec.group_size) * spec.group_size
     if act_order:  # without it perm is the identity: no permuted copy of H (memory)
@@ -202,10 +203,8 @@ def gptq_solve(
         for chunk in row_chunks(rows, cols):
             # [:, perm] copies the chunk's rows in solving order; the sweep works on that copy.
             w = weight[chunk].float()[:, perm]
-            chunk_fixed = (
-                None if fixed is None else (_of_rows(fixed[0], chunk), _of_rows(fixed[1], chunk))
-            )
-            q_chunk, scale, zero = _sweep(w, factor, spec, perm, blocksize, chunk_fixed, choose)
+            fixed = (whole or choose(weight[chunk].float(), spec)) if static else None
+            q_chunk, scale, zero = _sweep(w, factor, spec, perm, blocksize, fixed, choose)
             del w
             q[chunk] = q_chunk[:, inverse]
             if not bool(torch.isfinite(dequantize(q[chunk], scale, zero, spec)).all()):
@@ -374,11 +373,13 @@ def _write_back(
     it is written.
     """
     spec = result.spec
-    rtn_scale, rtn_zero = kernel_qparams(weight, spec, method)  # type: ignore[arg-type]
+    # RTN's scales per chunk (they are per row), from the whole weight only when per tensor.
+    whole = kernel_qparams(weight, spec, method) if spec.granularity == "tensor" else None  # type: ignore[arg-type]
     total = ours = rtn = 0.0
     for rows in row_chunks(*weight.shape):
         before, after = weight[rows], result.rows(rows)
-        rounded = _rounded(before, _of_rows(rtn_scale, rows), _of_rows(rtn_zero, rows), spec)
+        scale, zero = whole or kernel_qparams(before, spec, method)  # type: ignore[arg-type]
+        rounded = _rounded(before, scale, zero, spec)
         total += gram_error(before, gram)
         ours += gram_error(before - after, gram)
         rtn += gram_error(before - rounded, gram)

@@ -1,6 +1,9 @@
 """Which Linear layers a weight-quantization stage changes, and the build-then-swap that changes
 them: every replacement is built before any is swapped in, so a failure while building leaves
 the model as it was, and the report says which layers run integer kernels.
+
+Hugging Face's Conv1D (GPT-2's projections) counts as a Linear (`core.conv1d`): chosen by the
+same `layers`/`exclude` patterns, swapped for its equal `nn.Linear` only once chosen.
 """
 
 from __future__ import annotations
@@ -12,6 +15,13 @@ from typing import ClassVar, Protocol
 from torch import nn
 
 from netchisel.core.context import Context
+from netchisel.core.conv1d import (
+    FROM_CONV1D,
+    conv1d_types,
+    is_conv1d,
+    linear_from_conv1d,
+    with_conv1d_as_linear_,
+)
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import forget_masks
 from netchisel.core.modules import replace_module, select_modules
@@ -45,12 +55,37 @@ def chosen_linears(
 ) -> dict[str, nn.Linear]:
     """The Linear layers a quantization stage works on; warns once about layers it skips.
 
+    A chosen Hugging Face Conv1D is replaced in `model` by its equal `nn.Linear`
+    (`core.conv1d`), which is returned: call this inside the stage's `restored_on_error`, so a
+    stage that fails puts the Conv1D back.
+
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> list(chosen_linears(net, None, ("2",), "demo"))
         ['0']
     """
-    chosen = select_modules(model, (nn.Linear,), layers, exclude)
+    chosen = chosen_layers(model, layers, exclude, stage, embeddings, stacklevel=4)
+    return with_conv1d_as_linear_(model, chosen)  # type: ignore[return-value]
+
+
+def chosen_layers(
+    model: nn.Module,
+    layers: tuple[str, ...] | None,
+    exclude: tuple[str, ...],
+    stage: str,
+    embeddings: bool = False,
+    stacklevel: int = 3,
+) -> dict[str, nn.Module]:
+    """`chosen_linears` without the swap: the chosen Linear and Conv1D layers as they are.
+
+    The warning about skipped layers points `stacklevel` frames up (the stage's caller).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> list(chosen_layers(net, ("2",), (), "demo"))
+        ['2']
+    """
+    chosen = select_modules(model, (nn.Linear, *conv1d_types(model)), layers, exclude)
     if not chosen:
         raise ConfigError(f"{stage}: the model has no Linear layer to quantize")
     skip_types = CONVOLUTIONS if embeddings else (*CONVOLUTIONS, nn.Embedding)
@@ -64,9 +99,9 @@ def chosen_linears(
         warnings.warn(
             f"{stage}: no kernel for these layers, they stay in float: {shown} "
             "(quantize.static_int8 covers convolutions; embeddings: true stores tables as int8)",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-    return {n: m for n, m in chosen.items() if isinstance(m, nn.Linear)}
+    return chosen
 
 
 def swap_linears(
@@ -80,8 +115,13 @@ def swap_linears(
     The new modules take the model's train/eval mode.
     """
     stage = config.NAME
-    linears = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
-    new = {name: make(name, linear) for name, linear in linears.items()}
+    chosen = chosen_layers(model, config.layers, config.exclude, stage, config.embeddings)
+    # A Conv1D is built from its equal Linear, made here and dropped: nothing in the model
+    # changes before every replacement is built.
+    new = {name: make(name, _as_linear(layer)) for name, layer in chosen.items()}
+    for name, layer in chosen.items():  # what the export reads: this layer's weight was (in, out)
+        if is_conv1d(layer) or getattr(layer, FROM_CONV1D, False):
+            setattr(new[name], FROM_CONV1D, True)
     if config.embeddings:
         tables = select_modules(model, (nn.Embedding,), None, ())
         new.update({n: Int8Embedding.from_float(m) for n, m in tables.items()})  # type: ignore[arg-type]
@@ -108,6 +148,10 @@ def swap_linears(
         note="; ".join(notes),
     )
     return new
+
+
+def _as_linear(layer: nn.Module) -> nn.Linear:
+    return linear_from_conv1d(layer) if is_conv1d(layer) else layer  # type: ignore[return-value]
 
 
 def read_as_weights(model: nn.Module, layers: dict[str, nn.Module]) -> list[str]:

@@ -14,12 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.context import Context
+from netchisel.core.conv1d import is_conv1d
 from netchisel.core.errors import ConfigError, ModelError, NetChiselError, first_line
 from netchisel.core.masks import masks_of
 from netchisel.core.registry import register
 from netchisel.measure.flops import count_flops
 from netchisel.prune.structured.config import STAGE, StructuredConfig
-from netchisel.prune.structured.graph import is_conv1d, no_kv_cache, output_shapes, run_eval
+from netchisel.prune.structured.graph import no_kv_cache, output_shapes, run_eval
 from netchisel.prune.structured.plan import Plan, choose_plan, search_ratio
 from netchisel.prune.structured.surgery import BreakingUnits, cut
 from netchisel.prune.structured.units import Unit, score_units

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from netchisel.prune.structured.graph import is_conv1d
+from netchisel.core.conv1d import is_conv1d
 
 HEAD_ATTRS = ("n_head", "num_heads", "n_heads", "num_attention_heads")
 """An attention module is one with an integer attribute of one of these names."""

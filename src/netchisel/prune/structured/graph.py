@@ -22,6 +22,7 @@ import torch_pruning as tp  # type: ignore[import-untyped]
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
 
+from netchisel.core.conv1d import conv1d_types, is_conv1d
 from netchisel.core.errors import ModelError, first_line
 from netchisel.prune.structured.config import STAGE
 
@@ -145,14 +146,6 @@ def bounded_groups(limit: int) -> Iterator[None]:
         cls.add_dep = add
 
 
-def is_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's `Conv1D` (GPT-2): a Linear whose weight is stored (in, out).
-
-    Recognised by name and its `nf` (output width) attribute: transformers is optional.
-    """
-    return type(module).__name__ == "Conv1D" and isinstance(vars(module).get("nf"), int)
-
-
 def is_layer(module: nn.Module) -> bool:
     """Whether `module`'s output channels can be chosen for pruning (Conv, Linear, Conv1D)."""
     return isinstance(module, LAYER_TYPES) or is_conv1d(module)
@@ -184,7 +177,7 @@ class Conv1DPruner(tp.pruner.BasePruningFunc):  # type: ignore[misc]
 
 def layer_types(model: nn.Module) -> list[type[nn.Module]]:
     """The root layer types of `model`'s channel groups (its Conv1D class among them)."""
-    return [*LAYER_TYPES, *{type(m) for m in model.modules() if is_conv1d(m)}]
+    return [*LAYER_TYPES, *conv1d_types(model)]
 
 
 def dependency_graph(model: nn.Module, inputs: tuple[Tensor, ...]) -> Any:

@@ -13,10 +13,11 @@ import torch
 import torch_pruning as tp  # type: ignore[import-untyped]
 from torch import Tensor, nn
 
+from netchisel.core.conv1d import is_conv1d
 from netchisel.core.errors import ConfigError
 from netchisel.prune.importance import NEEDS, LayerStats, get_criterion
 from netchisel.prune.structured.config import IMPORTANCES, STAGE, StructuredConfig
-from netchisel.prune.structured.graph import LAYER_TYPES, is_conv1d
+from netchisel.prune.structured.graph import LAYER_TYPES
 
 SCORED_TYPES: tuple[type[nn.Module], ...] = (*LAYER_TYPES, nn.Embedding)
 """Layers whose weights score the channels of a group (an Embedding's columns are channels)."""

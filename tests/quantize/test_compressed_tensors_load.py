@@ -202,9 +202,13 @@ HOSTILE = {
         _config(lambda m: _group(m)["weights"].__setitem__("num_bits", "4")),
         "num_bits must be an integer, got '4'",
     ),
-    "group size 16": (
+    "a group size the tensors do not have": (
         _config(lambda m: _group(m)["weights"].__setitem__("group_size", 16)),
-        "group_size 16: netchisel's int4 kernel takes 32, 64, 128, 256",
+        "weight_scale' has shape [64, 2], want [64, 4]",
+    ),
+    "a strategy netchisel does not read": (
+        _config(lambda m: _group(m)["weights"].__setitem__("strategy", "token")),
+        "weights.strategy 'token': netchisel reads tensor, channel or group",
     ),
     "a bad regex target": (
         _config(lambda m: _group(m).__setitem__("targets", ["re:("])),

@@ -68,3 +68,27 @@ def test_a_layernorm_that_also_feeds_a_residual_is_not_folded_into() -> None:
     model = PostLN()
     found = fold_targets(model, [["fc"]], {"fc": model.fc}, (torch.randn(4, 8),))
     assert found == {"fc": None}
+
+
+class LibraryRMSNorm(nn.Module):
+    """An RMSNorm as model libraries write their own (`LlamaRMSNorm`): weight * x / rms(x)."""
+
+    def __init__(self, width: int, plus_one: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(width) + 0.5)
+        self.plus_one = plus_one  # Gemma's norm scales by 1 + weight: dividing weight is wrong
+
+    def forward(self, x: Tensor) -> Tensor:
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return normed * (1 + self.weight if self.plus_one else self.weight)
+
+
+def test_a_library_rmsnorm_is_folded_into_and_a_plus_one_norm_is_not() -> None:
+    torch.manual_seed(0)
+    check = (torch.randn(8, 16),)
+    for plus_one, expected in ((False, "0"), (True, None)):
+        net = nn.Sequential(LibraryRMSNorm(16, plus_one), nn.Linear(16, 4))
+        before = copy.deepcopy(net.state_dict())
+        found = fold_targets(net, [["1"]], {"1": net[1]}, check)
+        assert found == {"1": expected}
+        assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())

@@ -80,6 +80,10 @@ class AWQConfig(WeightQuantConfig):
     - `calibration_samples`: samples of the task's train split (paper: 128 of 512 tokens).
     - `blocks`: the `nn.ModuleList` of transformer blocks run one at a time; None finds it;
       "" runs every pass through the whole model.
+    - `fold_only`: scale only groups whose 1/s folds into the op before them; the others are
+      quantized unscaled (alpha 0, clipping still searched), as AutoAWQ and llm-compressor
+      do. Needed to export to compressed-tensors, which has no per-input-channel scale
+      (o_proj after a grouped-query v_proj, an MLP's second layer after a GELU).
 
     Example:
         >>> AWQConfig(bits=4).spec_for("fc").group_size
@@ -93,6 +97,7 @@ class AWQConfig(WeightQuantConfig):
     max_shrink: float = 0.5
     calibration_samples: int = 128
     blocks: str | None = None
+    fold_only: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -264,17 +269,19 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
             config.grid,
             config.scale_method,  # type: ignore[arg-type]
         )
-        s = found.scales
+        s, alpha = found.scales, found.alpha
         target = targets.get(names[0])
         if target is not None and target in solved and _tensor_scaled(solved[target]):
             target = None  # one scale for a whole tensor cannot take a per-row factor
+        if target is None and config.fold_only:
+            s, alpha = torch.ones_like(s), 0.0
         if target is not None:
             divide_outputs(modules[target], s)
             if target in solved:
                 solved[target].scale /= s[:, None]
             folded[names[0]] = target
         for name in names:
-            solved[name] = _quantize_layer(name, s, target, seen, found.alpha)
+            solved[name] = _quantize_layer(name, s, target, seen, alpha)
 
     def _quantize_layer(
         name: str, s: Tensor, target: str | None, seen: LayerInputs, alpha: float
@@ -295,7 +302,7 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
         deq = dequantize(q, scale, zero, spec)[:, : layer.in_features]
         if not bool(torch.isfinite(deq).all()):
             raise ModelError(f"{stage}: layer {name}: quantized weights are not finite")
-        keep = None if target is not None else 1.0 / s
+        keep = None if target is not None or config.fold_only else 1.0 / s
         layer.weight.copy_(deq if keep is None else deq / s[None, :])
         return _Solved(q, scale, zero, alpha, keep)
 

@@ -5,6 +5,9 @@ checkpoint (the format vLLM and transformers load): `config.json` with a
 - `Int4WeightOnlyLinear` -> int 4 bits, `group` strategy, symmetric or not: `pack-quantized`
   (`weight_packed` int32, `weight_scale`, `weight_shape`, and packed `weight_zero_point`).
 - `Int8WeightOnlyLinear` -> int 8 bits, `channel`, symmetric: `pack-quantized`.
+- `PackedLinear` (the format of group sizes and layouts no kernel of torch takes, e.g. GPTQ
+  with group 16) of 4 or 8 bits -> `pack-quantized` with its own `tensor`, `channel` or
+  `group` strategy, symmetric or not (its zero points are integers already: exact).
 - `DynamicInt8Linear` -> int 8 bits `channel` weights with dynamic int 8 `token` (or
   `tensor`) input activations, W8A8: `int-quantized` (`weight` int8, `weight_scale`).
 - Linears left float are listed in `ignore`; every other tensor is written as it is.
@@ -39,14 +42,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from netchisel.artifact.bits import unpack_bits
 from netchisel.artifact.exports import register_export
 from netchisel.core.errors import ModelError
 from netchisel.core.files import commit_dir, staging_dir
 from netchisel.quantize.compressed_tensors_pack import pack_int32
 from netchisel.quantize.compressed_tensors_sparse import SparseLayers, Sparsity, sparse_layers
+from netchisel.quantize.fold import InputScale
 from netchisel.quantize.formats.dynamic_int8 import DynamicInt8Linear
 from netchisel.quantize.formats.int4 import Int4WeightOnlyLinear
 from netchisel.quantize.formats.int8 import Int8WeightOnlyLinear
+from netchisel.quantize.formats.packed import PackedLinear
 
 PACKED = "pack-quantized"
 INT_QUANTIZED = "int-quantized"
@@ -230,16 +236,24 @@ def _quantized_layers(
         isinstance(m, Int4WeightOnlyLinear) and bool(_int4_zero(m).any()) for m in model.modules()
     )
     for name, module in model.named_modules():
+        if isinstance(module, InputScale):
+            raise ModelError(
+                f"layer {name} multiplies its inputs by a per-channel scale that could not be "
+                "folded into the op before it, and compressed-tensors has no field for one: "
+                "quantize with quantize.awq / quantize.smoothquant fold_only: true"
+            )
         if isinstance(module, Int4WeightOnlyLinear):
             yield name, _int4(name, module, scale_dtype, asymmetric_int4)
         elif isinstance(module, Int8WeightOnlyLinear):
             yield name, _int8(name, module, scale_dtype)
         elif isinstance(module, DynamicInt8Linear):
             yield name, _dynamic_int8(name, module, scale_dtype)
+        elif isinstance(module, PackedLinear):
+            yield name, _packed(name, module, scale_dtype)
         elif callable(getattr(module, "dequantized_weight", None)):
             raise ModelError(
                 f"layer {name} is a {type(module).__name__}, which compressed-tensors export "
-                "does not cover (Int4WeightOnlyLinear, Int8WeightOnlyLinear, "
+                "does not cover (Int4WeightOnlyLinear, Int8WeightOnlyLinear, PackedLinear, "
                 "DynamicInt8Linear): quantize it with quantize.rtn/gptq/awq bits 4 or 8, "
                 "or quantize.dynamic_int8"
             )
@@ -290,6 +304,35 @@ def _int8(name: str, layer: Int8WeightOnlyLinear, scale_dtype: torch.dtype | Non
         "weight_shape": torch.tensor(list(layer.weight_int8.shape), dtype=torch.int64),
     }
     weights = _weights(8, True, "channel", None)
+    return _Layer(weights, None, PACKED, _with_bias(tensors, layer), 0.0)
+
+
+def _packed(name: str, layer: PackedLinear, scale_dtype: torch.dtype | None) -> _Layer:
+    if layer.bits not in (4, 8):
+        raise ModelError(
+            f"layer {name} holds {layer.bits}-bit weights; compressed-tensors layers that vLLM "
+            "runs hold 4 or 8 bits: quantize it with bits 4 or 8"
+        )
+    rows, cols = layer.out_features, layer.in_features
+    codes = unpack_bits(layer.packed.cpu(), layer.bits, rows * cols, signed=layer.symmetric)
+    # Stored unsigned when asymmetric: shift both codes and zero points to the signed range.
+    offset = 0 if layer.symmetric else 1 << (layer.bits - 1)
+    q = (codes.reshape(rows, cols).to(torch.int16) - offset).to(torch.int8)
+    zero_point = layer.zero.detach().float().cpu() - offset
+    strategy = layer.granularity
+    scale = layer.scale.detach().reshape(1) if strategy == "tensor" else layer.scale.detach()
+    tensors = {
+        "weight_packed": pack_int32(q, layer.bits),
+        "weight_scale": _scales(name, scale, scale_dtype),
+        "weight_shape": torch.tensor([rows, cols], dtype=torch.int64),
+    }
+    if not layer.symmetric:
+        if strategy == "tensor":
+            tensors["weight_zero_point"] = zero_point.reshape(1).to(torch.int8)
+        else:
+            tensors["weight_zero_point"] = pack_int32(zero_point.to(torch.int8), layer.bits, 0)
+    group = layer.group_size if strategy == "group" else None
+    weights = _weights(layer.bits, layer.symmetric, strategy, group)
     return _Layer(weights, None, PACKED, _with_bias(tensors, layer), 0.0)
 
 

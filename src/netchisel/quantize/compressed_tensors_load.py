@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from netchisel.artifact.bits import pack_bits
 from netchisel.core.errors import ArtifactError
 from netchisel.quantize.compressed_tensors_pack import packed_words, unpack_int32
 from netchisel.quantize.compressed_tensors_schemes import (
@@ -44,6 +45,8 @@ from netchisel.quantize.compressed_tensors_sparse import BITMASK, decompress, ke
 from netchisel.quantize.formats.dynamic_int8 import DynamicInt8Linear
 from netchisel.quantize.formats.int4 import Int4WeightOnlyLinear
 from netchisel.quantize.formats.int8 import Int8WeightOnlyLinear
+from netchisel.quantize.formats.packed import PackedLinear
+from netchisel.quantize.primitives import QuantSpec
 
 _MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few kB
 _SHARD = re.compile(r"[A-Za-z0-9_.-]+\.safetensors")
@@ -304,6 +307,7 @@ def _check_layer(
         _check(scale, scale.shape, tuple(_FLOATS), f"{name}.weight_scale")
         return keys | {f"{name}.weight"}
     groups = 1 if scheme.group_size is None else inp // scheme.group_size
+    rows = 1 if scheme.strategy == "tensor" else out
     if scheme.group_size is not None and inp % scheme.group_size:
         raise ArtifactError(
             f"{name}: group_size {scheme.group_size} does not divide in_features {inp}"
@@ -312,16 +316,20 @@ def _check_layer(
     _check(_header(headers, shape), (2,), _INTS, shape)
     packed = f"{name}.weight_packed"
     _check(_header(headers, packed), (out, packed_words(inp, scheme.bits)), ("I32",), packed)
-    _check(
-        _header(headers, f"{name}.weight_scale"),
-        (out, groups),
-        tuple(_FLOATS),
-        f"{name}.weight_scale",
-    )
+    scale_key = f"{name}.weight_scale"
+    scales: tuple[int, ...] = (rows, groups)
+    if rows == 1 and tuple(_header(headers, scale_key).shape) == (1,):
+        scales = (1,)  # one scale for the tensor, as the package stores it
+    _check(_header(headers, scale_key), scales, tuple(_FLOATS), scale_key)
     keys |= {shape, packed}
     if not scheme.symmetric:
         zp = f"{name}.weight_zero_point"
-        _check(_header(headers, zp), (packed_words(out, scheme.bits), groups), ("I32",), zp)
+        if scheme.strategy == "tensor":  # one value, stored as it is
+            _check(_header(headers, zp), _header(headers, zp).shape, ("I8",), zp)
+            if _header(headers, zp).shape not in ((1,), (1, 1)):
+                raise ArtifactError(f"tensor {zp!r} must hold one value")
+        else:
+            _check(_header(headers, zp), (packed_words(out, scheme.bits), groups), ("I32",), zp)
         keys.add(zp)
     return keys
 
@@ -393,6 +401,8 @@ def _layer(name: str, linear: nn.Linear, scheme: Scheme, read: Any) -> nn.Module
     q = unpack_int32(read(f"{name}.weight_packed"), scheme.bits, inp)
     if scheme.module == "int8":
         return Int8WeightOnlyLinear.from_float(linear, q, scale)
+    if scheme.module == "packed":
+        return _packed(name, linear, scheme, q, scale, read)
     groups = inp // (scheme.group_size or inp)
     zero = torch.zeros(out, groups)
     if not scheme.symmetric:
@@ -402,3 +412,40 @@ def _layer(name: str, linear: nn.Linear, scheme: Scheme, read: Any) -> nn.Module
     return Int4WeightOnlyLinear.from_float(
         linear, scheme.group_size or inp, q, scale, zero, symmetric=True
     )
+
+
+def _packed(
+    name: str, linear: nn.Linear, scheme: Scheme, q: Tensor, scale: Tensor, read: Any
+) -> PackedLinear:
+    """A `PackedLinear` holding the checkpoint's integers: signed codes as they are when
+    symmetric; shifted by 2**(bits - 1) to netchisel's unsigned codes (and zero points)
+    when not. Exact: `(q - zp) * scale` is the same weight either way."""
+    out = linear.out_features
+    granularity = scheme.strategy
+    spec = QuantSpec(scheme.bits, scheme.symmetric, granularity, scheme.group_size or 1)  # type: ignore[arg-type]
+    layer = PackedLinear(
+        linear.in_features,
+        out,
+        linear.bias is not None,
+        spec.bits,
+        spec.symmetric,
+        spec.granularity,
+        spec.group_size,
+    )
+    offset = 0 if scheme.symmetric else 1 << (scheme.bits - 1)
+    zero = torch.zeros_like(layer.zero)
+    if not scheme.symmetric:
+        zp_key = f"{name}.weight_zero_point"
+        if granularity == "tensor":
+            zp = read(zp_key).reshape(1, 1).float()
+        else:
+            zp = unpack_int32(read(zp_key), scheme.bits, out, dim=0).float()
+        if int(zp.min()) < -offset or int(zp.max()) >= offset:
+            raise ArtifactError(f"{zp_key} holds a value outside the {scheme.bits}-bit range")
+        zero = zp + offset
+    layer.packed.copy_(pack_bits((q.to(torch.int16) + offset).to(spec.storage_dtype), spec.bits))
+    layer.scale.copy_(scale.reshape(layer.scale.shape))
+    layer.zero.copy_(zero.reshape(layer.zero.shape))
+    if linear.bias is not None:
+        layer.bias = nn.Parameter(linear.bias.detach().float().clone())
+    return layer

@@ -3,6 +3,8 @@ has a module for, which Linear each applies to, and one `ArtifactError` line for
 
 - int 4 bits, `group` 32-256, symmetric or not, `pack-quantized`: `Int4WeightOnlyLinear`;
 - int 8 bits, `channel`, symmetric, `pack-quantized`: `Int8WeightOnlyLinear`;
+- any other int 4 or 8 bits `tensor` / `channel` / `group` (any size), symmetric or not,
+  `pack-quantized`: `PackedLinear` (no kernel: unpacked to float once, as exported);
 - int 8 `channel`/`tensor` weights with dynamic int 8 `token`/`tensor` input activations,
   `int-quantized` (W8A8): `DynamicInt8Linear`.
 
@@ -47,10 +49,15 @@ class Scheme:
 
     @property
     def module(self) -> str:
-        """Which netchisel module holds a layer of this scheme: int4, int8 or dynamic_int8."""
+        """Which netchisel module holds a layer of this scheme: int4 or int8 (torch's
+        kernels), dynamic_int8, or packed (every other weight-only scheme)."""
         if self.activations is not None:
             return "dynamic_int8"
-        return "int4" if self.bits == 4 else "int8"
+        if self.bits == 4 and self.strategy == "group" and self.group_size in INT4_GROUP_SIZES:
+            return "int4"
+        if self.bits == 8 and self.strategy == "channel" and self.symmetric:
+            return "int8"
+        return "packed"
 
 
 def read_quantization_config(meta: dict[str, Any]) -> tuple[list[Scheme], tuple[str, ...]]:
@@ -174,18 +181,15 @@ def _scheme(name: str, group: Any, top_format: Any) -> Scheme:
     activations = _activations(group.get("input_activations"), where)
     if not isinstance(symmetric, bool):
         raise ArtifactError(f"{where}.weights.symmetric must be true or false")
-    if fmt == "pack-quantized" and activations is None and bits == 4 and strategy == "group":
-        size = _int(group_size, f"{where}.weights.group_size")
-        if size not in INT4_GROUP_SIZES:
+    if fmt == "pack-quantized" and activations is None and bits in (4, 8):
+        if strategy not in ("tensor", "channel", "group"):
             raise ArtifactError(
-                f"{where}.weights.group_size {size}: netchisel's int4 kernel takes "
-                f"{', '.join(map(str, INT4_GROUP_SIZES))}"
+                f"{where}.weights.strategy {strategy!r}: netchisel reads tensor, channel or group"
             )
-        return Scheme(name, targets, fmt, 4, symmetric, "group", size, None)
-    if fmt == "pack-quantized" and activations is None and bits == 8 and strategy == "channel":
-        if not symmetric:
-            raise ArtifactError(f"{where}: int8 weights must be symmetric (netchisel's kernel)")
-        return Scheme(name, targets, fmt, 8, True, "channel", None, None)
+        size = _int(group_size, f"{where}.weights.group_size") if strategy == "group" else None
+        if size is not None and size < 1:
+            raise ArtifactError(f"{where}.weights.group_size must be >= 1, got {size}")
+        return Scheme(name, targets, fmt, bits, symmetric, str(strategy), size, None)
     if fmt == "int-quantized" and activations is not None and bits == 8:
         if not symmetric or strategy not in ("channel", "tensor"):
             raise ArtifactError(
@@ -195,7 +199,7 @@ def _scheme(name: str, group: Any, top_format: Any) -> Scheme:
     raise ArtifactError(
         f"{where}: format {fmt!r} with {bits}-bit {strategy!r} weights"
         f"{' and input activations' if activations else ''} has no netchisel module (read: "
-        "pack-quantized int4 group 32-256, pack-quantized int8 channel, int-quantized W8A8)"
+        "pack-quantized int 4 or 8 bits, int-quantized W8A8)"
     )
 
 

@@ -5,7 +5,9 @@ per-input-channel factor s (W -> W diag(s)) and need x -> x / s so the float fun
 unchanged. That division is free when it can be folded into the op that produced x:
 
 - a LayerNorm (weight and bias divided by s) or an RMSNorm (weight divided by s) whose output
-  is exactly x (the q/k/v projections after `ln_1`, an MLP's first layer after `ln_2`);
+  is exactly x (the q/k/v projections after `ln_1`, an MLP's first layer after `ln_2`); torch's
+  own classes, or any leaf module named like one (`LlamaRMSNorm`, `Qwen2RMSNorm`,
+  `T5LayerNorm`: model libraries write their own) with a 1-D `weight` (`is_norm`);
 - a Linear whose output channels reach x one to one through channel-wise linear (or positively
   homogeneous) ops: v_proj before o_proj (attention mixes tokens, not channels), a Linear
   before a ReLU. Its rows and bias are divided by s.
@@ -94,11 +96,35 @@ def multiply_inputs(linear: nn.Linear, s: Tensor) -> None:
         linear.weight.mul_(s.to(linear.weight.dtype)[None, :])
 
 
+def is_norm(module: nn.Module) -> bool:
+    """A LayerNorm or RMSNorm: torch's, or a leaf module whose class name ends in "Norm" and
+    that has a 1-D `weight`. A look-alike whose weight does not scale its output (Gemma's
+    `1 + weight`) is caught by the check every fold gets on real data.
+
+    Example:
+        >>> class LlamaRMSNorm(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.weight = nn.Parameter(torch.ones(4))
+        >>> is_norm(LlamaRMSNorm()), is_norm(nn.LayerNorm(4)), is_norm(nn.Linear(4, 4))
+        (True, True, False)
+    """
+    if isinstance(module, NORMS):
+        return True
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__.endswith("Norm")
+        and isinstance(weight, Tensor)
+        and weight.dim() == 1
+        and next(module.children(), None) is None
+    )
+
+
 def can_fold(producer: nn.Module, width: int) -> bool:
     """Whether the op has per-output-channel parameters to divide (affine norm or Linear)."""
     if isinstance(producer, nn.Linear):
         return producer.out_features == width
-    if isinstance(producer, NORMS):
+    if is_norm(producer):
         weight = getattr(producer, "weight", None)
         return isinstance(weight, Tensor) and weight.shape == (width,)
     return False
@@ -159,7 +185,7 @@ def _candidates(
 
         return hook
 
-    producers = [m for m in model.modules() if isinstance(m, (nn.Linear, *NORMS))]
+    producers = [m for m in model.modules() if isinstance(m, nn.Linear) or is_norm(m)]
     handles = [m.register_forward_hook(on_output) for m in producers]
     handles += [layers[n].register_forward_pre_hook(on_input(n)) for n in firsts]
     with torch.no_grad(), hooks(handles):

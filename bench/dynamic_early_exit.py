@@ -113,6 +113,13 @@ SETUPS: dict[str, dict[str, Any]] = {
             "decider_steps": 1000,
         },
     },
+    # The same distillation with two-layer heads (32 hidden units): more accurate exits at a
+    # higher cost per head, to see whether the heads' capacity is what limits MNIST-1D.
+    "mnist1d_cnn_mlp_head": {
+        "zoo": "mnist1d_cnn",
+        "task": "mnist1d",
+        "config": {**MNIST1D_DISTILLED, "head_hidden": 32},
+    },
     "mnist1d_cnn_joint": {
         "zoo": "mnist1d_cnn",
         "task": "mnist1d",

@@ -119,6 +119,7 @@ def test_an_unmet_budget_is_one_line_and_leaves_the_model_as_it_was() -> None:
         ({"exits": ["1"], "weights": [1, 1]}, "2 weights for 1 exits"),
         ({"exits": ["1"], "max_drop": -1}, "max_drop must be in [0, 100] points, got -1.0"),
         ({"exits": ["1"], "pool": 0}, "pool must be >= 1"),
+        ({"exits": ["1"], "head_hidden": -1}, "head_hidden must be >= 0, got -1"),
         ({"exits": ["1"], "criterion": "margin"}, "criterion"),
     ],
 )

@@ -23,6 +23,16 @@ def test_head_sizes(shape: tuple[int, ...], pool: int, params: int) -> None:
     assert tuple(head(torch.randn(3, *shape[1:])).shape) == (3, 5)
 
 
+@pytest.mark.parametrize(("shape", "pool"), [((2, 12), 1), ((2, 6, 9), 3)])
+def test_hidden_head_sizes_and_macs(shape: tuple[int, ...], pool: int) -> None:
+    from netchisel.measure import count_flops
+
+    head = make_head(torch.zeros(shape), 5, pool, "x", hidden=7)
+    features = 12 if len(shape) == 2 else 6 * pool
+    assert sum(p.numel() for p in head.parameters()) == features * 7 + 7 + 7 * 5 + 5
+    assert count_flops(head, (torch.zeros(1, *shape[1:]),)).macs == features * 7 + 7 * 5
+
+
 def test_global_pooling_head_is_mean_then_linear() -> None:
     head = make_head(torch.zeros(1, 3, 4), 2, 1, "x")
     x = torch.randn(5, 3, 4)

@@ -68,6 +68,7 @@ class EarlyExitConfig(TrainConfig):
       cross-entropies: `weights` one per exit, default 1 each, and `final_weight`);
     - `epochs` / `steps`: training length (steps win when given);
     - `pool`: positions per spatial axis a head pools conv features to (1 = global pooling);
+    - `head_hidden`: 0 for a head that is one Linear, else the hidden units of a two-layer head;
     - `criterion`: "max_softmax" (exit when the top probability > threshold, in [0, 1]),
       "entropy" (exit when the entropy < threshold, in [0, ln C]) or "learned" (exit when a
       decider's score > threshold, in [0, 1]; the decider is trained on the train split for
@@ -96,6 +97,7 @@ class EarlyExitConfig(TrainConfig):
     weights: tuple[float, ...] = ()
     final_weight: float = 1.0
     pool: int = 1
+    head_hidden: int = 0
     criterion: Literal["max_softmax", "entropy", "learned"] = "max_softmax"
     decider_hidden: int = 16
     decider_steps: int = 500
@@ -125,6 +127,8 @@ class EarlyExitConfig(TrainConfig):
                 raise ConfigError(f"{STAGE}: loss weights must be >= 0, got {value}")
         if self.pool < 1:
             raise ConfigError(f"{STAGE}: pool must be >= 1, got {self.pool}")
+        if not (isinstance(self.head_hidden, int) and self.head_hidden >= 0):
+            raise ConfigError(f"{STAGE}: head_hidden must be >= 0, got {self.head_hidden}")
         if self.criterion not in CRITERIA:
             raise ConfigError(
                 f"{STAGE}: criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}"
@@ -177,7 +181,7 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
         check_threshold(config.criterion, value, classes, f"thresholds[{k}]")
     with seeded(ctx.seed):
         heads = [
-            make_head(f, classes, config.pool, name).to(device)
+            make_head(f, classes, config.pool, name, config.head_hidden).to(device)
             for f, name in zip(chain.features, config.exits, strict=True)
         ]
         learned = config.criterion == "learned"

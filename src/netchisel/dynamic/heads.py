@@ -3,8 +3,9 @@
 A conv feature map (N, C, L) or (N, C, H, W) is pooled to `pool` positions per spatial axis
 (global average pooling for `pool=1`, as BranchyNet's and Shallow-Deep Networks' internal
 classifiers reduce features before their linear layer) and fed to one Linear; features that are
-already (N, F) get one Linear. Heads are plain torch layers in an `nn.Sequential`, so they save,
-load and count like any other layer.
+already (N, F) get one Linear. With `hidden` > 0 that Linear becomes two with a ReLU between
+(`hidden` units; BranchyNet's branches have more than one layer). Heads are plain torch layers
+in an `nn.Sequential`, so they save, load and count like any other layer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from torch import Tensor, nn
 from netchisel.core.errors import ConfigError
 
 
-def make_head(feature: Tensor, num_classes: int, pool: int, where: str) -> nn.Sequential:
+def make_head(
+    feature: Tensor, num_classes: int, pool: int, where: str, hidden: int = 0
+) -> nn.Sequential:
     """A head for features shaped like `feature` (a batch), ending in `num_classes` logits.
 
     Example:
@@ -22,6 +25,8 @@ def make_head(feature: Tensor, num_classes: int, pool: int, where: str) -> nn.Se
         >>> head = make_head(torch.zeros(2, 8, 5, 5), 10, 1, "x")
         >>> head(torch.zeros(3, 8, 5, 5)).shape, sum(p.numel() for p in head.parameters())
         (torch.Size([3, 10]), 90)
+        >>> sum(p.numel() for p in make_head(torch.zeros(2, 8), 10, 1, "x", hidden=4).parameters())
+        86
     """
     if not isinstance(feature, Tensor) or not feature.is_floating_point():
         raise ConfigError(
@@ -30,7 +35,7 @@ def make_head(feature: Tensor, num_classes: int, pool: int, where: str) -> nn.Se
         )
     shape = tuple(feature.shape)
     if feature.dim() == 2:
-        return nn.Sequential(nn.Linear(shape[1], num_classes))
+        return nn.Sequential(*_classifier(shape[1], num_classes, hidden))
     if feature.dim() not in (3, 4):
         raise ConfigError(
             f"dynamic.early_exit: the output of {where!r} has shape {shape}, which cannot feed "
@@ -41,4 +46,11 @@ def make_head(feature: Tensor, num_classes: int, pool: int, where: str) -> nn.Se
     pooling: nn.Module = (
         nn.AdaptiveAvgPool1d(pool) if spatial == 1 else nn.AdaptiveAvgPool2d((pool, pool))
     )
-    return nn.Sequential(pooling, nn.Flatten(), nn.Linear(shape[1] * pool**spatial, num_classes))
+    features = shape[1] * pool**spatial
+    return nn.Sequential(pooling, nn.Flatten(), *_classifier(features, num_classes, hidden))
+
+
+def _classifier(features: int, num_classes: int, hidden: int) -> list[nn.Module]:
+    if hidden == 0:
+        return [nn.Linear(features, num_classes)]
+    return [nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]

@@ -63,7 +63,7 @@ def test_every_projection_is_quantized(config: StageConfig, kind: str, bound: fl
     assert len(layers) == 8
     for name, layer in layers.items():
         assert kind in {type(m).__name__ for m in layer.modules()}, name
-        assert getattr(layer, FROM_CONV1D) is True, name
+        assert all(getattr(m, FROM_CONV1D) is True for m in layer.modules()), name
     assert type(model.lm_head) is nn.Linear and not hasattr(model.lm_head, FROM_CONV1D)
     assert 0.0 < relative_error(logits(model, x), ref) < bound
 

@@ -121,7 +121,8 @@ def swap_linears(
     new = {name: make(name, _as_linear(layer)) for name, layer in chosen.items()}
     for name, layer in chosen.items():  # what the export reads: this layer's weight was (in, out)
         if is_conv1d(layer) or getattr(layer, FROM_CONV1D, False):
-            setattr(new[name], FROM_CONV1D, True)
+            for module in new[name].modules():  # an input-scale wrapper and the layer inside it
+                setattr(module, FROM_CONV1D, True)
     if config.embeddings:
         tables = select_modules(model, (nn.Embedding,), None, ())
         new.update({n: Int8Embedding.from_float(m) for n, m in tables.items()})  # type: ignore[arg-type]

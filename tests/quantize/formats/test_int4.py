@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netchisel.quantize.formats import Int4WeightOnlyLinear, quantized_linear
+from netchisel.quantize.formats import Int4WeightOnlyLinear, int4, quantized_linear
 from netchisel.quantize.primitives import QuantSpec, choose_qparams, quantize
 from tests.quantize.formats import rel as _rel
 
@@ -46,3 +46,22 @@ def test_int4_kernel_takes_an_input_transposed_in_its_last_dimension(inputs):
     x = torch.randn(1, inputs, 5).transpose(1, 2)
     with torch.no_grad():
         assert torch.equal(layer(x), layer(x.contiguous()))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_packs_rows_in_chunks_to_the_same_nibbles(symmetric, monkeypatch):
+    # 37 outputs (padded to 48) and 100 inputs (padded to 128), integers for the unpadded inputs.
+    g = torch.Generator().manual_seed(0)
+    low = -8 if symmetric else 0
+    q = torch.randint(low, low + 16, (37, 100), generator=g)
+    q = q.to(torch.int8 if symmetric else torch.uint8)
+    scale = torch.rand(37, 4, generator=g) + 0.1
+    zero = torch.randint(0, 16, (37, 4), generator=g).float()
+    lin = nn.Linear(100, 37)
+    whole = Int4WeightOnlyLinear.from_float(lin, 32, q, scale, zero, symmetric)
+    monkeypatch.setattr(int4, "_PACK_ROWS", 5)  # 8 chunks, the last of 2 rows
+    chunked = Int4WeightOnlyLinear.from_float(lin, 32, q, scale, zero, symmetric)
+    assert torch.equal(chunked.qweight, whole.qweight)
+    unpacked = chunked.unpacked()
+    assert torch.equal(unpacked[:37, :100], q.to(torch.int32) + (8 if symmetric else 0))
+    assert bool((unpacked[37:] == 8).all()) and bool((unpacked[:, 100:] == 8).all())

@@ -19,6 +19,7 @@ from netchisel.quantize.primitives import (
 )
 
 _INT4_ROWS = 16  # the CPU int4 kernel wants the output features in multiples of 16
+_PACK_ROWS = 1024  # rows packed at once by load_quantized (its uint8 temporaries: 3 x rows x in)
 
 
 def cuda_inner_k_tiles(padded_in: int) -> int:
@@ -103,12 +104,15 @@ class Int4WeightOnlyLinear(QuantizedLinear):
 
     def load_quantized(self, q: Tensor, scale: Tensor, zero: Tensor, symmetric: bool) -> None:
         """Fill the buffers from `primitives`-style integers (`[out, in or padded_in]`)."""
-        unsigned = q.to(torch.int16) + (8 if symmetric else 0)  # now in [0, 15]
         zero = zero.float() + (8 if symmetric else 0)
-        rows, cols = unsigned.shape
-        full = torch.full((self.padded_out, self.padded_in), 8, dtype=torch.int16)
-        full[:rows, :cols] = unsigned
-        self.qweight.copy_((full[:, 0::2] | (full[:, 1::2] << 4)).to(torch.uint8))
+        rows, cols = q.shape
+        self.qweight.fill_(0x88)  # padding: 8 in both nibbles
+        # A few rows at a time in uint8: a large layer (an LM head) gets no int16 copy.
+        for start in range(0, rows, _PACK_ROWS):
+            part = q[start : start + _PACK_ROWS]
+            full = torch.full((len(part), self.padded_in), 8, dtype=torch.uint8)
+            full[:, :cols] = part + 8 if symmetric else part  # now in [0, 15]
+            self.qweight[start : start + len(part)] = full[:, 0::2] | (full[:, 1::2] << 4)
         groups = scale.shape[1]
         # (q - zero) * s == (q - 8) * s + (8 - zero) * s: the kernel's float zero.
         sz = torch.zeros(self.padded_in // self.group_size, self.padded_out, 2)

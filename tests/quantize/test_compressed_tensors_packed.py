@@ -129,3 +129,14 @@ def test_a_tensor_zero_point_outside_the_range_is_one_line(tmp_path: Path) -> No
     save_file(tensors, str(file))
     with pytest.raises(ArtifactError, match=f"{key} holds a value outside the 4-bit range"):
         load_compressed_tensors(summary.path)
+
+
+def test_gpt2_conv1d_layers_are_refused_in_one_line(tmp_path: Path) -> None:
+    from netchisel.quantize import RTNConfig
+    from tests._gpt2 import tiny_gpt2
+
+    model = tiny_gpt2()
+    quantize_(model, RTNConfig(bits=4, group_size=32, exclude=("lm_head",)))
+    with pytest.raises(ModelError, match=r"h\.0\.attn\.c_attn was a Hugging Face Conv1D"):
+        export_compressed_tensors(model, tmp_path / "g")
+    assert not (tmp_path / "g").exists()

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from netchisel.artifact.bits import unpack_bits
 from netchisel.artifact.exports import register_export
+from netchisel.core.conv1d import FROM_CONV1D
 from netchisel.core.errors import ModelError
 from netchisel.core.files import commit_dir, staging_dir
 from netchisel.quantize.compressed_tensors_pack import pack_int32
@@ -130,6 +131,13 @@ def export_compressed_tensors(
         raise ModelError(
             f"{type(model).__name__} has no transformers config: compressed-tensors export "
             "takes a Hugging Face PreTrainedModel"
+        )
+    swapped = next((n for n, m in model.named_modules() if getattr(m, FROM_CONV1D, False)), None)
+    if swapped is not None:
+        raise ModelError(
+            f"layer {swapped} was a Hugging Face Conv1D (GPT-2), which transformers rebuilds as "
+            "Conv1D with its weight transposed and compressed-tensors neither quantizes nor "
+            "sparsifies: save this model with netchisel.save instead"
         )
     layers = dict(_quantized_layers(model, scale_dtype))
     # The package decompresses a sparse layer, or a quantized one, not both kinds side by side

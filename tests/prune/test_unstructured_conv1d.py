@@ -19,7 +19,7 @@ from torch import nn
 
 import netchisel as nc
 from netchisel.core.config import StageConfig
-from netchisel.core.conv1d import conv1d_to_linear_, is_conv1d
+from netchisel.core.conv1d import is_conv1d
 from netchisel.prune import prune_
 from netchisel.prune.sparsegpt import SparseGPTConfig
 from netchisel.prune.unstructured import UnstructuredConfig
@@ -67,13 +67,11 @@ def test_every_projection_is_pruned(config: UnstructuredConfig, bound: float) ->
 
 
 @pytest.mark.parametrize(("config", "bound"), SPARSEGPT, ids=["50%", "2:4"])
-def test_sparsegpt_prunes_swapped_projections(config: SparseGPTConfig, bound: float) -> None:
-    """SparseGPT's solver on the swapped Linears, swapped beforehand by hand (see the xfail
-    below for the stage doing it itself); it must not lose to magnitude pruning."""
+def test_sparsegpt_prunes_the_projections(config: SparseGPTConfig, bound: float) -> None:
+    """SparseGPT chooses GPT-2's Conv1D projections itself; it must not lose to magnitude."""
     x = tokens()
     model = tiny_gpt2()
     ref = logits(model, x)
-    conv1d_to_linear_(model)
     prune_(model, config, task=lm_task())
     check_half_pruned(model, config)
     error = relative_error(logits(model, x), ref)
@@ -83,19 +81,12 @@ def test_sparsegpt_prunes_swapped_projections(config: SparseGPTConfig, bound: fl
     assert 0.0 < error < min(bound, relative_error(logits(magnitude, x), ref))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="prune/sparsegpt.py chooses with select_modules(model, PRUNABLE, ...): it does not "
-    "see Conv1D until it chooses through the Conv1D-aware selection (and inside its guard)",
-)
-@pytest.mark.parametrize(("config", "bound"), SPARSEGPT, ids=["50%", "2:4"])
-def test_sparsegpt_chooses_the_projections_itself(config: SparseGPTConfig, bound: float) -> None:
-    x = tokens()
+def test_a_failing_sparsegpt_leaves_the_conv1d_modules() -> None:
     model = tiny_gpt2()
-    ref = logits(model, x)
-    prune_(model, config, task=lm_task())
-    check_half_pruned(model, config)
-    assert 0.0 < relative_error(logits(model, x), ref) < bound
+    before = projections(model)
+    with pytest.raises(nc.NetChiselError, match="2:5"):
+        prune_(model, SparseGPTConfig(pattern="2:5", exclude=HEAD), task=lm_task())
+    assert all(projections(model)[n] is m for n, m in before.items())
 
 
 def test_an_excluded_conv1d_stays_conv1d() -> None:

@@ -168,7 +168,9 @@ def test_a_signal_at_any_moment_then_the_same_command_completes(
 ) -> None:
     _, b, out = recipes
     result = child("none", sig, b, out, delay=3.0)  # importing, training or writing
-    assert result.returncode in (0, 130, -signal.SIGKILL)
+    # -SIGINT: the signal came while Python was still importing netchisel (2 s idle, more on
+    # a loaded machine), before the CLI's handler exists; nothing was written then.
+    assert result.returncode in (0, 130, -signal.SIGINT, -signal.SIGKILL)
     assert described_seed(out) in (1, 2)
     assert cli("run", str(b), "--output", str(out)) == 0
     assert described_seed(out) == 2 and leftovers(out) == []

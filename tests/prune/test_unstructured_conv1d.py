@@ -106,3 +106,16 @@ def test_a_failing_prune_leaves_the_conv1d_modules() -> None:
         prune_(model, config, task=None)  # fails after the swap, when Wanda asks for data
     for name, (layer, weight) in before.items():
         assert projections(model)[name] is layer and torch.equal(layer.weight, weight), name
+
+
+def test_a_trained_pruner_failing_after_its_choice_leaves_the_conv1d_modules() -> None:
+    # prune.gradual chooses (swapping the Conv1D) before it checks per_layer and enters its
+    # own guard; the stage call's guard puts the Conv1D back.
+    from netchisel.prune import GradualConfig
+
+    model = tiny_gpt2()
+    before = projections(model)
+    config = GradualConfig(sparsity=0.5, steps=4, exclude=HEAD, per_layer={"nowhere": 0.5})
+    with pytest.raises(nc.NetChiselError, match="nowhere"):
+        prune_(model, config, task=lm_task())
+    assert all(projections(model)[n] is m for n, m in before.items())

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from netchisel.core.config import StageConfig
+from netchisel.core.conv1d import guarded_if_conv1d
 from netchisel.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from netchisel.core.context import Context
     from netchisel.core.task import Task
 
@@ -44,7 +45,12 @@ class Stage:
         return self.config_class.NAME
 
     def __call__(self, model: nn.Module, config: StageConfig, ctx: Context) -> nn.Module:
-        return self.apply(model, config, ctx)
+        # Choosing layers swaps GPT-2's Conv1D for equal Linears (core.conv1d); a stage that
+        # then fails, wherever it does, puts the Conv1D modules back.
+        if not isinstance(model, nn.Module):
+            return self.apply(model, config, ctx)
+        with guarded_if_conv1d(model):
+            return self.apply(model, config, ctx)
 
 
 _HANDLERS: dict[type[StageConfig], Stage] = {}

@@ -282,6 +282,23 @@ def params(model: nn.Module) -> dict[str, int]:
     return {"params": total, "ffn_params": ffn}
 
 
+def moe_row(
+    model: nn.Module,
+    config: MoEConfig,
+    ctx: Context,
+    task: Any,
+    one: tuple[torch.Tensor, ...],
+    row: dict[str, Any],
+) -> tuple[nn.Module, int]:
+    """Run the moe stage; fill `row` with its routing fields and final balance loss; return
+    the MoE model and its active FFN MACs per token (first MoE layer)."""
+    model = moe(model, config, ctx)
+    costs = model.dynamic_costs(one)  # type: ignore[operator]
+    row.update(routing_fields(model, task))
+    row["final_balance_loss"] = ctx.records["final_balance_loss"]
+    return model, next(iter(costs["layers"].values()))["active_macs_per_token"]
+
+
 def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     settings = TrainSettings(steps=SWITCH_STEPS, batch_size=SWITCH_BATCH, **TRAIN)  # type: ignore[arg-type]
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -311,11 +328,7 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
                     batch_size=SWITCH_BATCH,
                     **TRAIN,  # type: ignore[arg-type]
                 )
-                model = moe(model, config, ctx)
-                costs = model.dynamic_costs(one)  # type: ignore[operator]
-                ffn_active = next(iter(costs["layers"].values()))["active_macs_per_token"]
-                row.update(routing_fields(model, task))
-                row["final_balance_loss"] = ctx.records["final_balance_loss"]
+                model, ffn_active = moe_row(model, config, ctx, task, one, row)
             row.update(bits(model, task, ("test",)))
             row["seconds"] = time.perf_counter() - start
             runs.setdefault(arm, []).append(row)
@@ -362,11 +375,7 @@ def upcycle_arms(reference: nn.Module, task: Any, one: tuple[torch.Tensor, ...])
                     batch_size=SWITCH_BATCH,
                     **UPCYCLE_TRAIN,  # type: ignore[arg-type]
                 )
-                model = moe(model, config, ctx)
-                costs = model.dynamic_costs(one)  # type: ignore[operator]
-                active = next(iter(costs["layers"].values()))["active_macs_per_token"]
-                row.update(routing_fields(model, task))
-                row["final_balance_loss"] = ctx.records["final_balance_loss"]
+                model, active = moe_row(model, config, ctx, task, one, row)
                 row["final_z_loss"] = ctx.records["final_z_loss"]
             row.update(bits(model, task, ("test",)))
             row["seconds"] = time.perf_counter() - start

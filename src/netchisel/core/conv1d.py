@@ -114,8 +114,9 @@ def with_conv1d_as_linear_(model: nn.Module, chosen: dict[str, nn.Module]) -> di
 
 
 def guarded_if_conv1d(model: nn.Module) -> contextlib.AbstractContextManager[None]:
-    """`restored_on_error` (spill to disk when large) for a stage that swaps Conv1D layers
-    before it can still fail, and nothing for a model without them (no copy to pay for).
+    """`restored_on_error` (spill to disk when large) around a stage run on a model with
+    Conv1D layers, which choosing may swap before the stage can still fail (`core.registry`
+    wraps every stage in it); nothing for a model without them (no copy to pay for).
 
     Example:
         >>> with guarded_if_conv1d(nn.Linear(2, 2)):

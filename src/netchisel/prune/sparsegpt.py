@@ -64,10 +64,9 @@ from netchisel.calib.hessian import (
 )
 from netchisel.core.config import StageConfig, check_calibration_samples
 from netchisel.core.context import Context
-from netchisel.core.conv1d import conv1d_types, with_conv1d_as_linear_
 from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.masks import Mask, masks_of, set_mask
-from netchisel.core.modules import nothing_chosen, select_modules
+from netchisel.core.modules import nothing_chosen
 from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error
 from netchisel.prune.reconstruct import exact_weights, refined_mask
@@ -78,7 +77,7 @@ from netchisel.prune.select import (
     keep_n_of_m,
     parse_pattern,
 )
-from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, PRUNABLE
+from netchisel.prune.unstructured import DENSE_KERNEL_NOTE, select_prunable
 
 
 @dataclass(frozen=True)
@@ -282,60 +281,56 @@ def prune_sparsegpt(model: nn.Module, config: SparseGPTConfig, ctx: Context) -> 
         (32, 8)
     """
     task = ctx.require_task("prune.sparsegpt")
-    with restored_on_error(model, spill=None):
-        # Chosen inside the guard: choosing swaps GPT-2's Conv1D for Linears.
-        types = (*PRUNABLE, *conv1d_types(model))
-        chosen = with_conv1d_as_linear_(
-            model, select_modules(model, types, config.layers, config.exclude)
+    chosen = select_prunable(model, "prune.sparsegpt", config.layers, config.exclude)
+    layers = {n: m for n, m in chosen.items() if isinstance(m, nn.Linear)}
+    left_dense = [n for n in chosen if n not in layers]  # convolutions: not handled here
+    if left_dense and config.layers is not None:
+        raise ConfigError(
+            f"prune.sparsegpt handles Linear layers only; {', '.join(left_dense)} "
+            "matched `layers`: exclude them, or prune them with prune.unstructured"
         )
-        layers = {n: m for n, m in chosen.items() if isinstance(m, nn.Linear)}
-        left_dense = [n for n in chosen if n not in layers]  # convolutions: not handled here
-        if left_dense and config.layers is not None:
-            raise ConfigError(
-                f"prune.sparsegpt handles Linear layers only; {', '.join(left_dense)} "
-                "matched `layers`: exclude them, or prune them with prune.unstructured"
-            )
-        if not layers:
-            raise nothing_chosen(model, (nn.Linear,), "prune.sparsegpt", "Linear", "prune")
-        pattern = parse_pattern(config.pattern)
-        if pattern is not None:
-            widths = {name: layer.in_features for name, layer in layers.items()}
-            check_n_of_m(widths, pattern[1], "prune.sparsegpt")
-        earlier = _earlier_masks(model, layers)
-        # Per solved layer: its keep mask (packed, one bit per weight), pruned count, output error
-        # and damping (not the float weight, which is copied into the layer at once: held for
-        # every layer it would double the model).
-        solved: dict[str, tuple[Mask, int, float, float]] = {}
-        refined: list[str] = []  # layers whose mask is ADMM's (refine_steps), not the sweep's
+    if not layers:
+        raise nothing_chosen(model, (nn.Linear,), "prune.sparsegpt", "Linear", "prune")
+    pattern = parse_pattern(config.pattern)
+    if pattern is not None:
+        widths = {name: layer.in_features for name, layer in layers.items()}
+        check_n_of_m(widths, pattern[1], "prune.sparsegpt")
+    earlier = _earlier_masks(model, layers)
+    # Per solved layer: its keep mask (packed, one bit per weight), pruned count, output error
+    # and damping (not the float weight, which is copied into the layer at once: held for
+    # every layer it would double the model).
+    solved: dict[str, tuple[Mask, int, float, float]] = {}
+    refined: list[str] = []  # layers whose mask is ADMM's (refine_steps), not the sweep's
 
-        def solve(group: dict[str, LayerInputs]) -> None:
-            for name, seen in group.items():
-                weight = layers[name].weight
-                pruned = ~earlier[name].keep if name in earlier else None
-                try:
-                    result = sparsegpt_solve(
-                        weight,
-                        layer_hessian(seen),
-                        config.sparsity,
-                        pattern,
-                        config.blocksize,
-                        config.damping,
-                        pruned,
-                        reconstruct=config.reconstruct,
-                        refine_steps=config.refine_steps,
-                    )
-                except ModelError as e:
-                    raise ModelError(
-                        f"prune.sparsegpt: layer {name}: {e}; exclude it or raise damping"
-                    ) from None
-                error = output_error(weight, result.weight, seen.gram)  # type: ignore[arg-type]
-                weight.copy_(result.weight)
-                pruned_now = int((~result.keep).sum())
-                solved[name] = (Mask.of(result.keep), pruned_now, error, result.damping)
-                if result.refined:
-                    refined.append(name)
+    def solve(group: dict[str, LayerInputs]) -> None:
+        for name, seen in group.items():
+            weight = layers[name].weight
+            pruned = ~earlier[name].keep if name in earlier else None
+            try:
+                result = sparsegpt_solve(
+                    weight,
+                    layer_hessian(seen),
+                    config.sparsity,
+                    pattern,
+                    config.blocksize,
+                    config.damping,
+                    pruned,
+                    reconstruct=config.reconstruct,
+                    refine_steps=config.refine_steps,
+                )
+            except ModelError as e:
+                raise ModelError(
+                    f"prune.sparsegpt: layer {name}: {e}; exclude it or raise damping"
+                ) from None
+            error = output_error(weight, result.weight, seen.gram)  # type: ignore[arg-type]
+            weight.copy_(result.weight)
+            pruned_now = int((~result.keep).sum())
+            solved[name] = (Mask.of(result.keep), pruned_now, error, result.damping)
+            if result.refined:
+                refined.append(name)
 
-        how = Layerwise(config.NAME, config.calibration_samples, config.blocks)
+    how = Layerwise(config.NAME, config.calibration_samples, config.blocks)
+    with restored_on_error(model, spill=None):
         run = run_layerwise(model, layers, task, solve, how, ctx)
         for name, (mask, _, _, _) in solved.items():
             set_mask(model, f"{name}.weight", mask.keep)

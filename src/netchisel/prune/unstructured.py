@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from netchisel.core.config import StageConfig
 from netchisel.core.context import Context
-from netchisel.core.conv1d import conv1d_types, guarded_if_conv1d, with_conv1d_as_linear_
+from netchisel.core.conv1d import conv1d_types, with_conv1d_as_linear_
 from netchisel.core.errors import ConfigError
 from netchisel.core.masks import masks_of, set_mask
 from netchisel.core.modules import nothing_chosen, sample_of, select_modules
@@ -99,26 +99,21 @@ class UnstructuredConfig(StageConfig):
 
 @register(UnstructuredConfig)
 def prune_unstructured(model: nn.Module, config: UnstructuredConfig, ctx: Context) -> nn.Module:
-    """Score the chosen layers' weights, choose what to keep, then mask the rest.
-
-    The one change made before every mask is known is the swap of chosen GPT-2 Conv1D layers
-    for their equal Linears; it is undone if the stage fails.
-    """
-    with guarded_if_conv1d(model):
-        layers = select_prunable(model, "prune.unstructured", config.layers, config.exclude)
-        check_per_layer("prune.unstructured", config.per_layer, layers)
-        pattern = parse_pattern(config.pattern)
-        if pattern is not None:
-            inputs = {n: m.get_parameter("weight")[0].numel() for n, m in layers.items()}
-            check_n_of_m(inputs, pattern[1], "prune.unstructured")
-        keep = compute_keep_masks(model, layers, config, ctx)
-        for name, mask in keep.items():  # check all before changing any
-            if mask.shape != layers[name].get_parameter("weight").shape:
-                raise ConfigError(
-                    f"prune.unstructured: layer {name}: the criterion scored a wrong shape"
-                )
-        freeze_at = current_weights(layers) if config.mode == "freeze" else None
-        hold_(model, keep, freeze_at)
+    """Score the chosen layers' weights, choose what to keep, then mask the rest."""
+    layers = select_prunable(model, "prune.unstructured", config.layers, config.exclude)
+    check_per_layer("prune.unstructured", config.per_layer, layers)
+    pattern = parse_pattern(config.pattern)
+    if pattern is not None:
+        inputs = {n: m.get_parameter("weight")[0].numel() for n, m in layers.items()}
+        check_n_of_m(inputs, pattern[1], "prune.unstructured")
+    keep = compute_keep_masks(model, layers, config, ctx)
+    for name, mask in keep.items():  # check all before changing any
+        if mask.shape != layers[name].get_parameter("weight").shape:
+            raise ConfigError(
+                f"prune.unstructured: layer {name}: the criterion scored a wrong shape"
+            )
+    freeze_at = current_weights(layers) if config.mode == "freeze" else None
+    hold_(model, keep, freeze_at)
     held = {n: masks_of(model)[f"{n}.weight"].keep for n in keep}
     total = sum(k.numel() for k in held.values())
     ctx.record(
@@ -135,8 +130,8 @@ def select_prunable(
     """The Linear/Conv layers a stage prunes, or a ConfigError naming the stage and the cause.
 
     A chosen Hugging Face Conv1D (GPT-2) is replaced in `model` by its equal `nn.Linear`
-    (`core.conv1d`), which is returned: call this inside the stage's guard
-    (`restored_on_error`, or `guarded_if_conv1d`), so a stage that fails puts it back.
+    (`core.conv1d`), which is returned; a stage run on such a model runs inside a rollback
+    guard (`core.registry.Stage`), so a stage that fails puts it back.
 
     Example:
         >>> list(select_prunable(nn.Sequential(nn.Linear(2, 2)), "s", None, ()))

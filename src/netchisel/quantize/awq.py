@@ -243,13 +243,14 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
     """
     stage = config.NAME
     task = ctx.require_task(stage)
-    # Chosen inside the guard below: choosing swaps GPT-2's Conv1D for Linears.
-    layers: dict[str, nn.Linear] = {}
-    specs: dict[str, QuantSpec] = {}
+    layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
+    specs = {name: config.spec_for(name) for name in layers}
+    for name, layer in layers.items():  # a group size that cannot work fails before any change
+        padded_weight(layer, specs[name], name)
     solved: dict[str, _Solved] = {}
     folded: dict[str, str] = {}
     targets: dict[str, str | None] = {}
-    modules: dict[str, nn.Module] = {}
+    modules = dict(model.named_modules())  # after choosing, which may swap Conv1D layers
 
     def find_folds(calibration: Calibration) -> None:
         allowed = _same_block(model, layers, calibration.blocks)
@@ -312,13 +313,6 @@ def quantize_awq(model: nn.Module, config: AWQConfig, ctx: Context) -> nn.Module
 
     how = Layerwise(stage, config.calibration_samples, config.blocks)
     with restored_on_error(model, spill=None):
-        layers.update(
-            chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
-        )
-        specs.update({name: config.spec_for(name) for name in layers})
-        modules.update(model.named_modules())  # after the swap: fold targets are the new layers
-        for name, layer in layers.items():  # a group size that cannot work fails first
-            padded_weight(layer, specs[name], name)
         run = run_layerwise(model, layers, task, solve, how, ctx, prepare=find_folds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already

@@ -308,9 +308,10 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
     """
     stage = config.NAME
     task = ctx.require_task(stage)
-    # Chosen inside the guard below: choosing swaps GPT-2's Conv1D for Linears.
-    layers: dict[str, nn.Linear] = {}
-    specs: dict[str, QuantSpec] = {}
+    layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
+    specs = {name: config.spec_for(name) for name in layers}
+    for name, layer in layers.items():  # a group size that cannot work fails before any change
+        padded_weight(layer, specs[name], name)
     choose = functools.partial(kernel_qparams, method=config.scale_method)  # type: ignore[arg-type]
     # Only the integers, scales and zeros wait for the swap (not the dequantized weight, which
     # is copied into the layer at once): held for every layer, a float copy would double the
@@ -349,12 +350,6 @@ def quantize_gptq(model: nn.Module, config: GPTQConfig, ctx: Context) -> nn.Modu
 
     how = Layerwise(stage, config.calibration_samples, config.blocks)
     with restored_on_error(model, spill=None), held_tensors(model) as solved:
-        layers.update(
-            chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
-        )
-        specs.update({name: config.spec_for(name) for name in layers})
-        for name, layer in layers.items():  # a group size that cannot work fails first
-            padded_weight(layer, specs[name], name)
         run = run_layerwise(model, layers, task, solve, how, ctx)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already

@@ -56,8 +56,8 @@ def chosen_linears(
     """The Linear layers a quantization stage works on; warns once about layers it skips.
 
     A chosen Hugging Face Conv1D is replaced in `model` by its equal `nn.Linear`
-    (`core.conv1d`), which is returned: call this inside the stage's `restored_on_error`, so a
-    stage that fails puts the Conv1D back.
+    (`core.conv1d`), which is returned; a stage run on such a model runs inside a rollback
+    guard (`core.registry.Stage`), so a stage that fails puts the Conv1D back.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))

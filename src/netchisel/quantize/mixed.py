@@ -20,7 +20,6 @@ from torch import nn
 
 from netchisel.core.config import check_calibration_samples
 from netchisel.core.context import Context
-from netchisel.core.conv1d import guarded_if_conv1d
 from netchisel.core.errors import ConfigError
 from netchisel.core.registry import register
 from netchisel.core.task import Task
@@ -71,15 +70,14 @@ STAGE = MixedPrecisionConfig.NAME
 def quantize_mixed(model: nn.Module, config: MixedPrecisionConfig, ctx: Context) -> nn.Module:
     """Measure each layer's sensitivity, choose widths under the budget, apply them with RTN."""
     task = ctx.require_task(STAGE)
-    with guarded_if_conv1d(model):  # a GPT-2 Conv1D swapped for its Linear comes back on error
-        linears = chosen_linears(model, config.layers, config.exclude, STAGE)
-        widths = sorted(set(config.candidates), reverse=True)
-        loss = layer_sensitivity(model, task, linears, widths, config, config.calibration_samples)
-        sizes = {name: linear.weight.numel() for name, linear in linears.items()}
-        chosen = allocate(loss, sizes, widths, config.average_bits)
-        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(WeightQuantConfig)}
-        bits = {re.escape(n): b for n, b in chosen.items()}
-        quantize_rtn(model, RTNConfig(**{**fields, "per_layer_bits": bits}), ctx)
+    linears = chosen_linears(model, config.layers, config.exclude, STAGE)
+    widths = sorted(set(config.candidates), reverse=True)
+    loss = layer_sensitivity(model, task, linears, widths, config, config.calibration_samples)
+    sizes = {name: linear.weight.numel() for name, linear in linears.items()}
+    chosen = allocate(loss, sizes, widths, config.average_bits)
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(WeightQuantConfig)}
+    rtn = RTNConfig(**{**fields, "per_layer_bits": {re.escape(n): b for n, b in chosen.items()}})
+    quantize_rtn(model, rtn, ctx)
     baseline = loss.pop("")[0]
     ctx.record(
         sensitivity={

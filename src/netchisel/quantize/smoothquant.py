@@ -113,12 +113,12 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
     """
     stage = config.NAME
     task = ctx.require_task(stage)
-    layers: dict[str, nn.Linear] = {}
+    layers = chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
     smoothed: dict[str, str] = {}
     kept: dict[str, Tensor] = {}
     targets: dict[str, str | None] = {}
     groups: list[list[str]] = []
-    modules: dict[str, nn.Module] = {}
+    modules = dict(model.named_modules())  # after choosing, which may swap Conv1D layers
 
     def find_folds(calibration: Calibration) -> None:
         groups.extend(calibration.groups)
@@ -149,11 +149,6 @@ def quantize_smoothquant(model: nn.Module, config: SmoothQuantConfig, ctx: Conte
     # The scales come from the original activations: one pass of the unchanged model.
     how = Layerwise(stage, config.calibration_samples, sequential=False, gram=False)
     with restored_on_error(model, spill=None):
-        # Chosen inside the guard: a GPT-2 Conv1D swapped for its Linear comes back on error.
-        layers.update(
-            chosen_linears(model, config.layers, config.exclude, stage, config.embeddings)
-        )
-        modules.update(model.named_modules())
         run = run_layerwise(model, layers, task, solve, how, ctx, prepare=find_folds)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # chosen_linears warned about float layers already

@@ -32,6 +32,10 @@ FAMILY_ENTRIES = {
 }
 
 
+SWAPPING = ("prune", "quantize")
+"""Families whose stages may swap a model's Conv1D layers for Linears when they choose."""
+
+
 @dataclass(frozen=True)
 class Stage:
     """A registered algorithm: its config class and `apply(model, config, ctx)`."""
@@ -45,9 +49,9 @@ class Stage:
         return self.config_class.NAME
 
     def __call__(self, model: nn.Module, config: StageConfig, ctx: Context) -> nn.Module:
-        # Choosing layers swaps GPT-2's Conv1D for equal Linears (core.conv1d); a stage that
-        # then fails, wherever it does, puts the Conv1D modules back.
-        if not isinstance(model, nn.Module):
+        # A pruner or quantizer choosing its layers swaps GPT-2's Conv1D for equal Linears
+        # (core.conv1d); one that then fails, wherever it does, puts the Conv1D back.
+        if not isinstance(model, nn.Module) or self.name.partition(".")[0] not in SWAPPING:
             return self.apply(model, config, ctx)
         with guarded_if_conv1d(model):
             return self.apply(model, config, ctx)

@@ -1,11 +1,12 @@
 """Finding the feed-forward blocks a model's MoE stage may convert: Linear - activation - Linear.
 
-A block qualifies when its children, in order and without Dropout/Identity, are exactly a
-Linear, a parameter-free activation and a Linear whose input width is the first one's output
-width, and when its eval-mode output really is `fc_out(act(fc_in(x)))` on a random input (the
-structure alone cannot tell a residual or gated block from a plain one). `names` are module
-names (each must be such a block) or shell-style globs (`blocks.*.mlp`: the blocks among the
-modules they match, at least one); "auto" takes every qualifying block.
+A block qualifies when its children, without Dropout/Identity, are exactly two Linears (or
+Hugging Face Conv1D, GPT-2's Linear stored transposed, read as the Linear it is) and a
+parameter-free activation, in any registration order, and when its eval-mode output really is
+`fc_out(act(fc_in(x)))` on a random input for one order of the two Linears (the structure
+alone cannot tell a residual or gated block from a plain one, nor which Linear runs first).
+`names` are module names (each must be such a block) or shell-style globs (`blocks.*.mlp`: the
+blocks among the modules they match, at least one); "auto" takes every qualifying block.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from netchisel.core.conv1d import is_conv1d, linear_from_conv1d
 from netchisel.core.errors import ConfigError
 from netchisel.core.state import seeded
 
@@ -39,22 +41,50 @@ class FeedForward:
         return self.fc_in.out_features
 
 
+def _as_linear(module: nn.Module) -> nn.Linear | None:
+    """`module` as a Linear: itself, a copy of a Hugging Face Conv1D (GPT-2), or None."""
+    if isinstance(module, nn.Linear):
+        return module
+    return linear_from_conv1d(module) if is_conv1d(module) else None
+
+
 def _parts(module: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear, float] | str:
-    """The block's parts, or why it is not a Linear-activation-Linear block."""
+    """The block's parts, or why it is not a Linear-activation-Linear block.
+
+    The children are taken in any order (transformers registers GPT-J's, GPT-NeoX's or T5's
+    two Linears before the activation): the forward probe decides which Linear comes first.
+    """
     children = list(module.children())
     drops = [c for c in children if isinstance(c, nn.Dropout)]
     core = [c for c in children if not isinstance(c, _PASSIVE)]
     kinds = [type(c).__name__ for c in core]
-    if len(core) != 3 or not isinstance(core[0], nn.Linear) or not isinstance(core[2], nn.Linear):
+    if len(core) != 3:
         return f"its children are {kinds or 'none'}"
-    fc_in, act, fc_out = core[0], core[1], core[2]
-    assert isinstance(fc_in, nn.Linear) and isinstance(fc_out, nn.Linear)  # checked above
-    if isinstance(act, nn.Linear) or any(True for _ in act.parameters()):
+    as_linear = [_as_linear(c) for c in core]
+    linears = [lin for lin in as_linear if lin is not None]
+    acts = [c for c, lin in zip(core, as_linear, strict=True) if lin is None]
+    if len(linears) != 2 or len(acts) != 1:
+        return f"its children are {kinds or 'none'}"
+    act = acts[0]
+    if any(True for _ in act.parameters()):
         return f"its middle child {type(act).__name__} has parameters"
-    if fc_in.out_features != fc_out.in_features:
-        return f"its Linears do not chain ({fc_in.out_features} -> {fc_out.in_features})"
+    orders = [(a, b) for a, b in (linears, linears[::-1]) if a.out_features == b.in_features]
+    if not orders:
+        first, second = linears
+        return f"its Linears do not chain ({first.out_features} -> {second.in_features})"
     if len(drops) > 1:
         return "it has more than one Dropout"
+    whys = []
+    for fc_in, fc_out in orders:
+        why = _probe(module, fc_in, act, fc_out)
+        if why is None:
+            return fc_in, act, fc_out, float(drops[0].p) if drops else 0.0
+        whys.append(why)
+    return whys[0]  # why the registration order failed
+
+
+def _probe(module: nn.Module, fc_in: nn.Linear, act: nn.Module, fc_out: nn.Linear) -> str | None:
+    """None when `module`'s eval output on a random input is fc_out(act(fc_in(x))), else why."""
     x = seeded_input(fc_in.in_features, fc_in.weight)
     was_training = module.training
     module.eval()
@@ -70,7 +100,7 @@ def _parts(module: nn.Module) -> tuple[nn.Linear, nn.Module, nn.Linear, float] |
         return "its output is not fc_out(act(fc_in(x)))"
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-5):
         return "its output is not fc_out(act(fc_in(x)))"
-    return fc_in, act, fc_out, float(drops[0].p) if drops else 0.0
+    return None
 
 
 def seeded_input(width: int, like: torch.Tensor) -> torch.Tensor:

@@ -87,6 +87,11 @@ _RECIPES["llama"] = _RECIPES["gpt"]
 MNIST1D_SETTINGS = TrainSettings(steps=6000, lr=1e-2, schedule="constant", weight_decay=0.0)
 for _name in ("mnist1d_logistic", "mnist1d_mlp", "mnist1d_cnn"):
     _RECIPES[_name] = Recipe("mnist1d", MNIST1D_SETTINGS, {"batch_size": 100})
+# The deeper MNIST-1D CNN (not the paper's): Adam at lr 3e-3 with a cosine decay over 4,000
+# steps, the first setting tried (98.8% on test).
+_RECIPES["mnist1d_deep_cnn"] = Recipe(
+    "mnist1d", TrainSettings(steps=4000, lr=3e-3, weight_decay=0.0), {"batch_size": 100}
+)
 TRAINED_NAMES = tuple(_RECIPES)
 
 

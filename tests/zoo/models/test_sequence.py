@@ -1,4 +1,5 @@
-"""zoo/models/sequence.py: the MNIST-1D paper's models (logistic, residual MLP, Conv1d CNN)."""
+"""zoo/models/sequence.py: the MNIST-1D paper's models (logistic, residual MLP, Conv1d CNN)
+and the deeper six-layer CNN."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ from netchisel.core.modules import build as build_from_ref
 from netchisel.core.modules import builder_of
 from netchisel.zoo import models, train
 
-NAMES = ("mnist1d_logistic", "mnist1d_mlp", "mnist1d_cnn")
+NAMES = ("mnist1d_logistic", "mnist1d_mlp", "mnist1d_cnn", "mnist1d_deep_cnn")
 
 
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize(("name", "expected"), list(zip(NAMES, (410, 15_210, 5_210), strict=True)))
+PAPERS = list(zip(NAMES[:3], (410, 15_210, 5_210), strict=True))
+
+
+@pytest.mark.parametrize(("name", "expected"), PAPERS)
 def test_parameter_counts_are_the_papers(name: str, expected: int) -> None:
     # The paper's notebook prints 15,210 (MLPBase) and 5,210 (ConvBase) parameters.
     assert n_params(models.build(name)) == expected
@@ -58,6 +62,26 @@ def test_exact_macs_by_hand() -> None:
     cnn = nc.profile(models.build("mnist1d_cnn"), (torch.zeros(1, 1, 40),), latency=False)
     # output length x out channels x (in channels x kernel), per conv; then the Linear.
     assert cnn.macs == 19 * 25 * 5 + 10 * 25 * 75 + 5 * 25 * 75 + 125 * 10  # 31,750
+    deep = nc.profile(models.build("mnist1d_deep_cnn"), (torch.zeros(1, 1, 40),), latency=False)
+    convs = 40 * 16 * 5 + 40 * 16 * 48 + 20 * 32 * 48 + 20 * 32 * 96 + 10 * 64 * 96 + 10 * 64 * 192
+    assert deep.macs == convs + 64 * 10  # 311,040
+
+
+def test_deep_cnn_stages_halve_the_length_and_double_the_width() -> None:
+    model = models.build("mnist1d_deep_cnn", width=8)
+    x, shapes = torch.zeros(1, 1, 40), []
+    for name, layer in model.features.named_children():  # type: ignore[union-attr]
+        x = layer(x)
+        if name.startswith("relu"):
+            shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(8, 40), (8, 40), (16, 20), (16, 20), (32, 10), (32, 10)]
+    # Conv weights and biases, BatchNorm weights and biases, then the Linear.
+    weights = 1 * 16 * 5 + 16 * 16 * 3 + 16 * 32 * 3 + 32 * 32 * 3 + 32 * 64 * 3 + 64 * 64 * 3
+    channels = 16 + 16 + 32 + 32 + 64 + 64
+    expected = weights + channels + 2 * channels + 64 * 10 + 10
+    assert n_params(models.build("mnist1d_deep_cnn")) == expected == 25_210
+    with pytest.raises(ConfigError, match="width=0"):
+        models.build("mnist1d_deep_cnn", width=0)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ and `netchisel.zoo.models.<name>` keep working.
 - `llama`: a `transformers` `LlamaForCausalLM` with grouped-query attention (`llm` extra),
   trained here on the zoo text (`llama.py`).
 - `mnist1d_logistic`, `mnist1d_mlp`, `mnist1d_cnn`: the MNIST-1D paper's models over (N, 1, 40)
-  sequences (`sequence.py`).
+  sequences (`sequence.py`); `mnist1d_deep_cnn`: a deeper six-layer CNN on the same data.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from netchisel.zoo.models.llama import llama
 from netchisel.zoo.models.sequence import (
     ResidualMLP,
     mnist1d_cnn,
+    mnist1d_deep_cnn,
     mnist1d_logistic,
     mnist1d_mlp,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "minilm_tokenize",
     "mlp",
     "mnist1d_cnn",
+    "mnist1d_deep_cnn",
     "mnist1d_logistic",
     "mnist1d_mlp",
     "mobilenet",
@@ -99,6 +101,7 @@ MODEL_NAMES = (
     "mnist1d_logistic",
     "mnist1d_mlp",
     "mnist1d_cnn",
+    "mnist1d_deep_cnn",
 )
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
@@ -112,6 +115,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mnist1d_logistic": mnist1d_logistic,
     "mnist1d_mlp": mnist1d_mlp,
     "mnist1d_cnn": mnist1d_cnn,
+    "mnist1d_deep_cnn": mnist1d_deep_cnn,
 }
 
 

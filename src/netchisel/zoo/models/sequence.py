@@ -11,6 +11,11 @@ layers), the others flatten them first.
 - `mnist1d_cnn`: three Conv1d-ReLU layers (25 channels; kernel 5, 3, 3; stride 2; padding 1;
   no BatchNorm, no pooling, as the paper's ConvBase), which take 40 steps to 19, 10, 5;
   Flatten and Linear(125, 10): 5,210 parameters.
+- `mnist1d_deep_cnn`: not the paper's; six Conv1d-BatchNorm-ReLU layers in three stages of
+  two (widths w, 2w, 4w; the first conv of stages 2 and 3 has stride 2), global average
+  pooling and Linear(4w, 10): with w = 16, 25,210 parameters and 311,040 MACs. A deeper
+  network whose compute grows towards the end, as ResNets' does, for methods that need more
+  than three layers to act on (early exits at its stage boundaries).
 """
 
 from __future__ import annotations
@@ -137,3 +142,39 @@ def mnist1d_cnn(
         "num_classes": num_classes,
     }
     return marked(model, "mnist1d_cnn", kwargs)
+
+
+@builder
+def mnist1d_deep_cnn(in_channels: int = 1, width: int = 16, num_classes: int = 10) -> nn.Module:
+    """Six Conv1d-BatchNorm1d-ReLU (widths w, w, 2w, 2w, 4w, 4w; kernel 5 first, then 3;
+    stride 2 at the third and fifth; 'same' padding), global average pooling, Linear.
+
+    Submodules are `features.{conv,bn,relu}{1..6}`, `pool`, `flatten`, `classifier`; any
+    length >= 4 runs.
+
+    Example:
+        >>> import torch
+        >>> m = mnist1d_deep_cnn()
+        >>> m(torch.zeros(2, 1, 40)).shape, sum(p.numel() for p in m.parameters())
+        (torch.Size([2, 10]), 25210)
+    """
+    _check("mnist1d_deep_cnn", in_channels=in_channels, width=width, num_classes=num_classes)
+    widths = (width, width, 2 * width, 2 * width, 4 * width, 4 * width)
+    features: OrderedDict[str, nn.Module] = OrderedDict()
+    prev = in_channels
+    for i, out in enumerate(widths, start=1):
+        kernel, stride = (5 if i == 1 else 3), (2 if i in (3, 5) else 1)
+        features[f"conv{i}"] = nn.Conv1d(prev, out, kernel, stride, padding=kernel // 2)
+        features[f"bn{i}"] = nn.BatchNorm1d(out)
+        features[f"relu{i}"] = nn.ReLU()
+        prev = out
+    model = nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(features),
+            pool=nn.AdaptiveAvgPool1d(1),
+            flatten=nn.Flatten(),
+            classifier=nn.Linear(prev, num_classes),
+        )
+    )
+    kwargs = {"in_channels": in_channels, "width": width, "num_classes": num_classes}
+    return marked(model, "mnist1d_deep_cnn", kwargs)

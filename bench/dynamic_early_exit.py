@@ -5,8 +5,11 @@ Run: .venv/bin/python bench/dynamic_early_exit.py  ->  bench/results/dynamic_ear
 (or, in separate processes: `--models M --part FILE` per model, `--overhead --part FILE`, then
 `--merge FILE...`, which writes the JSON from the parts).
 
-Models: the zoo's trained `mnist1d_cnn` on MNIST-1D (3,500 / 500 / 1,000 sequences) and the
-zoo's trained ResNet-20 on digits32 (1,257 / 270 / 270 images). For each seed (which sets the
+Models: the zoo's trained `mnist1d_cnn` on MNIST-1D (3,500 / 500 / 1,000 sequences; the
+paper's three-layer CNN, whose only exit points are after its first conv layer, 10.6% of its
+MACs, and after its second, 66.5%), the zoo's trained `mnist1d_deep_cnn` on the same data (six
+conv layers in three stages; exits after the layers at 10.9%, 40.5% and 60.3% of its MACs) and
+the zoo's trained ResNet-20 on digits32 (1,257 / 270 / 270 images). For each seed (which sets the
 heads' initial weights and the data order) the `dynamic.early_exit` stage attaches heads
 after the named modules and trains them: by distillation from the final head with the
 backbone frozen (so a sample that does not exit gets exactly the original output), or, for
@@ -38,6 +41,9 @@ choice saw:
   regrouping (one call = the first 256 test samples in 4 batches). `speedup` = static time /
   dynamic time;
 - `overhead_mnist1d_cnn`: where the time goes on the MNIST-1D CNN (see `overhead`);
+- `layer_times_mnist1d_deep_cnn`: each conv-bn-relu layer of the deeper CNN and each of its
+  exit heads timed alone at batch 1, 16 and 64 (see `layer_times`): why its MACs do not turn
+  into time;
 - `mnist1d_cnn_learned`: the same distilled heads (same seeds) with `criterion: learned`: a
   logistic-regression decider per exit (`netchisel.dynamic.deciders`, 22 MACs, counted in
   each exit's cost) trained on the train split to predict "this exit's answer is the final
@@ -130,6 +136,16 @@ SETUPS: dict[str, dict[str, Any]] = {
             "weights": (0.5, 0.5),
             "steps": 3000,
             "lr": 1e-3,
+        },
+    },
+    # The deeper MNIST-1D CNN (zoo `mnist1d_deep_cnn`): the same task and distillation, exits
+    # at the end of its first two stages and after the first layer of the third.
+    "mnist1d_deep_cnn": {
+        "zoo": "mnist1d_deep_cnn",
+        "task": "mnist1d",
+        "config": {
+            **MNIST1D_DISTILLED,
+            "exits": ("features.relu2", "features.relu4", "features.relu5"),
         },
     },
     "resnet20_digits32": {
@@ -326,6 +342,41 @@ def overhead(rounds: int) -> dict[str, Any]:
             "exit_fractions": _fractions(taken, len(exits)),
             **_latency(static, model, x, rounds),
         }
+    return out
+
+
+def _times_us(module: nn.Module, x: Tensor, batches: tuple[int, ...], calls: int) -> list[float]:
+    """Median microseconds of `module` on the first b rows of `x`, for each b in `batches`."""
+    out = []
+    for b in batches:
+        part, times = x[:b], []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            module(part)
+            times.append(time.perf_counter() - t0)
+        out.append(round(1e6 * sorted(times)[calls // 2], 1))
+    return out
+
+
+def layer_times(calls: int = 200, batches: tuple[int, ...] = (1, 16, 64)) -> dict[str, Any]:
+    """Median microseconds (one thread, `calls` calls) of each conv-bn-relu layer of the zoo
+    `mnist1d_deep_cnn` alone, of an (untrained) exit head after the layers the benchmark
+    exits at, and of the whole static forward, at each batch size in `batches`."""
+    static = train.pretrained("mnist1d_deep_cnn").eval()
+    children = list(static.features.children())  # type: ignore[union-attr]
+    layers = [nn.Sequential(*children[i : i + 3]) for i in range(0, len(children), 3)]
+    exits = SETUPS["mnist1d_deep_cnn"]["config"]["exits"]
+    out: dict[str, Any] = {"batch_sizes": list(batches), "calls": calls, "layers": {}, "heads": {}}
+    with torch.no_grad():
+        x = torch.randn(max(batches), 1, 40)
+        out["static"] = _times_us(static, x, batches, calls)
+        for k, layer in enumerate(layers, start=1):
+            out["layers"][f"layer{k}"] = _times_us(layer, x, batches, calls)
+            x = layer(x)
+            where = f"features.relu{k}"
+            if where in exits:
+                head = make_head(x, 10, MNIST1D_DISTILLED["pool"], where).eval()
+                out["heads"][where] = _times_us(head, x, batches, calls)
     return out
 
 
@@ -551,6 +602,9 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", help="write the result from these part files")
     parser.add_argument("--overhead", action="store_true", help="only the time breakdown")
     parser.add_argument(
+        "--layer-times", action="store_true", help="only the deeper CNN's per-layer times"
+    )
+    parser.add_argument(
         "--update",
         action="store_true",
         help="keep the other models (and the time breakdown) of the JSON already written",
@@ -559,6 +613,14 @@ def main() -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     breakdown: dict[str, Any] | None = None
+    layers: dict[str, Any] | None = None
+    if args.layer_times:  # written into the JSON already there
+        result = load_result("dynamic_early_exit") or {}
+        for key in ("benchmark", "date", "machine"):  # write_result sets them anew
+            result.pop(key, None)
+        result["layer_times_mnist1d_deep_cnn"] = layer_times()
+        print(f"-> {write_result('dynamic_early_exit', result)}")
+        return
     if args.overhead:
         breakdown = overhead(args.rounds)
         Path(args.part).write_text(
@@ -580,6 +642,7 @@ def main() -> None:
     if old is not None:  # re-run some models: the others stay as they were measured
         models = {**old["models"], **models}
         breakdown = breakdown or old.get("overhead_mnist1d_cnn")
+        layers = old.get("layer_times_mnist1d_deep_cnn")
         seconds = round(old.get("seconds", 0.0) + seconds, 1)
     if args.part:
         Path(args.part).write_text(json.dumps({"models": models, "seconds": seconds}))
@@ -606,6 +669,7 @@ def main() -> None:
         },
         "models": models,
         "overhead_mnist1d_cnn": breakdown,
+        "layer_times_mnist1d_deep_cnn": layers,
         "anchors": {
             "branchynet_cpu_speedup": "2-6x (Teerapittayanon et al. 2016)",
             "shallow_deep_cost_cut": "> 50% (Kaya et al. 2019)",

@@ -11,6 +11,7 @@ Wall times depend on the machine and on its load; the JSON records both.
 Run:
     python bench/zoo_reference.py                 # all models
     python bench/zoo_reference.py --models mlp cnn
+    python bench/zoo_reference.py --models mnist1d_deep_cnn --update   # keep the other rows
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="*", default=[*train.TRAINED_NAMES, "minilm"])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--update", action="store_true", help="keep the other models' rows already in --out"
+    )
     args = parser.parse_args(argv)
     out: dict[str, Any] = {
         "machine": machine(),
@@ -129,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"skipped": str(e)}
             out["models"][name] = row
             print(f"[zoo_reference] {name}: {json.dumps(row)}", file=sys.stderr, flush=True)
+    if args.update and args.out.exists():  # each kept row was measured in its own earlier run
+        old = json.loads(args.out.read_text(encoding="utf-8"))
+        out["models"] = {**old["models"], **out["models"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}", file=sys.stderr)

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.dynamic.chain import plan_chain, run_steps
+from netchisel.dynamic.chain import FLATTEN, plan_chain, run_steps
 from netchisel.zoo.models import resnet
 from tests.dynamic._nets import conv_chain
 
@@ -27,7 +27,8 @@ class Stem(nn.Module):
 
 
 class Reshaping(nn.Module):
-    """Reshapes between its children: not a chain."""
+    """Reshapes between its children (positions first: not `torch.flatten(x, 1)`): not a
+    chain."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,7 +36,29 @@ class Reshaping(nn.Module):
         self.fc = nn.Linear(16, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.conv(x).reshape(len(x), -1))  # type: ignore[no-any-return]
+        return self.fc(self.conv(x).transpose(1, 2).reshape(len(x), -1))  # type: ignore[no-any-return]
+
+
+class Flattening(nn.Module):
+    """torchvision's classifiers: children conv, pool, fc, and `torch.flatten(x, 1)` in the
+    forward between the pool and the fc."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv1d(1, 2, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool1d(4)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.conv(x)), 1))  # type: ignore[no-any-return]
+
+
+class FlattenLast(Flattening):
+    """SqueezeNet's shape: the flatten after the last child."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.pool(self.conv(x)), 1)
 
 
 def test_sequential_opens_only_where_an_exit_lies() -> None:
@@ -66,8 +89,9 @@ def test_resnet_splits_at_stages_but_not_inside_a_block() -> None:
         plan_chain(net, ["layer1.0.conv1"], x)
     assert str(err.value) == (
         "dynamic.early_exit: cannot exit after 'layer1.0.conv1': the forward of 'layer1.0' "
-        "(BasicBlock) is not its children run in order; exit after 'layer1.0' or another "
-        "module that runs on the model's main path"
+        "(BasicBlock) is not its children run in order (running them one after the other does "
+        "not give its output); exit after 'layer1.0' or another module that runs on the "
+        "model's main path"
     )
 
 
@@ -78,7 +102,12 @@ def test_resnet_splits_at_stages_but_not_inside_a_block() -> None:
         (conv_chain(), ["5"], "exit after '5': it is the model's last module"),
         (conv_chain(), ["3", "1"], "list the exits in the order the model runs them: ['1', '3']"),
         (conv_chain(), ["1", "1"], "exits ['1', '1'] name a module twice"),
-        (Reshaping(), ["conv"], "the forward of 'the model' (Reshaping) is not its children"),
+        (
+            Reshaping(),
+            ["conv"],
+            "the model's forward (Reshaping) is not its top-level modules run in order ('fc' "
+            "fails on 'conv''s output (RuntimeError)), so it cannot be split anywhere",
+        ),
         (nn.Sequential(Stem()), ["0", "0.act"], "exit after '0.act' lies inside exit '0'"),
     ],
 )
@@ -89,6 +118,19 @@ def test_bad_exits_are_one_line(net: nn.Module, exits: list[str], message: str) 
     assert message in str(err.value)
     assert "\n" not in str(err.value)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_flatten_in_the_forward_between_children_is_a_step() -> None:
+    # torchvision's ResNet, VGG, MobileNetV3, EfficientNet and RegNet call torch.flatten(x, 1)
+    # in forward between their pooling and their classifier: each was refused at every exit.
+    net = Flattening().eval()
+    chain = plan_chain(net, ["conv"], X)
+    assert (chain.steps, chain.exit_after) == (["conv", "pool", FLATTEN, "fc"], [0])
+    assert torch.equal(run_steps(net, chain.steps, X[0]), net(X[0]))
+    last = FlattenLast().eval()
+    chain = plan_chain(last, ["conv"], X)
+    assert chain.steps == ["conv", "pool", FLATTEN]
+    assert torch.equal(run_steps(last, chain.steps, X[0]), last(X[0]))
 
 
 def test_models_with_several_inputs_are_refused() -> None:

@@ -228,3 +228,29 @@ def test_the_sweep_meets_each_budget_and_costs_no_more_than_the_static_model() -
         assert point["value"] >= d["static"]["value"] - budget
         assert point["mean_macs"] <= d["static"]["mean_macs"]
     assert sum(d["histogram"].values()) == pytest.approx(1.0)
+
+
+def test_a_backbone_that_flattens_in_its_forward_exits_saves_and_loads(tmp_path: Path) -> None:
+    # torchvision's classifiers call torch.flatten between their pooling and classifier in
+    # forward: every exit in them was refused before the FLATTEN step.
+    from tests.dynamic.test_chain import Flattening
+
+    net = Flattening()
+    task = labelled_by(net)
+    config = EarlyExitConfig(exits=("conv",), thresholds=(0.0,), **FAST)  # type: ignore[arg-type]
+    model = nc.dynamic_(net, config, task)
+    assert isinstance(model, EarlyExitModel)
+    assert model.steps == ["conv", "pool", "@flatten", "fc"]
+    x = torch.cat([b[0] for b in task.loader("test")])
+    model.set_thresholds([1.0])  # never exits: exactly the backbone
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), net(x))
+    p = nc.profile(model, x[:1], latency=False)
+    assert p.dynamic is not None
+    # conv 2*1*3*8 = 48, pool and flatten 0, fc 8*3 = 24; the head is off (threshold 1)
+    assert p.dynamic["static_macs"] == 72
+    assert [e["macs"] for e in p.dynamic["exits"]] == [48, 72]
+    model.set_thresholds([0.0])
+    loaded = nc.load(nc.save(model, tmp_path / "ee"), trust=[Flattening])
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

@@ -23,6 +23,12 @@ from netchisel.core.errors import ConfigError
 from netchisel.core.modules import sample_of
 
 STAGE = "dynamic.early_exit"
+FLATTEN = "@flatten"
+"""The one step that is not a module: `torch.flatten(x, 1)`, which torchvision's classifiers
+(ResNet, VGG, MobileNetV3, EfficientNet, RegNet) call in `forward` between their pooling and
+their classifier. Put into a chain only where one forward shows that it is what happens there.
+("@" cannot start a module path that `plan_chain` would choose: it is kept apart by `is_glue`.)
+"""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ def run_steps(backbone: nn.Module, steps: list[str], x: Tensor) -> Tensor:
         torch.Size([1, 3])
     """
     for step in steps:
+        if step == FLATTEN:
+            x = torch.flatten(x, 1)
+            continue
         module = backbone
         # The children tables directly: get_submodule's checks cost ~15 us a step at batch 1,
         # as much as a small layer. Looked up on every call, so a module swapped in later
@@ -168,39 +177,78 @@ def _open(
         steps.append(path)
         return
     children = [(_join(path, n), c) for n, c in module.named_children()]
-    if not children or not _is_chain(module, path, children, inputs, outputs):
+    order = _chain_of(module, path, children, inputs, outputs) if children else "it has no children"
+    if isinstance(order, str):
+        if not path:
+            raise ConfigError(
+                f"{STAGE}: cannot exit after {inside[0]!r}: the model's forward "
+                f"({type(module).__name__}) is not its top-level modules run in order "
+                f"({order}), so it cannot be split anywhere"
+            )
         raise ConfigError(
-            f"{STAGE}: cannot exit after {inside[0]!r}: the forward of "
-            f"{path or 'the model'!r} ({type(module).__name__}) is not its children run in "
-            f"order; exit after {path or 'a top-level module'!r} or another module that "
-            "runs on the model's main path"
+            f"{STAGE}: cannot exit after {inside[0]!r}: the forward of {path!r} "
+            f"({type(module).__name__}) is not its children run in order ({order}); exit "
+            f"after {path!r} or another module that runs on the model's main path"
         )
-    for child_path, child in children:
-        _open(child, child_path, exits, inputs, outputs, steps)
+    by_path = dict(children)
+    for step in order:
+        if step == FLATTEN:
+            steps.append(FLATTEN)
+        else:
+            _open(by_path[step], step, exits, inputs, outputs, steps)
 
 
-def _is_chain(
+def _chain_of(
     module: nn.Module,
     path: str,
     children: list[tuple[str, nn.Module]],
     inputs: dict[str, Any],
     outputs: dict[str, Any],
-) -> bool:
+) -> list[str] | str:
+    """`module`'s children that its forward calls, as steps (with `FLATTEN` where it flattens
+    between them), if running them in order gives exactly its recorded output on the example;
+    else why not."""
     if _is_plain_sequential(module):
-        return True
+        return [p for p, _ in children]
     x, want = inputs.get(path), outputs.get(path)
     if not isinstance(x, Tensor) or not isinstance(want, Tensor):
-        return False
+        return "its input or output is not one tensor"
+    order: list[str] = []
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            for _, child in children:
-                x = child(x)
+            for child_path, child in children:
+                if child_path not in inputs:
+                    continue  # not called by the forward (an auxiliary head): not a step
+                seen = inputs.get(child_path)
+                if order and _flattens_to(x, seen):
+                    order.append(FLATTEN)
+                    x = torch.flatten(x, 1)
+                try:
+                    x = child(x)
+                except (RuntimeError, TypeError, ValueError) as e:
+                    prev = f"{order[-1]!r}'s output" if order else "the module's input"
+                    return f"{child_path!r} fails on {prev} ({type(e).__name__})"
                 if not isinstance(x, Tensor):
-                    return False
-    except (RuntimeError, TypeError, ValueError):
-        return False
+                    return f"{child_path!r} does not return one tensor"
+                order.append(child_path)
     finally:
         module.train(was_training)
-    return x.shape == want.shape and torch.equal(x, want)
+    if _flattens_to(x, want):
+        order.append(FLATTEN)
+        x = torch.flatten(x, 1)
+    if x.shape != want.shape or not torch.equal(x, want):
+        return "running them one after the other does not give its output"
+    return order
+
+
+def _flattens_to(x: Tensor, seen: Any) -> bool:
+    """Whether `seen` is exactly `torch.flatten(x, 1)` (and not `x` itself)."""
+    return (
+        isinstance(seen, Tensor)
+        and x.dim() > 2
+        and seen.shape != x.shape
+        and seen.shape == torch.flatten(x, 1).shape
+        and torch.equal(torch.flatten(x, 1), seen)
+    )

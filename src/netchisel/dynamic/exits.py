@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.dynamic.chain import run_steps
+from netchisel.dynamic.chain import FLATTEN, run_steps
 from netchisel.dynamic.confidence import CRITERIA, check_threshold, exits_now, fires, never
 from netchisel.dynamic.costs import exit_costs
 from netchisel.dynamic.deciders import check_decider
@@ -86,6 +86,12 @@ class EarlyExitModel(nn.Module):
         """The attributes a manifest set agree with each other: exits at increasing steps
         before the last, one head each, thresholds in range, one fraction per path."""
         after, steps = self.exit_after, self.steps
+        modules = dict(self.backbone.named_modules())
+        for step in steps if isinstance(steps, list) else [steps]:
+            if not isinstance(step, str) or not (step == FLATTEN or (step and step in modules)):
+                raise ConfigError(
+                    f"dynamic.early_exit: step {step!r} is not a module of the backbone"
+                )
         if not all(isinstance(i, int) and 0 <= i < len(steps) - 1 for i in after):
             raise ConfigError(f"dynamic.early_exit: exit_after {after!r} is not steps' indices")
         if any(a >= b for a, b in itertools.pairwise(after)):

@@ -44,7 +44,7 @@ def test_global_pooling_head_is_mean_then_linear() -> None:
     ("feature", "message"),
     [
         (torch.zeros(2, 1, 2, 3, 4), "has shape (2, 1, 2, 3, 4), which cannot feed an exit head"),
-        (torch.zeros(2, 3, dtype=torch.long), "is a Tensor, not a float tensor"),
+        (torch.zeros(2, 3, dtype=torch.long), "is a torch.int64, not a float tensor"),
         ((torch.zeros(2, 3),), "is a tuple, not a float tensor"),
     ],
 )

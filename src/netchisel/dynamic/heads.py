@@ -29,8 +29,9 @@ def make_head(
         86
     """
     if not isinstance(feature, Tensor) or not feature.is_floating_point():
+        what = str(feature.dtype) if isinstance(feature, Tensor) else type(feature).__name__
         raise ConfigError(
-            f"dynamic.early_exit: the output of {where!r} is a {type(feature).__name__}, not a "
+            f"dynamic.early_exit: the output of {where!r} is a {what}, not a "
             "float tensor, so it cannot feed an exit head; choose another module"
         )
     shape = tuple(feature.shape)

@@ -18,6 +18,7 @@ import netchisel as nc
 from netchisel.core.errors import ArtifactError
 from netchisel.core.task import classification_task
 from netchisel.dynamic import EarlyExitConfig, WidthConfig
+from netchisel.dynamic.moe_costs import measure_routing
 from netchisel.dynamic.moe_layer import MoEFeedForward, make_expert
 from netchisel.dynamic.moe_model import MoEModel
 from tests.dynamic._nets import conv_chain, labelled_by
@@ -65,8 +66,20 @@ def _exits(tmp: Path) -> Path:
 
 
 def _moe(tmp: Path) -> Path:
+    torch.manual_seed(0)
     layer = MoEFeedForward(nn.Linear(4, 2), [make_expert(4, 8, 4, nn.ReLU())] * 2, None)
-    return nc.save(MoEModel(nn.Sequential(layer, nn.Linear(4, 3)), ["0"]), tmp / "moe")
+    net = nn.Sequential(layer, nn.Linear(4, 3))
+    data = TensorDataset(torch.randn(10, 4), torch.zeros(10, dtype=torch.long))
+    routing = measure_routing(net, classification_task({"val": data}, batch_size=4))
+    return nc.save(MoEModel(net, ["0"], routing), tmp / "moe")
+
+
+def _routing(**row: Any) -> dict[str, Any]:
+    """A routing record as the manifest stores it (tagged dicts), its one layer's row
+    edited."""
+    counts = {"tokens": 10, "load": [5, 5], "kept": [5, 5], "dropped": 0, "router_entropy": 0.6}
+    layers = {"__dict__": {"0": {"__dict__": {**counts, **row}}}}
+    return {"__dict__": {"split": "val", "samples": 10, "layers": layers}}
 
 
 CASES: list[tuple[Callable[[Path], Path], str, Any, str]] = [
@@ -83,6 +96,42 @@ CASES: list[tuple[Callable[[Path], Path], str, Any, str]] = [
     (_moe, "top_k", 5, "top_k = 5 is more than experts = 2"),
     (_moe, "capacity_factor", -1.0, "capacity"),
     (_moe, "gating", "os.system", "gating 'os.system' is not one of"),
+    # What a manifest could set and nothing checked before (refused at load now, each one
+    # line; loaded, they failed at the first forward or gave absurd expected MACs):
+    (_width, "steps", ["os", "1", "2", "3", "4"], "step 'os' of kind 'conv' is not such a"),
+    (_width, "kinds", ["conv", "os.system", "pointwise", "flatten", "linear"], "'os.system'"),
+    (_width, "kinds", ["linear", "norm", "pointwise", "flatten", "linear"], "step '0' of kind"),
+    (
+        _width,
+        "channels_out",
+        [[-4, 8], [4, 8], [4, 8], [64, 128], [2, 2]],
+        r"step '0': channel counts \[-4, 8\] are not prefixes of its 8 channels",
+    ),
+    (
+        _width,
+        "channels_in",
+        [[1, 1], [4, 8], [4, 8], [4, 8], [64, 1280]],
+        r"step '4': channel counts \[64, 1280\] are not prefixes of its 128",
+    ),
+    (
+        _width,
+        "channels_in",
+        [[1, 1], [3, 8], [4, 8], [4, 8], [64, 128]],
+        r"narrow BatchNorms of \[4\] channels for widths of \[3\]",
+    ),
+    (_width, "gate_bias", float("nan"), "gate_bias must be a finite number, got nan"),
+    (_width, "gate_bias", "x", "gate_bias must be a finite number, got 'x'"),
+    (_width, "width_fractions", [-1.0, 2.0], r"width_fractions \[-1.0, 2.0\] are not 2 shares"),
+    (_exits, "exit_fractions", [-1.0, 2.0], r"exit_fractions \[-1.0, 2.0\] are not 2 shares"),
+    (_exits, "exit_fractions", [0.5, 0.25], r"are not 2 shares in \[0, 1\] adding up to 1"),
+    (_exits, "num_classes", -3, "num_classes must be >= 2, got -3"),
+    (_exits, "exit_after", [True], r"exit_after \[True\] is not steps' indices"),
+    (_moe, "dropout", 5.0, r"dropout must be in \[0, 1\), got 5.0"),
+    (_moe, "track_entropy", "yes", "track_entropy must be a bool, got 'yes'"),
+    (_moe, "layers", ["os"], r"layers \['os'\] are not the model's MoE layers \['0'\]"),
+    (_moe, "routing", _routing(kept=[5, -5]), "routing of '0' needs tokens, dropped"),
+    (_moe, "routing", _routing(load=[5]), "2 non-negative counts in load and kept"),
+    (_moe, "routing", _routing(router_entropy="x"), "routing of '0' needs"),
 ]
 
 

@@ -34,6 +34,7 @@ from netchisel.dynamic.chain import FLATTEN, run_steps
 from netchisel.dynamic.confidence import CRITERIA, check_threshold, exits_now, fires, never
 from netchisel.dynamic.costs import exit_costs
 from netchisel.dynamic.deciders import check_decider
+from netchisel.dynamic.loaded import check_fractions, is_int
 
 
 class EarlyExitModel(nn.Module):
@@ -92,7 +93,7 @@ class EarlyExitModel(nn.Module):
                 raise ConfigError(
                     f"dynamic.early_exit: step {step!r} is not a module of the backbone"
                 )
-        if not all(isinstance(i, int) and 0 <= i < len(steps) - 1 for i in after):
+        if not all(is_int(i) and 0 <= i < len(steps) - 1 for i in after):
             raise ConfigError(f"dynamic.early_exit: exit_after {after!r} is not steps' indices")
         if any(a >= b for a, b in itertools.pairwise(after)):
             raise ConfigError(f"dynamic.early_exit: exit_after must increase, got {after}")
@@ -102,10 +103,15 @@ class EarlyExitModel(nn.Module):
             raise ConfigError(f"dynamic.early_exit: unknown criterion {self.criterion!r}")
         if "deciders" not in self._modules:  # saved before learned exit decisions existed
             self.deciders = nn.ModuleList()
+        classes = self.num_classes
+        if classes is not None and not (is_int(classes) and classes >= 2):
+            raise ConfigError(f"dynamic.early_exit: num_classes must be >= 2, got {classes!r}")
         self.set_thresholds(self.thresholds)
         self._check_deciders()
         if self.exit_fractions and len(self.exit_fractions) != len(self.heads) + 1:
             raise ConfigError("dynamic.early_exit: exit_fractions needs one share per path")
+        fractions, paths = self.exit_fractions, len(self.heads) + 1
+        check_fractions(fractions, paths, "exit_fractions", "dynamic.early_exit")
 
     def _check_deciders(self) -> None:
         """A decider per exit that maps the exit's logits to one score with criterion

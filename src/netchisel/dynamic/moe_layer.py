@@ -169,6 +169,13 @@ class MoEFeedForward(nn.Module):
             raise ConfigError(f"MoEFeedForward: capacity_factor must be a number, got {cf!r}")
         check_routing(self.num_experts, self.top_k, cf, "MoEFeedForward")
         check_jitter(getattr(self, "jitter", 0.0), "MoEFeedForward")
+        p = self.dropout
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ConfigError(f"MoEFeedForward: dropout must be in [0, 1), got {p!r}")
+        if not isinstance(self.track_entropy, bool):
+            raise ConfigError(
+                f"MoEFeedForward: track_entropy must be a bool, got {self.track_entropy!r}"
+            )
         if self.gating not in GATINGS:
             raise ConfigError(f"MoEFeedForward: gating {self.gating!r} is not one of {GATINGS}")
         if self.router.out_features != self.num_experts:

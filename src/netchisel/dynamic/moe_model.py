@@ -14,7 +14,11 @@ from typing import Any
 
 from torch import nn
 
-from netchisel.dynamic.moe_costs import moe_costs
+from netchisel.core.errors import ConfigError
+from netchisel.dynamic.loaded import is_int, is_number
+from netchisel.dynamic.moe_costs import moe_costs, moe_layers
+
+STAGE = "dynamic.moe"
 
 
 class MoEModel(nn.Module):
@@ -36,6 +40,44 @@ class MoEModel(nn.Module):
         self.model = model
         self.layers = list(layers)
         self.routing: dict[str, Any] | None = routing
+
+    def check_loaded(self) -> None:
+        """The attributes a manifest set agree with the model: `layers` name its MoE layers,
+        and `routing` (if any) gives each of them E non-negative counts per expert."""
+        layers = moe_layers(self.model)
+        names = self.layers
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{STAGE}: layers must be a list of names, got {names!r}")
+        if sorted(names) != sorted(layers):
+            raise ConfigError(
+                f"{STAGE}: layers {names} are not the model's MoE layers {sorted(layers)}"
+            )
+        routing = self.routing
+        if routing is None:
+            return
+        seen = routing.get("layers") if isinstance(routing, dict) else None
+        if not (isinstance(seen, dict) and set(seen) <= set(layers)):
+            raise ConfigError(f"{STAGE}: routing must map MoE layer names to their counts")
+        if not (is_int(routing.get("samples")) and routing["samples"] >= 0):
+            raise ConfigError(
+                f"{STAGE}: routing samples must be a count, got {routing.get('samples')!r}"
+            )
+        for name, row in seen.items():
+            experts = layers[name].num_experts
+            counts = [row.get(k) for k in ("load", "kept")] if isinstance(row, dict) else [None]
+            ok = all(
+                isinstance(c, list) and len(c) == experts and all(is_int(v) and v >= 0 for v in c)
+                for c in counts
+            )
+            if not (
+                ok
+                and all(is_int(row.get(k)) and row[k] >= 0 for k in ("tokens", "dropped"))
+                and is_number(row.get("router_entropy"))
+            ):
+                raise ConfigError(
+                    f"{STAGE}: routing of {name!r} needs tokens, dropped, router_entropy and "
+                    f"{experts} non-negative counts in load and kept"
+                )
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)

@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from netchisel.core.errors import ConfigError
-from netchisel.dynamic.width_slim import STAGE, SlimPlan, check_width, slice_forward, tensor_of
+from netchisel.dynamic.loaded import check_fractions, is_int, is_number
+from netchisel.dynamic.width_slim import (
+    PER_CHANNEL,
+    STAGE,
+    SlimPlan,
+    check_width,
+    slice_forward,
+    tensor_of,
+)
 from netchisel.measure.flops import count_flops
 
 
@@ -90,10 +98,52 @@ class WidthModel(nn.Module):
         if any(not isinstance(r, list) or len(r) != len(widths) for r in rows):
             raise ConfigError(f"{STAGE}: every step needs one channel count per width")
         fixed = self.fixed_width
-        if fixed is not None and not (isinstance(fixed, int) and 0 <= fixed < len(widths)):
+        if fixed is not None and not (is_int(fixed) and 0 <= fixed < len(widths)):
             raise ConfigError(f"{STAGE}: fixed_width {fixed!r} is not an index of widths")
         if self.width_fractions and len(self.width_fractions) != len(widths):
             raise ConfigError(f"{STAGE}: width_fractions needs one share per width")
+        check_fractions(self.width_fractions, len(widths), "width_fractions", STAGE)
+        if not is_number(self.gate_bias):
+            raise ConfigError(f"{STAGE}: gate_bias must be a finite number, got {self.gate_bias!r}")
+        self._check_steps()
+
+    def _check_steps(self) -> None:
+        """Every step is a module of the backbone of its kind, and every channel count a
+        prefix of that module's channels (the narrow BatchNorms' sizes included)."""
+        modules = dict(self.backbone.named_modules())
+        norms = 0
+        for j, (step, kind) in enumerate(zip(self.steps, self.kinds, strict=True)):
+            module = modules.get(step) if isinstance(step, str) and step else None
+            if (
+                module is None
+                or kind not in _KINDS
+                or not isinstance(module, _KINDS[kind])
+                or getattr(module, "groups", 1) != 1
+            ):
+                raise ConfigError(
+                    f"{STAGE}: step {step!r} of kind {kind!r} is not such a module of the backbone"
+                )
+            c_in, c_out = self.channels_in[j], self.channels_out[j]
+            full_in, full_out = _full_channels(module, kind)
+            for counts, full in ((c_in, full_in), (c_out, full_out)):
+                if not all(is_int(c) and 1 <= c <= (full or c) for c in counts) or (
+                    full is not None and counts[-1] != full
+                ):
+                    raise ConfigError(
+                        f"{STAGE}: step {step!r}: channel counts {counts!r} are not prefixes of "
+                        f"its {full} channels ending at all of them"
+                    )
+            if kind == "norm":
+                narrow = list(self.norms[norms].children()) if norms < len(self.norms) else []
+                sizes = [getattr(bn, "num_features", None) for bn in narrow]
+                if sizes != c_in[:-1]:
+                    raise ConfigError(
+                        f"{STAGE}: step {step!r}: narrow BatchNorms of {sizes} channels for "
+                        f"widths of {c_in[:-1]}"
+                    )
+                norms += 1
+        if norms != len(self.norms):
+            raise ConfigError(f"{STAGE}: {len(self.norms)} narrow BatchNorm sets for {norms} norms")
 
     def _module(self, j: int) -> nn.Module:
         module = self.backbone
@@ -170,6 +220,27 @@ class WidthModel(nn.Module):
         `netchisel.measure.profile` reports as `dynamic`)."""
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         return width_costs(self, inputs[0])
+
+
+_KINDS: dict[str, tuple[type[nn.Module], ...]] = {
+    "conv": (nn.Conv1d, nn.Conv2d),
+    "linear": (nn.Linear,),
+    "norm": (nn.BatchNorm1d, nn.BatchNorm2d),
+    "flatten": (nn.Flatten,),
+    "pointwise": PER_CHANNEL,
+}
+"""What each kind of step in a plan must be (`width_slim._kind`)."""
+
+
+def _full_channels(module: nn.Module, kind: str) -> tuple[int | None, int | None]:
+    """A step's input and output channels at full width (None: any, a per-channel op)."""
+    if kind in ("conv", "linear"):
+        weight = tensor_of(module, "weight")
+        return int(weight.shape[1]), int(weight.shape[0])
+    if kind == "norm":
+        features = int(getattr(module, "num_features", 0))
+        return features, features
+    return None, None
 
 
 def grouped(x: Tensor, choice: Tensor, run: Callable[[Tensor, int], Tensor]) -> Tensor:

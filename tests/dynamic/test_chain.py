@@ -39,6 +39,26 @@ class Reshaping(nn.Module):
         return self.fc(self.conv(x).transpose(1, 2).reshape(len(x), -1))  # type: ignore[no-any-return]
 
 
+class Flat(nn.Module):
+    """Asserts its input is flat, as torchvision's ViT encoder asserts its input's shape."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        assert x.dim() == 2, f"expected (N, features), got {tuple(x.shape)}"
+        return x
+
+
+class Asserting(nn.Module):
+    """A child that raises AssertionError when called out of the forward's order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 2, 3, padding=1)
+        self.flat = Flat()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.flat(self.conv(x).transpose(1, 2).reshape(len(x), -1))  # type: ignore[no-any-return]
+
+
 class Flattening(nn.Module):
     """torchvision's classifiers: children conv, pool, fc, and `torch.flatten(x, 1)` in the
     forward between the pool and the fc."""
@@ -109,6 +129,7 @@ def test_resnet_splits_at_stages_but_not_inside_a_block() -> None:
             "fails on 'conv''s output (RuntimeError)), so it cannot be split anywhere",
         ),
         (nn.Sequential(Stem()), ["0", "0.act"], "exit after '0.act' lies inside exit '0'"),
+        (Asserting(), ["conv"], "('flat' fails on 'conv''s output (AssertionError))"),
     ],
 )
 def test_bad_exits_are_one_line(net: nn.Module, exits: list[str], message: str) -> None:

@@ -227,7 +227,7 @@ def _chain_of(
                     x = torch.flatten(x, 1)
                 try:
                     x = child(x)
-                except (RuntimeError, TypeError, ValueError) as e:
+                except Exception as e:  # any failure (an assert in its forward too): no chain
                     prev = f"{order[-1]!r}'s output" if order else "the module's input"
                     return f"{child_path!r} fails on {prev} ({type(e).__name__})"
                 if not isinstance(x, Tensor):

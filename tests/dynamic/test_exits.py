@@ -141,3 +141,24 @@ def test_save_load_keeps_heads_thresholds_and_exits(tmp_path: Path) -> None:
         b, taken_b = loaded.exiting(x)
     assert torch.equal(taken_a, taken_b) and torch.equal(a, b)
     assert int((taken_a == 0).sum()) == 8  # above the (lower) median of 16
+
+
+def test_an_in_place_step_after_an_exit_leaves_the_heads_feature_as_inference_sees_it() -> None:
+    # torchvision's VGG: BatchNorm, then ReLU(inplace=True). all_outputs (training,
+    # calibration) gave the head the feature after the ReLU had overwritten it; the real
+    # forward gives it the feature before: the thresholds were calibrated on other logits.
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(inplace=True), nn.Linear(8, 3)
+    ).eval()
+    model = EarlyExitModel(net, [nn.Linear(8, 3)], ["0", "1", "2", "3"], [1], [0.0]).eval()
+    x = torch.randn(16, 4)
+    with torch.no_grad():
+        early, taken = model.exiting(x)  # threshold 0: everything leaves at the exit
+        assert taken.tolist() == [0] * 16
+        assert torch.equal(model.all_outputs(x)[0], early)
+        assert (model.features(x)[0] < 0).any()  # the feature before the ReLU
+    model.train()  # joint training: the in-place ReLU no longer breaks the head's backward
+    outs = model.all_outputs(x)
+    sum(o.sum() for o in outs).backward()  # type: ignore[union-attr]
+    assert model.heads[0].weight.grad is not None

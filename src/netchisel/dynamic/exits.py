@@ -167,9 +167,12 @@ class EarlyExitModel(nn.Module):
             >>> [tuple(t.shape) for t in m.features(torch.zeros(2, 4))]
             [(2, 8), (2, 3)]
         """
-        out = []
+        out: list[Tensor] = []
         for segment in self._segments():
-            x = run_steps(self.backbone, segment, x)
+            # The next steps run on a copy: one that works in place (ReLU(inplace=True) right
+            # after an exit, as in torchvision's VGG) would otherwise change the feature kept
+            # for the head, which at inference reads it before those steps run.
+            x = run_steps(self.backbone, segment, x.clone() if out else x)
             out.append(x)
         return out
 

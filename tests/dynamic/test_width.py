@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import netchisel as nc
 import netchisel.dynamic.width as width_stage
 from netchisel.core.context import Context
 from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.task import classification_task
+from netchisel.dynamic.confidence import soft_kl
 from netchisel.dynamic.width import (
     WidthConfig,
     calibrate_gate,
@@ -111,6 +114,7 @@ def test_recalibration_sweeps_budgets_and_a_given_bias_is_used() -> None:
         ({"max_drop": 101}, "max_drop must be in [0, 100] points, got 101.0"),
         ({"gate_steps": 0}, "gate_steps must be >= 1, got 0"),
         ({"training": "random"}, "training"),
+        ({"teacher": "labels"}, "teacher: 'labels' is not one of 'widest', 'original'"),
     ],
 )
 def test_bad_configs(data: dict[str, object], message: str) -> None:
@@ -208,3 +212,27 @@ def test_sandwich_without_distillation_trains() -> None:
     model = dynamic_width(net, config, ctx)
     assert isinstance(model, WidthModel) and ctx.records["steps"] == 40
     assert ctx.records["macs_per_width"][0] == MACS[0] and ctx.records["width_accuracy"][2] >= 95.0
+
+
+def test_the_original_teacher_keeps_the_full_width_near_the_model_handed_in() -> None:
+    # Labels drawn at random, unrelated to the model: the widest learning them moves the full
+    # width away from the model handed in; with `teacher: original` it learns that model's
+    # soft outputs instead, and the labels are not used.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(192, 1, 8, generator=g)
+    y = torch.randint(0, 3, (192,), generator=g)
+    splits = {
+        name: torch.utils.data.TensorDataset(x[i * 64 : (i + 1) * 64], y[i * 64 : (i + 1) * 64])
+        for i, name in enumerate(("train", "val", "test"))
+    }
+    task = classification_task(splits, batch_size=32)
+    drift = {}
+    for teacher in ("widest", "original"):
+        net = bn_chain()
+        before = copy.deepcopy(net).eval()
+        config = WidthConfig(max_drop=100.0, teacher=teacher, **FAST)  # type: ignore[arg-type]
+        model = dynamic_width(net, config, Context(task, quiet=True))
+        assert isinstance(model, WidthModel)
+        with torch.no_grad():
+            drift[teacher] = float(soft_kl(model.eval().run_width(x, 1), before(x)))
+    assert drift["original"] < 0.1 * drift["widest"], drift

@@ -7,9 +7,11 @@
 2. Train the widths together (`fit`, the one training loop), each with its own BatchNorm
    (switchable BatchNorm, Yu et al. 2018): `training: all` runs every width each step (the
    slimmable-network rule), `training: sandwich` the widest, the narrowest and
-   `sandwich_random` others drawn at random (US-Nets' sandwich rule, Yu & Huang 2019). The
-   widest learns the labels; with `distill` the others learn its soft outputs (in-place
-   distillation, at `temperature`), else the labels. Then every width's BatchNorm statistics
+   `sandwich_random` others drawn at random (US-Nets' sandwich rule, Yu & Huang 2019). With
+   `teacher: widest` (default) the widest learns the labels and, with `distill`, the others
+   learn its soft outputs (in-place distillation, at `temperature`), else the labels; with
+   `teacher: original` a frozen copy of the model handed in is the teacher: the widest, and
+   with `distill` the others, learn its soft outputs. Then every width's BatchNorm statistics
    are re-estimated on `calibrate_norms` training samples (US-Nets' post-training statistics).
 3. Train the gate (`width_gate`) on the train split for `gate_steps`, its target per sample the
    narrowest width still sure of the label, with `cost_weight` pricing the MACs.
@@ -22,6 +24,7 @@ place); any failure leaves the model handed in as it was.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -57,8 +60,11 @@ class WidthConfig(TrainConfig):
 
     - `reorder`: sort channels by importance before training (narrow widths keep the best);
     - `training`: "all" (every width each step) or "sandwich" (widest, narrowest and
-      `sandwich_random` random others); `distill`: narrower widths learn the widest's soft
-      outputs at `temperature` (else the labels); `epochs` / `steps`: its length;
+      `sandwich_random` random others); `distill`: narrower widths learn the teacher's soft
+      outputs at `temperature` (else the labels); `teacher`: "widest" (the widest learns the
+      labels and teaches the others) or "original" (a frozen copy of the model handed in
+      teaches every width, the widest included, so the full width stays near the original);
+      `epochs` / `steps`: its length;
     - `calibrate_norms`: training samples re-estimating each width's BatchNorm statistics
       after training (0: keep the running ones);
     - gate: `gate_channels`, `gate_pool` (its size), `gate_steps`, `gate_lr`, `cost_weight`
@@ -81,6 +87,7 @@ class WidthConfig(TrainConfig):
     training: Literal["all", "sandwich"] = "all"
     sandwich_random: int = 1
     distill: bool = True
+    teacher: Literal["widest", "original"] = "widest"
     temperature: float = 1.0
     epochs: float = 1.0
     steps: int | None = None
@@ -151,13 +158,14 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
     widths = list(config.widths)
     plan = plan_width(model, widths, example)
     reference = split_accuracy(model, task, config.split, STAGE)
+    original = copy.deepcopy(model).eval() if config.teacher == "original" else None
     with restored_on_error(model):
         if config.reorder:
             reorder_channels_(model, plan)
         with seeded(ctx.seed):
             gate = make_gate(example, len(widths), config.gate_channels, config.gate_pool)
         dyn = WidthModel(model, plan, widths, gate.to(device))
-        losses = train_widths(dyn, config, task, ctx)
+        losses = train_widths(dyn, config, task, ctx, original)
         if config.calibrate_norms:
             recalibrate_norms(dyn, task, config.calibrate_norms)
         gate_losses = train_gate(dyn, config, task, ctx)
@@ -328,15 +336,27 @@ def _order(config: WidthConfig, count: int) -> list[int]:
     return [count - 1, 0, *(middle[i] for i in picked)]
 
 
-def train_widths(model: WidthModel, config: WidthConfig, task: Task, ctx: Context) -> list[float]:
-    """Train every width of `model` (not the gate) through `fit`; the loss of every step."""
+def train_widths(
+    model: WidthModel,
+    config: WidthConfig,
+    task: Task,
+    ctx: Context,
+    original: nn.Module | None = None,
+) -> list[float]:
+    """Train every width of `model` (not the gate) through `fit`; the loss of every step.
+    With `original` (a frozen model) its soft outputs are the teacher of every width."""
 
     def loss_fn(_: nn.Module, batch: Batch) -> Tensor:
         x, y = labelled(task, batch, STAGE)
         order = _order(config, len(model.widths))
         widest = model.run_width(x, order[0])
-        total = nn.functional.cross_entropy(widest, y)
-        teacher = widest.detach()
+        if original is None:
+            total = nn.functional.cross_entropy(widest, y)
+            teacher = widest.detach()
+        else:
+            with torch.no_grad():
+                teacher = original(x)
+            total = soft_kl(widest, teacher, config.temperature)
         for k in order[1:]:
             out = model.run_width(x, k)
             if config.distill:

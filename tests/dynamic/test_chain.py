@@ -74,6 +74,25 @@ class Flattening(nn.Module):
         return self.fc(torch.flatten(self.pool(self.conv(x)), 1))  # type: ignore[no-any-return]
 
 
+class Meaning(Flattening):
+    """torchvision's ShuffleNetV2 / MNASNet: x.mean over the positions in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.pool(self.conv(x)).mean([2]))  # type: ignore[no-any-return]
+
+
+class Pooling(Meaning):
+    """torchvision's MobileNetV2: adaptive average pooling and a flatten in forward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = nn.functional.adaptive_avg_pool1d(self.pool(self.conv(x)), 1)
+        return self.fc(torch.flatten(pooled, 1))  # type: ignore[no-any-return]
+
+
 class FlattenLast(Flattening):
     """SqueezeNet's shape: the flatten after the last child."""
 
@@ -141,13 +160,19 @@ def test_bad_exits_are_one_line(net: nn.Module, exits: list[str], message: str) 
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
-def test_a_flatten_in_the_forward_between_children_is_a_step() -> None:
+def test_a_flatten_or_pooling_in_the_forward_between_children_is_a_step() -> None:
     # torchvision's ResNet, VGG, MobileNetV3, EfficientNet and RegNet call torch.flatten(x, 1)
-    # in forward between their pooling and their classifier: each was refused at every exit.
+    # in forward between their pooling and their classifier, ShuffleNetV2 and MNASNet
+    # x.mean([2, 3]), MobileNetV2 F.adaptive_avg_pool2d and a flatten: each was refused at
+    # every exit.
     net = Flattening().eval()
     chain = plan_chain(net, ["conv"], X)
     assert (chain.steps, chain.exit_after) == (["conv", "pool", FLATTEN, "fc"], [0])
     assert torch.equal(run_steps(net, chain.steps, X[0]), net(X[0]))
+    for net in (Meaning().eval(), Pooling().eval()):  # the two glues agree exactly here
+        chain = plan_chain(net, ["conv"], X)
+        assert chain.steps == ["conv", "pool", "@mean", "fc"]
+        assert torch.equal(run_steps(net, chain.steps, X[0]), net(X[0]))
     last = FlattenLast().eval()
     chain = plan_chain(last, ["conv"], X)
     assert chain.steps == ["conv", "pool", FLATTEN]

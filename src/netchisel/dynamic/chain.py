@@ -13,6 +13,7 @@ where the nearest split point is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +25,31 @@ from netchisel.core.modules import sample_of
 
 STAGE = "dynamic.early_exit"
 FLATTEN = "@flatten"
-"""The one step that is not a module: `torch.flatten(x, 1)`, which torchvision's classifiers
+"""A step that is not a module: `torch.flatten(x, 1)`, which torchvision's classifiers
 (ResNet, VGG, MobileNetV3, EfficientNet, RegNet) call in `forward` between their pooling and
-their classifier. Put into a chain only where one forward shows that it is what happens there.
-("@" cannot start a module path that `plan_chain` would choose: it is kept apart by `is_glue`.)
-"""
+their classifier."""
+
+
+def _spatial_mean(x: Tensor) -> Tensor:
+    return x.mean(list(range(2, x.dim())))
+
+
+def _pool_flatten(x: Tensor) -> Tensor:
+    pool = nn.functional.adaptive_avg_pool2d if x.dim() == 4 else nn.functional.adaptive_avg_pool1d
+    return torch.flatten(pool(x, 1), 1)
+
+
+GLUE: dict[str, Callable[[Tensor], Tensor]] = {
+    FLATTEN: lambda x: torch.flatten(x, 1),
+    "@mean": _spatial_mean,  # x.mean([2, 3]): torchvision's ShuffleNetV2 and MNASNet
+    # F.adaptive_avg_pool2d(x, 1) then flatten (MobileNetV2): on this CPU bit for bit the
+    # mean above, which is tried first; kept for a kernel where the two round differently.
+    "@avgpool": _pool_flatten,
+}
+"""The steps that are not modules: parameter-free reshapes and poolings a forward does between
+two children (or after the last). One is put into a chain only where one forward shows that
+it gives exactly what the next child received; `@` cannot start a module path that
+`plan_chain` would choose, so they never clash with a module's name."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +75,9 @@ def run_steps(backbone: nn.Module, steps: list[str], x: Tensor) -> Tensor:
         torch.Size([1, 3])
     """
     for step in steps:
-        if step == FLATTEN:
-            x = torch.flatten(x, 1)
+        glue = GLUE.get(step)
+        if glue is not None:
+            x = glue(x)
             continue
         module = backbone
         # The children tables directly: get_submodule's checks cost ~15 us a step at batch 1,
@@ -192,8 +214,8 @@ def _open(
         )
     by_path = dict(children)
     for step in order:
-        if step == FLATTEN:
-            steps.append(FLATTEN)
+        if step in GLUE:
+            steps.append(step)
         else:
             _open(by_path[step], step, exits, inputs, outputs, steps)
 
@@ -205,9 +227,9 @@ def _chain_of(
     inputs: dict[str, Any],
     outputs: dict[str, Any],
 ) -> list[str] | str:
-    """`module`'s children that its forward calls, as steps (with `FLATTEN` where it flattens
-    between them), if running them in order gives exactly its recorded output on the example;
-    else why not."""
+    """`module`'s children that its forward calls, as steps (with a `GLUE` step where it
+    flattens or pools between them), if running them in order gives exactly its recorded
+    output on the example; else why not."""
     if _is_plain_sequential(module):
         return [p for p, _ in children]
     x, want = inputs.get(path), outputs.get(path)
@@ -221,10 +243,10 @@ def _chain_of(
             for child_path, child in children:
                 if child_path not in inputs:
                     continue  # not called by the forward (an auxiliary head): not a step
-                seen = inputs.get(child_path)
-                if order and _flattens_to(x, seen):
-                    order.append(FLATTEN)
-                    x = torch.flatten(x, 1)
+                glue = _glue_to(x, inputs.get(child_path)) if order else None
+                if glue is not None:
+                    order.append(glue)
+                    x = GLUE[glue](x)
                 try:
                     x = child(x)
                 except Exception as e:  # any failure (an assert in its forward too): no chain
@@ -235,20 +257,21 @@ def _chain_of(
                 order.append(child_path)
     finally:
         module.train(was_training)
-    if _flattens_to(x, want):
-        order.append(FLATTEN)
-        x = torch.flatten(x, 1)
+    glue = _glue_to(x, want)
+    if glue is not None:
+        order.append(glue)
+        x = GLUE[glue](x)
     if x.shape != want.shape or not torch.equal(x, want):
         return "running them one after the other does not give its output"
     return order
 
 
-def _flattens_to(x: Tensor, seen: Any) -> bool:
-    """Whether `seen` is exactly `torch.flatten(x, 1)` (and not `x` itself)."""
-    return (
-        isinstance(seen, Tensor)
-        and x.dim() > 2
-        and seen.shape != x.shape
-        and seen.shape == torch.flatten(x, 1).shape
-        and torch.equal(torch.flatten(x, 1), seen)
-    )
+def _glue_to(x: Tensor, seen: Any) -> str | None:
+    """The `GLUE` step that turns `x` exactly into `seen` (of another shape), if one does."""
+    if not isinstance(seen, Tensor) or x.dim() <= 2 or seen.dim() != 2 or seen.shape == x.shape:
+        return None
+    for name, glue in GLUE.items():
+        got = glue(x)
+        if got.shape == seen.shape and torch.equal(got, seen):
+            return name
+    return None

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
-from netchisel.dynamic.chain import FLATTEN
+from netchisel.dynamic.chain import GLUE
 from netchisel.dynamic.confidence import fires, score
 from netchisel.measure.flops import count_flops
 
@@ -99,7 +99,7 @@ def exit_macs(model: ExitModel, x: Tensor) -> ExitCosts:
     """
     count = count_flops(_Everything(model), x[:1])  # type: ignore[arg-type]
     by_module = count.macs_by_module
-    steps = [0 if s == FLATTEN else by_module[f"model.backbone.{s}"] for s in model.steps]
+    steps = [0 if s in GLUE else by_module[f"model.backbone.{s}"] for s in model.steps]
     deciders = len(model.deciders)
     heads = [
         by_module[f"model.heads.{k}"] + (by_module[f"model.deciders.{k}"] if deciders else 0)

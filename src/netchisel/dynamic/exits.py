@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.dynamic.chain import FLATTEN, run_steps
+from netchisel.dynamic.chain import GLUE, run_steps
 from netchisel.dynamic.confidence import CRITERIA, check_threshold, exits_now, fires, never
 from netchisel.dynamic.costs import exit_costs
 from netchisel.dynamic.deciders import check_decider
@@ -89,7 +89,7 @@ class EarlyExitModel(nn.Module):
         after, steps = self.exit_after, self.steps
         modules = dict(self.backbone.named_modules())
         for step in steps if isinstance(steps, list) else [steps]:
-            if not isinstance(step, str) or not (step == FLATTEN or (step and step in modules)):
+            if not isinstance(step, str) or not (step in GLUE or (step and step in modules)):
                 raise ConfigError(
                     f"dynamic.early_exit: step {step!r} is not a module of the backbone"
                 )

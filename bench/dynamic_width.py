@@ -7,15 +7,19 @@ Run: .venv/bin/python bench/dynamic_width.py  ->  bench/results/dynamic_width.js
 Models: the zoo's trained `cnn` on digits32 (1,257 / 270 / 270 images; widths 0.25 / 0.5 /
 0.75 / 1.0 of 32 / 64 / 128 channels) and the zoo's trained `mnist1d_cnn` on MNIST-1D (3,500 /
 500 / 1,000 sequences; widths 0.5 / 0.75 / 1.0 of 25 channels: at 0.25, 6 channels, it scores
-about a third). For each seed (the gate's initial weights and the data order) the
-`dynamic.width` stage sorts channels by importance, trains all widths together (switchable
-BatchNorm, in-place distillation from the widest), re-estimates each width's BatchNorm
-statistics, trains the gate, and calibrates the gate's bias on the validation split to the
-least mean MACs within `max_drop` = 0.5 points of the static model, by the stage's default
-"agreement" rule (the Clopper-Pearson bound, at confidence 0.5, on the rate of samples sent to
-a narrower width whose answer differs from the widest's; `netchisel.dynamic.thresholds`); the
-point-estimate "accuracy" rule is recorded beside it (`accuracy_rule`). Measured on the test
-split, which no choice saw, with the saved-and-loaded artifact:
+about a third), and the zoo's trained `mnist1d_deep_cnn` on the same data (widths 0.25 / 0.5 /
+0.75 / 1.0 of 16 / 32 / 64 channels). Each also as `<model>_original`: `teacher: original`
+(a frozen copy of the trained model teaches every width, the widest included, instead of the
+widest learning the labels), lr 5e-4 instead of 2e-3. For each seed (the gate's initial
+weights and the data order) the `dynamic.width` stage sorts channels by importance, trains
+all widths together (switchable BatchNorm, in-place distillation from the widest or the
+original), re-estimates each width's BatchNorm statistics, trains the gate, and calibrates
+the gate's bias on the validation split to the least mean MACs within `max_drop` = 0.5
+points of the static model, by the stage's default "agreement" rule (the Clopper-Pearson
+bound, at confidence 0.5, on the rate of samples sent to a narrower width whose answer differs
+from the widest's; `netchisel.dynamic.thresholds`); the point-estimate "accuracy" rule is
+recorded beside it (`accuracy_rule`). Measured on the test split, which no choice saw, with
+the saved-and-loaded artifact:
 
 - accuracy of each width alone (no gate) and of the gated model, against mean MACs per sample
   (exact count_flops per width, weighted by where the gate sent the test samples;
@@ -81,6 +85,7 @@ SETUPS: dict[str, dict[str, Any]] = {
             "steps": 200,
             "lr": 2e-3,
             "gate_steps": 200,
+            "teacher": "widest",
         },
     },
     "mnist1d_cnn": {
@@ -91,9 +96,30 @@ SETUPS: dict[str, dict[str, Any]] = {
             "steps": 3000,
             "lr": 2e-3,
             "gate_steps": 600,
+            "teacher": "widest",
+        },
+    },
+    # The deeper MNIST-1D CNN (six conv-BN-ReLU layers of 16 / 32 / 64 channels).
+    "mnist1d_deep_cnn": {
+        "zoo": "mnist1d_deep_cnn",
+        "task": "mnist1d",
+        "config": {
+            "widths": (0.25, 0.5, 0.75, 1.0),
+            "steps": 3000,
+            "lr": 2e-3,
+            "gate_steps": 600,
+            "teacher": "widest",
         },
     },
 }
+# The same three with `teacher: original` (the stage's default since these runs): a frozen copy
+# of the trained model teaches every width, the widest included, at a fine-tuning rate.
+for _name in list(SETUPS):
+    _setup = SETUPS[_name]
+    SETUPS[f"{_name}_original"] = {
+        **_setup,
+        "config": {**_setup["config"], "teacher": "original", "lr": 5e-4},
+    }
 
 
 def _split(task: Any, split: str) -> tuple[Tensor, Tensor]:
@@ -479,7 +505,9 @@ def render(d: dict[str, Any]) -> str:
         f" its bias calibrated on the validation split to the least mean MACs within"
         f" {s['max_drop_points']} points of the static model; measured on the test split with the"
         f" saved-and-loaded artifact. Seeds {seeds}: median (min-max). Speed-up = static time /"
-        " time, one thread, round-robin in one run.",
+        " time, one thread, round-robin in one run. Arms named `*_original` train with"
+        " `teacher: original` (a frozen copy of the trained model teaches every width, the"
+        " widest included) at lr 5e-4.",
         "",
         "| model | width | MACs / sample | test accuracy % | drop (points) |",
         "|---|---|---:|---:|---:|",

@@ -114,7 +114,7 @@ def test_recalibration_sweeps_budgets_and_a_given_bias_is_used() -> None:
         ({"max_drop": 101}, "max_drop must be in [0, 100] points, got 101.0"),
         ({"gate_steps": 0}, "gate_steps must be >= 1, got 0"),
         ({"training": "random"}, "training"),
-        ({"teacher": "labels"}, "teacher: 'labels' is not one of 'widest', 'original'"),
+        ({"teacher": "labels"}, "teacher: 'labels' is not one of 'original', 'widest'"),
     ],
 )
 def test_bad_configs(data: dict[str, object], message: str) -> None:

@@ -8,10 +8,11 @@
    (switchable BatchNorm, Yu et al. 2018): `training: all` runs every width each step (the
    slimmable-network rule), `training: sandwich` the widest, the narrowest and
    `sandwich_random` others drawn at random (US-Nets' sandwich rule, Yu & Huang 2019). With
-   `teacher: widest` (default) the widest learns the labels and, with `distill`, the others
-   learn its soft outputs (in-place distillation, at `temperature`), else the labels; with
-   `teacher: original` a frozen copy of the model handed in is the teacher: the widest, and
-   with `distill` the others, learn its soft outputs. Then every width's BatchNorm statistics
+   `teacher: original` (default) a frozen copy of the trained model handed in is the teacher:
+   the widest, and with `distill` the others, learn its soft outputs (at `temperature`), so
+   the full width stays near the model; with `teacher: widest` (for a model trained from
+   scratch) the widest learns the labels and, with `distill`, the others learn its soft
+   outputs (in-place distillation), else the labels. Then every width's BatchNorm statistics
    are re-estimated on `calibrate_norms` training samples (US-Nets' post-training statistics).
 3. Train the gate (`width_gate`) on the train split for `gate_steps`, its target per sample the
    narrowest width still sure of the label, with `cost_weight` pricing the MACs.
@@ -61,9 +62,9 @@ class WidthConfig(TrainConfig):
     - `reorder`: sort channels by importance before training (narrow widths keep the best);
     - `training`: "all" (every width each step) or "sandwich" (widest, narrowest and
       `sandwich_random` random others); `distill`: narrower widths learn the teacher's soft
-      outputs at `temperature` (else the labels); `teacher`: "widest" (the widest learns the
-      labels and teaches the others) or "original" (a frozen copy of the model handed in
-      teaches every width, the widest included, so the full width stays near the original);
+      outputs at `temperature` (else the labels); `teacher`: "original" (a frozen copy of the
+      model handed in teaches every width, the widest included, so the full width stays near
+      it) or "widest" (the widest learns the labels and teaches the others);
       `epochs` / `steps`: its length;
     - `calibrate_norms`: training samples re-estimating each width's BatchNorm statistics
       after training (0: keep the running ones);
@@ -87,7 +88,7 @@ class WidthConfig(TrainConfig):
     training: Literal["all", "sandwich"] = "all"
     sandwich_random: int = 1
     distill: bool = True
-    teacher: Literal["widest", "original"] = "widest"
+    teacher: Literal["original", "widest"] = "original"
     temperature: float = 1.0
     epochs: float = 1.0
     steps: int | None = None

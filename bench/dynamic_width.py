@@ -8,7 +8,7 @@ Models: the zoo's trained `cnn` on digits32 (1,257 / 270 / 270 images; widths 0.
 0.75 / 1.0 of 32 / 64 / 128 channels) and the zoo's trained `mnist1d_cnn` on MNIST-1D (3,500 /
 500 / 1,000 sequences; widths 0.5 / 0.75 / 1.0 of 25 channels: at 0.25, 6 channels, it scores
 about a third), and the zoo's trained `mnist1d_deep_cnn` on the same data (widths 0.25 / 0.5 /
-0.75 / 1.0 of 16 / 32 / 64 channels). Each also as `<model>_original`: `teacher: original`
+0.75 / 1.0 of 16 / 32 / 64 channels). Each also as `<model>_original`: `distill_from: original`
 (a frozen copy of the trained model teaches every width, the widest included, instead of the
 widest learning the labels), lr 5e-4 instead of 2e-3. For each seed (the gate's initial
 weights and the data order) the `dynamic.width` stage sorts channels by importance, trains
@@ -85,7 +85,7 @@ SETUPS: dict[str, dict[str, Any]] = {
             "steps": 200,
             "lr": 2e-3,
             "gate_steps": 200,
-            "teacher": "widest",
+            "distill_from": "widest",
         },
     },
     "mnist1d_cnn": {
@@ -96,7 +96,7 @@ SETUPS: dict[str, dict[str, Any]] = {
             "steps": 3000,
             "lr": 2e-3,
             "gate_steps": 600,
-            "teacher": "widest",
+            "distill_from": "widest",
         },
     },
     # The deeper MNIST-1D CNN (six conv-BN-ReLU layers of 16 / 32 / 64 channels).
@@ -108,17 +108,17 @@ SETUPS: dict[str, dict[str, Any]] = {
             "steps": 3000,
             "lr": 2e-3,
             "gate_steps": 600,
-            "teacher": "widest",
+            "distill_from": "widest",
         },
     },
 }
-# The same three with `teacher: original` (the stage's default since these runs): a frozen copy
+# The same three with `distill_from: original` (the stage's default since these runs): a frozen copy
 # of the trained model teaches every width, the widest included, at a fine-tuning rate.
 for _name in list(SETUPS):
     _setup = SETUPS[_name]
     SETUPS[f"{_name}_original"] = {
         **_setup,
-        "config": {**_setup["config"], "teacher": "original", "lr": 5e-4},
+        "config": {**_setup["config"], "distill_from": "original", "lr": 5e-4},
     }
 
 
@@ -506,7 +506,7 @@ def render(d: dict[str, Any]) -> str:
         f" {s['max_drop_points']} points of the static model; measured on the test split with the"
         f" saved-and-loaded artifact. Seeds {seeds}: median (min-max). Speed-up = static time /"
         " time, one thread, round-robin in one run. Arms named `*_original` train with"
-        " `teacher: original` (a frozen copy of the trained model teaches every width, the"
+        " `distill_from: original` (a frozen copy of the trained model teaches every width, the"
         " widest included) at lr 5e-4.",
         "",
         "| model | width | MACs / sample | test accuracy % | drop (points) |",

@@ -334,6 +334,7 @@ RUN_LAYOUTS = (
 
 def _print_summary(report: dict[str, Any], directory: Path) -> None:
     from netchisel.report.render import (
+        dynamic_note,
         fit_layout,
         latency_setup,
         table_rows,
@@ -368,6 +369,8 @@ def _print_summary(report: dict[str, Any], directory: Path) -> None:
     missing = uncounted_ops(report)
     if missing:
         console.print(f"FLOPs do not include these ops (no formula): {', '.join(missing)}")
+    if note := dynamic_note(report):
+        console.print(note)
     console.print(f"report: {directory / 'report.html'} (also report.md, report.json)")
     console.print(f"model:  {directory / 'model'}")
 

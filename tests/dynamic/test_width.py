@@ -114,7 +114,7 @@ def test_recalibration_sweeps_budgets_and_a_given_bias_is_used() -> None:
         ({"max_drop": 101}, "max_drop must be in [0, 100] points, got 101.0"),
         ({"gate_steps": 0}, "gate_steps must be >= 1, got 0"),
         ({"training": "random"}, "training"),
-        ({"teacher": "labels"}, "teacher: 'labels' is not one of 'original', 'widest'"),
+        ({"distill_from": "labels"}, "distill_from: 'labels' is not one of 'original', 'widest'"),
     ],
 )
 def test_bad_configs(data: dict[str, object], message: str) -> None:
@@ -216,7 +216,7 @@ def test_sandwich_without_distillation_trains() -> None:
 
 def test_the_original_teacher_keeps_the_full_width_near_the_model_handed_in() -> None:
     # Labels drawn at random, unrelated to the model: the widest learning them moves the full
-    # width away from the model handed in; with `teacher: original` it learns that model's
+    # width away from the model handed in; with `distill_from: original` it learns that model's
     # soft outputs instead, and the labels are not used.
     g = torch.Generator().manual_seed(1)
     x = torch.randn(192, 1, 8, generator=g)
@@ -230,7 +230,7 @@ def test_the_original_teacher_keeps_the_full_width_near_the_model_handed_in() ->
     for teacher in ("widest", "original"):
         net = bn_chain()
         before = copy.deepcopy(net).eval()
-        config = WidthConfig(max_drop=100.0, teacher=teacher, **FAST)  # type: ignore[arg-type]
+        config = WidthConfig(max_drop=100.0, distill_from=teacher, **FAST)  # type: ignore[arg-type]
         model = dynamic_width(net, config, Context(task, quiet=True))
         assert isinstance(model, WidthModel)
         with torch.no_grad():

@@ -162,6 +162,24 @@ def test_a_dynamic_stage_gets_a_trade_off_table_and_two_plots(tmp_path: Path) ->
     assert page.count("<svg") == 6 and "accuracy vs mean MACs" in page and "paths taken" in page
 
 
+def test_a_dynamic_model_s_flops_are_its_expected_flops_not_the_profiled_batch_s(
+    tmp_path: Path,
+) -> None:
+    # An early-exit model profiled on one easy sample counts only the first exit's MACs: the
+    # table showed those (77.6k of a 646k model) as if every sample cost that.
+    report: Any = _report()
+    profile = report["steps"][1]["profile"]
+    profile["expected_macs"] = 3_000.0  # per sample, under the calibration split; batch 8
+    rows = table_rows(report)
+    assert [r["flops"] for r in rows] == [human(report["steps"][0]["profile"]["flops"]), "48k exp."]
+    md = render_markdown(report)
+    assert "| 48k exp. |" in md and "exp.: a dynamic model's expected FLOPs" in md
+    write_reports(report, tmp_path)
+    assert "exp.: a dynamic model&#x27;s expected FLOPs" in (tmp_path / "report.html").read_text()
+    profile["expected_macs"] = profile["macs"] / profile["batch_size"]  # a static model's
+    assert "exp." not in render_markdown(report)
+
+
 def test_the_evaluate_row_shows_the_split_it_evaluated() -> None:
     md = render_markdown(_pruned_then_tested())
     # the test split's accuracy, not the validation accuracy the runner measured beside it

@@ -8,9 +8,9 @@
    (switchable BatchNorm, Yu et al. 2018): `training: all` runs every width each step (the
    slimmable-network rule), `training: sandwich` the widest, the narrowest and
    `sandwich_random` others drawn at random (US-Nets' sandwich rule, Yu & Huang 2019). With
-   `teacher: original` (default) a frozen copy of the trained model handed in is the teacher:
+   `distill_from: original` (default) a frozen copy of the trained model handed in is the teacher:
    the widest, and with `distill` the others, learn its soft outputs (at `temperature`), so
-   the full width stays near the model; with `teacher: widest` (for a model trained from
+   the full width stays near the model; with `distill_from: widest` (for a model trained from
    scratch) the widest learns the labels and, with `distill`, the others learn its soft
    outputs (in-place distillation), else the labels. Then every width's BatchNorm statistics
    are re-estimated on `calibrate_norms` training samples (US-Nets' post-training statistics).
@@ -62,7 +62,7 @@ class WidthConfig(TrainConfig):
     - `reorder`: sort channels by importance before training (narrow widths keep the best);
     - `training`: "all" (every width each step) or "sandwich" (widest, narrowest and
       `sandwich_random` random others); `distill`: narrower widths learn the teacher's soft
-      outputs at `temperature` (else the labels); `teacher`: "original" (a frozen copy of the
+      outputs at `temperature` (else the labels); `distill_from`: "original" (a frozen copy of the
       model handed in teaches every width, the widest included, so the full width stays near
       it) or "widest" (the widest learns the labels and teaches the others);
       `epochs` / `steps`: its length;
@@ -88,7 +88,7 @@ class WidthConfig(TrainConfig):
     training: Literal["all", "sandwich"] = "all"
     sandwich_random: int = 1
     distill: bool = True
-    teacher: Literal["original", "widest"] = "original"
+    distill_from: Literal["original", "widest"] = "original"
     temperature: float = 1.0
     epochs: float = 1.0
     steps: int | None = None
@@ -159,7 +159,7 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
     widths = list(config.widths)
     plan = plan_width(model, widths, example)
     reference = split_accuracy(model, task, config.split, STAGE)
-    original = copy.deepcopy(model).eval() if config.teacher == "original" else None
+    original = copy.deepcopy(model).eval() if config.distill_from == "original" else None
     with restored_on_error(model):
         if config.reorder:
             reorder_channels_(model, plan)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -121,7 +122,9 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, str]]:
                 "params": f"{params:,}",
                 "params_nonzero": f"{nonzero:,}",
                 "params_nz": f"{params:,}" + (f" (nz {nonzero:,})" if nonzero < params else ""),
-                "flops": human(p["flops"]),
+                "flops": f"{human(2 * p['expected_macs'] * p['batch_size'])} exp."
+                if is_dynamic(p)
+                else human(p["flops"]),
                 "bytes_on_disk": human_bytes(p["bytes_on_disk"]),
                 "latency": latency,
                 "latency_ms": median,
@@ -205,6 +208,34 @@ def table_width(
         15
     """
     return 1 + sum(3 + max([len(titles[key]), *(len(row[key]) for row in rows)]) for key in layout)
+
+
+DYNAMIC_NOTE = (
+    "exp.: a dynamic model's expected FLOPs per batch, 2 x its expected MACs per sample on its"
+    " calibration split x the batch size, without the FLOPs beyond MACs (the profiled batch"
+    " alone took one set of paths); its latency and energy are those of the profiled batch."
+)
+
+
+def is_dynamic(profile: dict[str, Any]) -> bool:
+    """Whether a step's profile summary is a dynamic model's: its expected MACs per sample
+    (under its calibration split) are not those of the profiled batch.
+
+    Example:
+        >>> is_dynamic({"macs": 120, "batch_size": 4, "expected_macs": 30.0})
+        False
+        >>> is_dynamic({"macs": 120, "batch_size": 4, "expected_macs": 55.5})
+        True
+    """
+    expected = profile.get("expected_macs")
+    return expected is not None and not math.isclose(
+        expected * profile["batch_size"], profile["macs"], rel_tol=1e-9
+    )
+
+
+def dynamic_note(report: dict[str, Any]) -> str | None:
+    """What the `exp.` FLOPs cells mean, if a step has one."""
+    return DYNAMIC_NOTE if any(is_dynamic(s["profile"]) for s in report["steps"]) else None
 
 
 def human(n: float) -> str:
@@ -303,6 +334,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     uncounted = uncounted_ops(report)
     if uncounted:
         lines += ["", f"FLOPs do not include these ops (no formula): {', '.join(uncounted)}"]
+    if note := dynamic_note(report):
+        lines += ["", note]
     for step in report["steps"]:
         lines += sensitivity_table(step)
         lines += dynamic_table(step)
@@ -425,6 +458,8 @@ def render_html(report: dict[str, Any]) -> str:
     title = html.escape(f"netchisel report: {report['recipe'].get('name', 'recipe')}")
     machine = html.escape(json.dumps(report.get("machine", {}), indent=1))
     setup = f"<p>{html.escape(latency_setup(report) or '')}</p>"
+    note = dynamic_note(report)
+    dynamic = f"<p>{html.escape(note)}</p>" if note else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -439,6 +474,7 @@ artifact's size; latency is measured.</p>
 {setup}
 <table><tr>{head}</tr>{body}</table>
 {warning if missing else ""}
+{dynamic}
 <h2>Metrics</h2><ul>{metric_items}</ul>
 <h2>Plots</h2>{plots}
 <h2>Machine</h2><pre>{machine}</pre>

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from netchisel.pipeline.sources import (
     stage_context,
     teacher_source,
 )
-from netchisel.stages import get_stage
+from netchisel.stages import get_stage, stage_names
 from netchisel.zoo import data
 
 # An mlp over 8x8 digits with one hidden layer of 32: 64*32 + 32 + 32*10 + 10 parameters.
@@ -86,3 +87,15 @@ def test_the_runner_loads_a_distill_stage_teacher(tmp_path: Path) -> None:
     records = report["steps"][1]["records"]
     assert records["teacher_params"] == TEACHER_PARAMS
     assert records["student_params"] == 64 * 16 + 16 + 16 * 10 + 10
+
+
+def test_only_a_model_valued_field_is_called_teacher() -> None:
+    # The loader reads any stage's `teacher:` as a model (`teacher_source`): dynamic.width's
+    # choice of teacher, once named `teacher`, failed in every recipe ("unknown zoo model
+    # 'original'"). A stage with a `teacher` field must mean a model by it.
+    holders = [
+        get_stage(name).config_class
+        for name in stage_names()
+        if "teacher" in {f.name for f in dataclasses.fields(get_stage(name).config_class)}
+    ]
+    assert holders == [DistillConfig]

@@ -172,6 +172,7 @@ def test_a_dynamic_model_s_flops_are_its_expected_flops_not_the_profiled_batch_s
     profile["expected_macs"] = 3_000.0  # per sample, under the calibration split; batch 8
     rows = table_rows(report)
     assert [r["flops"] for r in rows] == [human(report["steps"][0]["profile"]["flops"]), "48k exp."]
+    assert [r["latency_ms"] for r in rows] == ["1.250", "1.250 *"]
     md = render_markdown(report)
     assert "| 48k exp. |" in md and "exp.: a dynamic model's expected FLOPs" in md
     write_reports(report, tmp_path)

@@ -113,6 +113,8 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, str]]:
             latency = median = f"{p['latency_ms']:.3f}"
             if lat:
                 latency += f" ({lat['p10_ms']:.3f}-{lat['p90_ms']:.3f})"
+            if is_dynamic(p):  # one batch's own paths, not the expectation: marked
+                latency, median = f"{latency} *", f"{median} *"
         params, nonzero = p["params"], p["params_nonzero"]
         rows.append(
             {
@@ -213,7 +215,8 @@ def table_width(
 DYNAMIC_NOTE = (
     "exp.: a dynamic model's expected FLOPs per batch, 2 x its expected MACs per sample on its"
     " calibration split x the batch size, without the FLOPs beyond MACs (the profiled batch"
-    " alone took one set of paths); its latency and energy are those of the profiled batch."
+    " alone took one set of paths). *: its latency (and energy estimate) are those of the"
+    " profiled batch's own paths; a benchmark timing it over a whole split is the one to trust."
 )
 
 

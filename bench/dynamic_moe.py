@@ -49,13 +49,14 @@ median over seeds of `upcycle_balance_1` (part 3, balance weight 1 = 100x Switch
    wider FFNs would be the other equal-total comparison; it does not fit this machine's
    budget.) `switch_no_balance` trains `switch` with balance 0; `switch_balance_0.1` and
    `switch_balance_1` with 10x and 100x Switch's weight, and `switch_400_steps` with
-   Switch's weight for 4x the steps. Seeds 0-2. The routing of the arms in the committed JSON
-   was measured on the val split (their `routing_split`), by the run of 2026-12-06, before
-   this script measured routing on test; `--part switch` re-measures them on test. Part 3
-   records how much of the FFN inputs' second moment is their mean over tokens
-   (`mlp_input_mean_share_by_layer`, first 64 test windows; 1 = every token the same
-   vector) for the untrained gpt, the dense gpt after part 2's 100 steps (seed 0) and the
-   trained zoo gpt.
+   Switch's weight for 4x the steps; `switch_1600_steps`, `switch_balance_1_1600_steps` and
+   `dense_1600_steps` train 16x as long (added with `--part switch --arms ...`). Seeds 0-2.
+   The routing of the arms in the committed JSON was measured on the val split (their
+   `routing_split`), by the run of 2026-12-06, before this script measured routing on test;
+   `--part switch` re-measures them on test. Part 3 records how much of the FFN inputs'
+   second moment is their mean over tokens (`mlp_input_mean_share_by_layer`, first 64 test
+   windows; 1 = every token the same vector) for the untrained gpt, the dense gpt after
+   part 2's 100 and 1,600 steps and the trained zoo gpt.
 3. Upcycling (`dynamic.moe`, method switch, init upcycle; Komatsuzaki et al. 2022): every
    expert a copy of the trained gpt's FFN, a fresh router, top-2 with gates renormalised over
    the two (so the layer starts as the dense block; Sparse Upcycling routes its decoder
@@ -82,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 from typing import Any
 
@@ -115,8 +117,17 @@ ARMS = {
     "switch_balance_0.1": (512, 0.1),
     "switch_balance_1": (512, 1.0),
     "switch_400_steps": (512, 0.01),  # 4x longer: does Switch's weight reach the target?
+    # 16x longer: is the miss from scratch under-training? (and the dense model alike)
+    "dense_1600_steps": (0, 0.0),
+    "switch_1600_steps": (512, 0.01),
+    "switch_balance_1_1600_steps": (512, 1.0),
 }
-LONGER = {"switch_400_steps": 400}  # arms trained for other than SWITCH_STEPS
+LONGER = {  # arms trained for other than SWITCH_STEPS
+    "switch_400_steps": 400,
+    "dense_1600_steps": 1600,
+    "switch_1600_steps": 1600,
+    "switch_balance_1_1600_steps": 1600,
+}
 ALL_ARMS = dict(ARMS)
 SWITCH_BATCH = 8
 TRAIN = {"lr": 3e-3, "weight_decay": 0.01}
@@ -310,8 +321,9 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
             ctx = Context(task, seed=seed, quiet=True)
             start = time.perf_counter()
             row: dict[str, Any] = {}
-            if arm == "dense":
-                fit(model, task, settings, ctx)
+            if hidden == 0:  # a dense arm
+                steps = LONGER.get(arm, SWITCH_STEPS)
+                fit(model, task, dataclasses.replace(settings, steps=steps), ctx)
                 model.eval()
                 ffn_active = ffn_macs_per_token(model, one)
                 row["mlp_input_mean_share_by_layer"] = mlp_input_mean_share(model, task)
@@ -340,8 +352,9 @@ def switch_arms(task: Any, one: tuple[torch.Tensor, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for arm, rows in runs.items():
         out[arm] = {**shapes[arm], **summarise(rows)}
-        if arm != "dense":
+        if ARMS[arm][0] != 0:
             out[arm]["balance"] = ARMS[arm][1]
+        if ARMS[arm][0] != 0 or arm in LONGER:
             out[arm]["steps"] = LONGER.get(arm, SWITCH_STEPS)
     return out
 
@@ -510,6 +523,7 @@ def main() -> None:
     if args.quick:
         SEEDS, SWITCH_STEPS, UPCYCLE_STEPS, MOEFY_K, FINETUNE_K = (0,), 5, 5, (2, 8), (2,)
         MOEFY["router_steps"] = 20
+        LONGER.update(dict.fromkeys(LONGER, 5))
         MOEFY_FINETUNE["finetune_steps"] = 5
     torch.set_num_threads(1)  # a shared 2-core machine: more threads only add contention
     task = data.task("text", block_size=128)
@@ -659,20 +673,28 @@ def render(d: dict[str, Any]) -> str:
         *_routing_table(sw["arms"], sw["steps"]),
         *_per_layer(sw["arms"]),
     ]
-    share = sw["arms"]["dense"].get("mlp_input_mean_share_by_layer")
-    if share and "upcycle" in d:
+    dense = {
+        arm.get("steps", sw["steps"]): share
+        for arm in sw["arms"].values()
+        if (share := arm.get("mlp_input_mean_share_by_layer"))
+    }
+    if dense and "upcycle" in d:
         known = d["upcycle"]["mlp_input_mean_share_by_layer"]
 
         def span(values: list[float]) -> str:
             return f"{min(values):.2f}-{max(values):.2f}"
 
+        after = "; ".join(
+            f"dense after {steps} steps, medians over seeds "
+            f"{span([v['median'] for v in share.values()])} (all seeds "
+            f"{span([v['min'] for v in share.values()] + [v['max'] for v in share.values()])})"
+            for steps, share in dense.items()
+        )
         lines += [
             "",
             "Share of the FFN inputs' second moment that is their mean over tokens (1: every "
             "token brings the same vector), per layer: untrained gpt "
-            f"{span(list(known['untrained'].values()))}; dense after {sw['steps']} steps, "
-            f"medians over seeds {span([v['median'] for v in share.values()])} (all seeds "
-            f"{span([v['min'] for v in share.values()] + [v['max'] for v in share.values()])}); "
+            f"{span(list(known['untrained'].values()))}; {after}; "
             f"trained zoo gpt {span(list(known['trained'].values()))}.",
         ]
     if "upcycle" in d:

@@ -1,5 +1,6 @@
 """A search over a dynamic stage's options, like any other stage's: early exit's accuracy
-budget and exit point, optimised for accuracy against the expected MACs per sample."""
+budget and exit point, per-sample width's narrowest width and budget, and a mixture of experts'
+expert count and top-k, optimised for accuracy against the expected MACs per sample."""
 
 from __future__ import annotations
 
@@ -42,3 +43,46 @@ def test_a_search_tunes_early_exit_options_against_expected_macs(tmp_path: Path)
         assert strict["expected_macs"] >= loose["expected_macs"]
     # An exit after the first conv is cheaper to leave at than one after the second.
     assert trials[("1", 100.0)]["expected_macs"] < trials[("4", 100.0)]["expected_macs"]
+
+
+def _search(
+    tmp_path: Path, space: dict[str, Any], recipe: dict[str, Any], metric: str = "accuracy"
+) -> dict[Any, Any]:
+    spec = {**SPEC, "space": space, "recipe": {**SPEC["recipe"], **recipe}}
+    spec["objectives"] = [metric, "expected_macs"]
+    report = run_search(parse_search_spec(spec), output=tmp_path / "s", quiet=True).report
+    assert report["counts"]["complete"] == 4
+    return {tuple(t["candidate"].values()): t["metrics"] for t in report["trials"]}
+
+
+def test_a_search_tunes_the_widths_and_the_gate_budget(tmp_path: Path) -> None:
+    width = {"widths": ["$narrow", 1.0], "max_drop": "$max_drop", "steps": 3, "gate_steps": 3}
+    trials = _search(
+        tmp_path,
+        {"narrow": [0.25, 0.5], "max_drop": [0.0, 100.0]},
+        {"stages": [{"dynamic.width": {**width, "calibrate_norms": 32}}]},
+    )
+    # Any accuracy allowed: every sample at the narrow width, the narrower the cheaper.
+    assert trials[(0.25, 100.0)]["expected_macs"] < trials[(0.5, 100.0)]["expected_macs"]
+    assert trials[(0.5, 100.0)]["expected_macs"] < trials[(0.5, 0.0)]["expected_macs"]
+
+
+def test_a_search_tunes_the_expert_count_and_top_k(tmp_path: Path) -> None:
+    moe = {"method": "switch", "init": "scratch", "experts": "$experts", "top_k": "$top_k"}
+    trials = _search(
+        tmp_path,
+        {"experts": [2, 4], "top_k": [1, 2]},
+        {
+            "model": {
+                "zoo": "gpt",
+                "pretrained": False,
+                "kwargs": {"n_layer": 1, "n_embd": 16, "n_head": 2, "block_size": 16},
+            },
+            "task": {"zoo": "text", "kwargs": {"block_size": 16}},
+            "stages": [{"dynamic.moe": {**moe, "expert_hidden": 8, "steps": 2, "batch_size": 4}}],
+        },
+        metric="perplexity",
+    )
+    # Top-2 runs two experts per token, top-1 one: more active MACs whatever E is.
+    for experts in (2, 4):
+        assert trials[(experts, 2)]["expected_macs"] > trials[(experts, 1)]["expected_macs"]

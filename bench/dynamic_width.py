@@ -111,8 +111,21 @@ SETUPS: dict[str, dict[str, Any]] = {
             "distill_from": "widest",
         },
     },
+    # A residual network (the zoo's ResNet-20, 16 / 32 / 64 channels): the adds tie every
+    # layer of a stage to one prefix; its channels are not reordered (not a chain).
+    "resnet_digits32": {
+        "zoo": "resnet",
+        "task": "digits32",
+        "config": {
+            "widths": (0.25, 0.5, 0.75, 1.0),
+            "steps": 200,
+            "lr": 2e-3,
+            "gate_steps": 200,
+            "distill_from": "widest",
+        },
+    },
 }
-# The same three with `distill_from: original` (the stage's default since these runs): a frozen copy
+# The same four with `distill_from: original` (the stage's default since these runs): a frozen copy
 # of the trained model teaches every width, the widest included, at a fine-tuning rate.
 for _name in list(SETUPS):
     _setup = SETUPS[_name]

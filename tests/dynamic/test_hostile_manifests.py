@@ -98,25 +98,25 @@ CASES: list[tuple[Callable[[Path], Path], str, Any, str]] = [
     (_moe, "gating", "os.system", "gating 'os.system' is not one of"),
     # What a manifest could set and nothing checked before (refused at load now, each one
     # line; loaded, they failed at the first forward or gave absurd expected MACs):
-    (_width, "steps", ["os", "1", "2", "3", "4"], "step 'os' of kind 'conv' is not such a"),
-    (_width, "kinds", ["conv", "os.system", "pointwise", "flatten", "linear"], "'os.system'"),
-    (_width, "kinds", ["linear", "norm", "pointwise", "flatten", "linear"], "step '0' of kind"),
+    (_width, "steps", ["os", "1", "4"], "step 'os' of kind 'conv' is not such a"),
+    (_width, "kinds", ["conv", "os.system", "linear"], "'os.system'"),
+    (_width, "kinds", ["linear", "norm", "linear"], "step '0' of kind"),
     (
         _width,
         "channels_out",
-        [[-4, 8], [4, 8], [4, 8], [64, 128], [2, 2]],
+        [[-4, 8], [4, 8], [2, 2]],
         r"step '0': channel counts \[-4, 8\] are not prefixes of its 8 channels",
     ),
     (
         _width,
         "channels_in",
-        [[1, 1], [4, 8], [4, 8], [4, 8], [64, 1280]],
+        [[1, 1], [4, 8], [64, 1280]],
         r"step '4': channel counts \[64, 1280\] are not prefixes of its 128",
     ),
     (
         _width,
         "channels_in",
-        [[1, 1], [3, 8], [4, 8], [4, 8], [64, 128]],
+        [[1, 1], [3, 8], [64, 128]],
         r"narrow BatchNorms of \[4\] channels for widths of \[3\]",
     ),
     (_width, "gate_bias", float("nan"), "gate_bias must be a finite number, got nan"),

@@ -21,7 +21,8 @@ from netchisel.dynamic.width import (
 )
 from netchisel.dynamic.width_gate import make_gate
 from netchisel.dynamic.width_model import WidthModel
-from netchisel.dynamic.width_slim import plan_width, reorder_channels_
+from netchisel.dynamic.width_reorder import reorder_channels_
+from netchisel.dynamic.width_slim import plan_width
 from tests.dynamic._nets import labelled_by
 from tests.dynamic.test_width_slim import bn_chain
 

@@ -5,11 +5,11 @@ import torch
 from torch import nn
 
 from netchisel.core.errors import ConfigError, ModelError
+from netchisel.dynamic.width_reorder import reorder_channels_, why_not_reorderable
 from netchisel.dynamic.width_slim import (
     check_width,
     kept,
     plan_width,
-    reorder_channels_,
     slice_forward,
 )
 from netchisel.zoo.models.sequence import mnist1d_cnn
@@ -58,8 +58,8 @@ def test_kept_channels_and_width_range() -> None:
 def test_plan_of_the_zoo_cnn_and_mnist1d_cnn() -> None:
     widths = [0.25, 0.5, 0.75, 1.0]
     plan = plan_width(cnn(), widths, torch.zeros(2, 1, 32, 32))
-    assert plan.steps[:4] == ["features.conv1", "features.bn1", "features.relu1", "features.pool1"]
-    assert plan.steps[-2:] == ["flatten", "classifier"] and plan.weights == [0, 4, 8, 13]
+    assert plan.steps[:3] == ["features.conv1", "features.bn1", "features.conv2"]
+    assert plan.steps[-1] == "classifier" and plan.weights == [0, 2, 4, 6]
     assert [plan.channels_out[j] for j in plan.weights] == [
         [8, 16, 24, 32],
         [16, 32, 48, 64],
@@ -67,13 +67,47 @@ def test_plan_of_the_zoo_cnn_and_mnist1d_cnn() -> None:
         [10, 10, 10, 10],  # the classes are never cut
     ]
     # The Linear after Flatten reads the first c * 4 * 4 features: the first c channels.
-    assert plan.channels_in[13] == [512, 1024, 1536, 2048]
+    assert plan.channels_in[6] == [512, 1024, 1536, 2048]
     one_d = plan_width(mnist1d_cnn(), widths, torch.zeros(1, 1, 40))
     assert [one_d.channels_out[j] for j in one_d.weights] == [[6, 13, 19, 25]] * 3 + [[10] * 4]
     assert one_d.channels_in[-1] == [30, 65, 95, 125]  # 5 positions per channel
     flat = plan_width(mlp(), [0.5, 1.0], torch.zeros(1, 1, 8, 8))
-    assert flat.kinds == ["flatten", "linear", "pointwise", "linear", "pointwise", "linear"]
+    assert flat.kinds == ["linear", "linear", "linear"]
     assert [flat.channels_in[j] for j in flat.weights] == [[64, 64], [150, 300], [50, 100]]
+
+
+class _Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.gamma, self.head = (
+            nn.Linear(4, 4),
+            nn.Parameter(torch.ones(4)),
+            nn.Linear(4, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc(x) * self.gamma)
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc(self.fc(x)))
+
+
+class _Skip(nn.Module):
+    """A second output that passes no layer after `fc`: its hidden features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.fc(x)
+        return self.head(hidden), hidden
 
 
 @pytest.mark.parametrize(
@@ -82,27 +116,28 @@ def test_plan_of_the_zoo_cnn_and_mnist1d_cnn() -> None:
         (
             nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)),
             torch.zeros(1, 4),
-            "cannot slim 1 (LayerNorm): not a layer whose channels can be cut to a prefix",
+            "cannot slim 1 (LayerNorm): it holds the parameter 'weight'",
         ),
         (
-            nn.Sequential(nn.Conv1d(4, 4, 3, groups=4), nn.Flatten(), nn.Linear(24, 2)),
+            _Scaled(),
+            torch.zeros(1, 4),
+            "cannot slim <root> (_Scaled): it holds the parameter 'gamma'",
+        ),
+        (
+            nn.Sequential(nn.Conv1d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(48, 2)),
             torch.zeros(1, 4, 8),
             "cannot slim 0 (Conv1d): groups=4 ties its channels to its inputs'",
-        ),
-        (
-            nn.Sequential(nn.Conv1d(1, 4, 3), nn.Linear(6, 2)),
-            torch.zeros(1, 1, 8),
-            "cannot slim 1 (Linear): its input is (1, 4, 6): it mixes positions, not channels",
         ),
         (
             nn.Sequential(nn.Flatten(), nn.Linear(4, 2)),
             torch.zeros(1, 4),
             "cannot slim a model with 1 conv/linear layer(s)",
         ),
+        (_Twice(), torch.zeros(1, 4), "cannot slim fc (Linear): it runs more than once"),
         (
-            nn.Linear(4, 2),
+            nn.Sequential(nn.Linear(4, 4), nn.Unflatten(1, (2, 2)), nn.Linear(2, 2)),
             torch.zeros(1, 4),
-            "cannot slim <root> (Linear): its forward is not a chain of nn.Sequential",
+            "the model does not run at width 0.5: unflatten",
         ),
     ],
 )
@@ -112,6 +147,29 @@ def test_what_cannot_be_slimmed_is_named_in_one_line(
     with pytest.raises(ModelError) as err:
         plan_width(net, [0.5, 1.0], x)
     assert f"dynamic.width: {message}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_path_around_the_last_layer_is_refused() -> None:
+    with pytest.raises(ModelError) as err:
+        plan_width(_Skip(), [0.5, 1.0], torch.zeros(1, 4))
+    assert str(err.value).startswith(
+        "dynamic.width: at width 0.5 the model's outputs are [(1, 4), (1, 2)], not [(1, 4), "
+        "(1, 4)]: a path reaches the output without passing the last layer, head;"
+    )
+
+
+def test_only_a_chain_is_reordered() -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.Softmax(-1), nn.Linear(4, 2))
+    plan = plan_width(net, [0.5, 1.0], torch.zeros(1, 4))
+    assert why_not_reorderable(net, plan) == "1 (Softmax) mixes channels"
+    with pytest.raises(
+        ConfigError, match=r"cannot reorder channels: 1 \(Softmax\) mixes channels; s"
+    ):
+        reorder_channels_(net, plan)
+    chain = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    assert why_not_reorderable(_Skip(), plan_width(chain, [1.0], torch.zeros(1, 4))) == (
+        "the model (_Skip) is not a chain of nn.Sequential"
+    )
 
 
 def test_reorder_keeps_the_function_and_puts_the_largest_scales_first() -> None:

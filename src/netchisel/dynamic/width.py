@@ -1,9 +1,11 @@
 """`dynamic.width`: per-sample width, a slimmable network and a small gate choosing the width.
 
-1. Plan (`width_slim.plan_width`): every hidden conv/linear layer of a chain keeps the first
-   `round(w * C)` of its C output channels at width w (one line naming the module that cannot
-   be slimmed). With `reorder`, each layer's channels are first sorted by importance so the
-   narrow widths start from the most important ones (the full width is unchanged).
+1. Plan (`width_slim.plan_width`): every hidden conv/linear layer keeps the first
+   `round(w * C)` of its C output channels at width w, traced through the model's own forward
+   (residual networks included) and proved by `width_masking.check_prefixes` (one line naming
+   what cannot be slimmed). With `reorder` (default: where the model is a chain), each layer's
+   channels are first sorted by importance so the narrow widths start from the most important
+   ones (the full width is unchanged; `width_reorder`).
 2. Train the widths together (`fit`, the one training loop), each with its own BatchNorm
    (switchable BatchNorm, Yu et al. 2018): `training: all` runs every width each step (the
    slimmable-network rule), `training: sandwich` the widest, the narrowest and
@@ -50,8 +52,10 @@ from netchisel.dynamic.width_gate import (
     make_gate,
     outcome,
 )
+from netchisel.dynamic.width_masking import check_prefixes
 from netchisel.dynamic.width_model import WidthModel, width_macs
-from netchisel.dynamic.width_slim import STAGE, check_width, plan_width, reorder_channels_
+from netchisel.dynamic.width_reorder import reorder_channels_, why_not_reorderable
+from netchisel.dynamic.width_slim import STAGE, check_width, plan_width
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class WidthConfig(TrainConfig):
     last 1.0) trained together, and a gate choosing one per input.
 
     - `reorder`: sort channels by importance before training (narrow widths keep the best);
+      None (default): where the model is a chain of nn.Sequential, the only kind it can sort;
     - `training`: "all" (every width each step) or "sandwich" (widest, narrowest and
       `sandwich_random` random others); `distill`: narrower widths learn the teacher's soft
       outputs at `temperature` (else the labels); `distill_from`: "original" (a frozen copy of the
@@ -84,7 +89,7 @@ class WidthConfig(TrainConfig):
     NAME: ClassVar[str] = "dynamic.width"
 
     widths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
-    reorder: bool = True
+    reorder: bool | None = None
     training: Literal["all", "sandwich"] = "all"
     sandwich_random: int = 1
     distill: bool = True
@@ -158,10 +163,14 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
     example = task.example_inputs(2)[0].to(device)
     widths = list(config.widths)
     plan = plan_width(model, widths, example)
+    check_prefixes(WidthModel(model, plan, widths, nn.Identity()), example)
+    reorder = config.reorder
+    if reorder is None:
+        reorder = why_not_reorderable(model, plan) is None
     reference = split_accuracy(model, task, config.split, STAGE)
     original = copy.deepcopy(model).eval() if config.distill_from == "original" else None
     with restored_on_error(model):
-        if config.reorder:
+        if reorder:
             reorder_channels_(model, plan)
         with seeded(ctx.seed):
             gate = make_gate(example, len(widths), config.gate_channels, config.gate_pool)
@@ -184,6 +193,7 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
     per_width, gate_macs, static = width_macs(dyn, example)
     ctx.record(
         widths=widths,
+        reordered=reorder,
         steps=len(losses),
         final_train_loss=losses[-1],
         gate_steps=len(gate_losses),

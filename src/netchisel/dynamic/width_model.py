@@ -1,18 +1,19 @@
-"""The model that really runs narrower: a slimmable chain and a gate choosing a width per input.
+"""The model that really runs narrower: a slimmable model and a gate choosing a width per input.
 
 In eval mode, `forward` asks the gate (a tiny conv or linear net on the input, its cost
 counted) which width each sample gets, groups the samples by width, and runs each group
-through the chain on the SLICED weights (`weight[:c_out, :c_in]`: a narrow conv is a smaller
-conv) with that width's own BatchNorm; the outputs come back in the samples' original order.
-At batch 1 only the chosen width runs. Nothing is masked: what is cut is never computed, and
+through the model's own forward with every planned conv/linear layer computing on its SLICED
+weights (`weight[:c_out, :c_in]`: a narrow conv is a smaller conv) and every BatchNorm that
+width's own; the outputs come back in the samples' original order. At batch 1 only the chosen
+width runs. Nothing is masked: what is cut is never computed, and
 `netchisel.measure.count_flops` counts only what ran.
 
 The model handed in is kept whole as the child `backbone`: the full width is exactly its own
 forward. The narrower widths' BatchNorms (switchable BatchNorm, Yu et al. 2018) are
-`norms.<i>.<k>` (the i-th BatchNorm of the chain at width k; the full width uses the
-backbone's own). The widths, the plan (steps, kinds, channels per width), the gate's bias and
+`norms.<i>.<k>` (the i-th BatchNorm of the plan at width k; the full width uses the
+backbone's own). The widths, the plan (layers, kinds, channels per width), the gate's bias and
 the width histogram of the calibration split are plain attributes, so `netchisel.save` /
-`netchisel.load` keep them.
+`netchisel.load` keep them; `check_loaded` holds them against the backbone's layers.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from netchisel.core.errors import ConfigError
 from netchisel.dynamic.loaded import check_fractions, is_int, is_number
 from netchisel.dynamic.width_slim import (
-    PER_CHANNEL,
+    KINDS,
     STAGE,
     SlimPlan,
     check_width,
+    installed,
+    is_depthwise,
     slice_forward,
     tensor_of,
 )
@@ -116,9 +119,9 @@ class WidthModel(nn.Module):
             module = modules.get(step) if isinstance(step, str) and step else None
             if (
                 module is None
-                or kind not in _KINDS
-                or not isinstance(module, _KINDS[kind])
-                or getattr(module, "groups", 1) != 1
+                or kind not in KINDS
+                or type(module) not in KINDS[kind]
+                or not (getattr(module, "groups", 1) == 1 or is_depthwise(module))
             ):
                 raise ConfigError(
                     f"{STAGE}: step {step!r} of kind {kind!r} is not such a module of the backbone"
@@ -126,13 +129,15 @@ class WidthModel(nn.Module):
             c_in, c_out = self.channels_in[j], self.channels_out[j]
             full_in, full_out = _full_channels(module, kind)
             for counts, full in ((c_in, full_in), (c_out, full_out)):
-                if not all(is_int(c) and 1 <= c <= (full or c) for c in counts) or (
-                    full is not None and counts[-1] != full
-                ):
+                if not all(is_int(c) and 1 <= c <= full for c in counts) or counts[-1] != full:
                     raise ConfigError(
                         f"{STAGE}: step {step!r}: channel counts {counts!r} are not prefixes of "
                         f"its {full} channels ending at all of them"
                     )
+            if is_depthwise(module) and c_in != c_out:
+                raise ConfigError(
+                    f"{STAGE}: step {step!r} is depthwise: it writes the channels it reads"
+                )
             if kind == "norm":
                 narrow = list(self.norms[norms].children()) if norms < len(self.norms) else []
                 sizes = [getattr(bn, "num_features", None) for bn in narrow]
@@ -173,16 +178,23 @@ class WidthModel(nn.Module):
             >>> torch.equal(m.run_width(x, 1), net(x))
             True
         """
+        if k == len(self.widths) - 1:
+            return self.backbone(x)  # type: ignore[no-any-return]
+        with installed(self._forwards(k)):
+            return self.backbone(x)  # type: ignore[no-any-return]
+
+    def _forwards(self, k: int) -> list[tuple[nn.Module, Callable[[Tensor], Tensor]]]:
+        """Each planned layer's op at width index `k`: the sliced weights, width k's norm."""
+        found: list[tuple[nn.Module, Callable[[Tensor], Tensor]]] = []
         for j, kind in enumerate(self.kinds):
-            if kind in ("conv", "linear"):
-                x = slice_forward(
-                    self._module(j), kind, x, self.channels_in[j][k], self.channels_out[j][k]
-                )
-            elif kind == "norm":
-                x = self.norm_at(j, k)(x)
+            module = self._module(j)
+            if kind == "norm":
+                found.append((module, self.norm_at(j, k)))
             else:
-                x = self._module(j)(x)
-        return x
+                found.append(
+                    (module, _sliced(module, kind, self.channels_in[j][k], self.channels_out[j][k]))
+                )
+        return found
 
     def choose(self, x: Tensor) -> Tensor:
         """The width index the gate gives each sample (or `fixed_width` for all)."""
@@ -222,25 +234,23 @@ class WidthModel(nn.Module):
         return width_costs(self, inputs[0])
 
 
-_KINDS: dict[str, tuple[type[nn.Module], ...]] = {
-    "conv": (nn.Conv1d, nn.Conv2d),
-    "linear": (nn.Linear,),
-    "norm": (nn.BatchNorm1d, nn.BatchNorm2d),
-    "flatten": (nn.Flatten,),
-    "pointwise": PER_CHANNEL,
-}
-"""What each kind of step in a plan must be (`width_slim._kind`)."""
+def _sliced(module: nn.Module, kind: str, c_in: int, c_out: int) -> Callable[[Tensor], Tensor]:
+    def run(x: Tensor) -> Tensor:
+        return slice_forward(module, kind, x, c_in, c_out)
+
+    return run
 
 
-def _full_channels(module: nn.Module, kind: str) -> tuple[int | None, int | None]:
-    """A step's input and output channels at full width (None: any, a per-channel op)."""
+def _full_channels(module: nn.Module, kind: str) -> tuple[int, int]:
+    """A step's input and output channels at full width."""
+    if is_depthwise(module):
+        channels = int(tensor_of(module, "weight").shape[0])
+        return channels, channels
     if kind in ("conv", "linear"):
         weight = tensor_of(module, "weight")
         return int(weight.shape[1]), int(weight.shape[0])
-    if kind == "norm":
-        features = int(getattr(module, "num_features", 0))
-        return features, features
-    return None, None
+    features = int(getattr(module, "num_features", 0))
+    return features, features
 
 
 def grouped(x: Tensor, choice: Tensor, run: Callable[[Tensor, int], Tensor]) -> Tensor:

@@ -1,38 +1,42 @@
-"""A conv/linear chain seen as a slimmable network: which channels each width keeps, per step.
+"""Any model seen as a slimmable network: which channels each width keeps, per layer.
 
 Slimmable networks (Yu et al. 2018, "Slimmable Neural Networks") run the same weights at
 several widths: width `w` keeps the first `round(w * C)` output channels of every hidden
 conv/linear layer (a contiguous prefix, so the kept weights are the slice
 `weight[:c_out, :c_in]` and the compute really shrinks) and has its own BatchNorm statistics.
-The last weight layer keeps all its outputs (the classes).
+The last weight layer to run keeps all its outputs (the classes).
 
-What can be slimmed is a chain of nested `nn.Sequential`s (their forward is their children in
-order, by definition) of Conv1d/Conv2d (groups 1), Linear on (N, features) inputs,
-BatchNorm1d/2d, per-channel ops (activations, pooling, Dropout) and Flatten: the zoo's `cnn`,
-`mnist1d_cnn` and `mlp`. Anything else is refused in one line naming the module. After a
-Flatten of (N, C, *S) the first `c * prod(S)` features are exactly the first `c` channels
-(channel-major order), so the Linear after it keeps a prefix of its inputs too.
+The plan is traced, not assumed: the model's own forward runs at each width with every
+conv/linear/BatchNorm replaced by its sliced op (`installed`), and each layer reads as many
+channels as reach it. So residual networks slim too: two layers whose outputs are added have
+the same channel count, hence the same kept prefix, and the add stays aligned. A depthwise
+conv keeps the channels it is given. What the trace then proves (`width_masking.check_prefixes`)
+is that each width computes exactly the full model with the cut channels' weights zeroed:
+a concatenation, a split or a channel shuffle moves channels out of the prefix and is
+refused in one line, as is a layer whose weights are not conv/linear/BatchNorm (LayerNorm,
+GroupNorm, a bare parameter) or a grouped conv.
 
-`reorder_channels_` sorts each hidden layer's output channels by importance (the |scale| of the
-BatchNorm after it, Liu et al. 2017 "Network Slimming", else the L1 norm of the channel's
-weights), and the next layer's inputs to match, so the narrow widths start from the most
-important channels; the full-width function is unchanged.
+Which channels come first is `width_reorder`'s business.
 """
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
 
-from netchisel.core.errors import ConfigError, ModelError
+from netchisel.core.errors import ConfigError, ModelError, first_line
 
 STAGE = "dynamic.width"
 
-# Modules that act on each channel alone (so on any prefix of channels): run as they are.
+# Modules that act on each channel alone: a chain of them and the weight layers can be
+# reordered (`width_reorder`).
 PER_CHANNEL = (
     nn.ReLU,
     nn.ReLU6,
@@ -56,17 +60,24 @@ PER_CHANNEL = (
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
 )
+KINDS: dict[str, tuple[type[nn.Module], ...]] = {
+    "conv": (nn.Conv1d, nn.Conv2d),
+    "linear": (nn.Linear,),
+    "norm": (nn.BatchNorm1d, nn.BatchNorm2d),
+}
+"""The layers a plan slices, by kind."""
 SUPPORTED = (
-    "Conv1d/Conv2d (groups 1), Linear, BatchNorm1d/2d, activations, pooling, Dropout and "
-    "Flatten in nested nn.Sequential chains"
+    "weights in Conv1d/Conv2d (groups 1 or depthwise), Linear and BatchNorm1d/2d, any "
+    "parameter-free ops between them, channels kept as prefixes (residual adds are; "
+    "concatenations, splits and channel shuffles are not)"
 )
 
 
 @dataclass(frozen=True)
 class SlimPlan:
-    """The chain's steps (dotted paths, run in order), their kinds ("conv", "linear", "norm",
-    "flatten", "pointwise") and, per step and width, the channels (dim 1) a step reads and
-    writes: `channels_in[j][k]`, `channels_out[j][k]`."""
+    """The sliced layers (dotted paths, in the order the forward runs them), their kinds
+    ("conv", "linear", "norm") and, per layer and width, the channels it reads and writes:
+    `channels_in[j][k]`, `channels_out[j][k]` (a Linear's are its last dim, else dim 1)."""
 
     steps: list[str]
     kinds: list[str]
@@ -105,106 +116,85 @@ def check_width(value: float, where: str) -> None:
         )
 
 
-def chain_steps(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The leaves of a chain of nested `nn.Sequential`s in the order they run.
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv with one group per channel (its outputs are its inputs' channels)."""
+    groups = getattr(module, "groups", 1)
+    return bool(
+        groups > 1
+        and groups == getattr(module, "in_channels", 0) == getattr(module, "out_channels", 0)
+    )
+
+
+def _refuse(path: str, module: nn.Module, why: str) -> ModelError:
+    return ModelError(
+        f"{STAGE}: cannot slim {path or '<root>'} ({type(module).__name__}): {why}; "
+        f"supported: {SUPPORTED}"
+    )
+
+
+def sliced_layers(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """The conv/linear/BatchNorm layers of `model` by path, with their kinds; one line naming
+    any other module that holds a parameter (its channels could not be cut).
 
     Example:
-        >>> net = nn.Sequential(nn.Sequential(nn.Conv1d(1, 2, 3)), nn.Flatten())
-        >>> [path for path, _ in chain_steps(net)]
-        ['0.0', '1']
+        >>> net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.LayerNorm(4))
+        >>> sliced_layers(net)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        netchisel.core.errors.ModelError: dynamic.width: cannot slim 2 (LayerNorm): it holds ...
     """
-    if not isinstance(model, nn.Sequential):
-        raise ModelError(
-            f"{STAGE}: cannot slim <root> ({type(model).__name__}): its forward is not a chain "
-            f"of nn.Sequential; supported: {SUPPORTED}"
-        )
-    found: list[tuple[str, nn.Module]] = []
-
-    def walk(module: nn.Module, prefix: str) -> None:
-        for name, child in module._modules.items():
-            if child is None:
-                continue
-            if isinstance(child, nn.Sequential):
-                walk(child, f"{prefix}{name}.")
-            else:
-                found.append((f"{prefix}{name}", child))
-
-    walk(model, "")
+    found: dict[str, tuple[nn.Module, str]] = {}
+    for path, module in model.named_modules():
+        kind = next((k for k, types in KINDS.items() if type(module) in types), None)
+        if kind is None:
+            own = next(
+                (n for n, p in module.named_parameters(recurse=False) if p is not None), None
+            )
+            if own is not None:
+                raise _refuse(
+                    path,
+                    module,
+                    f"it holds the parameter {own!r}, not a layer whose "
+                    "channels can be cut to a prefix",
+                )
+            continue
+        if kind == "conv" and getattr(module, "groups", 1) != 1:
+            if not is_depthwise(module):
+                raise _refuse(
+                    path,
+                    module,
+                    f"groups={getattr(module, 'groups', 1)} ties its "
+                    "channels to its inputs' (only groups 1 or depthwise)",
+                )
+            if getattr(module, "padding_mode", "zeros") != "zeros":
+                raise _refuse(path, module, "a depthwise conv with non-zero padding")
+        if kind == "norm" and not (
+            getattr(module, "affine", False) and getattr(module, "track_running_stats", False)
+        ):
+            raise _refuse(path, module, "a BatchNorm without affine or running statistics")
+        found[path] = (module, kind)
     return found
 
 
-def _kind(path: str, module: nn.Module, x: Tensor) -> str:
-    def refuse(why: str) -> ModelError:
-        return ModelError(
-            f"{STAGE}: cannot slim {path} ({type(module).__name__}): {why}; supported: {SUPPORTED}"
-        )
-
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        if module.groups != 1:
-            raise refuse(f"groups={module.groups} ties its channels to its inputs'")
-        return "conv"
-    if isinstance(module, nn.Linear):
-        if x.dim() != 2:
-            raise refuse(f"its input is {tuple(x.shape)}: it mixes positions, not channels")
-        return "linear"
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        if not (module.affine and module.track_running_stats):
-            raise refuse("a BatchNorm without affine or running statistics")
-        return "norm"
-    if isinstance(module, nn.Flatten):
-        if module.start_dim != 1 or module.end_dim != -1:
-            raise refuse(f"flattens dims {module.start_dim}..{module.end_dim}, not 1..-1")
-        return "flatten"
-    if isinstance(module, PER_CHANNEL):
-        return "pointwise"
-    raise refuse("not a layer whose channels can be cut to a prefix")
-
-
-def plan_width(model: nn.Module, widths: list[float], example: Tensor) -> SlimPlan:
-    """The slimmable plan of `model` for `widths` (ascending, last 1.0), from one forward of
-    `example` (it fixes the spatial size a Flatten multiplies the channels by).
+@contextlib.contextmanager
+def installed(forwards: list[tuple[nn.Module, Callable[[Tensor], Tensor]]]) -> Iterator[None]:
+    """Run each module as its given function (an instance `forward`) inside the block: the
+    model's own forward then calls the sliced ops; taken away afterwards, whatever happens.
+    Not thread-safe: one width runs at a time per model.
 
     Example:
-        >>> net = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-        ...                     nn.Linear(32, 3))
-        >>> p = plan_width(net, [0.5, 1.0], torch.zeros(1, 1, 8))
-        >>> p.kinds, p.channels_out[0], p.channels_in[3], p.channels_out[3]
-        (['conv', 'pointwise', 'flatten', 'linear'], [2, 4], [16, 32], [3, 3])
+        >>> layer = nn.Linear(2, 2)
+        >>> with installed([(layer, lambda x: x * 0)]):
+        ...     layer(torch.ones(1, 2)).tolist()
+        [[0.0, 0.0]]
     """
-    steps = chain_steps(model)
-    kinds: list[str] = []
-    x = example[:1]
-    shapes: list[tuple[int, ...]] = []
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            for path, module in steps:
-                kinds.append(_kind(path, module, x))
-                shapes.append(tuple(x.shape))
-                x = module(x)
+        for module, fn in forwards:
+            module.__dict__["forward"] = fn
+        yield
     finally:
-        model.train(was)
-    weights = [j for j, kind in enumerate(kinds) if kind in ("conv", "linear")]
-    if len(weights) < 2:
-        raise ModelError(
-            f"{STAGE}: cannot slim a model with {len(weights)} conv/linear layer(s): it needs a "
-            "hidden layer (the last one keeps its outputs, the classes)"
-        )
-    k = len(widths)
-    active = [shapes[0][1]] * k  # the input is never cut
-    channels_in: list[list[int]] = []
-    channels_out: list[list[int]] = []
-    for j, ((_, module), kind) in enumerate(zip(steps, kinds, strict=True)):
-        channels_in.append(list(active))
-        if kind in ("conv", "linear"):
-            out = int(tensor_of(module, "weight").shape[0])
-            active = [kept(w, out) for w in widths] if j != weights[-1] else [out] * k
-        elif kind == "flatten":
-            spatial = math.prod(shapes[j][2:])
-            active = [a * spatial for a in active]
-        channels_out.append(list(active))
-    return SlimPlan([p for p, _ in steps], kinds, channels_in, channels_out)
+        for module, _ in forwards:
+            module.__dict__.pop("forward", None)
 
 
 def tensor_of(module: nn.Module, name: str) -> Tensor:
@@ -214,65 +204,141 @@ def tensor_of(module: nn.Module, name: str) -> Tensor:
     return value
 
 
-def _importance(weight: Tensor, norm: nn.Module | None) -> Tensor:
-    if isinstance(norm, (nn.BatchNorm1d, nn.BatchNorm2d)) and norm.weight is not None:
-        return norm.weight.detach().abs()
-    return weight.detach().abs().flatten(1).sum(1)
-
-
-def reorder_channels_(model: nn.Module, plan: SlimPlan) -> list[list[int]]:
-    """Sort each hidden layer's output channels by importance, most important first, and
-    permute what reads them to match (in place); returns each hidden layer's order.
-
-    The full-width function is unchanged (up to float rounding of the reordered sums).
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
-        >>> with torch.no_grad():
-        ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 0], [3, 0], [2, 0]]))
-        >>> p = plan_width(net, [1.0], torch.zeros(1, 2))
-        >>> reorder_channels_(net, p)
-        [[1, 2, 0]]
-    """
-    modules = dict(model.named_modules())
-    layers = plan.weights
-    orders: list[list[int]] = []
-    with torch.no_grad():
-        for a, b in itertools.pairwise(layers):
-            layer = modules[plan.steps[a]]
-            between = [modules[plan.steps[j]] for j in range(a + 1, b)]
-            norm = next(
-                (m for m in between if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))), None
-            )
-            order = torch.argsort(_importance(layer.weight, norm), descending=True, stable=True)
-            orders.append(order.tolist())
-            layer.weight.copy_(layer.weight[order])
-            if layer.bias is not None:
-                layer.bias.copy_(layer.bias[order])
-            for m in between:
-                if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                    for t in (m.weight, m.bias, m.running_mean, m.running_var):
-                        if t is not None:
-                            t.copy_(t[order])
-            nxt = modules[plan.steps[b]]
-            # A Flatten between them spreads each channel over `spatial` consecutive inputs.
-            spatial = plan.channels_in[b][-1] // len(order)
-            columns = (order[:, None] * spatial + torch.arange(spatial)).flatten()
-            nxt.weight.copy_(nxt.weight[:, columns])
-    return orders
-
-
 def slice_forward(module: nn.Module, kind: str, x: Tensor, c_in: int, c_out: int) -> Tensor:
-    """A conv/linear step on its first `c_out` outputs from its first `c_in` inputs: the
-    sliced weights, so the work is that of the narrow layer.
+    """A conv/linear layer on its first `c_out` outputs from its first `c_in` inputs: the
+    sliced weights, so the work is that of the narrow layer (a depthwise conv: `c_out`
+    groups of one channel).
 
     Example:
         >>> layer = nn.Linear(4, 4)
         >>> slice_forward(layer, "linear", torch.zeros(2, 2), 2, 3).shape
         torch.Size([2, 3])
+        >>> dw = nn.Conv1d(4, 4, 3, groups=4)
+        >>> slice_forward(dw, "conv", torch.zeros(1, 2, 5), 2, 2).shape
+        torch.Size([1, 2, 3])
     """
-    weight = tensor_of(module, "weight")[:c_out, :c_in]
     bias = module.bias[:c_out] if isinstance(module.bias, Tensor) else None
     if kind == "linear":
-        return nn.functional.linear(x, weight, bias)
+        return nn.functional.linear(x, tensor_of(module, "weight")[:c_out, :c_in], bias)
+    if is_depthwise(module):
+        conv: Any = nn.functional.conv1d if x.dim() == 3 else nn.functional.conv2d
+        weight = tensor_of(module, "weight")[:c_out]
+        stride, padding, dilation = module.stride, module.padding, module.dilation
+        return conv(x, weight, bias, stride, padding, dilation, c_out)  # type: ignore[no-any-return]
+    weight = tensor_of(module, "weight")[:c_out, :c_in]
     return module._conv_forward(x, weight, bias)  # type: ignore[operator,no-any-return]
+
+
+def _outputs(out: Any) -> list[Tensor]:
+    return [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
+
+
+def _call_order(model: nn.Module, layers: dict[str, tuple[nn.Module, str]], x: Tensor) -> list[str]:
+    """The sliced layers in the order one forward of `x` runs them (each at most once)."""
+    order: list[str] = []
+    names = {id(module): path for path, (module, _) in layers.items()}
+    handles = [
+        module.register_forward_pre_hook(lambda m, _: order.append(names[id(m)]))
+        for module, _ in layers.values()
+    ]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for path in order:
+        if order.count(path) > 1:
+            module = layers[path][0]
+            raise _refuse(path, module, "it runs more than once per forward (shared weights)")
+    return order
+
+
+def plan_width(model: nn.Module, widths: list[float], example: Tensor) -> SlimPlan:
+    """The slimmable plan of `model` for `widths` (ascending, last 1.0), traced by running the
+    model's own forward on `example` at each width (eval mode, no grad, nothing changed).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+        ...                     nn.Linear(32, 3))
+        >>> p = plan_width(net, [0.5, 1.0], torch.zeros(1, 1, 8))
+        >>> p.steps, p.kinds, p.channels_out[0], p.channels_in[1], p.channels_out[1]
+        (['0', '3'], ['conv', 'linear'], [2, 4], [16, 32], [3, 3])
+    """
+    layers = sliced_layers(model)
+    x = example[:1]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            order = _call_order(model, layers, x)
+            weights = [p for p in order if layers[p][1] != "norm"]
+            if len(weights) < 2:
+                raise ModelError(
+                    f"{STAGE}: cannot slim a model with {len(weights)} conv/linear layer(s) "
+                    "run: it needs a hidden layer (the last one keeps its outputs, the classes)"
+                )
+            full = [tuple(t.shape) for t in _outputs(model(x))]
+            counts = [_trace(model, layers, order, weights[-1], w, x, full) for w in widths]
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    return SlimPlan(
+        order,
+        [layers[p][1] for p in order],
+        [[c[p][0] for c in counts] for p in order],
+        [[c[p][1] for c in counts] for p in order],
+    )
+
+
+def _trace(
+    model: nn.Module,
+    layers: dict[str, tuple[nn.Module, str]],
+    order: list[str],
+    head: str,
+    width: float,
+    x: Tensor,
+    full: list[tuple[int, ...]],
+) -> dict[str, tuple[int, int]]:
+    """Each layer's (channels in, channels out) when the model runs at `width`."""
+    seen: dict[str, tuple[int, int]] = {}
+
+    def step(path: str) -> Callable[[Tensor], Tensor]:
+        module, kind = layers[path]
+
+        def run(t: Tensor) -> Tensor:
+            c_in = int(t.shape[-1] if kind == "linear" else t.shape[1])
+            if kind == "norm":
+                seen[path] = (c_in, c_in)
+                mean, var, weight, bias = (
+                    tensor_of(module, n)[:c_in]
+                    for n in ("running_mean", "running_var", "weight", "bias")
+                )
+                eps = float(module.eps)  # type: ignore[arg-type]
+                return nn.functional.batch_norm(t, mean, var, weight, bias, False, 0.0, eps)
+            out = int(tensor_of(module, "weight").shape[0])
+            c_out = c_in if is_depthwise(module) else out if path == head else kept(width, out)
+            seen[path] = (c_in, c_out)
+            return slice_forward(module, kind, t, c_in, c_out)
+
+        return run
+
+    try:
+        with installed([(layers[p][0], step(p)) for p in order]):
+            out = [tuple(t.shape) for t in _outputs(model(x))]
+    except Exception as e:
+        raise ModelError(
+            f"{STAGE}: the model does not run at width {width:g}: {first_line(e)}; supported: "
+            f"{SUPPORTED}"
+        ) from None
+    if set(seen) != set(order):
+        missed = sorted(set(order) - set(seen))
+        raise ModelError(
+            f"{STAGE}: at width {width:g} the model skips {missed}: its path depends on the "
+            f"channels; supported: {SUPPORTED}"
+        )
+    if out != full:
+        raise ModelError(
+            f"{STAGE}: at width {width:g} the model's outputs are {out}, not {full}: a path "
+            f"reaches the output without passing the last layer, {head}; supported: {SUPPORTED}"
+        )
+    return seen

@@ -1,0 +1,169 @@
+"""dynamic.width on models that are not chains: residual adds, depthwise convs, models we did
+not write (torchvision), and the ones it must refuse (concatenations, channel shuffles)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import netchisel as nc
+from netchisel.core.context import Context
+from netchisel.core.errors import ModelError
+from netchisel.core.task import Task, classification_task
+from netchisel.dynamic.width import WidthConfig, dynamic_width
+from netchisel.dynamic.width_masking import check_prefixes
+from netchisel.dynamic.width_model import WidthModel, width_macs
+from netchisel.dynamic.width_slim import SlimPlan, plan_width
+from netchisel.measure.flops import count_flops
+from netchisel.zoo.models.vision import resnet
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
+from _torchvision import torchvision
+
+WIDTHS = [0.25, 0.5, 1.0]
+
+
+def _plan_macs(model: nn.Module, plan: SlimPlan, x: torch.Tensor, k: int) -> int:
+    """Conv/linear MACs at width index k from the plan's channel counts and each layer's
+    output positions (an independent formula, not the counter)."""
+    positions: dict[str, int] = {}
+    hooks = [
+        model.get_submodule(p).register_forward_hook(
+            lambda m, _, out, p=p: positions.__setitem__(p, math.prod(out.shape[2:]))
+        )
+        for p in plan.steps
+    ]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    total = 0
+    for j in plan.weights:
+        layer = model.get_submodule(plan.steps[j])
+        c_in, c_out = plan.channels_in[j][k], plan.channels_out[j][k]
+        kernel = math.prod(getattr(layer, "kernel_size", (1,)))
+        per_group = 1 if getattr(layer, "groups", 1) > 1 else c_in
+        total += c_out * per_group * kernel * positions[plan.steps[j]]
+    return total
+
+
+def test_the_zoo_resnet_at_half_width_is_the_half_width_resnet() -> None:
+    torch.manual_seed(0)
+    net = resnet(depth=8, width=8).eval()
+    x = torch.randn(2, 1, 8, 8)
+    plan = plan_width(net, WIDTHS, x)
+    # Every layer of a stage keeps the same prefix, so the residual adds stay aligned.
+    assert {tuple(plan.channels_out[j]) for j, s in enumerate(plan.steps) if "layer2" in s} == {
+        (4, 8, 16)
+    }
+    model = WidthModel(net, plan, WIDTHS, nn.Identity())
+    check_prefixes(model, x)
+    macs, _, static = width_macs(model, x)
+    assert macs[-1] == static == count_flops(net, x[:1]).macs
+    assert macs[1] == count_flops(resnet(depth=8, width=4), x[:1]).macs  # kept(0.5, 8) = 4
+    assert macs[0] == count_flops(resnet(depth=8, width=2), x[:1]).macs
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_torchvision_models_slim_exactly(name: str) -> None:
+    torch.manual_seed(0)
+    net = getattr(torchvision().models, name)(weights=None, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    plan = plan_width(net, WIDTHS, x)
+    model = WidthModel(net, plan, WIDTHS, nn.Identity()).eval()
+    check_prefixes(model, x)  # each width is the full model with the cut channels zeroed
+    macs, _, static = width_macs(model, x)
+    # The counter's conv/linear MACs are the plan's: the narrow layers really run narrow.
+    for k in range(len(WIDTHS)):
+        counted = count_flops(_At(model, k), x[:1])
+        layers = sum(
+            counted.macs_by_module[f"model.backbone.{plan.steps[j]}"] for j in plan.weights
+        )
+        assert layers == _plan_macs(net, plan, x[:1], k)
+    assert macs[0] < 0.1 * static and macs[1] < 0.3 * static and macs[2] == static
+    if name == "mobilenet_v2":  # depthwise convs keep what they are given
+        dw = [j for j, s in enumerate(plan.steps) if getattr(net.get_submodule(s), "groups", 1) > 1]
+        assert dw and all(plan.channels_in[j] == plan.channels_out[j] for j in dw)
+
+
+class _At(nn.Module):
+    def __init__(self, model: WidthModel, k: int) -> None:
+        super().__init__()
+        self.model, self.k = model, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.run_width(x, self.k)
+
+
+def test_channel_shuffles_and_concatenations_are_refused_in_one_line() -> None:
+    torch.manual_seed(0)
+    net = torchvision().models.shufflenet_v2_x0_5(weights=None, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ModelError) as err:
+        check_prefixes(WidthModel(net, plan_width(net, WIDTHS, x), WIDTHS, nn.Identity()), x)
+    message = str(err.value)
+    assert message.startswith("dynamic.width: ") and "\n" not in message
+    # The first layer after a channel shuffle (stage2.0 ends with one) is named.
+    assert message.startswith(
+        "dynamic.width: at width 0.25 stage2.1.branch2.0 (Conv2d) does not read the first "
+        "channels of what it reads in the full model with the cut channels zeroed"
+    )
+
+
+def _quadrants(n: int = 240, seed: int = 0) -> Task:
+    """(N, 1, 8, 8) noise with one quadrant brighter; the label is that quadrant."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    for q in range(4):
+        rows, cols = divmod(q, 2)
+        x[y == q, :, 4 * rows : 4 * rows + 4, 4 * cols : 4 * cols + 4] += 1.5
+    third = n // 3
+    splits = {
+        name: TensorDataset(x[i * third : (i + 1) * third], y[i * third : (i + 1) * third])
+        for i, name in enumerate(("train", "val", "test"))
+    }
+    return classification_task(splits, batch_size=32)
+
+
+def test_the_stage_on_a_resnet_trains_gates_saves_and_loads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = resnet(depth=8, width=8, num_classes=4)
+    task = _quadrants()
+    ctx = Context(task, quiet=True)
+    config = WidthConfig(
+        widths=(0.5, 1.0),
+        steps=80,
+        lr=0.01,
+        distill_from="widest",  # the resnet is untrained: the labels teach
+        gate_steps=20,
+        calibrate_norms=64,
+        max_drop=100.0,
+    )
+    model = dynamic_width(net, config, ctx)
+    r = ctx.records
+    assert r["reordered"] is False  # not a chain: the channels keep their order
+    assert (
+        r["macs_per_width"][1] == r["static_macs"] == count_flops(net, torch.zeros(1, 1, 8, 8)).macs
+    )
+    assert (
+        r["macs_per_width"][0]
+        == count_flops(resnet(depth=8, width=4, num_classes=4), torch.zeros(1, 1, 8, 8)).macs
+    )
+    assert min(r["width_accuracy"]) > 40.0  # 4 classes: 25% by chance
+    x = torch.cat([b[0] for b in task.loader("test")])
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    saved = nc.save(model, tmp_path / "resnet_width")
+    loaded = nc.load(saved).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), out)
+        loaded.fixed_width = 0  # no gate: the narrow width's own MACs
+        assert count_flops(loaded, x[:1]).macs == r["macs_per_width"][0]

@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 import netchisel as nc
 from netchisel.core.context import Context
-from netchisel.core.errors import ModelError
+from netchisel.core.errors import ConfigError, ModelError
 from netchisel.core.task import Task, classification_task
 from netchisel.dynamic.width import WidthConfig, dynamic_width
 from netchisel.dynamic.width_masking import check_prefixes
@@ -22,6 +22,7 @@ from netchisel.dynamic.width_model import WidthModel, width_macs
 from netchisel.dynamic.width_slim import SlimPlan, plan_width
 from netchisel.measure.flops import count_flops
 from netchisel.zoo.models.vision import resnet
+from tests.dynamic.test_hostile_manifests import _edited
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
 from _torchvision import torchvision
@@ -70,7 +71,7 @@ def test_the_zoo_resnet_at_half_width_is_the_half_width_resnet() -> None:
     assert macs[0] == count_flops(resnet(depth=8, width=2), x[:1]).macs
 
 
-@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
 def test_torchvision_models_slim_exactly(name: str) -> None:
     torch.manual_seed(0)
     net = getattr(torchvision().models, name)(weights=None, num_classes=10).eval()
@@ -167,3 +168,26 @@ def test_the_stage_on_a_resnet_trains_gates_saves_and_loads(tmp_path: Path) -> N
         assert torch.equal(loaded(x), out)
         loaded.fixed_width = 0  # no gate: the narrow width's own MACs
         assert count_flops(loaded, x[:1]).macs == r["macs_per_width"][0]
+
+
+def test_a_loaded_plan_that_does_not_fit_the_forward_fails_in_one_line(tmp_path: Path) -> None:
+    """An edited manifest whose channel counts are prefixes of each layer (so they load) but
+    not what the forward gives: the first narrow run names the layer instead of a shape error
+    from inside torch."""
+    torch.manual_seed(0)
+    net = resnet(depth=8, width=8)
+    x = torch.randn(2, 1, 8, 8)
+    model = WidthModel(net, plan_width(net, [0.5, 1.0], x), [0.5, 1.0], nn.Linear(64, 2))
+    path = nc.save(model, tmp_path / "w")
+    j = model.steps.index("layer1.0.conv1")
+    edited = [list(c) for c in model.channels_out]
+    edited[j] = [3, 8]  # a prefix of its 8 channels, but bn1 reads 4 at width 0.5
+    _edited(path, "channels_out", edited)
+    loaded = nc.load(path).eval()
+    loaded.fixed_width = 0
+    with pytest.raises(ConfigError) as err, torch.no_grad():
+        loaded(x)
+    assert str(err.value) == (
+        "dynamic.width: at width 0.5 layer1.0.bn1 reads 3 channels where the plan says 4: "
+        "the plan does not fit this model's forward"
+    )

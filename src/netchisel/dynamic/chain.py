@@ -47,6 +47,11 @@ it gives exactly what the next child received; `@` cannot start a module path th
 `plan_chain` would choose, so they never clash with a module's name."""
 
 
+class NotAChain(ConfigError):
+    """The forward cannot be split where an exit is asked for (it is not its children run in
+    order): `layer_exits` reads such a model through hooks instead."""
+
+
 @dataclass(frozen=True)
 class Chain:
     """The backbone as steps (dotted module paths run in order) and where the exits sit.
@@ -197,12 +202,12 @@ def _open(
     order = _chain_of(module, path, children, inputs, outputs) if children else "it has no children"
     if isinstance(order, str):
         if not path:
-            raise ConfigError(
+            raise NotAChain(
                 f"{STAGE}: cannot exit after {inside[0]!r}: the model's forward "
                 f"({type(module).__name__}) is not its top-level modules run in order "
                 f"({order}), so it cannot be split anywhere"
             )
-        raise ConfigError(
+        raise NotAChain(
             f"{STAGE}: cannot exit after {inside[0]!r}: the forward of {path!r} "
             f"({type(module).__name__}) is not its children run in order ({order}); exit "
             f"after {path!r} or another module that runs on the model's main path"

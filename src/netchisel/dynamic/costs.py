@@ -99,7 +99,12 @@ def exit_macs(model: ExitModel, x: Tensor) -> ExitCosts:
     """
     count = count_flops(_Everything(model), x[:1])  # type: ignore[arg-type]
     by_module = count.macs_by_module
-    steps = [0 if s in GLUE else by_module[f"model.backbone.{s}"] for s in model.steps]
+    segments = getattr(model, "segment_macs", None)  # a layer-exit model: no chain steps
+    steps = (
+        segments(x[:1])
+        if callable(segments)
+        else [0 if s in GLUE else by_module[f"model.backbone.{s}"] for s in model.steps]
+    )
     deciders = len(model.deciders)
     heads = [
         by_module[f"model.heads.{k}"] + (by_module[f"model.deciders.{k}"] if deciders else 0)

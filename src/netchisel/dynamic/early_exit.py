@@ -1,7 +1,10 @@
 """`dynamic.early_exit`: exit heads after named modules, trained, with calibrated thresholds.
 
-1. Split the backbone after each module in `exits` (`chain.plan_chain`; one line naming the
-   module and the way out where its forward cannot be split there), and attach a head to each.
+1. Split the backbone after each module in `exits` (`chain.plan_chain`), and attach a head to
+   each. Where the forward is not a chain of its modules (a transformer: masks, a loop over
+   layers), the heads read the exit modules' outputs through hooks instead
+   (`layer_exits.plan_layers`, `LayerExitModel`; token features are read at their first
+   position); one line naming the module where neither works.
 2. Train (`fit`, the one training loop):
    - `training: distill` (default): the backbone is frozen and each head learns the final
      head's softened distribution (`soft_kl` at `temperature`, plus `alpha` times the labels'
@@ -40,13 +43,14 @@ from netchisel.core.registry import register
 from netchisel.core.state import restored_on_error, seeded
 from netchisel.core.task import Batch, Task
 from netchisel.core.train import TrainConfig, check_training, fit, frozen, train_settings
-from netchisel.dynamic.chain import plan_chain
+from netchisel.dynamic.chain import Chain, NotAChain, plan_chain
 from netchisel.dynamic.confidence import CRITERIA, check_threshold, fires, soft_kl
 from netchisel.dynamic.costs import exit_macs
 from netchisel.dynamic.deciders import agreement_loss, make_decider
 from netchisel.dynamic.exits import EarlyExitModel
-from netchisel.dynamic.heads import make_head
+from netchisel.dynamic.heads import TOKENS, make_head
 from netchisel.dynamic.labelled import classifier_logits, labelled, split_accuracy
+from netchisel.dynamic.layer_exits import LayerExitModel, plan_layers
 from netchisel.dynamic.thresholds import (
     RULES,
     Budget,
@@ -69,6 +73,9 @@ class EarlyExitConfig(TrainConfig):
     - `epochs` / `steps`: training length (steps win when given);
     - `pool`: positions per spatial axis a head pools conv features to (1 = global pooling);
     - `head_hidden`: 0 for a head that is one Linear, else the hidden units of a two-layer head;
+    - `token`: where the forward is not a chain (a transformer), which position of a layer's
+      (N, T, H) output a head reads: "first" ([CLS], ViT's class token), "last" (a causal
+      decoder's) or "mean";
     - `criterion`: "max_softmax" (exit when the top probability > threshold, in [0, 1]),
       "entropy" (exit when the entropy < threshold, in [0, ln C]) or "learned" (exit when a
       decider's score > threshold, in [0, 1]; the decider is trained on the train split for
@@ -98,6 +105,7 @@ class EarlyExitConfig(TrainConfig):
     final_weight: float = 1.0
     pool: int = 1
     head_hidden: int = 0
+    token: Literal["first", "last", "mean"] = "first"
     criterion: Literal["max_softmax", "entropy", "learned"] = "max_softmax"
     decider_hidden: int = 16
     decider_steps: int = 500
@@ -129,6 +137,10 @@ class EarlyExitConfig(TrainConfig):
             raise ConfigError(f"{STAGE}: pool must be >= 1, got {self.pool}")
         if not (isinstance(self.head_hidden, int) and self.head_hidden >= 0):
             raise ConfigError(f"{STAGE}: head_hidden must be >= 0, got {self.head_hidden}")
+        if self.token not in TOKENS:
+            raise ConfigError(
+                f"{STAGE}: token must be one of {', '.join(TOKENS)}, got {self.token!r}"
+            )
         if self.criterion not in CRITERIA:
             raise ConfigError(
                 f"{STAGE}: criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}"
@@ -175,14 +187,22 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
         raise ConfigError(f"{STAGE}: the model already has exits; apply early exit once")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = tuple(t.to(device) for t in task.example_inputs(2))
-    chain = plan_chain(model, list(config.exits), example)
-    classes = classifier_logits(chain.output, STAGE).shape[-1]
+    exits = list(config.exits)
+    chain: Chain | None = None
+    try:
+        chain = plan_chain(model, exits, example)
+        features, output = chain.features, chain.output
+    except NotAChain:  # a transformer: the exits read its layers through hooks
+        plan = plan_layers(model, exits, example)
+        features, output = plan.features, plan.output
+    classes = classifier_logits(output, STAGE).shape[-1]
+    token = config.token if chain is None else None  # a layer's (N, T, H) are tokens
     for k, value in enumerate(config.thresholds):
         check_threshold(config.criterion, value, classes, f"thresholds[{k}]")
     with seeded(ctx.seed):
         heads = [
-            make_head(f, classes, config.pool, name, config.head_hidden).to(device)
-            for f, name in zip(chain.features, config.exits, strict=True)
+            make_head(f, classes, config.pool, name, config.head_hidden, token).to(device)
+            for f, name in zip(features, exits, strict=True)
         ]
         learned = config.criterion == "learned"
         deciders = [
@@ -191,8 +211,12 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
         ]
     reference = split_accuracy(model, task, config.split, STAGE)
     with restored_on_error(model):
-        dyn = EarlyExitModel(
-            model, heads, chain.steps, chain.exit_after, [], config.criterion, classes, deciders
+        dyn = (
+            EarlyExitModel(
+                model, heads, chain.steps, chain.exit_after, [], config.criterion, classes, deciders
+            )
+            if chain is not None
+            else LayerExitModel(model, heads, exits, [], config.criterion, classes, deciders)
         )
         losses = _train(dyn, config, task, ctx)
         if learned:
@@ -211,6 +235,7 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
     outcome = calibration.outcome
     ctx.record(
         exits=list(config.exits),
+        exits_read="chain" if chain is not None else "hooks",
         steps=len(losses),
         final_train_loss=losses[-1],
         thresholds=outcome.thresholds,

@@ -86,17 +86,8 @@ class EarlyExitModel(nn.Module):
     def check_loaded(self) -> None:
         """The attributes a manifest set agree with each other: exits at increasing steps
         before the last, one head each, thresholds in range, one fraction per path."""
-        after, steps = self.exit_after, self.steps
-        modules = dict(self.backbone.named_modules())
-        for step in steps if isinstance(steps, list) else [steps]:
-            if not isinstance(step, str) or not (step in GLUE or (step and step in modules)):
-                raise ConfigError(
-                    f"dynamic.early_exit: step {step!r} is not a module of the backbone"
-                )
-        if not all(is_int(i) and 0 <= i < len(steps) - 1 for i in after):
-            raise ConfigError(f"dynamic.early_exit: exit_after {after!r} is not steps' indices")
-        if any(a >= b for a, b in itertools.pairwise(after)):
-            raise ConfigError(f"dynamic.early_exit: exit_after must increase, got {after}")
+        after = self.exit_after
+        self._check_steps()
         if len(after) != len(self.heads):
             raise ConfigError("dynamic.early_exit: one exit position per head is needed")
         if self.criterion not in CRITERIA:
@@ -112,6 +103,21 @@ class EarlyExitModel(nn.Module):
             raise ConfigError("dynamic.early_exit: exit_fractions needs one share per path")
         fractions, paths = self.exit_fractions, len(self.heads) + 1
         check_fractions(fractions, paths, "exit_fractions", "dynamic.early_exit")
+
+    def _check_steps(self) -> None:
+        """Every step is a module of the backbone or a glue step; exits at increasing steps
+        before the last."""
+        after, steps = self.exit_after, self.steps
+        modules = dict(self.backbone.named_modules())
+        for step in steps if isinstance(steps, list) else [steps]:
+            if not isinstance(step, str) or not (step in GLUE or (step and step in modules)):
+                raise ConfigError(
+                    f"dynamic.early_exit: step {step!r} is not a module of the backbone"
+                )
+        if not all(is_int(i) and 0 <= i < len(steps) - 1 for i in after):
+            raise ConfigError(f"dynamic.early_exit: exit_after {after!r} is not steps' indices")
+        if any(a >= b for a, b in itertools.pairwise(after)):
+            raise ConfigError(f"dynamic.early_exit: exit_after must increase, got {after}")
 
     def _check_deciders(self) -> None:
         """A decider per exit that maps the exit's logits to one score with criterion

@@ -3,6 +3,8 @@ batches, and a model's accuracy on a split, each refusal one line naming the sta
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -28,8 +30,23 @@ def labelled(task: Task, batch: Batch, stage: str) -> tuple[Tensor, Tensor]:
     return task.inputs_of(batch)[0], batch[1]
 
 
+def logits_of(out: Any) -> Any:
+    """A classifier's logits from its output: a Hugging Face output's `logits`, else as is.
+
+    Example:
+        >>> class Output:
+        ...     logits = torch.zeros(1, 2)
+        >>> logits_of(Output()).shape, logits_of(3)
+        (torch.Size([1, 2]), 3)
+    """
+    logits = getattr(out, "logits", None)
+    return logits if isinstance(logits, Tensor) else out
+
+
 def classifier_logits(out: object, stage: str) -> Tensor:
-    """`out` if it is (N, classes) float logits, else a ConfigError naming its shape."""
+    """`out` (or a Hugging Face output's `logits`) if it is (N, classes) float logits, else a
+    ConfigError naming its shape."""
+    out = logits_of(out)
     if not isinstance(out, Tensor) or out.dim() != 2 or not out.is_floating_point():
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ConfigError(

@@ -188,12 +188,9 @@ class WidthModel(nn.Module):
         found: list[tuple[nn.Module, Callable[[Tensor], Tensor]]] = []
         for j, kind in enumerate(self.kinds):
             module = self._module(j)
-            if kind == "norm":
-                found.append((module, self.norm_at(j, k)))
-            else:
-                found.append(
-                    (module, _sliced(module, kind, self.channels_in[j][k], self.channels_out[j][k]))
-                )
+            c_in, c_out = self.channels_in[j][k], self.channels_out[j][k]
+            op = self.norm_at(j, k) if kind == "norm" else _sliced(module, kind, c_in, c_out)
+            found.append((module, _reading(op, self.steps[j], kind, c_in, self.widths[k])))
         return found
 
     def choose(self, x: Tensor) -> Tensor:
@@ -232,6 +229,24 @@ class WidthModel(nn.Module):
         `netchisel.measure.profile` reports as `dynamic`)."""
         inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         return width_costs(self, inputs[0])
+
+
+def _reading(
+    op: Callable[[Tensor], Tensor], step: str, kind: str, c_in: int, width: float
+) -> Callable[[Tensor], Tensor]:
+    """`op`, after checking that it is given the `c_in` channels the plan says (one line
+    instead of a shape error deep in torch, where a loaded plan disagrees with the forward)."""
+
+    def run(x: Tensor) -> Tensor:
+        got = x.shape[-1] if kind == "linear" else x.shape[1]
+        if got != c_in:
+            raise ConfigError(
+                f"{STAGE}: at width {width:g} {step} reads {got} channels where the plan says "
+                f"{c_in}: the plan does not fit this model's forward"
+            )
+        return op(x)
+
+    return run
 
 
 def _sliced(module: nn.Module, kind: str, c_in: int, c_out: int) -> Callable[[Tensor], Tensor]:

@@ -1,0 +1,280 @@
+"""Early exits on a backbone whose forward is not a chain (a transformer's layer stack).
+
+A Hugging Face BERT or ViT cannot be cut into steps run one after the other: its forward builds
+masks and position tensors and loops over `encoder.layer`. So the exits read it from inside
+instead, as DeeBERT (Xin et al. 2020) and PABEE (Zhou et al. 2020) attach off-ramps to a
+BERT: a forward hook on each exit module hands its output (the first tensor, the hidden
+states) to the exit's head. In eval mode a sample whose head is sure enough keeps that answer;
+once no sample of the batch is left, the hook raises and the rest of the forward never runs.
+At batch 1 that is a real early return. In a batch the samples that exited are not taken out
+(the later layers also read batch-sized masks this file cannot cut safely for every model), so
+a batch stops only when all of its samples have exited; `EarlyExitModel`'s chain regroups.
+
+`plan_layers` checks the exits on one forward of an example: each names a module that runs
+exactly once, in the order given, with a float tensor to read. The exit modules and their
+order are plain attributes (`steps`, the last one `END`), checked at load like the chain's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from netchisel.core.errors import ConfigError
+from netchisel.core.modules import sample_of
+from netchisel.dynamic.chain import STAGE
+from netchisel.dynamic.confidence import exits_now, fires
+from netchisel.dynamic.exits import EarlyExitModel
+from netchisel.dynamic.labelled import classifier_logits, logits_of
+from netchisel.measure.flops import count_flops
+
+END = "@end"
+"""The last step of a layer-exit model: the rest of the backbone's forward."""
+
+
+class _Stop(Exception):
+    """Raised by an exit's hook when no sample is left to run: ends the backbone's forward."""
+
+
+def first_tensor(out: Any) -> Tensor | None:
+    """The tensor a module's output leads with: itself, a tuple's first item, or a Hugging
+    Face ModelOutput's first field (the hidden states).
+
+    Example:
+        >>> first_tensor((torch.zeros(2, 3), None)).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    if isinstance(out, dict):
+        value = next(iter(out.values()), None)
+        return value if isinstance(value, Tensor) else None
+    return None
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one forward of the example showed: each exit's features and the model's logits."""
+
+    features: list[Tensor]
+    output: Tensor
+
+
+def plan_layers(model: nn.Module, exits: list[str], example: tuple[Tensor, ...]) -> LayerPlan:
+    """Check `exits` against one eval forward of `example`: modules that run once each, in
+    the order given, each giving a float tensor; one line naming what is wrong.
+
+    Example:
+        >>> class Stack(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        ...         self.head = nn.Linear(4, 2)
+        ...     def forward(self, x):
+        ...         for layer in self.layers:
+        ...             x = x + layer(x)
+        ...         return self.head(x)
+        >>> plan = plan_layers(Stack(), ["layers.0", "layers.1"], (torch.zeros(2, 4),))
+        >>> [tuple(f.shape) for f in plan.features], tuple(plan.output.shape)
+        ([(2, 4), (2, 4)], (2, 2))
+    """
+    names = dict(model.named_modules())
+    for name in exits:
+        if not name or name not in names:
+            raise ConfigError(
+                f"{STAGE}: exit after {name!r}: the model has no such module "
+                f"(modules: {sample_of([n for n in names if n], 12)})"
+            )
+    if len(set(exits)) != len(exits):
+        raise ConfigError(f"{STAGE}: exits {list(exits)} name a module twice")
+    calls: list[tuple[str, Tensor | None]] = []
+    handles = [
+        names[name].register_forward_hook(
+            lambda _m, _a, out, name=name: calls.append((name, first_tensor(out)))
+        )
+        for name in exits
+    ]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = classifier_logits(logits_of(model(*example)), STAGE)
+    finally:
+        model.train(was)
+        for handle in handles:
+            handle.remove()
+    order = [name for name, _ in calls]
+    for name in exits:
+        if order.count(name) != 1:
+            raise ConfigError(
+                f"{STAGE}: exit after {name!r}: it runs {order.count(name)} times in one "
+                "forward; exit after a module that runs once"
+            )
+    if order != list(exits):
+        raise ConfigError(
+            f"{STAGE}: list the exits in the order the model runs them: {order} (got {list(exits)})"
+        )
+    features = [feature for _, feature in calls]
+    for name, feature in zip(exits, features, strict=True):
+        if feature is None or not feature.is_floating_point():
+            raise ConfigError(
+                f"{STAGE}: the output of {name!r} is not a float tensor, so it cannot feed an "
+                "exit head; choose another module"
+            )
+    return LayerPlan([f for f in features if f is not None], output)
+
+
+class LayerExitModel(EarlyExitModel):
+    """A backbone with exit heads reading the outputs of the modules `exits` (in the order
+    the forward runs them) through hooks, and a threshold per exit.
+
+    Example:
+        >>> class Stack(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+        ...         self.head = nn.Linear(4, 3)
+        ...     def forward(self, x):
+        ...         for layer in self.layers:
+        ...             x = x + layer(x)
+        ...         return self.head(x)
+        >>> m = LayerExitModel(Stack(), [nn.Linear(4, 3)], ["layers.0"], [0.0]).eval()
+        >>> m.exiting(torch.zeros(2, 4))[1].tolist()  # threshold 0: all leave at exit 0
+        [0, 0]
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        heads: Sequence[nn.Module],
+        exits: list[str],
+        thresholds: list[float],
+        criterion: str = "max_softmax",
+        num_classes: int | None = None,
+        deciders: Sequence[nn.Module] = (),
+    ) -> None:
+        steps = [*exits, END]
+        after = list(range(len(exits)))
+        super().__init__(
+            backbone, heads, steps, after, thresholds, criterion, num_classes, deciders
+        )
+
+    def _check_steps(self) -> None:
+        """Every step but the last is a distinct module of the backbone, the last `END`, and
+        exit k sits after step k."""
+        steps, modules = self.steps, dict(self.backbone.named_modules())
+        if not isinstance(steps, list) or not steps or steps[-1] != END:
+            raise ConfigError(f"{STAGE}: steps {steps!r} must end with {END!r}")
+        for step in steps[:-1]:
+            if not isinstance(step, str) or not step or step not in modules:
+                raise ConfigError(f"{STAGE}: step {step!r} is not a module of the backbone")
+        if len(set(steps)) != len(steps):
+            raise ConfigError(f"{STAGE}: steps {steps!r} name a module twice")
+        if self.exit_after != list(range(len(steps) - 1)):
+            raise ConfigError(
+                f"{STAGE}: exit_after {self.exit_after!r} must be 0..{len(steps) - 2}: exit k "
+                "reads step k"
+            )
+
+    @contextlib.contextmanager
+    def _reading(self, at_exit: Callable[[int, Tensor], None]) -> Iterator[None]:
+        """`at_exit(k, features)` on each exit module's output during the block."""
+        handles = []
+        for k, name in enumerate(self.steps[:-1]):
+            module = self.backbone.get_submodule(name)
+
+            def hook(_m: nn.Module, _a: Any, out: Any, k: int = k) -> None:
+                feature = first_tensor(out)
+                assert feature is not None, f"exit {k}: the module gave no tensor"
+                at_exit(k, feature)
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """The features every exit reads (copies), then the backbone's logits."""
+        found: dict[int, Tensor] = {}
+        with self._reading(lambda k, f: found.__setitem__(k, f.clone())):
+            final = logits_of(self.backbone(x))
+        return [*(found[k] for k in range(len(self.heads))), final]
+
+    def exiting(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs with early exits, and the exit each sample took (len(heads) = the
+        end). The forward stops once every sample has exited."""
+        n = x.shape[0]
+        taken = torch.full((n,), len(self.heads), dtype=torch.long, device=x.device)
+        alive = torch.ones(n, dtype=torch.bool, device=x.device)
+        out: list[Tensor] = []
+
+        def at_exit(k: int, feature: Tensor) -> None:
+            if not fires(self.criterion, self.thresholds[k]):
+                return  # an exit that never lets a sample out: its head does not run
+            logits = self.heads[k](feature)
+            done = exits_now(logits, self.criterion, self.thresholds[k], self.decider(k))
+            done = done & alive
+            if not bool(done.any()):
+                return
+            if not out:
+                out.append(logits.new_zeros((n, *logits.shape[1:])))
+            out[0][done] = logits[done].to(out[0].dtype)
+            taken[done] = k
+            alive.logical_and_(~done)
+            if not bool(alive.any()):
+                raise _Stop
+
+        try:
+            with self._reading(at_exit):
+                final = logits_of(self.backbone(x))
+        except _Stop:
+            return out[0], taken
+        if not out:
+            return final, taken
+        out[0][alive] = final[alive].to(out[0].dtype)
+        return out[0], taken
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return logits_of(self.backbone(x))  # type: ignore[no-any-return]
+        return self.exiting(x)[0]
+
+    def segment_macs(self, x: Tensor) -> list[int]:
+        """MACs per sample of the backbone up to each exit's module, between exits, and after
+        the last (count_flops of forwards stopped at each exit, on the first sample of `x`)."""
+        one = x[:1]
+        reached = [count_flops(_Until(self, k), one).macs for k in range(len(self.heads))]
+        total = count_flops(_Until(self, None), one).macs
+        bounds = [0, *reached, total]
+        return [b - a for a, b in itertools.pairwise(bounds)]
+
+
+class _Until(nn.Module):
+    """Runs a layer-exit model's backbone until exit `k`'s module has run (None: to the end),
+    with no head, so one count prices that much of it."""
+
+    def __init__(self, model: LayerExitModel, k: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.k = k
+
+    def forward(self, x: Tensor) -> None:
+        def stop(k: int, _: Tensor) -> None:
+            if k == self.k:
+                raise _Stop
+
+        try:
+            with self.model._reading(stop):
+                self.model.backbone(x)
+        except _Stop:
+            pass

@@ -60,9 +60,9 @@ def _ids(n: int = 300) -> torch.Tensor:
 
 def test_bert_takes_exits_that_really_stop_its_forward(tmp_path: Path) -> None:
     net = _bert()
-    task = _labelled(net, _ids())
+    task = _labelled(net, _ids(180))
     ctx = Context(task, quiet=True)
-    config = EarlyExitConfig(exits=EXITS, steps=60, lr=1e-2, max_drop=5.0)
+    config = EarlyExitConfig(exits=EXITS, steps=40, lr=1e-2, max_drop=5.0)
     model = early_exit(net, config, ctx)
     r = ctx.records
     assert isinstance(model, LayerExitModel) and r["exits_read"] == "hooks"
@@ -170,6 +170,7 @@ class _Twice(nn.Module):
         (["nope"], "exit after 'nope': the model has no such module"),
         (["shared"], "exit after 'shared': it runs 2 times in one forward"),
         (["head", "other"], "list the exits in the order the model runs them"),
+        (["head"], "exit after 'head': its output is the model's output"),
     ],
 )
 def test_what_hooks_cannot_read_is_named_in_one_line(exits: list[str], message: str) -> None:

@@ -129,6 +129,11 @@ def plan_layers(model: nn.Module, exits: list[str], example: tuple[Tensor, ...])
                 f"{STAGE}: the output of {name!r} is not a float tensor, so it cannot feed an "
                 "exit head; choose another module"
             )
+        if feature is not None and feature.shape == output.shape and torch.equal(feature, output):
+            raise ConfigError(
+                f"{STAGE}: exit after {name!r}: its output is the model's output; choose an "
+                "earlier module"
+            )
     return LayerPlan([f for f in features if f is not None], output)
 
 

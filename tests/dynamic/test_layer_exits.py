@@ -66,6 +66,7 @@ def test_bert_takes_exits_that_really_stop_its_forward(tmp_path: Path) -> None:
     model = early_exit(net, config, ctx)
     r = ctx.records
     assert isinstance(model, LayerExitModel) and r["exits_read"] == "hooks"
+    assert r["regroup"] is True and model.regroup  # a BERT's batch can drop exited samples
     assert model.steps == [*EXITS, END]
     # Each layer costs the same; an exit's cost is the layers up to it plus its heads.
     one = _ids(1)
@@ -120,11 +121,17 @@ def test_mixed_batches_answer_as_each_sample_alone() -> None:
     config = EarlyExitConfig(exits=EXITS[:2], steps=30, lr=1e-2, max_drop=20.0)
     model = early_exit(net, config, Context(task, quiet=True)).eval()
     x = torch.cat([b[0] for b in task.loader("test")])[:24]
+    last = Calls(net.bert.encoder.layer[3])
     with torch.no_grad():
         out, taken = model.exiting(x)
+        stayed = int((taken == len(EXITS[:2])).sum())
+        assert last.samples == stayed  # the exited samples left the batch
         alone = torch.cat([model(x[i : i + 1]) for i in range(len(x))])
-    assert len(set(taken.tolist())) > 1  # the batch really mixes exits
+    assert 0 < stayed < len(x)  # the batch really mixes exits
     torch.testing.assert_close(out, alone, rtol=1e-4, atol=1e-5)
+    model.regroup = False  # the whole batch runs on; the answers are the same
+    with torch.no_grad():
+        torch.testing.assert_close(model.exiting(x)[0], alone, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["vit", "gpt2"])
@@ -152,6 +159,8 @@ def test_vit_and_gpt2_take_exits(name: str) -> None:
     model = early_exit(net, config_, ctx)
     assert isinstance(model, LayerExitModel)
     assert ctx.records["macs_per_exit"][0] < ctx.records["static_macs"]
+    # GPT-2's pooling reads the input's batch size after the layers: no regrouping there.
+    assert model.regroup is (name == "vit")
     assert type(model.heads[0][0]).__name__ == "Token" and model.heads[0][0].how == token
 
 
@@ -193,6 +202,7 @@ def _saved(tmp: Path) -> Path:
         ("steps", [EXITS[0], EXITS[0], END], "name a module twice"),
         ("steps", [EXITS[0], EXITS[1], END], r"exit_after \[0\] must be 0..1"),
         ("exit_after", [1], r"exit_after \[1\] must be 0..0"),
+        ("regroup", "yes", "regroup must be a bool, got 'yes'"),
     ],
 )
 def test_a_hostile_layer_exit_manifest_is_refused(

@@ -50,7 +50,7 @@ from netchisel.dynamic.deciders import agreement_loss, make_decider
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.heads import TOKENS, make_head
 from netchisel.dynamic.labelled import classifier_logits, labelled, split_accuracy
-from netchisel.dynamic.layer_exits import LayerExitModel, plan_layers
+from netchisel.dynamic.layer_exits import LayerExitModel, plan_layers, regroups
 from netchisel.dynamic.thresholds import (
     RULES,
     Budget,
@@ -218,6 +218,9 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
             if chain is not None
             else LayerExitModel(model, heads, exits, [], config.criterion, classes, deciders)
         )
+        if isinstance(dyn, LayerExitModel):
+            batch = task.example_inputs(len(exits) + 4)[0].to(device)
+            dyn.regroup = regroups(dyn, batch)
         losses = _train(dyn, config, task, ctx)
         if learned:
             train_deciders(dyn, task, config, ctx)
@@ -236,6 +239,7 @@ def early_exit(model: nn.Module, config: EarlyExitConfig, ctx: Context) -> nn.Mo
     ctx.record(
         exits=list(config.exits),
         exits_read="chain" if chain is not None else "hooks",
+        regroup=chain is not None or bool(getattr(dyn, "regroup", False)),
         steps=len(losses),
         final_train_loss=losses[-1],
         thresholds=outcome.thresholds,

@@ -34,6 +34,9 @@ from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.labelled import classifier_logits, logits_of
 from netchisel.measure.flops import count_flops
 
+Decide = Callable[[int, Tensor, Tensor], Tensor]
+"""`decide(k, logits, rows)`: which rows of the running batch leave at exit k."""
+
 END = "@end"
 """The last step of a layer-exit model: the rest of the backbone's forward."""
 
@@ -171,6 +174,8 @@ class LayerExitModel(EarlyExitModel):
         super().__init__(
             backbone, heads, steps, after, thresholds, criterion, num_classes, deciders
         )
+        # Whether a batch drops the samples that exited (set where `regroups` showed it exact).
+        self.regroup = False
 
     def _check_steps(self) -> None:
         """Every step but the last is a distinct module of the backbone, the last `END`, and
@@ -188,65 +193,109 @@ class LayerExitModel(EarlyExitModel):
                 f"{STAGE}: exit_after {self.exit_after!r} must be 0..{len(steps) - 2}: exit k "
                 "reads step k"
             )
+        if not isinstance(self.regroup, bool):
+            raise ConfigError(f"{STAGE}: regroup must be a bool, got {self.regroup!r}")
 
     @contextlib.contextmanager
-    def _reading(self, at_exit: Callable[[int, Tensor], None]) -> Iterator[None]:
-        """`at_exit(k, features)` on each exit module's output during the block."""
-        handles = []
-        for k, name in enumerate(self.steps[:-1]):
-            module = self.backbone.get_submodule(name)
-
-            def hook(_m: nn.Module, _a: Any, out: Any, k: int = k) -> None:
-                feature = first_tensor(out)
-                assert feature is not None, f"exit {k}: the module gave no tensor"
-                at_exit(k, feature)
-
-            handles.append(module.register_forward_hook(hook))
+    def _reading(self, at_exit: Callable[[int, Any], Any]) -> Iterator[None]:
+        """`at_exit(k, output)` on each exit module's output during the block; what it returns
+        (not None) replaces that output."""
+        handles = [
+            self.backbone.get_submodule(name).register_forward_hook(
+                lambda _m, _a, out, k=k: at_exit(k, out)
+            )
+            for k, name in enumerate(self.steps[:-1])
+        ]
         try:
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
+    def later_layers(self) -> list[nn.Module]:
+        """The modules after the first exit in the container that holds it (a transformer's
+        later layers), which read the batch-sized tensors a regrouped batch must cut."""
+        parent, _, name = self.steps[0].rpartition(".")
+        children = list(self.backbone.get_submodule(parent).named_children())
+        names = [n for n, _ in children]
+        return [m for n, m in children[names.index(name) + 1 :]]
+
     def features(self, x: Tensor) -> list[Tensor]:
         """The features every exit reads (copies), then the backbone's logits."""
         found: dict[int, Tensor] = {}
-        with self._reading(lambda k, f: found.__setitem__(k, f.clone())):
+
+        def keep(k: int, out: Any) -> None:
+            feature = first_tensor(out)
+            assert feature is not None, f"exit {k}: the module gave no tensor"
+            found[k] = feature.clone()
+
+        with self._reading(keep):
             final = logits_of(self.backbone(x))
         return [*(found[k] for k in range(len(self.heads))), final]
 
-    def exiting(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def exiting(self, x: Tensor, decide: Decide | None = None) -> tuple[Tensor, Tensor]:
         """The outputs with early exits, and the exit each sample took (len(heads) = the
-        end). The forward stops once every sample has exited."""
+        end). The forward stops once every sample has exited; with `regroup` the samples that
+        exit leave the batch. `decide(k, logits, rows)` replaces the thresholds (a check)."""
         n = x.shape[0]
         taken = torch.full((n,), len(self.heads), dtype=torch.long, device=x.device)
-        alive = torch.ones(n, dtype=torch.bool, device=x.device)
+        rows = torch.arange(n, device=x.device)  # the sample of each row still in the batch
+        live = torch.ones(n, dtype=torch.bool, device=x.device)  # rows not yet answered
+        regroup = self.regroup and n > 1
         out: list[Tensor] = []
 
-        def at_exit(k: int, feature: Tensor) -> None:
-            if not fires(self.criterion, self.thresholds[k]):
-                return  # an exit that never lets a sample out: its head does not run
+        def at_exit(k: int, output: Any) -> Any:
+            nonlocal rows, live
+            if decide is None and not fires(self.criterion, self.thresholds[k]):
+                return None  # an exit that never lets a sample out: its head does not run
+            feature = first_tensor(output)
+            assert feature is not None, f"exit {k}: the module gave no tensor"
             logits = self.heads[k](feature)
-            done = exits_now(logits, self.criterion, self.thresholds[k], self.decider(k))
-            done = done & alive
+            done = (
+                decide(k, logits, rows)
+                if decide is not None
+                else exits_now(logits, self.criterion, self.thresholds[k], self.decider(k))
+            ) & live
             if not bool(done.any()):
-                return
+                return None
             if not out:
                 out.append(logits.new_zeros((n, *logits.shape[1:])))
-            out[0][done] = logits[done].to(out[0].dtype)
-            taken[done] = k
-            alive.logical_and_(~done)
-            if not bool(alive.any()):
+            out[0][rows[done]] = logits[done].to(out[0].dtype)
+            taken[rows[done]] = k
+            live = live & ~done
+            if not bool(live.any()):
                 raise _Stop
+            if not regroup:
+                return None
+            keep = live.nonzero().squeeze(1)
+            count = len(rows)
+            rows, live = rows[keep], live[keep]
+            return _take(output, keep, count)
 
+        def cut(_m: nn.Module, args: Any, kwargs: Any) -> Any:
+            if len(rows) == n:
+                return None
+            return (
+                tuple(_take(a, rows, n) for a in args),
+                {key: _take(v, rows, n) for key, v in kwargs.items()},
+            )
+
+        handles = (
+            [m.register_forward_pre_hook(cut, with_kwargs=True) for m in self.later_layers()]
+            if regroup
+            else []
+        )
         try:
             with self._reading(at_exit):
                 final = logits_of(self.backbone(x))
         except _Stop:
             return out[0], taken
+        finally:
+            for handle in handles:
+                handle.remove()
         if not out:
             return final, taken
-        out[0][alive] = final[alive].to(out[0].dtype)
+        out[0][rows[live]] = final[live].to(out[0].dtype)
         return out[0], taken
 
     def forward(self, x: Tensor) -> Tensor:
@@ -264,6 +313,62 @@ class LayerExitModel(EarlyExitModel):
         return [b - a for a, b in itertools.pairwise(bounds)]
 
 
+def _take(value: Any, index: Tensor, count: int) -> Any:
+    """`value` with only the rows `index` where it is a batch of `count` rows (a tensor of 2 or
+    more dims whose first is `count`, or a tuple of them); anything else as it is."""
+    if isinstance(value, Tensor):
+        return (
+            value.index_select(0, index) if value.dim() >= 2 and value.shape[0] == count else value
+        )
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_take(v, index, count) for v in value)
+    return value
+
+
+def regroups(model: LayerExitModel, x: Tensor) -> bool:
+    """Whether `model` may drop exited samples from a batch: on `x` (at least len(heads) + 2
+    samples), with sample i sent to exit i mod (len(heads) + 1) (the last: the end), the
+    regrouped forward gives each sample exactly the answer the whole batch's forward gives it
+    at that exit. False where the exits are not in one container or anything differs or fails
+    (a model whose later code reads the batch size of its input, as GPT-2's pooling does).
+
+    Example:
+        >>> class Stack(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        ...         self.head = nn.Linear(4, 2)
+        ...     def forward(self, x):
+        ...         for layer in self.layers:
+        ...             x = layer(x).relu()
+        ...         return self.head(x)
+        >>> m = LayerExitModel(Stack(), [nn.Linear(4, 2)], ["layers.0"], [0.9]).eval()
+        >>> regroups(m, torch.randn(6, 4))
+        True
+
+        With `x = x + layer(x)` it is False: the layer's output loses rows, the residual
+        stream outside it does not.
+    """
+    parents = {name.rpartition(".")[0] for name in model.steps[:-1]}
+    paths = len(model.heads) + 1
+    if len(parents) != 1 or x.shape[0] < paths + 1:
+        return False
+    pattern = torch.arange(x.shape[0], device=x.device) % paths
+    was, model.regroup = model.regroup, True
+    model.eval()
+    try:
+        with torch.no_grad():
+            every = model.all_outputs(x)
+            want = torch.stack([every[int(p)][i] for i, p in enumerate(pattern)])
+            got, taken = model.exiting(x, lambda k, _logits, rows: pattern[rows] == k)
+    except Exception:  # any failure of the cut forward: the batch is not regrouped
+        return False
+    finally:
+        model.regroup = was
+    scale = float(want.abs().max()) or 1.0
+    return bool(torch.equal(taken, pattern) and float((got - want).abs().max()) <= 1e-4 * scale)
+
+
 class _Until(nn.Module):
     """Runs a layer-exit model's backbone until exit `k`'s module has run (None: to the end),
     with no head, so one count prices that much of it."""
@@ -274,7 +379,7 @@ class _Until(nn.Module):
         self.k = k
 
     def forward(self, x: Tensor) -> None:
-        def stop(k: int, _: Tensor) -> None:
+        def stop(k: int, _: Any) -> None:
             if k == self.k:
                 raise _Stop
 

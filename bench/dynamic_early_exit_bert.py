@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import ab_entry, spread, write_result
+from common import spread, write_result
+from dynamic_early_exit import _latency  # the same A/B: batch 1 and 4 batches of 64
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -54,7 +55,6 @@ from netchisel.core.task import Task, classification_task
 from netchisel.dynamic.early_exit import EarlyExitConfig, calibrate_exits, early_exit
 from netchisel.dynamic.layer_exits import LayerExitModel
 from netchisel.measure.flops import count_flops
-from netchisel.measure.latency import compare_latency
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import transformers
@@ -124,30 +124,6 @@ def train_backbone(task: Task) -> nn.Module:
 def _split(task: Task, split: str) -> tuple[Tensor, Tensor]:
     batches = list(task.loader(split))
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-
-
-def _latency(static: nn.Module, dynamic: nn.Module, x: Tensor, rounds: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for label, inputs in (
-        ("batch1", [x[i : i + 1] for i in range(100)]),
-        ("batch64", [x[i : i + 64] for i in range(0, 256, 64)]),
-    ):
-
-        def run(model: nn.Module, inputs: list[Tensor] = inputs) -> None:
-            with torch.no_grad():
-                for t in inputs:
-                    model(t)
-
-        cmp = compare_latency(
-            lambda: run(static),
-            lambda: run(dynamic),
-            batch_size=len(inputs[0]),
-            rounds=rounds,
-            calls_per_round=2,
-            labels=("static", "exits"),
-        )
-        out[label] = ab_entry(cmp)
-    return out
 
 
 def run_seed(backbone: nn.Module, task: Task, seed: int, rounds: int) -> dict[str, Any]:

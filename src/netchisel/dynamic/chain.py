@@ -97,6 +97,28 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def check_exit_names(model: nn.Module, exits: list[str]) -> dict[str, nn.Module]:
+    """`model`'s modules by name, after checking that `exits` name distinct ones of them
+    (one line listing some that exist otherwise).
+
+    Example:
+        >>> check_exit_names(nn.Sequential(nn.ReLU()), ["1"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        netchisel.core.errors.ConfigError: ...: exit after '1': the model has no such module ...
+    """
+    names = dict(model.named_modules())
+    for name in exits:
+        if name not in names or not name:
+            raise ConfigError(
+                f"{STAGE}: exit after {name!r}: the model has no such module "
+                f"(modules: {sample_of([n for n in names if n], 12)})"
+            )
+    if len(set(exits)) != len(exits):
+        raise ConfigError(f"{STAGE}: exits {list(exits)} name a module twice")
+    return names
+
+
 def plan_chain(model: nn.Module, exits: list[str], example: tuple[Tensor, ...]) -> Chain:
     """Open `model` into a chain of steps with a split after every module in `exits`.
 
@@ -114,15 +136,7 @@ def plan_chain(model: nn.Module, exits: list[str], example: tuple[Tensor, ...]) 
             f"{STAGE}: the model takes {len(example)} inputs; early exit runs models called "
             "with one tensor"
         )
-    names = dict(model.named_modules())
-    for name in exits:
-        if name not in names or not name:
-            raise ConfigError(
-                f"{STAGE}: exit after {name!r}: the model has no such module "
-                f"(modules: {sample_of([n for n in names if n], 12)})"
-            )
-    if len(set(exits)) != len(exits):
-        raise ConfigError(f"{STAGE}: exits {list(exits)} name a module twice")
+    check_exit_names(model, exits)
     inputs, outputs = _record(model, example[0])
     steps: list[str] = []
     _open(model, "", exits, inputs, outputs, steps)

@@ -27,8 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ConfigError
-from netchisel.core.modules import sample_of
-from netchisel.dynamic.chain import STAGE
+from netchisel.dynamic.chain import STAGE, check_exit_names
 from netchisel.dynamic.confidence import exits_now, fires
 from netchisel.dynamic.exits import EarlyExitModel
 from netchisel.dynamic.labelled import classifier_logits, logits_of
@@ -89,15 +88,7 @@ def plan_layers(model: nn.Module, exits: list[str], example: tuple[Tensor, ...])
         >>> [tuple(f.shape) for f in plan.features], tuple(plan.output.shape)
         ([(2, 4), (2, 4)], (2, 2))
     """
-    names = dict(model.named_modules())
-    for name in exits:
-        if not name or name not in names:
-            raise ConfigError(
-                f"{STAGE}: exit after {name!r}: the model has no such module "
-                f"(modules: {sample_of([n for n in names if n], 12)})"
-            )
-    if len(set(exits)) != len(exits):
-        raise ConfigError(f"{STAGE}: exits {list(exits)} name a module twice")
+    names = check_exit_names(model, exits)
     calls: list[tuple[str, Tensor | None]] = []
     handles = [
         names[name].register_forward_hook(

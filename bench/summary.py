@@ -63,7 +63,7 @@ SECTIONS = (
     ("nas_darts", "nas_darts"),
     ("nas_darts_pipeline", "nas_darts_pipeline"),
     ("dynamic_early_exit", "dynamic_early_exit"),
-    ("dynamic_early_exit_bert", "dynamic_early_exit_bert"),
+    ("dynamic_early_exit_vit", "dynamic_early_exit_vit"),
     ("dynamic_moe", "dynamic_moe"),
     ("dynamic_width", "dynamic_width"),
     ("models_torch_pruning", "models_torch_pruning"),

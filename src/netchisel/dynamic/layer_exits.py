@@ -6,9 +6,12 @@ instead, as DeeBERT (Xin et al. 2020) and PABEE (Zhou et al. 2020) attach off-ra
 BERT: a forward hook on each exit module hands its output (the first tensor, the hidden
 states) to the exit's head. In eval mode a sample whose head is sure enough keeps that answer;
 once no sample of the batch is left, the hook raises and the rest of the forward never runs.
-At batch 1 that is a real early return. In a batch the samples that exited are not taken out
-(the later layers also read batch-sized masks this file cannot cut safely for every model), so
-a batch stops only when all of its samples have exited; `EarlyExitModel`'s chain regroups.
+At batch 1 that is a real early return. In a batch, with `regroup`, the exit's hook returns its
+output without the rows that exited and the later modules of the exits' container get their
+batch-sized arguments (an attention mask) cut the same way, so the rest run as a smaller
+batch; the stage sets `regroup` only where `regroups` shows, on the example batch, that every
+sample gets exactly the answer of the uncut batch. Without it a batch stops only once all of
+its samples have exited.
 
 `plan_layers` checks the exits on one forward of an example: each names a module that runs
 exactly once, in the order given, with a float tensor to read. The exit modules and their
@@ -184,7 +187,7 @@ class LayerExitModel(EarlyExitModel):
                 f"{STAGE}: exit_after {self.exit_after!r} must be 0..{len(steps) - 2}: exit k "
                 "reads step k"
             )
-        if not isinstance(self.regroup, bool):
+        if not isinstance(self.regroup, bool):  # a manifest sets it too
             raise ConfigError(f"{STAGE}: regroup must be a bool, got {self.regroup!r}")
 
     @contextlib.contextmanager

@@ -149,7 +149,9 @@ def test_failures_leave_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> 
     odd = nn.Sequential(nn.Flatten(), nn.Linear(8, 4), nn.LayerNorm(4), nn.Linear(4, 3))
     with pytest.raises(ModelError) as model_err:
         dynamic_width(odd, WidthConfig(**FAST), Context(task, quiet=True))  # type: ignore[arg-type]
-    assert str(model_err.value).startswith("dynamic.width: cannot slim 2 (LayerNorm)")
+    assert str(model_err.value).startswith(
+        "dynamic.width: at width 0.25 2 (LayerNorm) fails on the cut channels"
+    )
 
 
 def test_the_result_saves_bit_exactly_and_is_not_slimmed_twice(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from netchisel.core.task import Task, classification_task
 from netchisel.dynamic.width import WidthConfig, dynamic_width
 from netchisel.dynamic.width_masking import check_prefixes
 from netchisel.dynamic.width_model import WidthModel, width_macs
-from netchisel.dynamic.width_slim import SlimPlan, plan_width
+from netchisel.dynamic.width_plan import _proved, plan_slimmable
+from netchisel.dynamic.width_slim import SlimPlan, cuttable, plan_width
 from netchisel.measure.flops import count_flops
 from netchisel.zoo.models.vision import resnet
 from tests.dynamic.test_hostile_manifests import _edited
@@ -191,3 +192,43 @@ def test_a_loaded_plan_that_does_not_fit_the_forward_fails_in_one_line(tmp_path:
         "dynamic.width: at width 0.5 layer1.0.bn1 reads 3 channels where the plan says 4: "
         "the plan does not fit this model's forward"
     )
+
+
+def test_a_bert_slims_whole_heads_and_its_ffn_not_its_residual_stream(tmp_path: Path) -> None:
+    """Cutting every layer fails (LayerNorm reads the residual stream); one module's children
+    at a time, a BERT's query/key/value drop whole heads (16 of 32 channels, head size 16),
+    its FFN keeps half its hidden units, and what writes the residual stream stays whole."""
+    transformers = pytest.importorskip("transformers")
+    from tests.dynamic.test_layer_exits import _bert, _ids, _labelled
+
+    net = _bert()
+    x = _ids(2)
+    plan = plan_slimmable(net, [0.5, 1.0], x)
+    out = dict(zip(plan.steps, plan.channels_out, strict=True))
+    layer = "bert.encoder.layer.0."
+    for name in ("query", "key", "value"):
+        assert out[f"{layer}attention.self.{name}"] == [16, 32]
+    assert out[f"{layer}intermediate.dense"] == [32, 64]
+    assert out[f"{layer}attention.output.dense"] == out[f"{layer}output.dense"] == [32, 32]
+    # At width 0.25 (8 channels) a head cannot be cut in half: only the FFN is.
+    narrow = plan_slimmable(net, [0.25, 1.0], x)
+    quarter = dict(zip(narrow.steps, narrow.channels_out, strict=True))
+    assert f"{layer}attention.self.query" not in quarter
+    assert quarter[f"{layer}intermediate.dense"] == [16, 64]
+    # The untrained BERT's attention is nearly uniform, so on its own weights cutting the
+    # query alone (which leaves the heads mismatched) looks exact; random weights refuse it.
+    q = f"{layer}attention.self.query"
+    with pytest.raises(ModelError, match="sliced model's outputs are not the full one's"):
+        _proved(net, [0.5, 1.0], x, frozenset(cuttable(net, x)) - {q})
+    # The stage end to end: half the MACs at width 0.5, saved and loaded bit for bit.
+    task = _labelled(net, _ids(180))
+    ctx = Context(task, quiet=True)
+    config = WidthConfig(widths=(0.5, 1.0), steps=30, lr=1e-3, gate_steps=10, max_drop=100.0)
+    model = dynamic_width(net, config, ctx)
+    macs = ctx.records["macs_per_width"]
+    assert macs[1] == ctx.records["static_macs"] and macs[0] < 0.55 * macs[1]
+    ids = torch.cat([b[0] for b in task.loader("test")])
+    path = nc.save(model, tmp_path / "bert_width")
+    loaded = nc.load(path, trust=[transformers.BertForSequenceClassification]).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model.eval()(ids))

@@ -116,12 +116,12 @@ class _Skip(nn.Module):
         (
             nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)),
             torch.zeros(1, 4),
-            "cannot slim 1 (LayerNorm): it holds the parameter 'weight'",
+            "at width 0.5 1 (LayerNorm) fails on the cut channels: Given normalized_shape=[4]",
         ),
         (
             _Scaled(),
             torch.zeros(1, 4),
-            "cannot slim <root> (_Scaled): it holds the parameter 'gamma'",
+            "at width 0.5 <root> (_Scaled) fails on the cut channels: The size of tensor a (2)",
         ),
         (
             nn.Sequential(nn.Conv1d(4, 8, 3, groups=4), nn.Flatten(), nn.Linear(48, 2)),
@@ -137,7 +137,7 @@ class _Skip(nn.Module):
         (
             nn.Sequential(nn.Linear(4, 4), nn.Unflatten(1, (2, 2)), nn.Linear(2, 2)),
             torch.zeros(1, 4),
-            "the model does not run at width 0.5: unflatten",
+            "at width 0.5 1 (Unflatten) fails on the cut channels: unflatten",
         ),
     ],
 )
@@ -154,7 +154,7 @@ def test_a_path_around_the_last_layer_is_refused() -> None:
         plan_width(_Skip(), [0.5, 1.0], torch.zeros(1, 4))
     assert str(err.value).startswith(
         "dynamic.width: at width 0.5 the model's outputs are [(1, 4), (1, 2)], not [(1, 4), "
-        "(1, 4)]: a path reaches the output without passing the last layer, head;"
+        "(1, 4)]: a path reaches the output without passing a layer kept whole;"
     )
 
 

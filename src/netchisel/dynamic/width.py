@@ -1,11 +1,12 @@
 """`dynamic.width`: per-sample width, a slimmable network and a small gate choosing the width.
 
-1. Plan (`width_slim.plan_width`): every hidden conv/linear layer keeps the first
+1. Plan (`width_plan.plan_slimmable`): every hidden conv/linear layer keeps the first
    `round(w * C)` of its C output channels at width w, traced through the model's own forward
-   (residual networks included) and proved by `width_masking.check_prefixes` (one line naming
-   what cannot be slimmed). With `reorder` (default: where the model is a chain), each layer's
-   channels are first sorted by importance so the narrow widths start from the most important
-   ones (the full width is unchanged; `width_reorder`).
+   (residual networks included) and proved by `width_masking.check_prefixes`; where that
+   fails (a transformer), the layers that can be cut are added one at a time (its FFN hidden
+   units); one line naming what fails when none can. With `reorder` (default: where the
+   model is a chain), each layer's channels are first sorted by importance so the narrow
+   widths start from the most important ones (the full width is unchanged; `width_reorder`).
 2. Train the widths together (`fit`, the one training loop), each with its own BatchNorm
    (switchable BatchNorm, Yu et al. 2018): `training: all` runs every width each step (the
    slimmable-network rule), `training: sandwich` the widest, the narrowest and
@@ -43,7 +44,7 @@ from netchisel.core.state import restored_on_error, seeded
 from netchisel.core.task import Batch, Task
 from netchisel.core.train import TrainConfig, check_training, fit, frozen, train_settings
 from netchisel.dynamic.confidence import soft_kl
-from netchisel.dynamic.labelled import labelled, split_accuracy
+from netchisel.dynamic.labelled import labelled, logits_of, split_accuracy
 from netchisel.dynamic.thresholds import BUDGETS, RULES, Budget
 from netchisel.dynamic.width_gate import (
     GateOutcome,
@@ -52,10 +53,10 @@ from netchisel.dynamic.width_gate import (
     make_gate,
     outcome,
 )
-from netchisel.dynamic.width_masking import check_prefixes
 from netchisel.dynamic.width_model import WidthModel, width_macs
+from netchisel.dynamic.width_plan import plan_slimmable
 from netchisel.dynamic.width_reorder import reorder_channels_, why_not_reorderable
-from netchisel.dynamic.width_slim import STAGE, check_width, plan_width
+from netchisel.dynamic.width_slim import STAGE, check_width
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,7 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     example = task.example_inputs(2)[0].to(device)
     widths = list(config.widths)
-    plan = plan_width(model, widths, example)
-    check_prefixes(WidthModel(model, plan, widths, nn.Identity()), example)
+    plan = plan_slimmable(model, widths, example)
     reorder = config.reorder
     if reorder is None:
         reorder = why_not_reorderable(model, plan) is None
@@ -173,7 +173,9 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
         if reorder:
             reorder_channels_(model, plan)
         with seeded(ctx.seed):
-            gate = make_gate(example, len(widths), config.gate_channels, config.gate_pool)
+            embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+            vocab = embedding.num_embeddings if embedding is not None else None
+            gate = make_gate(example, len(widths), config.gate_channels, config.gate_pool, vocab)
         dyn = WidthModel(model, plan, widths, gate.to(device))
         losses = train_widths(dyn, config, task, ctx, original)
         if config.calibrate_norms:
@@ -194,6 +196,7 @@ def dynamic_width(model: nn.Module, config: WidthConfig, ctx: Context) -> nn.Mod
     ctx.record(
         widths=widths,
         reordered=reorder,
+        layers_sliced=[p for p, k in zip(plan.steps, plan.kinds, strict=True) if k != "norm"],
         steps=len(losses),
         final_train_loss=losses[-1],
         gate_steps=len(gate_losses),
@@ -366,7 +369,7 @@ def train_widths(
             teacher = widest.detach()
         else:
             with torch.no_grad():
-                teacher = original(x)
+                teacher = logits_of(original(x))
             total = soft_kl(widest, teacher, config.temperature)
         for k in order[1:]:
             out = model.run_width(x, k)

@@ -30,21 +30,37 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from netchisel.core.errors import ConfigError
 from netchisel.dynamic.thresholds import Budget
 
 # At most this many candidate biases are scored (quantiles of every sample's switch points).
 CANDIDATES = 2048
 
 
-def make_gate(example: Tensor, widths: int, channels: int = 8, pool: int = 4) -> nn.Module:
-    """A gate for inputs shaped like `example`: one logit per width.
+def make_gate(
+    example: Tensor, widths: int, channels: int = 8, pool: int = 4, vocab: int | None = None
+) -> nn.Module:
+    """A gate for inputs shaped like `example`: one logit per width. Token ids (integers)
+    get the mean of a `vocab`-row embedding of `channels`, then a Linear.
 
     Example:
         >>> make_gate(torch.zeros(1, 1, 32, 32), 4)(torch.zeros(2, 1, 32, 32)).shape
         torch.Size([2, 4])
         >>> make_gate(torch.zeros(1, 64), 3)(torch.zeros(2, 64)).shape
         torch.Size([2, 3])
+        >>> make_gate(torch.zeros(1, 5, dtype=torch.long), 2, vocab=30)(
+        ...     torch.zeros(3, 5, dtype=torch.long)).shape
+        torch.Size([3, 2])
     """
+    if not example.is_floating_point():
+        if vocab is None:
+            raise ConfigError(
+                "dynamic.width: the inputs are token ids but the model has no nn.Embedding to "
+                "size the gate's vocabulary"
+            )
+        return nn.Sequential(
+            nn.EmbeddingBag(vocab, channels, mode="mean"), nn.ReLU(), nn.Linear(channels, widths)
+        )
     if example.dim() in (3, 4):
         conv = nn.Conv1d if example.dim() == 3 else nn.Conv2d
         avg = nn.AdaptiveAvgPool1d if example.dim() == 3 else nn.AdaptiveAvgPool2d

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from netchisel.core.errors import ModelError
 from netchisel.dynamic.width_model import WidthModel, grouped
-from netchisel.dynamic.width_slim import STAGE, SUPPORTED, installed, tensor_of
+from netchisel.dynamic.width_slim import (
+    STAGE,
+    SUPPORTED,
+    installed,
+    output_tensors,
+    tensor_of,
+)
 
 # Relative difference between the sliced and the masked outputs beyond float rounding.
 TOLERANCE = 1e-4
@@ -142,7 +149,8 @@ def check_prefixes(model: WidthModel, x: Tensor) -> None:
                             "channels zeroed (a concatenation, split or shuffle before it?); "
                             f"supported: {SUPPORTED}"
                         )
-                if not _near(sliced_out, full_out, full_out):
+                pairs = zip(output_tensors(sliced_out), output_tensors(full_out), strict=True)
+                if not all(_near(a, b, b) for a, b in pairs):
                     raise ModelError(
                         f"{STAGE}: at width {width:g} the sliced model's outputs are not the "
                         f"full one's with the cut channels zeroed; supported: {SUPPORTED}"
@@ -157,7 +165,7 @@ def _near(a: Tensor, b: Tensor, reference: Tensor) -> bool:
     return a.numel() == 0 or float((a - b).abs().max()) <= TOLERANCE * (scale or 1.0)
 
 
-def _inputs(model: WidthModel, run: Callable[[], Tensor]) -> tuple[list[Tensor], Tensor]:
+def _inputs(model: WidthModel, run: Callable[[], Any]) -> tuple[list[Tensor], Any]:
     """What each planned layer of `model` reads during `run()`, and the output."""
     seen: dict[int, Tensor] = {}
     hooks = [

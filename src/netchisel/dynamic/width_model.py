@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from netchisel.core.errors import ConfigError
+from netchisel.dynamic.labelled import logits_of
 from netchisel.dynamic.loaded import check_fractions, is_int, is_number
 from netchisel.dynamic.width_slim import (
     KINDS,
@@ -167,7 +168,8 @@ class WidthModel(nn.Module):
         return norm
 
     def run_width(self, x: Tensor, k: int) -> Tensor:
-        """The chain at width index `k` on the whole batch: sliced weights, width k's norms.
+        """The model at width index `k` on the whole batch: sliced weights, width k's norms
+        (a Hugging Face output's `logits`).
 
         Example:
             >>> from netchisel.dynamic.width_slim import plan_width
@@ -179,9 +181,9 @@ class WidthModel(nn.Module):
             True
         """
         if k == len(self.widths) - 1:
-            return self.backbone(x)  # type: ignore[no-any-return]
+            return logits_of(self.backbone(x))  # type: ignore[no-any-return]
         with installed(self._forwards(k)):
-            return self.backbone(x)  # type: ignore[no-any-return]
+            return logits_of(self.backbone(x))  # type: ignore[no-any-return]
 
     def _forwards(self, k: int) -> list[tuple[nn.Module, Callable[[Tensor], Tensor]]]:
         """Each planned layer's op at width index `k`: the sliced weights, width k's norm."""

@@ -53,7 +53,7 @@ def why_not_reorderable(model: nn.Module, plan: SlimPlan) -> str | None:
     Example:
         >>> from netchisel.dynamic.width_slim import plan_width
         >>> net = nn.Sequential(nn.Linear(2, 3), nn.Softmax(-1), nn.Linear(3, 1))
-        >>> why_not_reorderable(net, plan_width(net, [1.0], torch.zeros(1, 2)))
+        >>> why_not_reorderable(net, plan_width(net, [0.5, 1.0], torch.zeros(1, 2)))
         '1 (Softmax) mixes channels'
     """
     leaves = chain_steps(model)
@@ -93,7 +93,7 @@ def reorder_channels_(model: nn.Module, plan: SlimPlan) -> list[list[int]]:
         >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
         >>> with torch.no_grad():
         ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 0], [3, 0], [2, 0]]))
-        >>> p = plan_width(net, [1.0], torch.zeros(1, 2))
+        >>> p = plan_width(net, [0.5, 1.0], torch.zeros(1, 2))
         >>> reorder_channels_(net, p)
         [[1, 2, 0]]
     """

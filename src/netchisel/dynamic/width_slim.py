@@ -67,9 +67,9 @@ KINDS: dict[str, tuple[type[nn.Module], ...]] = {
 }
 """The layers a plan slices, by kind."""
 SUPPORTED = (
-    "weights in Conv1d/Conv2d (groups 1 or depthwise), Linear and BatchNorm1d/2d, any "
-    "parameter-free ops between them, channels kept as prefixes (residual adds are; "
-    "concatenations, splits and channel shuffles are not)"
+    "outputs of Conv1d/Conv2d (groups 1 or depthwise) and Linear layers cut to prefixes that "
+    "every later module reads as prefixes (residual adds do; concatenations, splits, channel "
+    "shuffles, LayerNorm and attention heads do not)"
 )
 
 
@@ -133,30 +133,18 @@ def _refuse(path: str, module: nn.Module, why: str) -> ModelError:
 
 
 def sliced_layers(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-    """The conv/linear/BatchNorm layers of `model` by path, with their kinds; one line naming
-    any other module that holds a parameter (its channels could not be cut).
+    """The conv/linear/BatchNorm layers of `model` by path, with their kinds (other modules,
+    with parameters or not, run as they are: a cut that reaches one must leave it working).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.LayerNorm(4))
-        >>> sliced_layers(net)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ...
-        netchisel.core.errors.ModelError: dynamic.width: cannot slim 2 (LayerNorm): it holds ...
+        >>> {path: kind for path, (_, kind) in sliced_layers(net).items()}
+        {'0': 'linear'}
     """
     found: dict[str, tuple[nn.Module, str]] = {}
     for path, module in model.named_modules():
         kind = next((k for k, types in KINDS.items() if type(module) in types), None)
         if kind is None:
-            own = next(
-                (n for n, p in module.named_parameters(recurse=False) if p is not None), None
-            )
-            if own is not None:
-                raise _refuse(
-                    path,
-                    module,
-                    f"it holds the parameter {own!r}, not a layer whose "
-                    "channels can be cut to a prefix",
-                )
             continue
         if kind == "conv" and getattr(module, "groups", 1) != 1:
             if not is_depthwise(module):
@@ -229,7 +217,8 @@ def slice_forward(module: nn.Module, kind: str, x: Tensor, c_in: int, c_out: int
     return module._conv_forward(x, weight, bias)  # type: ignore[operator,no-any-return]
 
 
-def _outputs(out: Any) -> list[Tensor]:
+def output_tensors(out: Any) -> list[Tensor]:
+    """The tensors of a model's output (a tensor, a tuple, a Hugging Face ModelOutput)."""
     return [t for t in tree_flatten(out)[0] if isinstance(t, Tensor)]
 
 
@@ -253,9 +242,35 @@ def _call_order(model: nn.Module, layers: dict[str, tuple[nn.Module, str]], x: T
     return order
 
 
-def plan_width(model: nn.Module, widths: list[float], example: Tensor) -> SlimPlan:
+def cuttable(model: nn.Module, example: Tensor) -> list[str]:
+    """The conv/linear layers whose outputs a width may cut, in the order one forward of
+    `example` runs them: all but the depthwise convs and the last layer (the classes).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> cuttable(net, torch.zeros(1, 2))
+        ['0', '2']
+    """
+    layers = sliced_layers(model)
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            order = _call_order(model, layers, example[:1])
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    weights = [p for p in order if layers[p][1] != "norm"]
+    return [p for p in weights[:-1] if not is_depthwise(layers[p][0])]
+
+
+def plan_width(
+    model: nn.Module, widths: list[float], example: Tensor, keep: frozenset[str] = frozenset()
+) -> SlimPlan:
     """The slimmable plan of `model` for `widths` (ascending, last 1.0), traced by running the
-    model's own forward on `example` at each width (eval mode, no grad, nothing changed).
+    model's own forward on `example` at each width (eval mode, no grad, nothing changed). The
+    conv/linear layers in `keep` keep all their outputs; a conv/linear layer that reads and
+    writes all its channels at every width is left out of the plan (it runs as it is).
 
     Example:
         >>> net = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -277,24 +292,35 @@ def plan_width(model: nn.Module, widths: list[float], example: Tensor) -> SlimPl
                     f"{STAGE}: cannot slim a model with {len(weights)} conv/linear layer(s) "
                     "run: it needs a hidden layer (the last one keeps its outputs, the classes)"
                 )
-            full = [tuple(t.shape) for t in _outputs(model(x))]
-            counts = [_trace(model, layers, order, weights[-1], w, x, full) for w in widths]
+            full = [tuple(t.shape) for t in output_tensors(model(x))]
+            head = weights[-1]
+            counts = [_trace(model, layers, order, keep | {head}, w, x, full) for w in widths]
     finally:
         for module, mode in modes:
             module.training = mode
+    whole = {p: _full_channels(layers[p][0], layers[p][1]) for p in order}
+    used = [p for p in order if layers[p][1] == "norm" or any(c[p] != whole[p] for c in counts)]
     return SlimPlan(
-        order,
-        [layers[p][1] for p in order],
-        [[c[p][0] for c in counts] for p in order],
-        [[c[p][1] for c in counts] for p in order],
+        used,
+        [layers[p][1] for p in used],
+        [[c[p][0] for c in counts] for p in used],
+        [[c[p][1] for c in counts] for p in used],
     )
+
+
+def _full_channels(module: nn.Module, kind: str) -> tuple[int, int]:
+    """A layer's input and output channels at full width."""
+    weight = tensor_of(module, "weight")
+    if kind == "norm" or is_depthwise(module):
+        return int(weight.shape[0]), int(weight.shape[0])
+    return int(weight.shape[1]), int(weight.shape[0])
 
 
 def _trace(
     model: nn.Module,
     layers: dict[str, tuple[nn.Module, str]],
     order: list[str],
-    head: str,
+    whole: frozenset[str],
     width: float,
     x: Tensor,
     full: list[tuple[int, ...]],
@@ -316,20 +342,39 @@ def _trace(
                 eps = float(module.eps)  # type: ignore[arg-type]
                 return nn.functional.batch_norm(t, mean, var, weight, bias, False, 0.0, eps)
             out = int(tensor_of(module, "weight").shape[0])
-            c_out = c_in if is_depthwise(module) else out if path == head else kept(width, out)
+            c_out = c_in if is_depthwise(module) else out if path in whole else kept(width, out)
             seen[path] = (c_in, c_out)
             return slice_forward(module, kind, t, c_in, c_out)
 
         return run
 
+    running: list[str] = []  # the modules entered and not yet left: the last one failed
+    names = {id(m): (p or "<root>") for p, m in model.named_modules()}
+
+    def enter(m: nn.Module, _: Any) -> None:
+        running.append(names[id(m)])
+
+    def leave(*_: Any) -> None:
+        running.pop()
+
+    hooks = [
+        h
+        for m in model.modules()
+        for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))
+    ]
     try:
         with installed([(layers[p][0], step(p)) for p in order]):
-            out = [tuple(t.shape) for t in _outputs(model(x))]
+            out = [tuple(t.shape) for t in output_tensors(model(x))]
     except Exception as e:
+        where = running[-1] if running else "<root>"
+        module = model.get_submodule("" if where == "<root>" else where)
         raise ModelError(
-            f"{STAGE}: the model does not run at width {width:g}: {first_line(e)}; supported: "
-            f"{SUPPORTED}"
+            f"{STAGE}: at width {width:g} {where} ({type(module).__name__}) fails on the cut "
+            f"channels: {first_line(e)}; supported: {SUPPORTED}"
         ) from None
+    finally:
+        for hook in hooks:
+            hook.remove()
     if set(seen) != set(order):
         missed = sorted(set(order) - set(seen))
         raise ModelError(
@@ -339,6 +384,6 @@ def _trace(
     if out != full:
         raise ModelError(
             f"{STAGE}: at width {width:g} the model's outputs are {out}, not {full}: a path "
-            f"reaches the output without passing the last layer, {head}; supported: {SUPPORTED}"
+            f"reaches the output without passing a layer kept whole; supported: {SUPPORTED}"
         )
     return seen

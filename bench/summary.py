@@ -66,6 +66,7 @@ SECTIONS = (
     ("dynamic_early_exit_vit", "dynamic_early_exit_vit"),
     ("dynamic_moe", "dynamic_moe"),
     ("dynamic_width", "dynamic_width"),
+    ("dynamic_width_vit", "dynamic_width_vit"),
     ("models_torch_pruning", "models_torch_pruning"),
     ("llm_peer", "llm_peer"),
     ("llm_heads", "llm_heads"),

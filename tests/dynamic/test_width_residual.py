@@ -232,3 +232,25 @@ def test_a_bert_slims_whole_heads_and_its_ffn_not_its_residual_stream(tmp_path: 
     loaded = nc.load(path, trust=[transformers.BertForSequenceClassification]).eval()
     with torch.no_grad():
         assert torch.equal(loaded(ids), model.eval()(ids))
+
+
+def test_a_vit_slims_whole_heads_beside_its_output_projection() -> None:
+    """A ViT's attention holds q, k, v and the output projection as siblings: the group
+    without its last member is tried, so whole heads are dropped there too."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    net = transformers.ViTForImageClassification(config).eval()
+    plan = plan_slimmable(net, [0.5, 1.0], torch.randn(2, 1, 8, 8))
+    out = dict(zip(plan.steps, plan.channels_out, strict=True))
+    read = dict(zip(plan.steps, plan.channels_in, strict=True))
+    attention = [s for s in plan.steps if ".attention." in s]
+    assert {s.rpartition(".")[2] for s in attention} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    for s in attention:
+        if s.endswith("o_proj"):
+            assert read[s] == [16, 32] and out[s] == [32, 32]  # two of four heads read
+        else:
+            assert out[s] == [16, 32]

@@ -8,9 +8,10 @@ FFN output projections feed the residual stream and LayerNorm, which all need ev
 But its FFN's first Linear (the hidden units) can be cut, the second reading a prefix, which
 is DynaBERT's width on the FFN (Hou et al. 2020); and an attention's query, key and value cut
 together drop whole heads where the cut is a multiple of the head size. So where cutting every
-layer fails, the layers are tried in the order they run, the children of one module together
-first and then one at a time, each added to the cut set only if the whole set is still proved
-exact; the error of the full cut is raised when none can be cut.
+layer fails, the layers are tried in the order they run: the children of one module together
+first (all of them, then all but the last: a ViT's attention holds its output projection
+beside its query, key and value), then one at a time, each added to the cut set only if the
+whole set is still proved exact; the error of the full cut is raised when none can be cut.
 """
 
 from __future__ import annotations
@@ -55,14 +56,17 @@ def plan_slimmable(model: nn.Module, widths: list[float], example: Tensor) -> Sl
     cut: list[str] = []
     found: SlimPlan | None = None
     for group in groups.values():
-        for trial in [group] if len(group) == 1 else [group, *([n] for n in group)]:
+        # The whole group, then all but its last (an attention's output projection, which
+        # writes the residual stream, next to its query, key and value), then one at a time.
+        trials = [group, group[:-1]] if len(group) > 2 else [group]
+        for trial in [*trials, *([n] for n in group)] if len(group) > 1 else [group]:
             keep = frozenset(candidates) - {*cut, *trial}
             try:
                 found = _proved(model, widths, example, keep)
             except ModelError:
                 continue
             cut.extend(trial)
-            if trial == group:
+            if len(trial) > 1:
                 break
     if found is None:
         raise failure

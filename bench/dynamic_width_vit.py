@@ -30,6 +30,7 @@ import transformers
 from common import spread, write_result
 from dynamic_early_exit import _latency
 from dynamic_early_exit_vit import train_backbone
+from dynamic_width import _cell
 from torch import Tensor, nn
 
 import netchisel as nc
@@ -154,13 +155,6 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(f"-> {write_result('dynamic_width_vit', result)}")
-
-
-def _cell(s: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
-    return (
-        f"{scale * s['median']:.{digits}f} ({scale * s['min']:.{digits}f}-"
-        f"{scale * s['max']:.{digits}f})"
-    )
 
 
 def render(d: dict[str, Any]) -> str:

@@ -67,6 +67,7 @@ SECTIONS = (
     ("dynamic_moe", "dynamic_moe"),
     ("dynamic_width", "dynamic_width"),
     ("dynamic_width_vit", "dynamic_width_vit"),
+    ("dynamic_width_models", "dynamic_width_models"),
     ("models_torch_pruning", "models_torch_pruning"),
     ("llm_peer", "llm_peer"),
     ("llm_heads", "llm_heads"),

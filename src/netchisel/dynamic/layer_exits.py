@@ -78,16 +78,9 @@ def plan_layers(model: nn.Module, exits: list[str], example: tuple[Tensor, ...])
     the order given, each giving a float tensor; one line naming what is wrong.
 
     Example:
-        >>> class Stack(nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
-        ...         self.head = nn.Linear(4, 2)
-        ...     def forward(self, x):
-        ...         for layer in self.layers:
-        ...             x = x + layer(x)
-        ...         return self.head(x)
-        >>> plan = plan_layers(Stack(), ["layers.0", "layers.1"], (torch.zeros(2, 4),))
+        >>> # any model; hooks need no chain, a Sequential only keeps the example short
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> plan = plan_layers(net, ["0", "2"], (torch.zeros(2, 4),))
         >>> [tuple(f.shape) for f in plan.features], tuple(plan.output.shape)
         ([(2, 4), (2, 4)], (2, 2))
     """
@@ -139,16 +132,8 @@ class LayerExitModel(EarlyExitModel):
     the forward runs them) through hooks, and a threshold per exit.
 
     Example:
-        >>> class Stack(nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
-        ...         self.head = nn.Linear(4, 3)
-        ...     def forward(self, x):
-        ...         for layer in self.layers:
-        ...             x = x + layer(x)
-        ...         return self.head(x)
-        >>> m = LayerExitModel(Stack(), [nn.Linear(4, 3)], ["layers.0"], [0.0]).eval()
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+        >>> m = LayerExitModel(net, [nn.Linear(4, 3)], ["0"], [0.0]).eval()
         >>> m.exiting(torch.zeros(2, 4))[1].tolist()  # threshold 0: all leave at exit 0
         [0, 0]
     """
@@ -327,21 +312,13 @@ def regroups(model: LayerExitModel, x: Tensor) -> bool:
     (a model whose later code reads the batch size of its input, as GPT-2's pooling does).
 
     Example:
-        >>> class Stack(nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
-        ...         self.head = nn.Linear(4, 2)
-        ...     def forward(self, x):
-        ...         for layer in self.layers:
-        ...             x = layer(x).relu()
-        ...         return self.head(x)
-        >>> m = LayerExitModel(Stack(), [nn.Linear(4, 2)], ["layers.0"], [0.9]).eval()
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> m = LayerExitModel(net, [nn.Linear(4, 2)], ["0"], [0.9]).eval()
         >>> regroups(m, torch.randn(6, 4))
         True
 
-        With `x = x + layer(x)` it is False: the layer's output loses rows, the residual
-        stream outside it does not.
+        With a residual add around the exit module (`x + layer(x)`) it is False: the module's
+        output loses rows, the stream outside it does not.
     """
     parents = {name.rpartition(".")[0] for name in model.steps[:-1]}
     paths = len(model.heads) + 1

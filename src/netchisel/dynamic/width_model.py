@@ -34,6 +34,7 @@ from netchisel.dynamic.width_slim import (
     STAGE,
     SlimPlan,
     check_width,
+    full_channels,
     installed,
     is_depthwise,
     slice_forward,
@@ -128,7 +129,7 @@ class WidthModel(nn.Module):
                     f"{STAGE}: step {step!r} of kind {kind!r} is not such a module of the backbone"
                 )
             c_in, c_out = self.channels_in[j], self.channels_out[j]
-            full_in, full_out = _full_channels(module, kind)
+            full_in, full_out = full_channels(module, kind)
             for counts, full in ((c_in, full_in), (c_out, full_out)):
                 if not all(is_int(c) and 1 <= c <= full for c in counts) or counts[-1] != full:
                     raise ConfigError(
@@ -256,18 +257,6 @@ def _sliced(module: nn.Module, kind: str, c_in: int, c_out: int) -> Callable[[Te
         return slice_forward(module, kind, x, c_in, c_out)
 
     return run
-
-
-def _full_channels(module: nn.Module, kind: str) -> tuple[int, int]:
-    """A step's input and output channels at full width."""
-    if is_depthwise(module):
-        channels = int(tensor_of(module, "weight").shape[0])
-        return channels, channels
-    if kind in ("conv", "linear"):
-        weight = tensor_of(module, "weight")
-        return int(weight.shape[1]), int(weight.shape[0])
-    features = int(getattr(module, "num_features", 0))
-    return features, features
 
 
 def grouped(x: Tensor, choice: Tensor, run: Callable[[Tensor, int], Tensor]) -> Tensor:

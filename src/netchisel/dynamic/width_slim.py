@@ -298,7 +298,7 @@ def plan_width(
     finally:
         for module, mode in modes:
             module.training = mode
-    whole = {p: _full_channels(layers[p][0], layers[p][1]) for p in order}
+    whole = {p: full_channels(layers[p][0], layers[p][1]) for p in order}
     used = [p for p in order if layers[p][1] == "norm" or any(c[p] != whole[p] for c in counts)]
     return SlimPlan(
         used,
@@ -308,10 +308,13 @@ def plan_width(
     )
 
 
-def _full_channels(module: nn.Module, kind: str) -> tuple[int, int]:
-    """A layer's input and output channels at full width."""
+def full_channels(module: nn.Module, kind: str) -> tuple[int, int]:
+    """A layer's input and output channels at full width (a BatchNorm's: its features)."""
+    if kind == "norm":  # no weight needed: a loaded manifest may hold a non-affine one
+        features = int(getattr(module, "num_features", 0))
+        return features, features
     weight = tensor_of(module, "weight")
-    if kind == "norm" or is_depthwise(module):
+    if is_depthwise(module):
         return int(weight.shape[0]), int(weight.shape[0])
     return int(weight.shape[1]), int(weight.shape[0])
 
